@@ -1,0 +1,1 @@
+"""Deployment definitions and helpers (see prefect.yaml at the repository root)."""

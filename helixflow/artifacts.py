@@ -1,0 +1,65 @@
+"""Typed references to files: the values that flow between tasks instead of bare paths.
+
+A `FileRef` names a file by URI *and* by content (sha256, or ETag+size for S3 objects
+that were not read by us), so caches and lineage follow content, not names.
+An `Artifact` is a file helixflow produced and published to the store.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class FileRef(BaseModel):
+    """A file identified by content.
+
+    Example:
+        >>> FileRef(uri="file:///data/R1.fq.gz", sha256="ab" * 32, size=10).identity
+        'sha256:abababababababababababababababababababababababababababababababab'
+    """
+
+    uri: str
+    size: int
+    sha256: str | None = None
+    etag: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """The content identity used in cache keys: never the URI alone."""
+        if self.sha256:
+            return f"sha256:{self.sha256}"
+        if self.etag:
+            return f"etag:{self.etag}:{self.size}"
+        raise ValueError(f"{self.uri} has neither sha256 nor ETag")
+
+    @property
+    def name(self) -> str:
+        return self.uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+class Artifact(FileRef):
+    """A published output: content-addressed object plus its view in a run's folder.
+
+    `uri` is the run-folder view (`<store>/runs/<run>/<stage>/<name>`), where users look;
+    `cas_uri` is the content-addressed object (`<store>/objects/<aa>/<sha256><ext>`), which
+    is shared by every run that produced the same bytes.
+    """
+
+    cas_uri: str
+    stage: str
+    media_type: str
+    rows: int | None = None
+    producer: str = ""
+    params: dict[str, Any] = Field(default_factory=dict)
+    tools: dict[str, str] = Field(default_factory=dict)
+    upstream: list[FileRef] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    executed_on: str | None = None
+
+    def ref(self) -> FileRef:
+        """This artifact as an upstream reference."""
+        return FileRef(uri=self.uri, size=self.size, sha256=self.sha256)

@@ -1,0 +1,228 @@
+"""The `helixflow` command line. Exit codes: 0 ok, 1 failure, 2 usage."""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from helixflow.errors import HelixflowError
+
+app = typer.Typer(
+    name="helixflow",
+    help="Orchestrated genomics: FASTQ → Parquet shards → vectors → simulations, on Prefect + Ray.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+server_app = typer.Typer(help="Manage the local Prefect server (one per HELIXFLOW_HOME).",
+                         no_args_is_help=True)
+app.add_typer(server_app, name="server")
+
+out = Console()
+err = Console(stderr=True)
+_state: dict[str, bool] = {"debug": False}
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and worker logs.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def _fail(exc: BaseException) -> None:
+    """Print an error as one line (plus hint) and exit 1; full traceback only with --debug."""
+    if _state["debug"]:
+        traceback.print_exception(exc)
+    if isinstance(exc, HelixflowError):
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        if exc.hint:
+            err.print(f"[dim]hint: {exc.hint}[/]", highlight=False, soft_wrap=True)
+    else:
+        err.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False,
+                  soft_wrap=True)
+        if not _state["debug"]:
+            err.print("[dim]hint: rerun with --debug for the traceback[/]")
+    raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    inputs: Annotated[
+        list[str] | None,
+        typer.Argument(help="FASTQ files or s3:// URIs (R1/R2 paired by name). None: the demo."),
+    ] = None,
+    store: Annotated[str | None, typer.Option(help="Store URL: a path, file://… or s3://…",
+                                              envvar="HELIXFLOW_STORE")] = None,
+    store_block: Annotated[str | None, typer.Option(help="Saved HelixflowStore block name.")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Existing Ray cluster (host:port).",
+                                                    envvar="HELIXFLOW_RAY_ADDRESS")] = None,
+    shard_size: Annotated[int | None, typer.Option(min=1, help="Reads (or pairs) per shard.")] = None,
+    interleaved: Annotated[bool, typer.Option(help="Inputs are interleaved pairs.")] = False,
+) -> None:
+    """Run the genomics pipeline (on the demo community when no inputs are given)."""
+    try:
+        from helixflow.launch import connect_prefect, launch_pipeline, ui_base
+
+        if not inputs:
+            inputs = _demo_inputs()
+        api_url = connect_prefect()
+        out.print(f"Prefect UI: [link]{ui_base(api_url)}[/link]")
+        started = time.perf_counter()
+        with out.status("running genomics-pipeline …", spinner="dots"):
+            launched = launch_pipeline(
+                inputs, store=store, store_block=store_block, ray_address=ray_address,
+                shard_size=shard_size, interleaved=interleaved, debug=_state["debug"],
+            )
+        elapsed = time.perf_counter() - started
+        if launched.error is not None:
+            err.print(f"flow run: {launched.ui_url}")
+            _fail(launched.error)
+        _print_summary(launched.summary, elapsed)
+        out.print(f"Flow run in the UI: [link]{launched.ui_url}[/link]")
+    except HelixflowError as exc:
+        _fail(exc)
+
+
+def _demo_inputs() -> list[str]:
+    from helixflow.demo import write_demo
+    from helixflow.settings import helixflow_home
+
+    with out.status("writing the demo community …"):
+        demo = write_demo(helixflow_home() / "demo")
+    out.print(f"demo data: {demo.dir}")
+    return [str(demo.r1), str(demo.r2)]
+
+
+def _print_summary(summary: Any, elapsed: float) -> None:
+    table = Table(title=f"run {summary.run_id}")
+    for column in ("sample", "layout", "shards", "reads", "bases", "empty", "GC", "mean Q"):
+        table.add_column(column, justify="left" if column in ("sample", "layout") else "right")
+    for row in summary.samples:
+        table.add_row(
+            row["sample"], row["layout"], str(row["shards"]), f"{row.get('reads', 0):,}",
+            f"{row.get('bases', 0):,}", str(row.get("empty_reads", "")),
+            f"{row.get('gc', 0):.3f}", f"{row.get('mean_quality', 0):.1f}",
+        )
+    out.print(table)
+    out.print(
+        f"{summary.tasks_executed} task(s) executed, {summary.tasks_cached} from cache, "
+        f"{summary.artifacts} artifact(s) in {elapsed:.1f} s"
+    )
+    out.print(f"run folder: {summary.run_uri}")
+
+
+@app.command()
+def lineage(
+    uri: Annotated[str, typer.Argument(help="An artifact's URI (run folder or objects/), or sha256.")],
+    downstream: Annotated[bool, typer.Option("--downstream", help="What was made from it.")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="text | json | mermaid")] = "text",
+    store: Annotated[str | None, typer.Option(envvar="HELIXFLOW_STORE")] = None,
+    store_block: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Print where an artifact came from (or, with --downstream, what it fed)."""
+    if fmt not in ("text", "json", "mermaid"):
+        raise typer.BadParameter("must be text, json or mermaid", param_hint="--format")
+    try:
+        from blocks.store import resolve_store
+        from helixflow.lineage import LineageGraph, load_records, render
+        from helixflow.store import to_uri
+
+        st = resolve_store(store, store_block)
+        graph = LineageGraph(load_records(st))
+        key = uri if len(uri) == 64 and "/" not in uri else to_uri(uri)
+        item = graph.resolve(key)
+        if item is None:
+            raise HelixflowError(
+                f"no lineage for {uri} in {st.url}",
+                hint="give an artifact URI printed by `helixflow run`, and the same --store",
+            )
+        node = graph.downstream(item) if downstream else graph.upstream(item)
+        out.print(render(node, fmt, upstream=not downstream), highlight=False, soft_wrap=True)
+    except HelixflowError as exc:
+        _fail(exc)
+
+
+@app.command("demo-data")
+def demo_data(
+    directory: Annotated[Path, typer.Argument(help="Where to write the demo community.")],
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 7,
+    pairs: Annotated[int | None, typer.Option(min=1, help="Read pairs.")] = None,
+    genomes: Annotated[int | None, typer.Option(min=1, help="Genomes in the community.")] = None,
+) -> None:
+    """Write a synthetic mock community (genomes, paired reads, truth)."""
+    from dataclasses import replace
+
+    from helixflow.demo import DemoSpec, write_demo
+
+    spec = DemoSpec(seed=seed)
+    if pairs is not None:
+        spec = replace(spec, n_pairs=pairs)
+    if genomes is not None:
+        spec = replace(spec, n_genomes=genomes)
+    try:
+        demo = write_demo(directory, spec)
+    except ValueError as exc:
+        _fail(HelixflowError(str(exc)))
+    out.print(f"wrote {demo.dir}: {demo.r1.name}, {demo.r2.name}, truth in {demo.truth.name}")
+
+
+@server_app.command("start")
+def server_start() -> None:
+    """Start (or reuse) the local Prefect server and print its UI URL."""
+    from helixflow.server import ensure_server
+
+    try:
+        info = ensure_server()
+    except HelixflowError as exc:
+        _fail(exc)
+    out.print(f"Prefect server pid {info.pid}: UI {info.ui_url}  API {info.api_url}")
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the local Prefect server."""
+    from helixflow.server import stop_server
+
+    out.print("stopped" if stop_server() else "no server was running")
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Is the local Prefect server up? Exit 1 if not."""
+    from helixflow.server import server_status as status
+
+    info = status()
+    if info is None:
+        out.print("not running")
+        raise typer.Exit(1)
+    out.print(f"running: pid {info.pid}, UI {info.ui_url}, API {info.api_url}, log {info.log_path}")
+
+
+@app.command()
+def version() -> None:
+    """Print helixflow's version (and git commit when run from a checkout)."""
+    from helixflow.lineage import code_version
+
+    cv = code_version()
+    out.print(f"helixflow {cv['helixflow']}" + (f" ({cv['git']})" if cv["git"] else ""))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

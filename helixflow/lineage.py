@@ -1,0 +1,238 @@
+"""Lineage records: where every artifact came from, stored next to the artifacts.
+
+Prefect assets record materialisations, but not on cache hits; these records are written
+by the flow for every artifact a run uses or makes, cached or not, to
+`<store>/lineage/runs/<run-id>.jsonl` (rewritten atomically as the run goes on).
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+import helixflow
+from helixflow.artifacts import Artifact, FileRef
+from helixflow.store import Store
+
+
+@functools.cache
+def code_version() -> dict[str, str | None]:
+    """helixflow's package version and, when running from a git checkout, its commit."""
+    root = Path(helixflow.__file__).resolve().parent.parent
+    commit: str | None = None
+    if (root / ".git").exists():
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "HEAD"],
+                capture_output=True, text=True, timeout=10, check=False,
+            )
+            commit = out.stdout.strip() or None
+            dirty = subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True, text=True, timeout=10, check=False,
+            )
+            if commit and dirty.stdout.strip():
+                commit += "-dirty"
+        except (OSError, subprocess.TimeoutExpired):
+            commit = None
+    return {"helixflow": helixflow.__version__, "git": commit}
+
+
+class LineageRecord(BaseModel):
+    """One artifact as used or produced by one run."""
+
+    uri: str
+    cas_uri: str
+    sha256: str
+    size: int
+    rows: int | None = None
+    media_type: str
+    stage: str
+    run_id: str
+    flow_run_id: str | None = None
+    task_run_id: str | None = None
+    task_name: str
+    cached: bool = False
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    code_version: dict[str, str | None] = Field(default_factory=dict)
+    tools: dict[str, str] = Field(default_factory=dict)
+    upstream: list[FileRef] = Field(default_factory=list)
+    executed_on: str | None = None
+    created_at: datetime
+    recorded_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @classmethod
+    def of(
+        cls,
+        artifact: Artifact,
+        *,
+        run_id: str,
+        flow_run_id: str | None,
+        task_run_id: str | None,
+        cached: bool,
+    ) -> LineageRecord:
+        return cls(
+            uri=artifact.uri, cas_uri=artifact.cas_uri, sha256=artifact.sha256 or "",
+            size=artifact.size, rows=artifact.rows, media_type=artifact.media_type,
+            stage=artifact.stage, run_id=run_id, flow_run_id=flow_run_id,
+            task_run_id=task_run_id, task_name=artifact.producer, cached=cached,
+            parameters=artifact.params, code_version=code_version(), tools=artifact.tools,
+            upstream=artifact.upstream, executed_on=artifact.executed_on,
+            created_at=artifact.created_at,
+        )
+
+
+class LineageLog:
+    """The lineage records of one run, flushed to the store atomically."""
+
+    def __init__(self, store: Store, run_id: str) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.records: list[LineageRecord] = []
+
+    @property
+    def uri(self) -> str:
+        return self.store.join("lineage", "runs", f"{self.run_id}.jsonl")
+
+    def add(self, record: LineageRecord) -> None:
+        self.records.append(record)
+
+    def flush(self) -> None:
+        if not self.records:
+            return
+        body = "".join(r.model_dump_json() + "\n" for r in self.records)
+        self.store.write_bytes_atomic(self.uri, body.encode())
+
+
+def load_records(store: Store) -> list[LineageRecord]:
+    """Every lineage record in the store, oldest run file first."""
+    records: list[LineageRecord] = []
+    for uri in store.glob(store.join("lineage", "runs", "*.jsonl")):
+        for line in store.read_bytes(uri).decode().splitlines():
+            if line.strip():
+                records.append(LineageRecord.model_validate_json(line))
+    return records
+
+
+class LineageNode(BaseModel):
+    uri: str
+    sha256: str | None = None
+    etag: str | None = None
+    size: int | None = None
+    task_name: str | None = None
+    run_id: str | None = None
+    children: list[LineageNode] = Field(default_factory=list)
+
+
+class LineageGraph:
+    """Upstream/downstream queries over lineage records."""
+
+    def __init__(self, records: Iterable[LineageRecord]) -> None:
+        self.by_uri: dict[str, LineageRecord] = {}
+        self.by_sha: dict[str, LineageRecord] = {}
+        for rec in records:  # later records win: the newest run's view of a URI
+            self.by_uri[rec.uri] = rec
+            self.by_uri.setdefault(rec.cas_uri, rec)
+            self.by_sha[rec.sha256] = rec
+        self.downstream_of: dict[str, list[LineageRecord]] = {}
+        for rec in self.by_uri.values():
+            for up in rec.upstream:
+                key = up.sha256 or up.uri
+                bucket = self.downstream_of.setdefault(key, [])
+                if all(r.uri != rec.uri for r in bucket):
+                    bucket.append(rec)
+
+    def resolve(self, uri_or_sha: str) -> LineageRecord | FileRef | None:
+        """A record by run-folder URI, CAS URI or sha256; an input by URI."""
+        key = uri_or_sha.rstrip("/")
+        if key in self.by_uri:
+            return self.by_uri[key]
+        if key in self.by_sha:
+            return self.by_sha[key]
+        for rec in self.by_uri.values():
+            for up in rec.upstream:
+                if up.uri == key or up.sha256 == key:
+                    return up
+        return None
+
+    def _node(self, item: LineageRecord | FileRef) -> LineageNode:
+        if isinstance(item, LineageRecord):
+            return LineageNode(
+                uri=item.uri, sha256=item.sha256, size=item.size, task_name=item.task_name,
+                run_id=item.run_id,
+            )
+        return LineageNode(uri=item.uri, sha256=item.sha256, etag=item.etag, size=item.size)
+
+    def upstream(self, item: LineageRecord | FileRef, depth: int = 50) -> LineageNode:
+        node = self._node(item)
+        if isinstance(item, LineageRecord) and depth > 0:
+            for up in item.upstream:
+                parent = (self.by_sha.get(up.sha256) if up.sha256 else None) or self.by_uri.get(
+                    up.uri
+                )
+                node.children.append(self.upstream(parent or up, depth - 1))
+        return node
+
+    def downstream(self, item: LineageRecord | FileRef, depth: int = 50) -> LineageNode:
+        node = self._node(item)
+        key = item.sha256 or item.uri
+        if depth > 0:
+            for rec in self.downstream_of.get(key, []):
+                node.children.append(self.downstream(rec, depth - 1))
+        return node
+
+
+def render(node: LineageNode, fmt: Literal["text", "json", "mermaid"], *, upstream: bool) -> str:
+    """A lineage tree as indented text, JSON or a mermaid flowchart."""
+    if fmt == "json":
+        return node.model_dump_json(indent=2, exclude_none=True)
+    if fmt == "mermaid":
+        return mermaid([node], upstream=upstream)
+    lines: list[str] = []
+
+    def walk(n: LineageNode, indent: int) -> None:
+        ident = f"sha256:{n.sha256}" if n.sha256 else (f"etag:{n.etag}" if n.etag else "")
+        made = f"  <- {n.task_name}" if n.task_name else "  (input)"
+        lines.append(f"{'  ' * indent}{n.uri}  {ident}{made}")
+        for child in n.children:
+            walk(child, indent + 1)
+
+    walk(node, 0)
+    return "\n".join(lines)
+
+
+def mermaid(roots: list[LineageNode], *, upstream: bool = True) -> str:
+    """A mermaid `flowchart LR` of lineage trees (edges point from input to output)."""
+    ids: dict[str, str] = {}
+    lines = ["flowchart LR"]
+    edges: set[tuple[str, str, str]] = set()
+
+    def nid(n: LineageNode) -> str:
+        if n.uri not in ids:
+            ids[n.uri] = f"n{len(ids)}"
+            label = n.uri.rsplit("/", 1)[-1].replace('"', "'")
+            short = (n.sha256 or n.etag or "")[:12]
+            lines.append(f'  {ids[n.uri]}["{label}<br/>{short}"]')
+        return ids[n.uri]
+
+    def walk(n: LineageNode) -> None:
+        me = nid(n)
+        for child in n.children:
+            other = nid(child)
+            if upstream:
+                edges.add((other, me, n.task_name or ""))
+            else:
+                edges.add((me, other, child.task_name or ""))
+            walk(child)
+
+    for root in roots:
+        walk(root)
+    for src, dst, label in sorted(edges):
+        lines.append(f"  {src} -->|{label}| {dst}" if label else f"  {src} --> {dst}")
+    return "\n".join(lines)

@@ -1,0 +1,46 @@
+"""Named resource profiles for Ray task placement, applied at call sites.
+
+Tasks say which profile they need; how much that is lives here, in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from prefect_ray.context import remote_options
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # metadata work: hashing small files, writing manifests
+    "light": {"num_cpus": 0.25},
+    # one streaming pass over a sample (decompression thread + parse + Parquet encode)
+    "stream": {"num_cpus": 1, "scheduling_strategy": "SPREAD"},
+    # a CPU-bound kernel over one shard
+    "shard": {"num_cpus": 1, "scheduling_strategy": "SPREAD"},
+}
+
+
+@contextmanager
+def profile(name: str, **overrides: Any) -> Iterator[None]:
+    """Run the tasks submitted inside with the named profile's Ray options."""
+    try:
+        options = {**PROFILES[name], **overrides}
+    except KeyError:
+        raise ValueError(f"unknown resource profile {name!r}; known: {sorted(PROFILES)}") from None
+    with remote_options(**options):
+        yield
+
+
+def where_am_i() -> str:
+    """The Ray node id executing this code (or the host name outside Ray), for lineage."""
+    import socket
+
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return f"ray:{ray.get_runtime_context().get_node_id()}"
+    except Exception:
+        pass
+    return f"host:{socket.gethostname()}"

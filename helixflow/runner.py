@@ -1,0 +1,68 @@
+"""The Ray task runner: a local cluster by default, or an existing one by address.
+
+Every Ray worker gets the one Prefect server's URL through the runtime env, so task
+runs executed on workers report to the same server as the flow run (without it, each
+worker would start a temporary server of its own). When connecting to an existing
+cluster, helixflow's own packages are shipped with the job (`py_modules`), so workers
+that never had helixflow installed can still run its tasks.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import Any
+
+from prefect_ray.task_runners import RayTaskRunner
+
+# Environment that workers need and may safely see (no secrets: those come from blocks
+# or the worker's own environment).
+_PASS_THROUGH = (
+    "HELIXFLOW_HOME",
+    "HELIXFLOW_STORE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+)
+
+
+def project_modules() -> list[ModuleType]:
+    """The packages a remote worker needs to import helixflow's flows and tasks."""
+    import blocks
+    import flows
+    import helixflow
+    import tasks
+
+    return [helixflow, flows, tasks, blocks]
+
+
+def runtime_env(api_url: str, *, ship_code: bool) -> dict[str, Any]:
+    env_vars = {
+        "PREFECT_API_URL": api_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "INFO"),
+    }
+    env_vars.update({k: os.environ[k] for k in _PASS_THROUGH if os.environ.get(k)})
+    env: dict[str, Any] = {"env_vars": env_vars}
+    if ship_code:
+        env["py_modules"] = project_modules()
+    return env
+
+
+def build_task_runner(
+    api_url: str, address: str | None = None, *, debug: bool = False
+) -> RayTaskRunner:
+    """A RayTaskRunner bound to `api_url`; local cluster on all cores when no address.
+
+    Worker logs reach the Prefect UI through the API; they are echoed to this console
+    only with `debug` (otherwise tracebacks of user mistakes would flood it).
+    """
+    init_kwargs: dict[str, Any] = {
+        "runtime_env": runtime_env(api_url, ship_code=address is not None),
+        "log_to_driver": debug,
+    }
+    if address is None:
+        init_kwargs["include_dashboard"] = False
+        init_kwargs["num_cpus"] = os.cpu_count() or 1
+    return RayTaskRunner(address=address, init_kwargs=init_kwargs)

@@ -1,0 +1,559 @@
+"""One local Prefect server per `HELIXFLOW_HOME`, shared by every `helixflow run`.
+
+Without `PREFECT_API_URL`, Prefect starts a temporary server in each process that
+needs one, and with Ray that means one per worker (slow, and the task runs end up in
+separate databases). So `helixflow run` starts, or reuses, one real server:
+
+- SQLite database and Prefect home under `HELIXFLOW_HOME` (default `~/.helixflow`);
+- listening on 127.0.0.1 on a free port, with the UI;
+- detached (own session and process group, output to `HELIXFLOW_HOME/server.log`) so
+  it outlives the run that started it and the next run reuses it;
+- described by `HELIXFLOW_HOME/server.json` (pid, port, started_at), written atomically;
+- started under an exclusive `flock` on `HELIXFLOW_HOME/server.lock`, so two runs
+  starting at once end up with one server.
+
+Example:
+    >>> info = ensure_server()          # doctest: +SKIP
+    >>> use_server(info)                # doctest: +SKIP
+    >>> info.ui_url                     # doctest: +SKIP
+    'http://127.0.0.1:40123'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import UUID
+
+import httpx
+
+from helixflow.errors import HelixflowError
+from helixflow.settings import helixflow_home
+
+HOST = "127.0.0.1"
+STATE_FILE = "server.json"
+LOCK_FILE = "server.lock"
+LOG_FILE = "server.log"
+PREFECT_HOME_DIR = "prefect"
+DATABASE_FILE = "prefect.db"
+UI_STATIC_DIR = "ui"
+
+#: Start attempts when the chosen port is taken between probing and binding.
+_PORT_ATTEMPTS = 5
+#: The log is rotated to `server.log.1` at start-up once it grows past this.
+_MAX_LOG_BYTES = 20 * 1024 * 1024
+_LOG_TAIL_LINES = 30
+_POLL_SECONDS = 0.2
+_HEALTH_REQUEST_TIMEOUT = 2.0
+
+# Servers this process started, kept so that `stop_server` can reap them (no zombies).
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """A running, healthy helixflow Prefect server."""
+
+    api_url: str
+    ui_url: str
+    pid: int
+    port: int
+    home: Path
+    log_path: Path
+
+
+@dataclass(frozen=True)
+class _State:
+    """What `server.json` records about the server process."""
+
+    pid: int
+    port: int
+    started_at: str
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def server_env(home: Path, *, port: int | None = None) -> dict[str, str]:
+    """Environment for the server process: everything Prefect under `home`, no network.
+
+    Every inherited `PREFECT_*` variable is dropped (an inherited `PREFECT_API_URL`,
+    profile or database URL must not leak into the server), then the server is
+    configured from `home` alone. With `port`, the UI is told where its API is (Prefect
+    otherwise assumes the default port 4200 and the UI cannot reach the API).
+    """
+    home = Path(home).expanduser().absolute()
+    prefect_home = home / PREFECT_HOME_DIR
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        {
+            "PREFECT_HOME": str(prefect_home),
+            "PREFECT_API_DATABASE_CONNECTION_URL": _sqlite_url(prefect_home / DATABASE_FILE),
+            # No network here: telemetry would only log failures.
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+            # Unpack the UI under home, not into the (possibly read-only, shared) venv.
+            "PREFECT_UI_STATIC_DIRECTORY": str(home / UI_STATIC_DIR),
+            "PREFECT_CLI_PROMPT": "false",
+            "PREFECT_SERVER_API_HOST": HOST,
+        }
+    )
+    if port is not None:
+        env["PREFECT_SERVER_API_PORT"] = str(port)
+        env["PREFECT_UI_API_URL"] = _api_url(port)
+    return env
+
+
+def server_status(home: Path | None = None) -> ServerInfo | None:
+    """The server of `home` if it is alive and answers its health check, else None.
+
+    A state file whose pid is dead, or belongs to some other program, is removed
+    (unless another process holds the lock, i.e. is starting or stopping a server).
+    """
+    home = _resolve_home(home)
+    state = _read_state(home)
+    if state is None:
+        return None
+    if not _is_server_process(state.pid, state.port):
+        with _try_lock(home) as locked:
+            if locked and _read_state(home) == state:
+                _remove_state(home)
+        return None
+    info = _info(home, state)
+    return info if _is_healthy(info.api_url) else None
+
+
+def ensure_server(home: Path | None = None, *, timeout: float = 90.0) -> ServerInfo:
+    """Reuse the server of `home`, or start one and wait until it is healthy.
+
+    Safe to call from several processes or threads at once: they serialise on an
+    exclusive lock in `home`, so exactly one server results.
+
+    Raises:
+        HelixflowError: the server died while starting (with the end of its log), did
+            not become healthy within `timeout` seconds, or the lock was not obtained.
+    """
+    home = _resolve_home(home)
+    home.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    with _lock(home, deadline):
+        state = _read_state(home)
+        if state is not None and _is_server_process(state.pid, state.port):
+            info = _info(home, state)
+            if _wait_healthy(info.api_url, deadline):
+                return info
+            raise HelixflowError(
+                f"the helixflow Prefect server (pid {state.pid}, {info.api_url}) is running "
+                f"but not healthy after {timeout:.0f} s",
+                hint=f"run `helixflow server stop` and retry; its log is {info.log_path}",
+            )
+        if state is not None:
+            _remove_state(home)
+        return _start(home, deadline, timeout)
+
+
+def stop_server(home: Path | None = None, *, timeout: float = 20.0) -> bool:
+    """Stop the server of `home`: SIGTERM its process group, SIGKILL after `timeout`.
+
+    Returns:
+        True if a server was running (and is now stopped), False if there was none.
+    """
+    home = _resolve_home(home)
+    if not home.is_dir():
+        return False
+    with _lock(home, time.monotonic() + timeout):
+        state = _read_state(home)
+        if state is None:
+            return False
+        if not _is_server_process(state.pid, state.port):
+            _remove_state(home)
+            _reap(state.pid)
+            return False
+        _kill(state.pid, time.monotonic() + timeout)
+        _remove_state(home)
+        return True
+
+
+def use_server(info: ServerInfo) -> None:
+    """Point this process's Prefect client (and child processes, via env) at `info`.
+
+    Prefect 3 reads its settings from the environment once, at import, into a global
+    settings context; changing `os.environ` afterwards is not seen until that context
+    is rebuilt, so this sets the variables and then refreshes it. Ray workers started
+    afterwards inherit the environment (and `PREFECT_API_URL` can be passed in a
+    `runtime_env` to an existing cluster).
+
+    A `with temporary_settings(...)` block already open in the caller overrides the
+    global context and therefore this call, for its duration.
+    """
+    os.environ["PREFECT_API_URL"] = info.api_url
+    os.environ["PREFECT_UI_URL"] = info.ui_url
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    # A proxy set for the outside world must not intercept calls to the local server.
+    for name in ("NO_PROXY", "no_proxy"):
+        hosts = [h for h in os.environ.get(name, "").split(",") if h]
+        for host in (HOST, "localhost"):
+            if host not in hosts:
+                hosts.append(host)
+        os.environ[name] = ",".join(hosts)
+
+    from prefect.context import refresh_global_settings_context
+
+    refresh_global_settings_context()
+
+
+def flow_run_url(info_or_api_url: ServerInfo | str, flow_run_id: UUID | str) -> str:
+    """The UI page of a flow run.
+
+    Example:
+        >>> flow_run_url("http://127.0.0.1:4200/api", "0b6f")
+        'http://127.0.0.1:4200/runs/flow-run/0b6f'
+    """
+    if isinstance(info_or_api_url, ServerInfo):
+        ui_url = info_or_api_url.ui_url
+    else:
+        ui_url = info_or_api_url.rstrip("/").removesuffix("/api")
+    return f"{ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}"
+
+
+# --------------------------------------------------------------------------- starting
+
+
+def _start(home: Path, deadline: float, timeout: float) -> ServerInfo:
+    """Start a server (retrying on another port if its port was taken); called locked."""
+    log_path = home / LOG_FILE
+    _rotate_log(log_path)
+    for attempt in range(1, _PORT_ATTEMPTS + 1):
+        port = _free_port()
+        with log_path.open("ab") as log:
+            log.write(
+                f"\n--- helixflow: starting Prefect server on {HOST}:{port} at "
+                f"{_now()} (attempt {attempt}) ---\n".encode()
+            )
+            log.flush()
+            offset = log.tell()
+            proc = subprocess.Popen(
+                _command(port),
+                env=server_env(home, port=port),
+                cwd=home,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own session and process group: outlives us
+                close_fds=True,
+            )
+        _CHILDREN[proc.pid] = proc
+        # Recorded at once, so that a server left starting by a killed caller is found.
+        state = _State(pid=proc.pid, port=port, started_at=_now())
+        _write_state(home, state)
+        info = _info(home, state)
+
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            if _is_healthy(info.api_url):
+                return info
+            time.sleep(_POLL_SECONDS)
+        else:
+            _kill(proc.pid, time.monotonic() + 10.0)
+            _remove_state(home)
+            raise HelixflowError(
+                f"the Prefect server did not become healthy within {timeout:.0f} s "
+                f"(a first start migrates a new database).\n{_log_tail(log_path, offset)}",
+                hint=f"retry with a longer timeout, or read {log_path}",
+            )
+
+        _CHILDREN.pop(proc.pid, None)
+        _remove_state(home)
+        tail = _log_tail(log_path, offset)
+        if "already in use" in tail or "address in use" in tail.lower():
+            continue  # someone took the port between our probe and the server's bind
+        raise HelixflowError(
+            f"the Prefect server exited with code {proc.returncode} while starting:\n{tail}",
+            hint=f"the full log is {log_path}; fix the cause, then `helixflow server start`",
+        )
+    raise HelixflowError(
+        f"could not start the Prefect server: {_PORT_ATTEMPTS} ports were taken before "
+        "it could bind them",
+        hint=f"read {log_path}",
+    )
+
+
+def _command(port: int) -> list[str]:
+    """The server command line; `_is_server_process` recognises it by these arguments."""
+    return [
+        sys.executable, "-m", "prefect", "server", "start",
+        "--host", HOST, "--port", str(port),
+        "--analytics-off",
+    ]  # fmt: skip
+
+
+def _free_port() -> int:
+    """A port free on 127.0.0.1 now (the server may still lose it: `_start` retries)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _rotate_log(log_path: Path) -> None:
+    """Keep one previous log once the current one is large (uvicorn logs every request)."""
+    with contextlib.suppress(FileNotFoundError):
+        if log_path.stat().st_size > _MAX_LOG_BYTES:
+            os.replace(log_path, log_path.with_name(log_path.name + ".1"))
+
+
+def _log_tail(log_path: Path, offset: int = 0, lines: int = _LOG_TAIL_LINES) -> str:
+    """The last `lines` lines written to the log after `offset`."""
+    try:
+        with log_path.open("rb") as fh:
+            fh.seek(offset)
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError as exc:
+        return f"(cannot read {log_path}: {exc})"
+    tail = text.strip().splitlines()[-lines:]
+    return "\n".join(tail) if tail else "(the log is empty)"
+
+
+# --------------------------------------------------------------------------- health
+
+
+def _is_healthy(api_url: str) -> bool:
+    """True if `GET {api_url}/health` answers 200 (no proxy: the server is local)."""
+    try:
+        response = httpx.get(f"{api_url}/health", timeout=_HEALTH_REQUEST_TIMEOUT, trust_env=False)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+def _wait_healthy(api_url: str, deadline: float) -> bool:
+    """Poll the health check until it answers or `deadline` (monotonic) passes."""
+    while True:
+        if _is_healthy(api_url):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL_SECONDS)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _process_info(pid: int) -> tuple[str, list[str]] | None:
+    """(state letter, argv) of a process, or None if there is none."""
+    proc = Path("/proc") / str(pid)
+    if Path("/proc/self").exists():
+        try:
+            stat = (proc / "stat").read_text()
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        except PermissionError:
+            return ("?", [])
+        # The state letter follows the command name, which is in parentheses.
+        return stat.rsplit(")", 1)[1].split()[0], [a for a in argv if a]
+    result = subprocess.run(  # macOS and other systems without /proc
+        ["ps", "-p", str(pid), "-o", "stat=", "-o", "command="],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0 or not result.stdout.strip():
+        return None
+    stat, _, command = result.stdout.strip().partition(" ")
+    return stat[:1], command.split()
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if `pid` is a live process (a zombie counts as dead)."""
+    info = _process_info(pid)
+    return info is not None and info[0] != "Z"
+
+
+def _is_server_process(pid: int, port: int) -> bool:
+    """True if `pid` is alive and is a `prefect server start ... --port <port>`.
+
+    Guards against a recycled pid: a stale state file must not make us trust, or kill,
+    some other process.
+    """
+    info = _process_info(pid)
+    if info is None or info[0] == "Z":
+        return False
+    argv = info[1]
+    if not any("prefect" in arg for arg in argv) or "server" not in argv:
+        return False
+    return any(a == "--port" and b == str(port) for a, b in itertools.pairwise(argv))
+
+
+def _kill(pid: int, deadline: float) -> None:
+    """SIGTERM the server's process group, then SIGKILL it if it outlives `deadline`."""
+    group = _leads_group(pid)
+    _signal(pid, signal.SIGTERM, group)
+    if not _wait_dead(pid, deadline):
+        _signal(pid, signal.SIGKILL, group)
+        if not _wait_dead(pid, time.monotonic() + 10.0):
+            raise HelixflowError(
+                f"the Prefect server (pid {pid}) survived SIGKILL",
+                hint=f"kill it by hand: kill -9 {pid}",
+            )
+    if group:  # anything the server left behind in its group goes too
+        _signal(pid, signal.SIGKILL, group)
+
+
+def _wait_dead(pid: int, deadline: float) -> bool:
+    """Wait until `pid` has exited (reaping it if it is our child); False on timeout."""
+    while True:
+        _reap(pid)
+        if not _pid_alive(pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def _leads_group(pid: int) -> bool:
+    """True if `pid` leads its own process group (as the servers we start do)."""
+    try:
+        return os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return False
+
+
+def _signal(pid: int, sig: signal.Signals, group: bool) -> None:
+    """Send `sig` to the process group led by `pid`, or to `pid` alone."""
+    with contextlib.suppress(ProcessLookupError):
+        if group:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status of a server this process started, so it is not a zombie."""
+    proc = _CHILDREN.get(pid)
+    if proc is not None and proc.poll() is not None:
+        _CHILDREN.pop(pid, None)
+
+
+# --------------------------------------------------------------------------- state, lock
+
+
+def _resolve_home(home: Path | None) -> Path:
+    """`home`, or `HELIXFLOW_HOME`, as an absolute path."""
+    return Path(home if home is not None else helixflow_home()).expanduser().absolute()
+
+
+def _api_url(port: int) -> str:
+    return f"http://{HOST}:{port}/api"
+
+
+def _sqlite_url(path: Path) -> str:
+    """An SQLAlchemy URL for `path`; SQLAlchemy unquotes it, so `%` and `?` are quoted.
+
+    Example:
+        >>> _sqlite_url(Path("/data/helix home/50%?/prefect.db"))
+        'sqlite+aiosqlite:////data/helix home/50%25%3F/prefect.db'
+    """
+    quoted = str(path).replace("%", "%25").replace("?", "%3F")
+    return f"sqlite+aiosqlite:///{quoted}"
+
+
+def _info(home: Path, state: _State) -> ServerInfo:
+    return ServerInfo(
+        api_url=_api_url(state.port),
+        ui_url=f"http://{HOST}:{state.port}",
+        pid=state.pid,
+        port=state.port,
+        home=home,
+        log_path=home / LOG_FILE,
+    )
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _read_state(home: Path) -> _State | None:
+    """The state file, or None if it is missing or unreadable (treated as no server)."""
+    try:
+        data = json.loads((home / STATE_FILE).read_text())
+        return _State(pid=int(data["pid"]), port=int(data["port"]), started_at=data["started_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_state(home: Path, state: _State) -> None:
+    """Write the state file atomically (temporary file, fsync, rename)."""
+    path = home / STATE_FILE
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    payload = {"pid": state.pid, "port": state.port, "started_at": state.started_at}
+    with tmp.open("w") as fh:
+        json.dump(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _remove_state(home: Path) -> None:
+    (home / STATE_FILE).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _lock(home: Path, deadline: float) -> Iterator[None]:
+    """Hold the exclusive lock of `home`, waiting for it until `deadline` (monotonic).
+
+    `flock` locks belong to an open file, so threads of one process exclude each other
+    too, and the kernel releases the lock if its holder dies.
+    """
+    with (home / LOCK_FILE).open("a") as fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+            if time.monotonic() >= deadline:
+                raise HelixflowError(
+                    f"timed out waiting for another helixflow process to start or stop the "
+                    f"server of {home} (lock {home / LOCK_FILE})",
+                    hint="retry; if it persists, see `helixflow server status`",
+                ) from None
+            time.sleep(_POLL_SECONDS)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _try_lock(home: Path) -> Iterator[bool]:
+    """Take the lock of `home` if it is free right now; yields whether it was taken."""
+    try:
+        fh = (home / LOCK_FILE).open("a")
+    except OSError:
+        yield False
+        return
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

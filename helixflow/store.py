@@ -1,0 +1,339 @@
+"""The store: one fsspec-backed place for every artifact, local (`file://`) or `s3://`.
+
+Layout under the store root:
+
+    objects/<aa>/<sha256><ext>     content-addressed bytes, written once, shared by runs
+    runs/<run-id>/<stage>/<name>   a run's view of its artifacts (hard link locally, copy on S3)
+    lineage/runs/<run-id>.jsonl    lineage records (see `helixflow.lineage`)
+    prefect-results/               Prefect result persistence (so results outlive a worker)
+
+Publishing is atomic: bytes are written to a local scratch file first, then moved into
+place with `os.replace` (local) or uploaded in one `PutObject`/multipart upload whose key
+only becomes visible when the upload completes (S3). A task that dies mid-way leaves
+nothing under `objects/` or `runs/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import sqlite3
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import fsspec
+
+from helixflow.artifacts import Artifact, FileRef
+from helixflow.errors import HelixflowError, InputError
+from helixflow.settings import helixflow_home
+
+_CHUNK = 8 << 20
+
+
+def is_local(uri: str) -> bool:
+    return urlparse(uri).scheme in ("", "file")
+
+
+def local_path(uri: str) -> Path:
+    """The filesystem path of a local URI or plain path."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(parsed.path)
+    if parsed.scheme:
+        raise ValueError(f"not a local URI: {uri}")
+    return Path(uri).expanduser()
+
+
+def to_uri(path_or_uri: str | Path) -> str:
+    """Normalise a plain path to an absolute `file://` URI; leave other URIs alone."""
+    text = str(path_or_uri)
+    if urlparse(text).scheme and not _looks_like_windows_drive(text):
+        return text.rstrip("/") if text.endswith("/") and len(text) > 8 else text
+    return Path(text).expanduser().resolve().as_uri()
+
+
+def _looks_like_windows_drive(text: str) -> bool:
+    return len(text) > 1 and text[1] == ":"
+
+
+def suffix_of(name: str) -> str:
+    """The full extension of a file name (`.fastq.gz`, `.parquet`), used for CAS keys."""
+    base = name.rsplit("/", 1)[-1]
+    parts = base.split(".")
+    if len(parts) == 1:
+        return ""
+    exts = [p for p in parts[1:] if p and len(p) <= 8 and p.isalnum()]
+    return "." + ".".join(exts[-2:]) if exts else ""
+
+
+def sha256_file(path: str | Path) -> str:
+    """sha256 of a local file, streamed in 8 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _HashCache:
+    """sha256 of local files keyed by (path, size, mtime, inode), so re-runs don't re-hash.
+
+    A file changed out of band gets a new mtime or size and is hashed again.
+    """
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+
+    def _connect(self) -> sqlite3.Connection:
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(self.db_path, timeout=30)
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS hashes (path TEXT, size INTEGER, mtime_ns INTEGER,"
+            " inode INTEGER, sha256 TEXT, PRIMARY KEY (path, size, mtime_ns, inode))"
+        )
+        return con
+
+    def sha256(self, path: Path) -> str:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+        with contextlib.closing(self._connect()) as con:
+            row = con.execute(
+                "SELECT sha256 FROM hashes WHERE path=? AND size=? AND mtime_ns=? AND inode=?", key
+            ).fetchone()
+            if row:
+                return str(row[0])
+            digest = sha256_file(path)
+            with con:
+                con.execute("INSERT OR REPLACE INTO hashes VALUES (?,?,?,?,?)", (*key, digest))
+            return digest
+
+
+def s3_storage_options_from_env() -> dict[str, Any]:
+    """s3fs options from the standard AWS environment, including a custom endpoint.
+
+    Credentials themselves are left to botocore's own chain (env, profile, instance role),
+    so they never pass through helixflow's objects.
+    """
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    options: dict[str, Any] = {}
+    if endpoint:
+        options["endpoint_url"] = endpoint
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options.setdefault("client_kwargs", {})["region_name"] = region
+    return options
+
+
+class Store:
+    """A store root URL plus the fsspec options to reach it. Cheap to pickle (Ray, Prefect).
+
+    Example:
+        >>> store = Store("file:///tmp/helixflow-doc-store")
+        >>> store.join("runs", "r1", "ingest")
+        'file:///tmp/helixflow-doc-store/runs/r1/ingest'
+    """
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        url = to_uri(url)
+        scheme = urlparse(url).scheme
+        if scheme not in ("file", "s3", "memory"):
+            raise HelixflowError(
+                f"unsupported store URL {url!r}", hint="use a local path, file://… or s3://bucket/prefix"
+            )
+        self.url = url.rstrip("/")
+        self.scheme = scheme
+        if storage_options is None and scheme == "s3":
+            storage_options = s3_storage_options_from_env()
+        self.storage_options = dict(storage_options or {})
+        self._fs: fsspec.AbstractFileSystem | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url, "scheme": self.scheme, "storage_options": self.storage_options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._fs = None
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    # -- addressing ---------------------------------------------------------------------
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        if self._fs is None:
+            self._fs = fsspec.filesystem(self.scheme, **self.storage_options)
+        return self._fs
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.url, *(p.strip("/") for p in parts if p)])
+
+    def _path(self, uri: str) -> str:
+        """fsspec path for a URI inside this store (or any URI of the same scheme)."""
+        if self.scheme == "file":
+            return str(local_path(uri))
+        return uri.split("://", 1)[1] if "://" in uri else uri
+
+    def run_uri(self, run_id: str, *parts: str) -> str:
+        return self.join("runs", run_id, *parts)
+
+    def cas_uri(self, sha256: str, suffix: str) -> str:
+        return self.join("objects", sha256[:2], sha256 + suffix)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def exists(self, uri: str) -> bool:
+        if self.scheme == "file":
+            return local_path(uri).exists()
+        return bool(self.fs.exists(self._path(uri)))
+
+    def open(self, uri: str, mode: str = "rb") -> Any:
+        return self.fs.open(self._path(uri), mode)
+
+    def read_bytes(self, uri: str) -> bytes:
+        with self.open(uri, "rb") as handle:
+            return bytes(handle.read())
+
+    def glob(self, pattern_uri: str) -> list[str]:
+        """URIs matching a glob inside the store, sorted."""
+        paths = sorted(self.fs.glob(self._path(pattern_uri)))
+        if self.scheme == "file":
+            return [Path(p).as_uri() for p in paths]
+        return [f"{self.scheme}://{p}" for p in paths]
+
+    # -- writing ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[Path]:
+        """A private local directory for a task's outputs before they are published.
+
+        For a local store it lives inside the store (`.tmp/`) so publishing is a rename on
+        the same filesystem; otherwise under `$HELIXFLOW_HOME/tmp`. Always removed.
+        """
+        if self.scheme == "file":
+            base = local_path(self.url) / ".tmp"
+        else:
+            base = helixflow_home() / "tmp"
+        base.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix="scratch-", dir=base))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _put_atomic(self, src: Path, uri: str, *, move: bool) -> None:
+        """Make `uri` hold the bytes of local file `src`, all at once or not at all."""
+        if self.scheme == "file":
+            dest = local_path(uri)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
+            if move:
+                try:
+                    os.replace(src, tmp)
+                except OSError:  # another filesystem: copy then rename
+                    shutil.copyfile(src, tmp)
+            else:
+                shutil.copyfile(src, tmp)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, dest)
+        else:
+            # S3: the key becomes visible only when PutObject / CompleteMultipartUpload succeeds.
+            self.fs.put_file(str(src), self._path(uri))
+
+    def _link_view(self, cas: str, view: str) -> None:
+        """Expose a CAS object at a run-folder path without storing the bytes again locally."""
+        if self.scheme == "file":
+            dest = local_path(view)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
+            try:
+                os.link(local_path(cas), tmp)
+            except OSError:
+                shutil.copyfile(local_path(cas), tmp)
+            os.replace(tmp, dest)
+        else:
+            # S3 has no links: a server-side copy (no transfer through this machine).
+            self.fs.copy(self._path(cas), self._path(view))
+
+    def publish(
+        self,
+        src: str | Path,
+        *,
+        run_id: str,
+        stage: str,
+        name: str | None = None,
+        media_type: str = "application/octet-stream",
+        move: bool = True,
+        **fields: Any,
+    ) -> Artifact:
+        """Publish a finished local file as an artifact of `run_id` at `stage`.
+
+        The bytes go to the content-addressed object (skipped when identical bytes are
+        already stored), then appear in the run's folder. Returns the `Artifact`.
+        """
+        src = Path(src)
+        name = name or src.name
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"artifact name must be a plain file name, got {name!r}")
+        digest = sha256_file(src)
+        size = src.stat().st_size
+        cas = self.cas_uri(digest, suffix_of(name))
+        if not self.exists(cas):
+            self._put_atomic(src, cas, move=move)
+        elif move:
+            src.unlink(missing_ok=True)
+        view = self.run_uri(run_id, stage, name)
+        self._link_view(cas, view)
+        return Artifact(
+            uri=view, cas_uri=cas, sha256=digest, size=size, stage=stage,
+            media_type=media_type, **fields,
+        )
+
+    def link_into_run(self, artifact: Artifact, run_id: str) -> Artifact:
+        """Show an artifact made by an earlier run (a cache hit) in `run_id`'s folder too."""
+        view = self.run_uri(run_id, artifact.stage, artifact.name)
+        if view != artifact.uri:
+            self._link_view(artifact.cas_uri, view)
+        return artifact.model_copy(update={"uri": view})
+
+    def write_bytes_atomic(self, uri: str, data: bytes) -> None:
+        """Small metadata files (lineage, manifests), atomically."""
+        with self.scratch() as tmp:
+            path = tmp / "blob"
+            path.write_bytes(data)
+            self._put_atomic(path, uri, move=True)
+
+
+def identify(uri: str, storage_options: dict[str, Any] | None = None) -> FileRef:
+    """The content identity of an input file: sha256 locally (cached by path, size, mtime),
+    ETag and size on S3 (no download). A missing file is an `InputError`."""
+    if is_local(uri):
+        path = local_path(uri)
+        if not path.is_file():
+            raise InputError(str(path), "no such file", hint="check the path")
+        digest = _HashCache(helixflow_home() / "hashcache.sqlite").sha256(path)
+        return FileRef(uri=path.resolve().as_uri(), size=path.stat().st_size, sha256=digest)
+    options = storage_options
+    if options is None and uri.startswith("s3://"):
+        options = s3_storage_options_from_env()
+    fs, path = fsspec.core.url_to_fs(uri, **(options or {}))
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        raise InputError(uri, "no such object", hint="check the bucket and key") from None
+    etag = str(info.get("ETag") or info.get("etag") or "").strip('"') or None
+    size = int(info.get("size") or info.get("Size") or 0)
+    if etag is None:
+        with fs.open(path, "rb") as handle:
+            digest = hashlib.sha256()
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+        return FileRef(uri=uri, size=size, sha256=digest.hexdigest())
+    return FileRef(uri=uri, size=size, etag=etag)

@@ -1,0 +1,154 @@
+"""FASTQ ingest: validate raw reads and cut them into Parquet shards in the store.
+
+The parsing and validation kernel lives in `tasks.fastq` (pure, no Prefect); this module
+is the I/O edge: it streams one sample into shards in a scratch directory, and only when
+the whole input has validated publishes them, so bad input publishes nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.assets import materialize
+from pydantic import BaseModel
+
+from helixflow.artifacts import Artifact, FileRef
+from helixflow.caching import ContentInputs
+from helixflow.resources import where_am_i
+from helixflow.retries import RETRIES, RETRY_DELAYS, is_transient
+from helixflow.samples import Sample
+from helixflow.store import Store, is_local, local_path
+from tasks.fastq import ReadStats, batch_stats, iter_read_batches, write_read_shard
+
+INGEST_VERSION = "1"
+SHARD_MEDIA_TYPE = "application/vnd.apache.parquet"
+
+
+class IngestResult(BaseModel):
+    """The shards of one sample plus its read statistics."""
+
+    sample: str
+    layout: str
+    inputs: list[FileRef]
+    shards: list[Artifact]
+    stats: dict[str, Any]
+
+
+def shard_name(sample: str, index: int) -> str:
+    return f"{sample}.reads.{index:05d}.parquet"
+
+
+def _reader_uri(ref: FileRef) -> str:
+    return str(local_path(ref.uri)) if is_local(ref.uri) else ref.uri
+
+
+def write_sample_shards(
+    sample: Sample,
+    r1: FileRef,
+    r2: FileRef | None,
+    out_dir: Path,
+    *,
+    shard_size: int,
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[list[tuple[Path, int]], ReadStats]:
+    """Stream a sample into local shard files; returns (path, rows) per shard and stats.
+
+    Raises `InputError` on the first malformed record, before anything is published.
+    """
+    shards: list[tuple[Path, int]] = []
+    stats: ReadStats | None = None
+    sources = [r1.uri] + ([r2.uri] if r2 else [])
+    batches = iter_read_batches(
+        _reader_uri(r1),
+        _reader_uri(r2) if r2 else None,
+        interleaved=sample.interleaved,
+        batch_size=shard_size,
+        storage_options=storage_options,
+    )
+    for index, batch in enumerate(batches):
+        path = out_dir / shard_name(sample.name, index)
+        rows = write_read_shard(
+            batch,
+            path,
+            metadata={"helixflow.sample": sample.name, "helixflow.sources": ",".join(sources)},
+        )
+        shards.append((path, rows))
+        this = batch_stats(batch)
+        stats = this if stats is None else stats.merge(this)
+    if stats is None:  # iter_read_batches raises on empty input; this guards the contract
+        raise RuntimeError(f"no batches read from {sources}")
+    return shards, stats
+
+
+@materialize(
+    "helixflow://ingest",
+    name="ingest-fastq",
+    task_run_name="ingest-{sample.name}",
+    version=INGEST_VERSION,
+    cache_policy=ContentInputs(),
+    persist_result=True,
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_condition_fn=is_transient,
+)
+def ingest_fastq(
+    sample: Sample,
+    r1: FileRef,
+    r2: FileRef | None,
+    shard_size: int,
+    store: Store,
+    run_id: str,
+) -> IngestResult:
+    """Validate one sample's FASTQ and publish it as zstd Parquet read shards.
+
+    Args:
+        sample: the sample (name and layout; its URIs are informational, content comes from r1/r2)
+        r1, r2: the input files with their content identity (r2 None for single/interleaved)
+        shard_size: fragments (reads or pairs) per shard
+        store: where shards are published
+        run_id: the run whose folder shows the shards
+
+    Returns:
+        IngestResult with one Artifact per shard and the sample's read statistics.
+    """
+    logger = get_run_logger()
+    inputs = [r1] + ([r2] if r2 else [])
+    options = store.storage_options if store.scheme == "s3" else None
+    params = {"shard_size": shard_size, "layout": sample.layout}
+    with store.scratch() as scratch:
+        files, stats = write_sample_shards(
+            sample, r1, r2, scratch, shard_size=shard_size, storage_options=options
+        )
+        node = where_am_i()
+        summary = stats.to_dict()
+        shards = [
+            store.publish(
+                path, run_id=run_id, stage="ingest", media_type=SHARD_MEDIA_TYPE,
+                rows=rows, producer="ingest-fastq", params=params, upstream=inputs,
+                executed_on=node, metadata={"sample": sample.name, "shard": i},
+            )
+            for i, (path, rows) in enumerate(files)
+        ]
+    logger.info(
+        "ingested %s (%s): %d shards, %s reads", sample.name, sample.layout, len(shards),
+        summary.get("reads"),
+    )
+    return IngestResult(
+        sample=sample.name, layout=sample.layout, inputs=inputs, shards=shards, stats=summary
+    )
+
+
+@task(
+    name="identify-input",
+    task_run_name="identify-{uri}",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_condition_fn=is_transient,
+)
+def identify_input(uri: str, storage_options: dict[str, Any] | None = None) -> FileRef:
+    """Content identity of one input file: sha256 (local) or ETag+size (S3)."""
+    from helixflow.store import identify
+
+    return identify(uri, storage_options)

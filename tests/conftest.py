@@ -1,0 +1,115 @@
+"""Shared fixtures: real services started once per session, data located or failed on in CI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def missing(what: str) -> None:
+    """A service or data set is absent: fail in CI (it must be there), skip elsewhere."""
+    if IN_CI:
+        pytest.fail(f"{what} is missing (CI=true: a missing service is a failure)")
+    pytest.skip(f"{what} is missing")
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        missing(f"external tool {name!r} (run scripts/install-system-deps.sh as root)")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (or $HELIXFLOW_SHARED_DATA): real genomes and reads."""
+    path = Path(os.environ.get("HELIXFLOW_SHARED_DATA", REPO.parent / "shared" / "data"))
+    if not (path / "reads").is_dir():
+        missing(f"shared data at {path}")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def helixflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One HELIXFLOW_HOME for the session's pipeline tests."""
+    home = tmp_path_factory.mktemp("helixflow-home")
+    old = os.environ.get("HELIXFLOW_HOME")
+    os.environ["HELIXFLOW_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("HELIXFLOW_HOME", None)
+    else:
+        os.environ["HELIXFLOW_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def prefect_api(helixflow_home: Path) -> Iterator[str]:
+    """The one real Prefect server (SQLite) for the session; this process points at it."""
+    from helixflow.server import ensure_server, stop_server, use_server
+
+    info = ensure_server(helixflow_home)
+    use_server(info)
+    yield info.api_url
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)  # send pending logs and events before it goes away
+    EventsWorker.drain_all(timeout=10)
+    stop_server(helixflow_home)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A moto server process serving S3 (and SQS) over HTTP on loopback."""
+    exe = Path(sys.executable).with_name("moto_server")
+    if not exe.exists():
+        missing("moto_server (pip install 'moto[server]')")
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("moto_server did not start")
+    saved = {k: os.environ.get(k) for k in _AWS_ENV}
+    os.environ.update({
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": url,
+    })
+    yield url
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+_AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")

@@ -1,0 +1,73 @@
+"""The `helixflow` command: exit codes, one-line errors, lineage printing."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HELIXFLOW = str(Path(sys.executable).with_name("helixflow"))
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([HELIXFLOW, *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+
+
+def test_help_and_usage_errors() -> None:
+    for args in ((), ("run", "--help"), ("lineage", "--help"), ("server", "--help"),
+                 ("demo-data", "--help")):
+        proc = cli(*args, "--help") if not args else cli(*args)
+        assert proc.returncode == 0, proc.stderr
+    assert cli("run", "--shard-size", "0").returncode == 2
+    assert cli("no-such-command").returncode == 2
+    assert cli("lineage", "x", "--format", "yaml").returncode == 2
+
+
+def test_demo_data_command(tmp_path: Path) -> None:
+    proc = cli("demo-data", str(tmp_path / "d"), "--pairs", "500", "--genomes", "2")
+    assert proc.returncode == 0, proc.stderr
+    with gzip.open(tmp_path / "d" / "R1.fastq.gz", "rt") as handle:
+        assert sum(1 for _ in handle) == 4 * 500
+
+
+@pytest.mark.integration
+def test_malformed_fastq_one_line_exit_1_nothing_published(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    bad = tmp_path / "broken_R1.fq"
+    bad.write_text("@a\nACGT\n+\nIIII\n@b\nACXT\n+\nIIII\n")
+    store = tmp_path / "store"
+    proc = cli("run", str(bad), "--store", str(store), env={"PREFECT_API_URL": prefect_api})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "broken_R1.fq: record 2" in errors[0], proc.stderr
+    assert not list(store.glob("runs/**/*.parquet"))
+
+
+@pytest.mark.integration
+def test_run_and_lineage_of_a_shard(prefect_api: str, tmp_path: Path) -> None:
+    demo = tmp_path / "demo"
+    assert cli("demo-data", str(demo), "--pairs", "800", "--genomes", "2").returncode == 0
+    store = tmp_path / "store"
+    env = {"PREFECT_API_URL": prefect_api}
+    proc = cli("run", str(demo / "R1.fastq.gz"), str(demo / "R2.fastq.gz"), "--store",
+               str(store), env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "/runs/flow-run/" in proc.stdout  # the UI URL at the end
+    shard = next(store.glob("runs/*/ingest/*.parquet"))
+    lin = cli("lineage", str(shard), "--store", str(store), env=env)
+    assert lin.returncode == 0, lin.stderr
+    import hashlib
+
+    sha = hashlib.sha256((demo / "R1.fastq.gz").read_bytes()).hexdigest()
+    assert f"sha256:{sha}" in lin.stdout and "R1.fastq.gz" in lin.stdout
+    mer = cli("lineage", str(demo / "R1.fastq.gz"), "--downstream", "--format", "mermaid",
+              "--store", str(store), env=env)
+    assert mer.returncode == 0 and mer.stdout.startswith("flowchart LR")
+    assert shard.name in mer.stdout
