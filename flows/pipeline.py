@@ -21,7 +21,7 @@ from helixflow.lineage import LineageGraph, LineageLog, LineageRecord, code_vers
 from helixflow.resources import profile
 from helixflow.samples import Sample, plan_samples
 from helixflow.store import Store
-from tasks.ingest import IngestResult, identify_input, ingest_fastq
+from tasks.ingest import IngestResult, identify_input, ingest_fastq, summarize
 
 DEFAULT_SHARD_SIZE = 250_000
 
@@ -121,7 +121,7 @@ def genomics_pipeline(
             ingests.append((sample, task.submit(sample, r1, r2, shard_size, st, run_id)))
 
     results: list[IngestResult] = []
-    for sample, future in ingests:
+    for _sample, future in ingests:
         result = future.result()
         shards = recorder.record(future, result.shards)
         results.append(result.model_copy(update={"shards": shards}))
@@ -130,23 +130,41 @@ def genomics_pipeline(
     return RunSummary(
         run_id=run_id,
         run_uri=st.run_uri(run_id),
-        samples=[{"sample": r.sample, "layout": r.layout, "shards": len(r.shards), **r.stats}
-                 for r in results],
+        samples=[{"sample": r.sample, "layout": r.layout, "shards": len(r.shards),
+                  **summarize(r.stats)} for r in results],
         artifacts=len(recorder.log.records),
         tasks_executed=recorder.executed,
         tasks_cached=recorder.cached,
     )
 
 
-def _stats_row(result: IngestResult) -> dict[str, Any]:
-    stats = result.stats
-    row: dict[str, Any] = {"sample": result.sample, "layout": result.layout,
-                           "shards": len(result.shards)}
-    for key in ("reads", "bases", "empty_reads", "mean_length", "gc", "mean_quality"):
-        if key in stats:
-            value = stats[key]
-            row[key] = round(value, 4) if isinstance(value, float) else value
-    return row
+def _stats_rows(result: IngestResult) -> list[dict[str, Any]]:
+    """One row per mate (single-end: one row) for the statistics table."""
+    rows = []
+    for mate, st in result.stats.items():
+        rows.append({
+            "sample": result.sample, "mate": {"0": "-", "1": "R1", "2": "R2"}.get(mate, mate),
+            "reads": st["reads"], "bases": st["bases"], "empty": st["empty_reads"],
+            "min_len": st["min_length"], "max_len": st["max_length"],
+            "mean_len": round(st["mean_length"], 2),
+            "gc": None if st["gc_fraction"] is None else round(st["gc_fraction"], 4),
+            "n_bases": st["n_bases"],
+            "mean_q": None if st["mean_quality"] is None else round(st["mean_quality"], 2),
+        })
+    return rows
+
+
+def _quality_profile(results: list[IngestResult]) -> list[dict[str, Any]]:
+    """Mean Phred by read position, one column per sample and mate."""
+    columns = {
+        f"{r.sample} {'R' + m if m != '0' else ''}".strip(): st["mean_quality_by_position"]
+        for r in results for m, st in r.stats.items()
+    }
+    longest = max((len(v) for v in columns.values()), default=0)
+    return [
+        {"position": i + 1, **{k: (v[i] if i < len(v) else None) for k, v in columns.items()}}
+        for i in range(longest)
+    ]
 
 
 def _publish_reports(
@@ -155,8 +173,13 @@ def _publish_reports(
     """Prefect UI artifacts (stats table, lineage graph) and the run manifest."""
     create_table_artifact(
         key="ingest-stats",
-        table=[_stats_row(r) for r in results],
-        description=f"Per-sample read statistics, run {run_id}",
+        table=[row for r in results for row in _stats_rows(r)],
+        description=f"Read statistics per input file, run {run_id}",
+    )
+    create_table_artifact(
+        key="quality-by-position",
+        table=_quality_profile(results),
+        description="Mean Phred quality by read position",
     )
     graph = LineageGraph(recorder.log.records)
     roots = [graph.upstream(rec) for rec in recorder.log.records]

@@ -33,7 +33,8 @@ def stable_value(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return stable_value(value.model_dump(mode="json"))
     if isinstance(value, dict):
-        return {str(k): stable_value(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+        items = sorted(value.items(), key=lambda kv: str(kv[0]))
+        return {str(k): stable_value(v) for k, v in items}
     if isinstance(value, list | tuple):
         return [stable_value(v) for v in value]
     if isinstance(value, set | frozenset):

@@ -12,11 +12,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from helixflow.errors import HelixflowError
+from helixflow.errors import HelixflowError, InputError
 
 app = typer.Typer(
     name="helixflow",
-    help="Orchestrated genomics: FASTQ → Parquet shards → vectors → simulations, on Prefect + Ray.",
+    help="Orchestrated genomics: FASTQ → Parquet shards → vectors → simulations (Prefect + Ray).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -32,7 +32,9 @@ _state: dict[str, bool] = {"debug": False}
 
 @app.callback()
 def _main(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and worker logs.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks and worker logs.")
+    ] = False,
 ) -> None:
     _state["debug"] = debug
 
@@ -43,8 +45,11 @@ def _fail(exc: BaseException) -> None:
         traceback.print_exception(exc)
     if isinstance(exc, HelixflowError):
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        if exc.hint:
-            err.print(f"[dim]hint: {exc.hint}[/]", highlight=False, soft_wrap=True)
+        hint = exc.hint
+        if hint is None and isinstance(exc, InputError):
+            hint = "fix or replace that file and run again; nothing was published"
+        if hint:
+            err.print(f"[dim]hint: {hint}[/]", highlight=False, soft_wrap=True)
     else:
         err.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False,
                   soft_wrap=True)
@@ -57,14 +62,18 @@ def _fail(exc: BaseException) -> None:
 def run(
     inputs: Annotated[
         list[str] | None,
-        typer.Argument(help="FASTQ files or s3:// URIs (R1/R2 paired by name). None: the demo."),
+        typer.Argument(help="FASTQ files or s3:// URIs (R1/R2 paired by name); none: the demo."),
     ] = None,
     store: Annotated[str | None, typer.Option(help="Store URL: a path, file://… or s3://…",
                                               envvar="HELIXFLOW_STORE")] = None,
-    store_block: Annotated[str | None, typer.Option(help="Saved HelixflowStore block name.")] = None,
+    store_block: Annotated[
+        str | None, typer.Option(help="Saved HelixflowStore block name.")
+    ] = None,
     ray_address: Annotated[str | None, typer.Option(help="Existing Ray cluster (host:port).",
                                                     envvar="HELIXFLOW_RAY_ADDRESS")] = None,
-    shard_size: Annotated[int | None, typer.Option(min=1, help="Reads (or pairs) per shard.")] = None,
+    shard_size: Annotated[
+        int | None, typer.Option(min=1, help="Reads (or pairs) per shard.")
+    ] = None,
     interleaved: Annotated[bool, typer.Option(help="Inputs are interleaved pairs.")] = False,
 ) -> None:
     """Run the genomics pipeline (on the demo community when no inputs are given)."""
@@ -101,6 +110,10 @@ def _demo_inputs() -> list[str]:
     return [str(demo.r1), str(demo.r2)]
 
 
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def _print_summary(summary: Any, elapsed: float) -> None:
     table = Table(title=f"run {summary.run_id}")
     for column in ("sample", "layout", "shards", "reads", "bases", "empty", "GC", "mean Q"):
@@ -109,7 +122,7 @@ def _print_summary(summary: Any, elapsed: float) -> None:
         table.add_row(
             row["sample"], row["layout"], str(row["shards"]), f"{row.get('reads', 0):,}",
             f"{row.get('bases', 0):,}", str(row.get("empty_reads", "")),
-            f"{row.get('gc', 0):.3f}", f"{row.get('mean_quality', 0):.1f}",
+            _fmt(row.get("gc"), ".3f"), _fmt(row.get("mean_quality"), ".1f"),
         )
     out.print(table)
     out.print(
@@ -121,8 +134,10 @@ def _print_summary(summary: Any, elapsed: float) -> None:
 
 @app.command()
 def lineage(
-    uri: Annotated[str, typer.Argument(help="An artifact's URI (run folder or objects/), or sha256.")],
-    downstream: Annotated[bool, typer.Option("--downstream", help="What was made from it.")] = False,
+    uri: Annotated[str, typer.Argument(help="Artifact URI (run folder or objects/) or sha256.")],
+    downstream: Annotated[
+        bool, typer.Option("--downstream", help="What was made from it.")
+    ] = False,
     fmt: Annotated[str, typer.Option("--format", help="text | json | mermaid")] = "text",
     store: Annotated[str | None, typer.Option(envvar="HELIXFLOW_STORE")] = None,
     store_block: Annotated[str | None, typer.Option()] = None,

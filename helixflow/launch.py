@@ -74,8 +74,13 @@ def launch_pipeline(
     from blocks.store import resolve_store, result_storage
     from flows.pipeline import DEFAULT_SHARD_SIZE, genomics_pipeline
     from helixflow.runner import build_task_runner
+    from helixflow.samples import plan_samples
 
     quiet_user_errors()
+    samples = plan_samples(list(inputs), interleaved=interleaved)
+    label = "+".join(s.name for s in samples[:3])
+    if len(samples) > 3:
+        label += f"+{len(samples) - 3}"
     st = resolve_store(store, store_block)
     runner = build_task_runner(api_url, ray_address or default_ray_address(), debug=debug)
     pipeline = genomics_pipeline.with_options(
@@ -87,6 +92,7 @@ def launch_pipeline(
         store_block=store_block,
         shard_size=shard_size or DEFAULT_SHARD_SIZE,
         interleaved=interleaved,
+        run_label=f"ingest {label}",
         return_state=True,
     )
     flow_run_id = str(state.state_details.flow_run_id)

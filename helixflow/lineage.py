@@ -64,6 +64,7 @@ class LineageRecord(BaseModel):
     tools: dict[str, str] = Field(default_factory=dict)
     upstream: list[FileRef] = Field(default_factory=list)
     executed_on: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime
     recorded_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
@@ -84,7 +85,7 @@ class LineageRecord(BaseModel):
             task_run_id=task_run_id, task_name=artifact.producer, cached=cached,
             parameters=artifact.params, code_version=code_version(), tools=artifact.tools,
             upstream=artifact.upstream, executed_on=artifact.executed_on,
-            created_at=artifact.created_at,
+            metadata=artifact.metadata, created_at=artifact.created_at,
         )
 
 

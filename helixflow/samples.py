@@ -9,7 +9,11 @@ from pydantic import BaseModel
 from helixflow.errors import HelixflowError
 
 # R1/R2 naming conventions: sample_R1.fastq.gz, sample_R1_001.fastq.gz, sample_1.fq.gz
-_MATE = re.compile(r"^(?P<stem>.+?)(?P<sep>[._-])(?P<tag>R?)(?P<mate>[12])(?P<rest>(?:_\d{3})?\.(?:fq|fastq)(?:\.gz|\.bgz)?)$", re.I)
+_MATE = re.compile(
+    r"^(?P<stem>.+?)(?P<sep>[._-])(?P<tag>R?)(?P<mate>[12])"
+    r"(?P<rest>(?:_\d{3})?\.(?:fq|fastq)(?:\.gz|\.bgz)?)$",
+    re.I,
+)
 _BARE = re.compile(r"^R?[12](?:_\d{3})?\.(?:fq|fastq)(?:\.gz|\.bgz)?$", re.I)
 _EXT = re.compile(r"\.(?:fq|fastq)(?:\.gz|\.bgz)?$", re.I)
 

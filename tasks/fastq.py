@@ -419,24 +419,29 @@ def open_fastq(uri: str, storage_options: dict[str, Any] | None = None) -> Binar
 
 
 class _Scratch:
-    """A reusable, growing byte buffer that each batch's text is read into.
+    """A reusable byte buffer that each batch's text is read into.
 
     Decompressed blocks are copied in (and freed) as they arrive, so a batch's text exists
-    once in memory. Reusing the buffer also avoids paying page faults for a fresh ~100 MB
-    allocation every batch. Nothing keeps a view of it between batches: the columns are
-    gathered into new Arrow buffers.
+    once in memory. The buffer is reused batch after batch and sized up front from the
+    record size seen, because growing it step by step touches (and page-faults) several
+    times the memory it ends up using. Nothing keeps a view of it between batches: the
+    columns are gathered into new Arrow buffers.
     """
 
     def __init__(self) -> None:
         self.buffer = np.empty(0, np.uint8)
 
-    def put(self, pos: int, data: bytes | memoryview) -> None:
-        """Copy `data` to `pos`, growing the buffer (keeping [0, pos)) if needed."""
-        end = pos + len(data)
-        if end > len(self.buffer):
-            grown = np.empty(max(end, len(self.buffer) * 3 // 2, _BLOCK), np.uint8)
-            grown[:pos] = self.buffer[:pos]
+    def reserve(self, size: int, keep: int) -> None:
+        """Make room for `size` bytes, keeping [0, keep). Untouched room costs no memory."""
+        if size > len(self.buffer):
+            grown = np.empty(size, np.uint8)
+            grown[:keep] = self.buffer[:keep]
             self.buffer = grown
+
+    def put(self, pos: int, data: bytes | memoryview) -> None:
+        """Copy `data` to `pos`, growing the buffer if needed."""
+        end = pos + len(data)
+        self.reserve(end if end <= len(self.buffer) else max(end, 2 * len(self.buffer)), pos)
         self.buffer[pos:end] = np.frombuffer(data, np.uint8)
 
 
@@ -499,6 +504,8 @@ class _RecordReader:
         while True:
             if block:
                 ends = np.flatnonzero(np.frombuffer(block, np.uint8) == _NL)
+                if end == pos and len(ends):  # room for this chunk, judged by this block
+                    scratch.reserve(pos + 2 * want * (len(block) // len(ends) + 1), pos)
                 if lines + len(ends) >= want:  # this block completes the chunk
                     cut = int(ends[want - lines - 1]) + 1
                     scratch.put(end, memoryview(block)[:cut])

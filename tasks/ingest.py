@@ -36,6 +36,28 @@ class IngestResult(BaseModel):
     stats: dict[str, Any]
 
 
+def summarize(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Totals over mates of `ReadStats.to_dict()` output, for summary tables."""
+    mates = list(stats.values())
+    reads = sum(m["reads"] for m in mates)
+    bases = sum(m["bases"] for m in mates)
+
+    def weighted(key: str) -> float | None:
+        pairs = [(m[key], m["bases"]) for m in mates if m.get(key) is not None and m["bases"]]
+        total = sum(w for _, w in pairs)
+        return sum(v * w for v, w in pairs) / total if total else None
+
+    return {
+        "reads": reads,
+        "bases": bases,
+        "empty_reads": sum(m["empty_reads"] for m in mates),
+        "mean_length": bases / reads if reads else 0.0,
+        "gc": weighted("gc_fraction"),
+        "n_bases": sum(m["n_bases"] for m in mates),
+        "mean_quality": weighted("mean_quality"),
+    }
+
+
 def shard_name(sample: str, index: int) -> str:
     return f"{sample}.reads.{index:05d}.parquet"
 
@@ -127,13 +149,14 @@ def ingest_fastq(
             store.publish(
                 path, run_id=run_id, stage="ingest", media_type=SHARD_MEDIA_TYPE,
                 rows=rows, producer="ingest-fastq", params=params, upstream=inputs,
-                executed_on=node, metadata={"sample": sample.name, "shard": i},
+                executed_on=node,
+                metadata={"sample": sample.name, "shard": i, "input_stats": summary},
             )
             for i, (path, rows) in enumerate(files)
         ]
     logger.info(
         "ingested %s (%s): %d shards, %s reads", sample.name, sample.layout, len(shards),
-        summary.get("reads"),
+        summarize(summary)["reads"],
     )
     return IngestResult(
         sample=sample.name, layout=sample.layout, inputs=inputs, shards=shards, stats=summary

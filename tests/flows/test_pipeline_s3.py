@@ -46,7 +46,8 @@ def test_s3_inputs_and_store_via_block(prefect_api: str, moto_endpoint: str, tmp
     total = 0
     for key in shard_keys:
         body = s3.get_object(Bucket="results", Key=key)["Body"].read()
-        cas = f"hf/objects/{hashlib.sha256(body).hexdigest()[:2]}/{hashlib.sha256(body).hexdigest()}"
+        digest = hashlib.sha256(body).hexdigest()
+        cas = f"hf/objects/{digest[:2]}/{digest}"
         assert any(k.startswith(cas) for k in keys)
         local = tmp_path / key.rsplit("/", 1)[-1]
         local.write_bytes(body)
