@@ -9,6 +9,7 @@ run over the same bytes reuses the first run's results.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ def stable_value(value: Any) -> Any:
         return {"file": value.identity}
     if isinstance(value, BaseModel):
         return stable_value(value.model_dump(mode="json"))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"__type__": type(value).__qualname__, **stable_value(dataclasses.asdict(value))}
     if isinstance(value, dict):
         items = sorted(value.items(), key=lambda kv: str(kv[0]))
         return {str(k): stable_value(v) for k, v in items}

@@ -55,3 +55,14 @@ def test_etag_identity_and_unhashable_paths() -> None:
 
     with pytest.raises(TypeError, match="FileRef"):
         content_key("t", "1", {"p": Path("/x")})
+
+
+def test_dataclass_parameters_are_keyed_by_value() -> None:
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Params:
+        k: int = 21
+
+    assert content_key("t", "1", {"p": Params()}) == content_key("t", "1", {"p": Params()})
+    assert content_key("t", "1", {"p": Params()}) != content_key("t", "1", {"p": Params(k=25)})

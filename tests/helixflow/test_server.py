@@ -12,7 +12,9 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,24 +42,6 @@ def home(
     server.stop_server(home)
 
 
-@pytest.fixture
-def restore_prefect_settings() -> Iterator[None]:
-    """Undo `use_server`: restore the environment and Prefect's global settings."""
-    saved = dict(os.environ)
-    yield
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    # Send what the flow logged while its server is still up (the `home` finalizer
-    # stops it after this one), instead of failing at interpreter exit.
-    APILogWorker.drain_all(timeout=10)
-    EventsWorker.drain_all(timeout=10)
-    for key in set(os.environ) - set(saved):
-        del os.environ[key]
-    os.environ.update(saved)
-    from prefect.context import refresh_global_settings_context
-
-    refresh_global_settings_context()
 
 
 def _health(info: server.ServerInfo) -> object:
@@ -312,36 +296,51 @@ def test_port_taken_before_bind_is_retried(home: Path, monkeypatch: pytest.Monke
 
 
 @pytest.mark.integration
-def test_use_server_sends_in_process_flow_runs_to_it(
-    home: Path, monkeypatch: pytest.MonkeyPatch, restore_prefect_settings: None
-) -> None:
-    from prefect import flow, task
-    from prefect.server.api.server import SubprocessASGIServer
-
-    temporary_servers: list[object] = []
-    real_start = SubprocessASGIServer.start
-
-    def spy(self: SubprocessASGIServer, *args: object, **kwargs: object) -> None:
-        temporary_servers.append(self)
-        real_start(self, *args, **kwargs)
-
-    monkeypatch.setattr(SubprocessASGIServer, "start", spy)
-
-    @task
-    def add_one(x: int) -> int:
-        return x + 1
-
-    @flow
-    def tiny(x: int) -> int:
-        return add_one(x)
-
+def test_use_server_sends_in_process_flow_runs_to_it(home: Path) -> None:
+    """In a fresh process (Prefect's event and log workers are per-process singletons bound
+    to the first server they talk to), `use_server` sends flow and task runs to our server
+    and no temporary server is started."""
     info = server.ensure_server(home)
-    server.use_server(info)
-    state = tiny(41, return_state=True)
+    script = textwrap.dedent(f"""
+        import json
+        from pathlib import Path
+        from prefect import flow, task
+        from prefect.server.api.server import SubprocessASGIServer
+        from helixflow import server
 
-    assert state.is_completed()
-    assert state.result() == 42
-    flow_run_id = str(state.state_details.flow_run_id)
+        temporary = []
+        real_start = SubprocessASGIServer.start
+        def spy(self, *args, **kwargs):
+            temporary.append(1)
+            real_start(self, *args, **kwargs)
+        SubprocessASGIServer.start = spy
+
+        @task
+        def add_one(x: int) -> int:
+            return x + 1
+
+        @flow
+        def tiny(x: int) -> int:
+            return add_one(x)
+
+        info = server.ensure_server(Path({str(home)!r}))
+        server.use_server(info)
+        state = tiny(41, return_state=True)
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
+        run_id = str(state.state_details.flow_run_id)
+        print(json.dumps({{"result": state.result(), "flow_run_id": run_id,
+                          "temporary": len(temporary)}}))
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["result"] == 42 and out["temporary"] == 0
+    flow_run_id = out["flow_run_id"]
     runs = httpx.post(
         f"{info.api_url}/flow_runs/filter",
         json={"flow_runs": {"id": {"any_": [flow_run_id]}}},
@@ -349,13 +348,17 @@ def test_use_server_sends_in_process_flow_runs_to_it(
         trust_env=False,
     ).json()
     assert [(r["id"], r["state_type"]) for r in runs] == [(flow_run_id, "COMPLETED")]
-    task_runs = httpx.post(
-        f"{info.api_url}/task_runs/filter",
-        json={"flow_runs": {"id": {"any_": [flow_run_id]}}},
-        timeout=10,
-        trust_env=False,
-    ).json()
+    deadline = time.monotonic() + 20
+    while True:  # task run states arrive as events, processed asynchronously by the server
+        task_runs = httpx.post(
+            f"{info.api_url}/task_runs/filter",
+            json={"flow_runs": {"id": {"any_": [flow_run_id]}}},
+            timeout=10,
+            trust_env=False,
+        ).json()
+        if [t["state_type"] for t in task_runs] == ["COMPLETED"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert [t["state_type"] for t in task_runs] == ["COMPLETED"]
-    assert temporary_servers == []
     page = httpx.get(server.flow_run_url(info, flow_run_id), timeout=5, trust_env=False)
     assert page.status_code == 200

@@ -1,0 +1,89 @@
+"""Reading and publishing Parquet tables and files in the store: the I/O edge of tasks."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from helixflow.artifacts import Artifact, FileRef
+from helixflow.resources import where_am_i
+from helixflow.store import Store, is_local, local_path
+
+PARQUET = "application/vnd.apache.parquet"
+
+
+def read_table(store: Store, ref: FileRef, columns: list[str] | None = None) -> pa.Table:
+    """A Parquet artifact as an Arrow table (streamed from S3, memory-mapped locally)."""
+    if is_local(ref.uri):
+        return pq.read_table(local_path(ref.uri), columns=columns, memory_map=True)
+    with store.open(ref.uri, "rb") as handle:
+        return pq.read_table(handle, columns=columns)
+
+
+def fetch(store: Store, ref: FileRef, dest_dir: Path, name: str | None = None) -> Path:
+    """A local path holding the artifact's bytes (the file itself when the store is local)."""
+    if is_local(ref.uri):
+        return local_path(ref.uri)
+    dest = dest_dir / (name or ref.name)
+    with store.open(ref.uri, "rb") as src, open(dest, "wb") as out:
+        shutil.copyfileobj(src, out, 8 << 20)
+    return dest
+
+
+def write_parquet(table: pa.Table | pa.RecordBatch, path: Path) -> int:
+    """zstd Parquet at a local path; returns rows."""
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    pq.write_table(table, path, compression="zstd", row_group_size=128 * 1024)
+    return table.num_rows
+
+
+def publish_table(
+    store: Store,
+    table: pa.Table | pa.RecordBatch,
+    scratch: Path,
+    *,
+    run_id: str,
+    stage: str,
+    name: str,
+    producer: str,
+    params: dict[str, Any] | None = None,
+    upstream: list[FileRef] | None = None,
+    metadata: dict[str, Any] | None = None,
+    tools: dict[str, str] | None = None,
+) -> Artifact:
+    """Write a table to scratch as Parquet and publish it atomically as an artifact."""
+    path = scratch / name
+    rows = write_parquet(table, path)
+    return store.publish(
+        path, run_id=run_id, stage=stage, media_type=PARQUET, rows=rows, producer=producer,
+        params=params or {}, upstream=upstream or [], metadata=metadata or {},
+        tools=tools or {}, executed_on=where_am_i(),
+    )
+
+
+def publish_file(
+    store: Store,
+    path: Path,
+    *,
+    run_id: str,
+    stage: str,
+    media_type: str,
+    producer: str,
+    name: str | None = None,
+    rows: int | None = None,
+    params: dict[str, Any] | None = None,
+    upstream: list[FileRef] | None = None,
+    metadata: dict[str, Any] | None = None,
+    tools: dict[str, str] | None = None,
+) -> Artifact:
+    """Publish a finished local file (BAM, VCF, FASTA, HTML) atomically as an artifact."""
+    return store.publish(
+        path, run_id=run_id, stage=stage, name=name, media_type=media_type, rows=rows,
+        producer=producer, params=params or {}, upstream=upstream or [],
+        metadata=metadata or {}, tools=tools or {}, executed_on=where_am_i(),
+    )
