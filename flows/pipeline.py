@@ -1,7 +1,7 @@
 """The genomics pipeline flow: composes tasks; does no heavy work itself.
 
-Stages so far: identify inputs → ingest to Parquet shards. Later stages hang from the
-shard artifacts this returns. Lineage is recorded here, in the flow, for every artifact
+Stages so far: identify inputs → ingest to Parquet shards → quality filtering. Later
+stages hang from the shard artifacts. Lineage is recorded here, in the flow, for every artifact
 whether its task ran or was a cache hit (Prefect emits no asset event for cache hits).
 """
 
@@ -16,8 +16,10 @@ from prefect.futures import PrefectFuture
 from pydantic import BaseModel
 
 from blocks.store import resolve_store
-from helixflow.artifacts import Artifact, FileRef
-from helixflow.lineage import LineageGraph, LineageLog, LineageRecord, code_version, mermaid
+from flows.preprocess import qc_params, qc_totals, run_qc
+from helixflow.artifacts import FileRef
+from helixflow.lineage import LineageGraph, code_version, mermaid
+from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
 from helixflow.samples import Sample, plan_samples
 from helixflow.store import Store
@@ -41,40 +43,6 @@ def _asset_key(store: Store, run_id: str, stage: str, sample: str) -> str:
     return store.run_uri(run_id, stage, sample)
 
 
-def _was_cached(future: PrefectFuture[Any]) -> bool:
-    state = future.state
-    return bool(state.name == "Cached")
-
-
-class _Recorder:
-    """Collects lineage for the run and shows cache hits in the run's folder."""
-
-    def __init__(self, store: Store, run_id: str) -> None:
-        self.store = store
-        self.run_id = run_id
-        self.log = LineageLog(store, run_id)
-        self.flow_run_id = str(runtime.flow_run.id)
-        self.executed = 0
-        self.cached = 0
-
-    def record(self, future: PrefectFuture[Any], artifacts: list[Artifact]) -> list[Artifact]:
-        cached = _was_cached(future)
-        if cached:
-            self.cached += 1
-            artifacts = [self.store.link_into_run(a, self.run_id) for a in artifacts]
-        else:
-            self.executed += 1
-        for artifact in artifacts:
-            self.log.add(
-                LineageRecord.of(
-                    artifact, run_id=self.run_id, flow_run_id=self.flow_run_id,
-                    task_run_id=str(future.task_run_id), cached=cached,
-                )
-            )
-        self.log.flush()
-        return artifacts
-
-
 @flow(name="genomics-pipeline", flow_run_name="{run_label}", log_prints=True)
 def genomics_pipeline(
     inputs: list[str],
@@ -82,6 +50,7 @@ def genomics_pipeline(
     store_block: str | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
     interleaved: bool = False,
+    qc_options: dict[str, Any] | None = None,
     run_label: str = "helixflow",
 ) -> RunSummary:
     """Run helixflow over FASTQ inputs (local paths or s3:// URIs).
@@ -92,13 +61,15 @@ def genomics_pipeline(
         store_block: name of a saved `HelixflowStore` block (credentials, endpoint)
         shard_size: reads (or pairs) per Parquet shard
         interleaved: inputs are interleaved paired FASTQ
+        qc_options: quality-filter settings (fields of `tasks.qc.QcParams`; fastp defaults)
         run_label: the flow run's display name
     """
     logger = get_run_logger()
     st = resolve_store(store, store_block)
     run_id = str(runtime.flow_run.id)
-    recorder = _Recorder(st, run_id)
+    recorder = RunRecorder(st, run_id)
     samples = plan_samples(inputs, interleaved=interleaved)
+    qc = qc_params(qc_options)
     logger.info("run %s: %d sample(s) → %s", run_id, len(samples), st.run_uri(run_id))
 
     s3_options = st.storage_options if st.scheme == "s3" else None
@@ -125,13 +96,21 @@ def genomics_pipeline(
         result = future.result()
         shards = recorder.record(future, result.shards)
         results.append(result.model_copy(update={"shards": shards}))
+    recorder.flush()
 
-    _publish_reports(st, run_id, results, recorder)
+    filtered = run_qc(results, qc, st, run_id, recorder)
+    qc_counts = {sample: qc_totals(parts) for sample, parts in filtered.items()}
+    for sample, counts in qc_counts.items():
+        if counts.get("reads_in") and not counts.get("reads_out"):
+            logger.warning("%s: every read was filtered out by QC (%s)", sample, counts)
+
+    _publish_reports(st, run_id, results, recorder, qc_counts)
     return RunSummary(
         run_id=run_id,
         run_uri=st.run_uri(run_id),
         samples=[{"sample": r.sample, "layout": r.layout, "shards": len(r.shards),
-                  **summarize(r.stats)} for r in results],
+                  **summarize(r.stats), "reads_after_qc": qc_counts[r.sample].get("reads_out")}
+                 for r in results],
         artifacts=len(recorder.log.records),
         tasks_executed=recorder.executed,
         tasks_cached=recorder.cached,
@@ -168,9 +147,18 @@ def _quality_profile(results: list[IngestResult]) -> list[dict[str, Any]]:
 
 
 def _publish_reports(
-    store: Store, run_id: str, results: list[IngestResult], recorder: _Recorder
+    store: Store,
+    run_id: str,
+    results: list[IngestResult],
+    recorder: RunRecorder,
+    qc_counts: dict[str, dict[str, int]],
 ) -> None:
-    """Prefect UI artifacts (stats table, lineage graph) and the run manifest."""
+    """Prefect UI artifacts (stats tables, lineage graph) and the run manifest."""
+    create_table_artifact(
+        key="qc-counts",
+        table=[{"sample": sample, **counts} for sample, counts in qc_counts.items()],
+        description="Quality filtering: reads and bases in, out, trimmed and removed per reason",
+    )
     create_table_artifact(
         key="ingest-stats",
         table=[row for r in results for row in _stats_rows(r)],

@@ -116,13 +116,15 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def _print_summary(summary: Any, elapsed: float) -> None:
     table = Table(title=f"run {summary.run_id}")
-    for column in ("sample", "layout", "shards", "reads", "bases", "empty", "GC", "mean Q"):
+    for column in ("sample", "layout", "shards", "reads", "bases", "empty", "GC", "mean Q",
+                   "after QC"):
         table.add_column(column, justify="left" if column in ("sample", "layout") else "right")
     for row in summary.samples:
         table.add_row(
             row["sample"], row["layout"], str(row["shards"]), f"{row.get('reads', 0):,}",
             f"{row.get('bases', 0):,}", str(row.get("empty_reads", "")),
             _fmt(row.get("gc"), ".3f"), _fmt(row.get("mean_quality"), ".1f"),
+            f"{row['reads_after_qc']:,}" if row.get("reads_after_qc") is not None else "-",
         )
     out.print(table)
     out.print(

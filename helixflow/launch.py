@@ -67,6 +67,7 @@ def launch_pipeline(
     ray_address: str | None = None,
     shard_size: int | None = None,
     interleaved: bool = False,
+    qc_options: dict[str, Any] | None = None,
     debug: bool = False,
 ) -> Launched:
     """Run `genomics-pipeline` on the one server and Ray; never raises for a failed run."""
@@ -92,6 +93,7 @@ def launch_pipeline(
         store_block=store_block,
         shard_size=shard_size or DEFAULT_SHARD_SIZE,
         interleaved=interleaved,
+        qc_options=qc_options,
         run_label=f"ingest {label}",
         return_state=True,
     )

@@ -87,3 +87,12 @@ def publish_file(
         producer=producer, params=params or {}, upstream=upstream or [],
         metadata=metadata or {}, tools=tools or {}, executed_on=where_am_i(),
     )
+
+
+def as_batch(table: pa.Table) -> pa.RecordBatch:
+    """One contiguous RecordBatch of a table (kernels index rows by position)."""
+    combined = table.combine_chunks()
+    batches = combined.to_batches()
+    if not batches:
+        return pa.RecordBatch.from_pylist([], schema=table.schema)
+    return batches[0]

@@ -3,16 +3,23 @@
 Pure functions (NumPy/Arrow in and out, no Prefect) so they can be tested and benchmarked on
 their own; the Prefect tasks wrap them.
 
-How it is fast. Each file is read by a background thread that inflates gzip with ISA-L
-(`isal.igzip_lib`, about twice zlib's speed, GIL released) into 256 KiB blocks. The parser
-finds line ends with one NumPy pass per block, copies a batch worth of records into one
-reusable buffer and describes every record by six offsets (name, sequence, quality).
-Those offsets become a zero-copy Arrow binary array over the buffer, so one Arrow `take`
-per column gathers all names, sequences and qualities without a Python object per read.
-Validation is whole-buffer work too: structure by comparing bytes at line starts, quality
-range by min/max, bases by `bytes.translate`. Only when a check fails does a slow path
-look at the one bad record to write the message. Another thread runs the parser one batch
-ahead of the consumer, so inflating, parsing and the caller's Parquet writing overlap.
+How it is fast (measured in bench/ingest.py against `seqkit stats`):
+- Each file is read by a background thread that inflates gzip with ISA-L
+  (`isal.igzip_lib`, about twice zlib's speed, GIL released) into 256 KiB blocks.
+- The parser finds line ends with one NumPy pass per block and copies ~16k records at a
+  time (a sub-chunk) into a small reusable buffer. Every record becomes six offsets
+  (name, sequence, quality) in that buffer; as a zero-copy Arrow binary array, one Arrow
+  `take` per column gathers all names, sequences and qualities, with no Python object
+  per read. Validation is whole-buffer work too: structure by comparing bytes at line
+  starts, quality range by min/max, bases by `bytes.translate`. Only when a check fails
+  does a slow path look at the one bad record to say what is wrong.
+- Sub-chunks are appended to the batch's columns in place (buffers reused once the
+  consumer lets go of a batch), so memory is the batch itself plus a few MB, and it
+  stays warm instead of being page-faulted in afresh.
+- Another thread builds the next batch while the consumer works on the current one, so
+  inflating, parsing and the caller's statistics and Parquet writing overlap.
+dnaio (a C parser) was measured too: faster at only iterating records, slower once every
+read has to become Arrow data, which needs a Python object per read on the way.
 
 Conventions:
 - Records are the classic 4-line FASTQ (no line-wrapped sequences). CRLF line endings are
@@ -39,6 +46,7 @@ from __future__ import annotations
 import io
 import os
 import queue
+import sys
 import threading
 import uuid
 import zlib
@@ -79,7 +87,7 @@ _OTHER_COMPRESSIONS = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xf
 # faults per block) and in cache. Measured: 256 KiB blocks inflate 30% faster than 1 MiB.
 _RAW_CHUNK = 64 * 1024  # compressed bytes per read() from the source
 _BLOCK = 256 * 1024  # decompressed bytes per block handed to the parser
-_READ_AHEAD = 128  # blocks a reader thread may run ahead of the parser (32 MiB)
+_READ_AHEAD = 64  # blocks a reader thread may run ahead of the parser (16 MiB)
 _SCAN = 1024 * 1024  # bytes per step when checking bases
 _NL, _CR, _AT, _PLUS = 10, 13, ord("@"), ord("+")
 _HINT_COPY = "the file is incomplete or damaged: copy it again (`gzip -t FILE` checks a .gz)"
@@ -419,13 +427,12 @@ def open_fastq(uri: str, storage_options: dict[str, Any] | None = None) -> Binar
 
 
 class _Scratch:
-    """A reusable byte buffer that each batch's text is read into.
+    """A reusable byte buffer that each sub-chunk's text is read into.
 
-    Decompressed blocks are copied in (and freed) as they arrive, so a batch's text exists
-    once in memory. The buffer is reused batch after batch and sized up front from the
-    record size seen, because growing it step by step touches (and page-faults) several
-    times the memory it ends up using. Nothing keeps a view of it between batches: the
-    columns are gathered into new Arrow buffers.
+    Decompressed blocks are copied in (and freed) as they arrive. The buffer is reused
+    and sized up front from the record size seen: growing it step by step would touch
+    (and page-fault) several times the memory it ends up using. Nothing keeps a view of it
+    between sub-chunks: the columns are gathered into new Arrow buffers.
     """
 
     def __init__(self) -> None:
@@ -447,11 +454,10 @@ class _Scratch:
 
 @dataclass
 class _Chunk:
-    """Whole records of one file, read into a _Scratch buffer at [start, start + size)."""
+    """Whole records of one file, read into the first `size` bytes of a _Scratch buffer."""
 
     path: str
     first_record: int  # 1-based number of the first record
-    start: int
     size: int
     line_ends: np.ndarray  # int64 positions in the buffer, 4 per record
     error: InputError | None = None  # raise after validating these records
@@ -491,21 +497,21 @@ class _RecordReader:
         self._eof = True
         return b"" if self._last_byte == _NL else b"\n"
 
-    def read_into(self, scratch: _Scratch, pos: int, n: int) -> _Chunk:
-        """Read up to `n` records into `scratch` at `pos`; fewer only at the end of the file.
+    def read_into(self, scratch: _Scratch, n: int) -> _Chunk:
+        """Read up to `n` records into `scratch`; fewer only at the end of the file.
 
         The returned chunk's `error` says why the file ended early, if it did.
         """
         want = 4 * n
         found: list[np.ndarray] = []
-        lines, end = 0, pos
+        lines, end = 0, 0
         block: bytes | memoryview = self._carry
         self._carry = b""
         while True:
             if block:
                 ends = np.flatnonzero(np.frombuffer(block, np.uint8) == _NL)
-                if end == pos and len(ends):  # room for this chunk, judged by this block
-                    scratch.reserve(pos + 2 * want * (len(block) // len(ends) + 1), pos)
+                if end == 0 and len(ends):  # room for this chunk, judged by this block
+                    scratch.reserve(2 * want * (len(block) // len(ends) + 1), 0)
                 if lines + len(ends) >= want:  # this block completes the chunk
                     cut = int(ends[want - lines - 1]) + 1
                     scratch.put(end, memoryview(block)[:cut])
@@ -522,12 +528,11 @@ class _RecordReader:
         line_ends = np.concatenate(found) if found else np.empty(0, np.int64)
         complete = lines // 4
         line_ends = line_ends[: 4 * complete]
-        chunk_end = int(line_ends[-1]) + 1 if complete else pos
-        chunk = _Chunk(self.uri, self.records + 1, pos, chunk_end - pos, line_ends)
+        size = int(line_ends[-1]) + 1 if complete else 0
+        chunk = _Chunk(self.uri, self.records + 1, size, line_ends)
         self.records += complete
         if complete < n:
-            tail = scratch.buffer[chunk_end:end].tobytes()
-            chunk.error = self._end_error(tail, lines % 4)
+            chunk.error = self._end_error(scratch.buffer[size:end].tobytes(), lines % 4)
         return chunk
 
     def _end_error(self, tail: bytes, tail_lines: int) -> InputError | None:
@@ -713,47 +718,34 @@ class _Parsed:
     read_id: pa.Array
     sequence: pa.Array
     quality: pa.Array
-    lengths: np.ndarray
 
 
 class _Records:
-    """The records of one or more chunks joined into one buffer, with their line positions.
+    """The records of a chunk, located by line: record i is lines 4i..4i+3 (CR excluded)."""
 
-    Records are numbered 0.. in text order (chunk after chunk) for validation; `where`
-    maps that index back to a file and record number.
-    """
-
-    def __init__(self, chunks: list[_Chunk], scratch: _Scratch) -> None:
-        self.chunks = chunks
-        data = scratch.buffer[: chunks[-1].start + chunks[-1].size]
+    def __init__(self, chunk: _Chunk, scratch: _Scratch) -> None:
+        self.chunk = chunk
+        data = scratch.buffer[: chunk.size]
         self.buffer = pa.py_buffer(data)
-        ends = np.concatenate([c.line_ends for c in chunks])
+        ends = chunk.line_ends
         starts = np.empty_like(ends)
         starts[:1] = 0
         starts[1:] = ends[:-1] + 1
         crlf = (ends > starts) & (data[np.maximum(ends - 1, 0)] == _CR)
         self.data, self.starts, self.ends = data, starts, ends - crlf
-        self.n = len(ends) // 4
-        self.first_index = np.cumsum([0] + [c.n for c in chunks])
-
-    def where(self, index: int) -> tuple[str, int]:
-        """(path, record number) of the record at text index `index`."""
-        k = int(np.searchsorted(self.first_index, index, side="right")) - 1
-        chunk = self.chunks[k]
-        return chunk.path, chunk.first_record + index - int(self.first_index[k])
+        self.n = chunk.n
 
     def fail(self, index: int) -> InputError:
-        """The InputError describing the (bad) record at text index `index`."""
+        """The InputError describing the (bad) record at 0-based `index`."""
         s = self.starts[4 * index : 4 * index + 4].tolist()
         e = self.ends[4 * index : 4 * index + 4].tolist()
         lines = [self.data[a:b].tobytes() for a, b in zip(s, e, strict=True)]
-        path, record = self.where(index)
-        return InputError(path, _diagnose(lines), record=record)
+        return InputError(self.chunk.path, _diagnose(lines), record=self.chunk.first_record + index)
 
     def parse(self, order: np.ndarray | None = None) -> _Parsed:
-        """Validate every record and gather its columns; rows follow `order` (text indices).
+        """Validate every record and gather its columns; rows follow `order` (record indices).
 
-        Raises the InputError of the first bad record in text order.
+        Raises the InputError of the first bad record.
         """
         data, s, e = self.data, self.starts, self.ends
         malformed = (
@@ -797,29 +789,137 @@ class _Records:
         first = min((int(x.min()) for x in bad if len(x)), default=None)
         if first is not None:
             raise self.fail(first)
-        return _Parsed(read_id, sequence, quality, (se - ss)[rows])
+        return _Parsed(read_id, sequence, quality)
 
 
 # --------------------------------------------------------------------------------------
 # Batches
 
 
-def _record_batch(
-    parsed: _Parsed, mate: np.ndarray, fragment: np.ndarray, record: np.ndarray
-) -> pa.RecordBatch:
-    """Assemble READS_SCHEMA columns."""
-    return pa.RecordBatch.from_arrays(
-        [
-            parsed.read_id,
-            pa.array(mate, pa.uint8()),
-            pa.array(fragment, pa.int64()),
-            pa.array(record, pa.int64()),
-            parsed.sequence,
-            parsed.quality,
-            pa.array(parsed.lengths == 0, pa.bool_()),
-        ],
-        schema=READS_SCHEMA,
-    )
+class _Recycler:
+    """Hands out byte buffers for batch columns and reuses those of batches let go.
+
+    The kernel zeroes fresh memory on first touch, which cost ~8% of the ingest time with a
+    new buffer per batch; a buffer of a batch the consumer has dropped is warm. CPython's
+    reference count says when that is: our list holds one reference, and every Arrow
+    array built on a buffer holds another (through the export that pa.py_buffer keeps).
+    Only the `track` most recent buffers are followed (the rest are the consumer's to
+    free), and at most `keep` idle ones are kept.
+    """
+
+    def __init__(self, keep: int = 6, track: int = 24) -> None:
+        self._buffers: list[np.ndarray] = []
+        self._keep, self._track = keep, track
+
+    def get(self, size: int) -> np.ndarray:
+        """A buffer of at least `size` bytes that nothing else uses (contents undefined)."""
+        # getrefcount == 2: the list, and the call's own argument.
+        idle = [i for i in range(len(self._buffers)) if sys.getrefcount(self._buffers[i]) == 2]
+        fits = [i for i in idle if len(self._buffers[i]) >= size]
+        chosen = min(fits, key=lambda i: len(self._buffers[i])) if fits else None
+        drop = {i for i in idle if i != chosen}
+        drop = set(sorted(drop)[: max(0, len(drop) - self._keep)])  # oldest idle beyond keep
+        buffer = self._buffers[chosen] if chosen is not None else np.empty(size, np.uint8)
+        self._buffers = [b for i, b in enumerate(self._buffers) if i not in drop]
+        if chosen is None:
+            self._buffers = [*self._buffers[-(self._track - 1) :], buffer]
+        return buffer
+
+
+class _StringBuilder:
+    """A string column grown piece by piece in one buffer.
+
+    Pieces are small (one sub-chunk) and copied once into place, so neither a list of
+    pieces nor a final concatenation holds a second copy of the batch. The buffer is sized
+    from the first piece, so it rarely has to grow.
+    """
+
+    def __init__(self, rows: int, recycler: _Recycler) -> None:
+        self._rows_hint = rows
+        self._recycler = recycler
+        self.offsets = np.zeros(rows + 1, np.int64)
+        self.rows = 0
+        self.size = 0
+        self._data = np.empty(0, np.uint8)
+
+    def append(self, piece: pa.Array) -> None:
+        """Add the rows of a string array."""
+        offsets, data = _string_parts(piece)
+        n, start, stop = len(piece), int(offsets[0]), int(offsets[-1])
+        end = self.size + stop - start
+        if self.rows + n > len(self.offsets) - 1:
+            self.offsets = np.concatenate([self.offsets, np.zeros(self.rows + n, np.int64)])
+        if end > len(self._data):
+            if self.size:  # outgrown: move to a bigger buffer
+                wanted = max(end, len(self._data) * 3 // 2)
+            else:  # first piece: room for the rows expected at this many bytes per row
+                wanted = max(end, int((stop - start) / max(n, 1) * self._rows_hint * 1.1) + 4096)
+            bigger = self._recycler.get(wanted)
+            bigger[: self.size] = self._data[: self.size]
+            self._data = bigger
+        self._data[self.size : end] = data[start:stop]
+        self.offsets[self.rows + 1 : self.rows + n + 1] = offsets[1:] - start + self.size
+        self.rows, self.size = self.rows + n, end
+
+    def finish(self) -> pa.Array:
+        """The column (string type: at most 2 GiB of data)."""
+        if self.size >= 2**31:
+            raise ValueError("a batch column exceeds 2 GiB; use a smaller batch_size")
+        offsets = pa.py_buffer(self.offsets[: self.rows + 1].astype(np.int32))
+        data = pa.py_buffer(self._data[: self.size])
+        return pa.Array.from_buffers(pa.string(), self.rows, [None, offsets, data])
+
+
+class _BatchBuilder:
+    """Collects validated pieces into one READS_SCHEMA batch, mate-1 rows before mate-2 rows.
+
+    Pieces are appended in row order. Interleaved input delivers its mates mixed, so there
+    mate 2 goes to builders of its own and is appended to mate 1 at the end.
+    """
+
+    def __init__(self, layout: str, batch_size: int, recycler: _Recycler) -> None:
+        self.layout = layout  # "single", "paired" or "interleaved"
+        rows = batch_size if layout == "single" else 2 * batch_size
+        self._columns = [_StringBuilder(rows, recycler) for _ in range(3)]
+        self._mate2: list[_StringBuilder] | None = None
+        if layout == "interleaved":
+            self._mate2 = [_StringBuilder(batch_size, recycler) for _ in range(3)]
+        self.fragments = 0
+
+    def add(self, mate: int, parsed: _Parsed, start: int, stop: int) -> None:
+        """Add rows [start, stop) of `parsed` as reads of `mate` (0, 1 or 2)."""
+        target = self._mate2 if mate == 2 and self._mate2 is not None else self._columns
+        for builder, column in zip(
+            target, (parsed.read_id, parsed.sequence, parsed.quality), strict=True
+        ):
+            builder.append(column.slice(start, stop - start))
+        if mate < 2:
+            self.fragments += stop - start
+
+    def finish(self, first_fragment: int) -> pa.RecordBatch:
+        """The batch; `record` follows from the fragment number and the layout."""
+        if self._mate2 is not None:
+            for builder, more in zip(self._columns, self._mate2, strict=True):
+                builder.append(more.finish())
+        read_id, sequence, quality = (b.finish() for b in self._columns)
+        mates = np.array([0] if self.layout == "single" else [1, 2], np.uint8)
+        n = self.fragments
+        fragment = np.tile(np.arange(first_fragment, first_fragment + n), len(mates))
+        mate = np.repeat(mates, n)
+        record = 2 * fragment + mate if self.layout == "interleaved" else fragment + 1
+        lengths = np.diff(_string_parts(sequence)[0])
+        return pa.RecordBatch.from_arrays(
+            [
+                read_id,
+                pa.array(mate, pa.uint8()),
+                pa.array(fragment, pa.int64()),
+                pa.array(record, pa.int64()),
+                sequence,
+                quality,
+                pa.array(lengths == 0, pa.bool_()),
+            ],
+            schema=READS_SCHEMA,
+        )
 
 
 def _first_mismatch(mate1: pa.Array, mate2: pa.Array) -> int | None:
@@ -838,124 +938,150 @@ def _name_error(path: str, record: int, name: str, mate_path: str, mate_record: 
     )
 
 
-def _single_batches(
-    path: str, batch_size: int, opts: dict[str, Any] | None
-) -> Iterator[pa.RecordBatch]:
-    reader = _RecordReader(path, opts)
-    scratch = _Scratch()
-    try:
-        fragment = 0
-        while True:
-            chunk = reader.read_into(scratch, 0, batch_size)
-            if chunk.n:
-                parsed = _Records([chunk], scratch).parse()
+def _count_error(short: _RecordReader, long: _RecordReader) -> InputError:
+    return InputError(
+        short.uri,
+        f"file ends after record {short.records} but its mate file {Path(long.uri).name} "
+        "has more records",
+        record=short.records + 1,
+        hint=_HINT_PAIRS,
+    )
+
+
+# Fragments parsed at a time. A batch is assembled from such sub-chunks so that the text
+# buffer and the temporaries stay small (cache-sized, reused) whatever the batch size;
+# only the batch's own columns grow with it.
+_SUB_CHUNK = 16_384
+
+
+class _Filler:
+    """Reads, validates and adds fragments to a batch builder, sub-chunk by sub-chunk."""
+
+    def __init__(self, readers: list[_RecordReader]) -> None:
+        self.readers = readers
+        self.scratch = _Scratch()
+
+    def _read(
+        self, reader: _RecordReader, k: int, order: bool = False
+    ) -> tuple[_Chunk, _Parsed | None]:
+        """Up to `k` validated records; raises the chunk's end-of-file error after them."""
+        chunk = reader.read_into(self.scratch, k)
+        parsed = None
+        if chunk.n:
+            records = _Records(chunk, self.scratch)
+            if order:  # interleaved: records 1, 3, 5... (mate 1) first, then 2, 4, 6...
+                n = chunk.n // 2
+                rows = np.concatenate([np.arange(0, 2 * n, 2), np.arange(1, 2 * n, 2)])
+                parsed = records.parse(rows)
+            else:
+                parsed = records.parse()
+        return chunk, parsed
+
+    def single(self, builder: _BatchBuilder, batch_size: int) -> bool:
+        """Fill a single-end batch; True at the end of the input."""
+        while builder.fragments < batch_size:
+            k = min(_SUB_CHUNK, batch_size - builder.fragments)
+            chunk, parsed = self._read(self.readers[0], k)
             if chunk.error:
                 raise chunk.error
-            if chunk.n:
-                n = chunk.n
-                yield _record_batch(
-                    parsed,
-                    np.zeros(n, np.uint8),
-                    np.arange(fragment, fragment + n),
-                    np.arange(chunk.first_record, chunk.first_record + n),
-                )
-                fragment += n
-            if chunk.n < batch_size:
-                return
-    finally:
-        reader.close()
+            if parsed is not None:
+                builder.add(0, parsed, 0, chunk.n)
+            if chunk.n < k:
+                return True
+        return False
 
+    def paired(self, builder: _BatchBuilder, batch_size: int) -> bool:
+        """Fill a batch from two mate files: all of its R1 records, then as many of R2.
 
-def _paired_batches(
-    path1: str, path2: str, batch_size: int, opts: dict[str, Any] | None
-) -> Iterator[pa.RecordBatch]:
-    readers: list[_RecordReader] = []
-    scratch = _Scratch()
-    try:
-        readers.append(_RecordReader(path1, opts))
-        readers.append(_RecordReader(path2, opts))
-        fragment = 0
-        while True:
-            c1 = readers[0].read_into(scratch, 0, batch_size)
-            c2 = readers[1].read_into(scratch, c1.start + c1.size, batch_size)
-            n = min(c1.n, c2.n)
-            if c1.n or c2.n:
-                parsed = _Records([c1, c2], scratch).parse()
-                mismatch = _first_mismatch(parsed.read_id[:n], parsed.read_id[c1.n : c1.n + n])
+        Reading mate by mate puts rows where the batch wants them (mate 1, then mate 2)
+        without a second copy. Names are compared sub-chunk by sub-chunk.
+        """
+        r1, r2 = self.readers
+        names: list[pa.Array] = []
+        ended = False
+        while builder.fragments < batch_size and not ended:
+            k = min(_SUB_CHUNK, batch_size - builder.fragments)
+            chunk, parsed = self._read(r1, k)
+            if parsed is not None:
+                builder.add(1, parsed, 0, chunk.n)
+                names.append(parsed.read_id)
+            if chunk.error:
+                raise chunk.error
+            ended = chunk.n < k
+        for mate1 in names:
+            chunk, parsed = self._read(r2, len(mate1))
+            if parsed is not None:
+                mismatch = _first_mismatch(mate1[: chunk.n], parsed.read_id)
                 if mismatch is not None:
-                    name = parsed.read_id[c1.n + mismatch].as_py()
-                    raise _name_error(
-                        path2, c2.first_record + mismatch, name, path1, c1.first_record + mismatch
-                    )
-            for chunk in (c1, c2):
-                if chunk.error:
-                    raise chunk.error
-            if c1.n != c2.n:
-                short, long = (c1, c2) if c1.n < c2.n else (c2, c1)
-                last = short.first_record + short.n - 1
-                raise InputError(
-                    short.path,
-                    f"file ends after record {last} but its mate file {Path(long.path).name} "
-                    "has more records",
-                    record=last + 1,
-                    hint=_HINT_PAIRS,
-                )
-            if n:
-                yield _record_batch(
-                    parsed,
-                    np.repeat(np.array([1, 2], np.uint8), n),
-                    np.tile(np.arange(fragment, fragment + n), 2),
-                    np.tile(np.arange(c1.first_record, c1.first_record + n), 2),
-                )
-                fragment += n
-            if n < batch_size:
-                return
-    finally:
-        for reader in readers:
-            reader.close()
-
-
-def _interleaved_batches(
-    path: str, batch_size: int, opts: dict[str, Any] | None
-) -> Iterator[pa.RecordBatch]:
-    reader = _RecordReader(path, opts)
-    scratch = _Scratch()
-    try:
-        fragment = 0
-        while True:
-            chunk = reader.read_into(scratch, 0, 2 * batch_size)
-            n = chunk.n // 2
+                    record = chunk.first_record + mismatch
+                    name = parsed.read_id[mismatch].as_py()
+                    raise _name_error(r2.uri, record, name, r1.uri, record)
+            if chunk.error:
+                raise chunk.error
+            if chunk.n < len(mate1):
+                raise _count_error(r2, r1)
+            if parsed is not None:
+                builder.add(2, parsed, 0, chunk.n)
+        if ended:  # R2 must end here too
+            chunk, _ = self._read(r2, 1)
             if chunk.n:
-                order = np.concatenate([np.arange(0, 2 * n, 2), np.arange(1, 2 * n, 2)])
-                records = _Records([chunk], scratch)
-                parsed = records.parse(order)
-                mismatch = _first_mismatch(parsed.read_id[:n], parsed.read_id[n:])
+                raise _count_error(r1, r2)
+            if chunk.error:
+                raise chunk.error
+        return ended
+
+    def interleaved(self, builder: _BatchBuilder, batch_size: int) -> bool:
+        """Fill a batch from one file of alternating mates."""
+        reader = self.readers[0]
+        while builder.fragments < batch_size:
+            k = min(_SUB_CHUNK, batch_size - builder.fragments)
+            chunk, parsed = self._read(reader, 2 * k, order=True)
+            n = chunk.n // 2
+            if parsed is not None:
+                mismatch = _first_mismatch(parsed.read_id[:n], parsed.read_id[n : 2 * n])
                 if mismatch is not None:
                     first = chunk.first_record + 2 * mismatch
                     name = parsed.read_id[n + mismatch].as_py()
-                    raise _name_error(path, first + 1, name, path, first)
+                    raise _name_error(reader.uri, first + 1, name, reader.uri, first)
             if chunk.error:
                 raise chunk.error
             if chunk.n % 2:
-                last = chunk.first_record + chunk.n - 1
                 raise InputError(
-                    path,
+                    reader.uri,
                     "interleaved file ends with an unpaired record",
-                    record=last,
+                    record=chunk.first_record + chunk.n - 1,
                     hint=_HINT_PAIRS,
                 )
-            if n:
-                yield _record_batch(
-                    parsed,
-                    np.repeat(np.array([1, 2], np.uint8), n),
-                    np.tile(np.arange(fragment, fragment + n), 2),
-                    chunk.first_record + order,
-                )
-                fragment += n
-            if chunk.n < 2 * batch_size:
-                return
+            if parsed is not None:
+                builder.add(1, parsed, 0, n)
+                builder.add(2, parsed, n, 2 * n)
+            if chunk.n < 2 * k:
+                return True
+        return False
+
+
+def _batches(
+    uris: list[str], interleaved: bool, batch_size: int, opts: dict[str, Any] | None
+) -> Iterator[pa.RecordBatch]:
+    """Batches of validated reads (see iter_read_batches), produced in this thread."""
+    readers: list[_RecordReader] = []
+    try:
+        for uri in uris:
+            readers.append(_RecordReader(uri, opts))
+        filler = _Filler(readers)
+        layout = "interleaved" if interleaved else ("paired" if len(uris) == 2 else "single")
+        fill = getattr(filler, layout)
+        recycler = _Recycler()
+        fragment, ended = 0, False
+        while not ended:
+            builder = _BatchBuilder(layout, batch_size, recycler)
+            ended = fill(builder, batch_size)
+            if builder.fragments:
+                yield builder.finish(fragment)
+                fragment += builder.fragments
     finally:
-        reader.close()
+        for reader in readers:
+            reader.close()
 
 
 def _prefetch(items: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -1056,13 +1182,8 @@ def iter_read_batches(
         raise ValueError("interleaved=True reads both mates from r1; do not pass r2")
     if r2 is not None and str(r1) == str(r2):
         raise ValueError(f"r1 and r2 are the same file: {r1}")
-    if interleaved:
-        batches = _interleaved_batches(str(r1), batch_size, storage_options)
-    elif r2 is not None:
-        batches = _paired_batches(str(r1), str(r2), batch_size, storage_options)
-    else:
-        batches = _single_batches(str(r1), batch_size, storage_options)
-    return _prefetch(batches)
+    uris = [str(r1)] if r2 is None else [str(r1), str(r2)]
+    return _prefetch(_batches(uris, interleaved, batch_size, storage_options))
 
 
 # --------------------------------------------------------------------------------------
@@ -1160,8 +1281,10 @@ def _quality_sums(offsets: np.ndarray, data: np.ndarray, lengths: np.ndarray) ->
     q = data[offsets[0] : offsets[-1]]
     if not longest:
         return np.zeros(0, np.int64)
+    # Summing into uint32 is twice as fast as int64 and cannot overflow below 34M reads.
+    acc = np.uint32 if n * PHRED_MAX < 2**32 else np.int64
     if lengths.min() == longest:  # all reads the same length: a plain 2-D view
-        sums = q.reshape(n, longest).sum(axis=0, dtype=np.int64)
+        sums = q.reshape(n, longest).sum(axis=0, dtype=acc).astype(np.int64)
         return sums - PHRED_MIN * n
     # Variable lengths: pad groups of reads into a matrix; boolean assignment fills the
     # cells row by row, which is exactly the order of the concatenated quality strings.
@@ -1176,7 +1299,7 @@ def _quality_sums(offsets: np.ndarray, data: np.ndarray, lengths: np.ndarray) ->
         cells = np.arange(width) < span[:, None]
         matrix = np.zeros(cells.shape, np.uint8)
         matrix[cells] = q[offsets[start] - offsets[0] : offsets[stop] - offsets[0]]
-        sums[:width] += matrix.sum(axis=0, dtype=np.int64)
+        sums[:width] += matrix.sum(axis=0, dtype=acc)
         sums[:width] -= PHRED_MIN * cells.sum(axis=0)
     return sums
 

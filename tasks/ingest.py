@@ -22,7 +22,7 @@ from helixflow.samples import Sample
 from helixflow.store import Store, is_local, local_path
 from tasks.fastq import ReadStats, batch_stats, iter_read_batches, write_read_shard
 
-INGEST_VERSION = "1"
+INGEST_VERSION = "2"
 SHARD_MEDIA_TYPE = "application/vnd.apache.parquet"
 
 
@@ -34,6 +34,7 @@ class IngestResult(BaseModel):
     inputs: list[FileRef]
     shards: list[Artifact]
     stats: dict[str, Any]
+    first_read_id: str = ""
 
 
 def summarize(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -74,13 +75,15 @@ def write_sample_shards(
     *,
     shard_size: int,
     storage_options: dict[str, Any] | None = None,
-) -> tuple[list[tuple[Path, int]], ReadStats]:
-    """Stream a sample into local shard files; returns (path, rows) per shard and stats.
+) -> tuple[list[tuple[Path, int]], ReadStats, str]:
+    """Stream a sample into local shard files; returns (path, rows) per shard, stats and
+    the first read's id (fastp-style per-file decisions, e.g. polyG trimming, need it).
 
     Raises `InputError` on the first malformed record, before anything is published.
     """
     shards: list[tuple[Path, int]] = []
     stats: ReadStats | None = None
+    first_id = ""
     sources = [r1.uri] + ([r2.uri] if r2 else [])
     batches = iter_read_batches(
         _reader_uri(r1),
@@ -97,11 +100,13 @@ def write_sample_shards(
             metadata={"helixflow.sample": sample.name, "helixflow.sources": ",".join(sources)},
         )
         shards.append((path, rows))
+        if index == 0 and batch.num_rows:
+            first_id = str(batch.column("read_id")[0].as_py())
         this = batch_stats(batch)
         stats = this if stats is None else stats.merge(this)
     if stats is None:  # iter_read_batches raises on empty input; this guards the contract
         raise RuntimeError(f"no batches read from {sources}")
-    return shards, stats
+    return shards, stats, first_id
 
 
 @materialize(
@@ -140,7 +145,7 @@ def ingest_fastq(
     options = store.storage_options if store.scheme == "s3" else None
     params = {"shard_size": shard_size, "layout": sample.layout}
     with store.scratch() as scratch:
-        files, stats = write_sample_shards(
+        files, stats, first_id = write_sample_shards(
             sample, r1, r2, scratch, shard_size=shard_size, storage_options=options
         )
         node = where_am_i()
@@ -159,7 +164,8 @@ def ingest_fastq(
         summarize(summary)["reads"],
     )
     return IngestResult(
-        sample=sample.name, layout=sample.layout, inputs=inputs, shards=shards, stats=summary
+        sample=sample.name, layout=sample.layout, inputs=inputs, shards=shards, stats=summary,
+        first_read_id=first_id,
     )
 
 

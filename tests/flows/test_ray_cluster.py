@@ -96,12 +96,12 @@ def test_pipeline_runs_on_both_nodes(
         env=_driver_env(prefect_api), cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "4 task(s) executed" in proc.stdout, proc.stdout
+    assert "8 task(s) executed" in proc.stdout, proc.stdout  # 4 ingest + 4 qc
     run_id = proc.stdout.split("run folder: ")[1].split()[0].rstrip("/").rsplit("/", 1)[-1]
     flow_run_id = proc.stdout.split("/runs/flow-run/")[1].split()[0]
 
     records = [r for r in load_records(Store(str(store_dir)))
-               if r.run_id == run_id]
+               if r.run_id == run_id and r.stage == "ingest"]
     nodes = {r.executed_on for r in records}
     assert len(records) == 4 and all(n and n.startswith("ray:") for n in nodes)
     assert len(nodes) == 2, f"ingest ran on {nodes}; expected both Ray nodes"

@@ -112,6 +112,7 @@ def rows(table: pa.Table, mate: int) -> list[tuple[str, str, str]]:
 
 
 def write(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` and return the path."""
     path.write_bytes(data)
     return path
 
@@ -192,6 +193,7 @@ def test_paired_batches_hold_mate1_rows_then_mate2_rows(tmp_path: Path) -> None:
 
 
 def _pair_files(directory: Path, n: int) -> tuple[Path, Path]:
+    """Gzipped R1/R2 files of `n` random reads each (names pair up)."""
     r1 = write(directory / "R1.fq.gz", gzip.compress(fastq_text(random_records(n, 3, 150))))
     r2 = write(directory / "R2.fq.gz", gzip.compress(fastq_text(random_records(n, 4, 150))))
     return r1, r2
@@ -225,6 +227,23 @@ def test_batch_size_does_not_change_the_result(
     assert table.sort_by([("fragment", "ascending"), ("mate", "ascending")]).equals(
         reference.sort_by([("fragment", "ascending"), ("mate", "ascending")])
     )
+
+
+def test_batches_let_go_of_are_reused_without_corrupting_later_ones(
+    small_pair: tuple[Path, Path],
+) -> None:
+    # Keeping only Python copies lets each batch's buffers be recycled for later batches.
+    r1, r2 = small_pair
+    seen: list[dict[str, object]] = []
+    for batch in iter_read_batches(str(r1), str(r2), batch_size=500):
+        seen += batch.to_pylist()
+    assert len(seen) == 6000
+    by_mate = {
+        m: sorted((r for r in seen if r["mate"] == m), key=lambda r: r["fragment"]) for m in (1, 2)
+    }
+    for mate, path in ((1, r1), (2, r2)):
+        got = [(r["read_id"], r["sequence"], r["quality"]) for r in by_mate[mate]]
+        assert got == reference_parse(path)
 
 
 def test_batch_size_one_gives_one_fragment_per_batch(tmp_path: Path) -> None:
@@ -357,6 +376,7 @@ GOOD = ("ok", "ACGT", "IIII")
 
 
 def _bad_file_cases() -> list[object]:
+    """(case, file content, bad record, message fragment) for each kind of malformed input."""
     good = fastq_text([GOOD])
     cases = [
         ("missing @", good + b"r2\nACGT\n+\nIIII\n", 2, "expected a header line starting with '@'"),
@@ -412,11 +432,8 @@ def test_error_in_mate_file_names_that_file(tmp_path: Path) -> None:
 
 @functools.cache
 def _reads_text(n: int, seed: int = 0) -> bytes:
+    """FASTQ text of `n` random reads up to 150 bp."""
     return fastq_text(random_records(n, seed=seed, max_len=150))
-
-
-def _complete_records(partial: bytes) -> int:
-    return partial.count(b"\n") // 4
 
 
 @pytest.mark.parametrize("fraction", [0.0005, 0.31, 0.77, 0.999])

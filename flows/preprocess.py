@@ -1,0 +1,60 @@
+"""Phase 1 stages after ingest, composed per sample: qc → dedup → correct → align/assemble →
+annotate. Functions here submit tasks and record lineage; they do no heavy work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.futures import PrefectFuture
+
+from helixflow.errors import HelixflowError
+from helixflow.recorder import RunRecorder
+from helixflow.resources import profile
+from helixflow.store import Store
+from tasks.ingest import IngestResult
+from tasks.qc import QcParams, QcResult, filter_reads
+
+
+def qc_params(options: dict[str, Any] | None) -> QcParams:
+    """QcParams from flow parameters (a dict, as deployments and the UI pass them)."""
+    try:
+        return QcParams(**(options or {}))
+    except (TypeError, ValueError) as exc:
+        raise HelixflowError(f"invalid qc options: {exc}",
+                             hint="see QcParams in tasks/qc.py for the fields") from None
+
+
+def run_qc(
+    ingested: list[IngestResult],
+    params: QcParams,
+    store: Store,
+    run_id: str,
+    recorder: RunRecorder,
+) -> dict[str, list[QcResult]]:
+    """Filter every shard of every sample in parallel; polyG decided once per sample."""
+    futures: list[tuple[str, PrefectFuture[QcResult]]] = []
+    with profile("shard"):
+        for result in ingested:
+            sample_params = params.resolved(result.first_read_id)
+            task = filter_reads.with_options(assets=[store.run_uri(run_id, "qc", result.sample)])
+            for shard in result.shards:
+                futures.append((result.sample, task.submit(shard, sample_params, store, run_id)))
+    out: dict[str, list[QcResult]] = {r.sample: [] for r in ingested}
+    for sample, future in futures:
+        qc = future.result()
+        artifacts = recorder.record(future, [qc.shard] + ([qc.orphans] if qc.orphans else []))
+        out[sample].append(
+            qc.model_copy(update={"shard": artifacts[0],
+                                  "orphans": artifacts[1] if qc.orphans else None})
+        )
+    recorder.flush()
+    return out
+
+
+def qc_totals(results: list[QcResult]) -> dict[str, int]:
+    """Counts of a sample's shards added up."""
+    total: dict[str, int] = {}
+    for result in results:
+        for key, value in result.counts.items():
+            total[key] = total.get(key, 0) + value
+    return total

@@ -1,0 +1,319 @@
+"""Tests of the fastp-grade QC kernel: one hand-built case per operation with exact counts,
+and agreement with fastp 0.23.2 on real reads from the shared data (integration)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import subprocess
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from tasks.fastq import READS_SCHEMA, iter_read_batches
+from tasks.qc import QcCounts, QcParams, filter_batch, is_two_color
+from tests.conftest import require_tool
+
+TRUSEQ_R1 = "AGATCGGAAGAGCACACGTCTGAACTCCAGTCA"
+TRUSEQ_R2 = "AGATCGGAAGAGCGTCGTGTAGGGAAAGAGTGT"
+_COMP = str.maketrans("ACGTN", "TGCAN")
+HIGH, LOW = "I", "#"  # Phred 40 and 2
+
+
+def revcomp(seq: str) -> str:
+    return seq.translate(_COMP)[::-1]
+
+
+def random_seq(n: int, seed: int) -> str:
+    rng = random.Random(seed)
+    return "".join(rng.choice("ACGT") for _ in range(n))
+
+
+def make_batch(
+    mate1: list[tuple[str, str]], mate2: list[tuple[str, str]] | None = None
+) -> pa.RecordBatch:
+    """A READS_SCHEMA batch of (sequence, quality) reads: single-end, or pairs laid out as
+    iter_read_batches does (mate-1 rows, then mate-2 rows)."""
+    rows = []
+    for mate, reads in ((1 if mate2 else 0, mate1), (2, mate2 or [])):
+        for i, (seq, qual) in enumerate(reads):
+            assert len(seq) == len(qual)
+            rows.append((f"r{i}", mate, i, i + 1, seq, qual, not seq))
+    columns = list(zip(*rows, strict=True))
+    return pa.RecordBatch.from_arrays(
+        [pa.array(c, f.type) for c, f in zip(columns, READS_SCHEMA, strict=True)],
+        schema=READS_SCHEMA,
+    )
+
+
+def good(seq: str) -> tuple[str, str]:
+    return seq, HIGH * len(seq)
+
+
+def sequences(batch: pa.RecordBatch) -> list[str]:
+    return batch.column("sequence").to_pylist()
+
+
+def check_totals(counts: QcCounts) -> None:
+    """Every read and base in is accounted for exactly once."""
+    c = counts.to_dict()
+    reasons = ("too_short", "too_long", "too_many_n", "low_quality", "low_complexity")
+    trims = ("front_tail_trimmed", "quality_cut", "polyg_trimmed", "adapter_trimmed",
+             "polyx_trimmed")
+    assert c["reads_in"] == c["reads_out"] + sum(c[f"{r}_reads"] for r in reasons)
+    assert c["bases_in"] == (
+        c["bases_out"]
+        + sum(c[f"{t}_bases"] for t in trims)
+        + sum(c[f"{r}_bases"] for r in reasons)
+    )
+
+
+# --------------------------------------------------------------------------------------
+# One operation at a time
+
+
+def test_adapter_found_at_its_position_with_mismatches() -> None:
+    insert = random_seq(60, 1) + "C"
+    clean = insert + TRUSEQ_R1[:30]
+    noisy = list(clean)
+    for pos in (63, 70, 80):  # 3 mismatches in 30 compared bases: 30 // 8 = 3 allowed
+        noisy[pos] = "T" if noisy[pos] != "T" else "G"
+    params = QcParams(adapter_r1=TRUSEQ_R1)
+    kept, orphans, counts = filter_batch(make_batch([good(clean), good("".join(noisy))]), params)
+    assert sequences(kept) == [insert, insert]
+    assert orphans is None
+    assert (counts.adapter_trimmed_reads, counts.adapter_trimmed_bases) == (2, 60)
+    check_totals(counts)
+
+
+def test_adapter_with_too_many_mismatches_is_kept() -> None:
+    read = list(random_seq(60, 2) + "C" + TRUSEQ_R1[:16])
+    for pos in (61, 66, 71):  # 3 mismatches in 16 bases: only 2 allowed
+        read[pos] = "T" if read[pos] != "T" else "G"
+    batch = make_batch([good("".join(read))])
+    kept, _, counts = filter_batch(batch, QcParams(adapter_r1=TRUSEQ_R1))
+    assert sequences(kept) == ["".join(read)]
+    assert counts.adapter_trimmed_reads == 0
+
+
+def test_read_through_pair_is_cut_to_the_insert_by_overlap() -> None:
+    fragment = random_seq(80, 3)
+    r1 = fragment + TRUSEQ_R1 + "A" * 7
+    r2 = revcomp(fragment) + TRUSEQ_R2 + "C" * 7
+    distant = random_seq(120, 4), random_seq(120, 5)  # no overlap: untouched
+    batch = make_batch([good(r1), good(distant[0])], [good(r2), good(distant[1])])
+    kept, _, counts = filter_batch(batch, QcParams())
+    assert sequences(kept) == [fragment, distant[0], revcomp(fragment), distant[1]]
+    assert counts.overlap_trimmed_pairs == 1
+    assert (counts.adapter_trimmed_reads, counts.adapter_trimmed_bases) == (2, 80)
+    assert kept.column("mate").to_pylist() == [1, 1, 2, 2]
+    check_totals(counts)
+
+
+def test_overlap_tolerates_sequencing_errors() -> None:
+    fragment = random_seq(90, 6)
+    r2 = list(revcomp(fragment) + TRUSEQ_R2[:30])
+    for pos in (5, 20, 33, 47, 60):  # 5 mismatches: fastp's overlap_diff_limit
+        r2[pos] = "A" if r2[pos] != "A" else "C"
+    batch = make_batch([good(fragment + TRUSEQ_R1[:30])], [good("".join(r2))])
+    kept, _, counts = filter_batch(batch, QcParams())
+    assert [len(s) for s in sequences(kept)] == [90, 90]
+    assert counts.overlap_trimmed_pairs == 1
+
+
+def test_poly_g_tail() -> None:
+    body = random_seq(72, 7) + "ACATTCAA"  # no G near the run: the walk stops in it
+    read = body + "G" * 25 + "T" + "G" * 4  # one mismatch per 8 bases is tolerated
+    kept, _, counts = filter_batch(make_batch([good(read)]), QcParams(trim_poly_g=True))
+    assert sequences(kept) == [body]
+    assert (counts.polyg_trimmed_reads, counts.polyg_trimmed_bases) == (1, 30)
+    kept, _, _ = filter_batch(make_batch([good(read)]), QcParams(trim_poly_g=False))
+    assert sequences(kept) == [read]
+
+
+def test_poly_g_auto_follows_the_instrument_in_the_read_name() -> None:
+    assert is_two_color("A00742:412:HN2W7DSX3:1:1650:27218:28745")
+    assert is_two_color("NB501234:1:X:1:1:1:1")
+    assert not is_two_color("SRR3927310.1")
+    assert QcParams().resolved("A00123:8:H:1:1:1:1").trim_poly_g is True
+    assert QcParams(trim_poly_g=False).resolved("A00123:8:H:1:1:1:1").trim_poly_g is False
+
+
+def test_poly_x_tail() -> None:
+    body = random_seq(70, 8) + "G"
+    read = body + "A" * 20
+    kept, _, counts = filter_batch(make_batch([good(read)]), QcParams(trim_poly_x=True))
+    assert sequences(kept) == [body]
+    assert (counts.polyx_trimmed_reads, counts.polyx_trimmed_bases) == (1, 20)
+
+
+def test_sliding_window_cut_tail_and_front() -> None:
+    seq = random_seq(80, 9)
+    qual = HIGH * 60 + LOW * 20
+    kept, _, counts = filter_batch(make_batch([(seq, qual)]), QcParams(cut_tail=True))
+    # fastp: the last window reaching Q20 is [58, 61]; it keeps up to that window's start.
+    assert sequences(kept) == [seq[:59]]
+    assert (counts.quality_cut_reads, counts.quality_cut_bases) == (1, 21)
+    qual = LOW * 10 + HIGH * 70
+    kept, _, counts = filter_batch(make_batch([(seq, qual)]), QcParams(cut_front=True))
+    # the first window reaching Q20 starts at 8; fastp cuts to that window's end (8 + 4 - 1)
+    assert sequences(kept) == [seq[11:]]
+    assert counts.quality_cut_bases == 11
+    check_totals(counts)
+
+
+def test_fixed_front_and_tail_trimming() -> None:
+    seq = random_seq(50, 10)
+    params = QcParams(trim_front1=3, trim_tail1=5)
+    kept, _, counts = filter_batch(make_batch([good(seq)]), params)
+    assert sequences(kept) == [seq[3:45]]
+    assert (counts.front_tail_trimmed_reads, counts.front_tail_trimmed_bases) == (1, 8)
+
+
+def test_n_limit() -> None:
+    five = "N" * 5 + random_seq(45, 11)
+    six = "N" * 6 + random_seq(44, 12)
+    kept, _, counts = filter_batch(make_batch([good(five), good(six)]), QcParams())
+    assert sequences(kept) == [five]
+    assert (counts.too_many_n_reads, counts.too_many_n_bases) == (1, 50)
+    check_totals(counts)
+
+
+def test_unqualified_percent_limit() -> None:
+    seq = random_seq(100, 13)
+    at_limit = (seq, LOW * 40 + HIGH * 60)  # 40% unqualified: allowed
+    over = (seq, LOW * 41 + HIGH * 59)
+    kept, _, counts = filter_batch(make_batch([at_limit, over]), QcParams())
+    assert len(sequences(kept)) == 1
+    assert (counts.low_quality_reads, counts.low_quality_bases) == (1, 100)
+
+
+def test_length_filters() -> None:
+    reads = [good(random_seq(n, 14 + n)) for n in (14, 15, 100, 101)]
+    kept, _, counts = filter_batch(make_batch(reads), QcParams(length_limit=100))
+    assert [len(s) for s in sequences(kept)] == [15, 100]
+    assert (counts.too_short_reads, counts.too_short_bases) == (1, 14)
+    assert (counts.too_long_reads, counts.too_long_bases) == (1, 101)
+
+
+def test_low_complexity() -> None:
+    simple = "A" * 40 + "C" * 10  # 1 change in 49 neighbours
+    varied = random_seq(50, 15)
+    batch = make_batch([good(simple), good(varied)])
+    kept, _, counts = filter_batch(batch, QcParams(low_complexity_filter=True))
+    assert sequences(kept) == [varied]
+    assert (counts.low_complexity_reads, counts.low_complexity_bases) == (1, 50)
+    kept, _, counts = filter_batch(batch, QcParams())
+    assert len(sequences(kept)) == 2
+
+
+def test_empty_reads_are_too_short() -> None:
+    kept, _, counts = filter_batch(make_batch([("", ""), good(random_seq(30, 16))]), QcParams())
+    assert len(sequences(kept)) == 1
+    assert (counts.too_short_reads, counts.too_short_bases) == (1, 0)
+    assert counts.reads_in == 2
+
+
+def test_pair_fails_with_its_worse_mate_and_orphans_are_kept() -> None:
+    ok1, ok2 = good(random_seq(60, 17)), good(random_seq(60, 18))
+    many_n = good("N" * 6 + random_seq(54, 19))
+    short = good(random_seq(10, 20))
+    low = (random_seq(60, 21), LOW * 60)
+    batch = make_batch([ok1, short, ok1], [ok2, low, many_n])
+    kept, orphans, counts = filter_batch(batch, QcParams(keep_orphans=True))
+    assert kept.column("read_id").to_pylist() == ["r0", "r0"]
+    # pair r1: too short (20) and low quality (24): both reads count as low quality
+    assert counts.low_quality_reads == 2 and counts.too_short_reads == 0
+    assert counts.too_many_n_reads == 2
+    assert (counts.orphaned_reads, counts.orphaned_bases) == (1, 60)
+    assert orphans is not None
+    assert orphans.column("read_id").to_pylist() == ["r2"]
+    assert orphans.column("mate").to_pylist() == [1]
+    check_totals(counts)
+    _, no_orphans, _ = filter_batch(batch, QcParams())
+    assert no_orphans is None
+
+
+def test_output_keeps_schema_and_counts_merge() -> None:
+    batch = make_batch([good(random_seq(40, 22))], [good(random_seq(40, 23))])
+    kept, _, counts = filter_batch(batch, QcParams())
+    assert kept.schema == READS_SCHEMA
+    assert counts.merge(counts).reads_in == 4
+    assert set(counts.to_dict()) >= {"reads_in", "adapter_trimmed_reads", "orphaned_reads"}
+
+
+def test_bad_layout_and_params_are_rejected() -> None:
+    batch = make_batch([good("ACGT" * 5)], [good("ACGT" * 5)])
+    swapped = pa.RecordBatch.from_arrays(
+        [batch.column(i).take(pa.array([1, 0])) for i in range(batch.num_columns)],
+        schema=READS_SCHEMA,
+    )
+    with pytest.raises(ValueError, match="mate-1 rows"):
+        filter_batch(swapped, QcParams())
+    with pytest.raises(ValueError, match="adapter_r1"):
+        QcParams(adapter_r1="ACGX")
+    with pytest.raises(ValueError, match="cut_window_size"):
+        QcParams(cut_window_size=0)
+
+
+# --------------------------------------------------------------------------------------
+# Agreement with fastp 0.23.2 on real reads
+
+
+def _names_and_lengths(path: Path) -> dict[str, list[int]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    out: dict[str, list[int]] = {}
+    with opener(path, "rt") as handle:
+        lines = handle.read().split("\n")
+    for i in range(0, len(lines) - 1, 4):
+        name = lines[i][1:].split()[0] if lines[i].strip() else ""
+        if not name:
+            continue
+        if name.endswith(("/1", "/2")):
+            name = name[:-2]
+        out.setdefault(name, []).append(len(lines[i + 1]))
+    return out
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("r1", "r2", "polyg"),
+    [
+        ("ecoli_dsm30083_SRR3927310_R1.fq.gz", "ecoli_dsm30083_SRR3927310_R2.fq.gz", False),
+        ("cheese_metagenome_plus_ecoli_R1.fq.gz", "cheese_metagenome_plus_ecoli_R2.fq.gz", True),
+        ("fastp_R1.fq", "fastp_R2.fq", False),
+    ],
+)
+def test_agrees_with_fastp_at_defaults(
+    shared_data: Path, tmp_path: Path, r1: str, r2: str, polyg: bool
+) -> None:
+    fastp = require_tool("fastp")
+    in1, in2 = shared_data / "reads" / r1, shared_data / "reads" / r2
+    out1, out2 = tmp_path / "o1.fq", tmp_path / "o2.fq"
+    subprocess.run(
+        [fastp, "-i", str(in1), "-I", str(in2), "-o", str(out1), "-O", str(out2), "-w", "2",
+         "-j", str(tmp_path / "f.json"), "-h", str(tmp_path / "f.html")],
+        check=True, capture_output=True,
+    )
+    first = next(iter_read_batches(str(in1), str(in2), batch_size=1)).column("read_id")[0]
+    params = QcParams().resolved(first.as_py())
+    assert params.trim_poly_g is polyg
+    ours: dict[int, dict[str, list[int]]] = {1: {}, 2: {}}
+    counts = QcCounts()
+    for batch in iter_read_batches(str(in1), str(in2), batch_size=4096):
+        kept, _, c = filter_batch(batch, params)
+        counts = counts.merge(c)
+        for name, mate, seq in zip(*(kept.column(k).to_pylist() for k in
+                                      ("read_id", "mate", "sequence")), strict=True):
+            ours[mate].setdefault(name, []).append(len(seq))
+    for mate, out in ((1, out1), (2, out2)):
+        theirs = _names_and_lengths(out)
+        union, common = theirs.keys() | ours[mate].keys(), theirs.keys() & ours[mate].keys()
+        assert len(union - common) <= 0.01 * len(union)
+        same = sum(theirs[n] == ours[mate][n] for n in common)
+        assert same >= 0.99 * len(common)
+    report = json.loads((tmp_path / "f.json").read_text())
+    assert counts.reads_out == report["filtering_result"]["passed_filter_reads"]
+    assert counts.adapter_trimmed_reads == report["adapter_cutting"]["adapter_trimmed_reads"]
