@@ -67,12 +67,13 @@ def run_peer(ref: Path, r1: Path, r2: Path, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def run_helixflow(ref: Path, r1: Path, r2: Path, out: Path, batch_size: int) -> dict:
+def run_helixflow(ref: Path, r1: Path, r2: Path, out: Path, batch_size: int,
+                  shard_level: int) -> dict:
     """Wall seconds of helixflow's alignment in a fresh process, and its counts."""
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", str(ref), str(r1), str(r2), str(out),
-         str(batch_size)],
+         str(batch_size), str(shard_level)],
         check=True, capture_output=True, text=True,
     )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -80,7 +81,7 @@ def run_helixflow(ref: Path, r1: Path, r2: Path, out: Path, batch_size: int) -> 
     return result
 
 
-def worker(ref: str, r1: str, r2: str, out: str, batch_size: int) -> None:
+def worker(ref: str, r1: str, r2: str, out: str, batch_size: int, shard_level: int) -> None:
     """The helixflow side: index (cached), align each shard, merge and index."""
     sys.path.insert(0, str(REPO))
     from tasks.bam import AlignCounts, align_batch, build_index, merge_bams
@@ -92,7 +93,8 @@ def worker(ref: str, r1: str, r2: str, out: str, batch_size: int) -> None:
     total, parts = AlignCounts(), []
     for i, batch in enumerate(iter_read_batches(r1, r2, batch_size=batch_size)):
         part = Path(f"{out}.shard{i}.bam")
-        total = total.merge(align_batch(batch, mmi, part, READ_GROUP, preset="sr", threads=2))
+        total = total.merge(align_batch(batch, mmi, part, READ_GROUP, preset="sr", threads=2,
+                                        shard_level=shard_level))
         parts.append(part)
     t_align = time.perf_counter() - t0
     merge_bams(parts, Path(out))
@@ -152,11 +154,14 @@ def main() -> None:
                         help="ANCHORS input A2: ecoli_k12_mg1655 at 30x")
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions after a warm-up")
     parser.add_argument("--batch-size", type=int, default=250_000, help="pairs per shard")
-    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--shard-level", type=int, default=1,
+                        help="BGZF level of shard BAMs (default %(default)s; a single shard is "
+                             "the final BAM, so use 6 there to compare like with like)")
+    parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        ref, r1, r2, out, batch = args.worker
-        worker(ref, r1, r2, out, int(batch))
+        ref, r1, r2, out, batch, level = args.worker
+        worker(ref, r1, r2, out, int(batch), int(level))
         return
     for tool in ("minimap2", "samtools"):
         if shutil.which(tool) is None:
@@ -166,12 +171,12 @@ def main() -> None:
     peer_bam, our_bam = OUT / f"{genome}.minimap2.bam", OUT / f"{genome}.helixflow.bam"
     print(f"input: {r1.name} {r2.name} ({sum(1 for _ in r1.open()) // 4:,} pairs)")
     run_peer(ref, r1, r2, peer_bam)  # warm-up (page cache), and the index for helixflow
-    first = run_helixflow(ref, r1, r2, our_bam, args.batch_size)
+    first = run_helixflow(ref, r1, r2, our_bam, args.batch_size, args.shard_level)
     print(f"warm-up: helixflow built/loaded the index in {first['index_s']:.2f} s")
     peer_t, ours_t, last = [], [], first
     for _ in range(args.reps):
         peer_t.append(run_peer(ref, r1, r2, peer_bam))
-        last = run_helixflow(ref, r1, r2, our_bam, args.batch_size)
+        last = run_helixflow(ref, r1, r2, our_bam, args.batch_size, args.shard_level)
         ours_t.append(last["wall"])
     check = subprocess.run(["samtools", "quickcheck", str(our_bam)], check=False)
     share, share_unique, tally = agreement(peer_bam, our_bam)
@@ -183,7 +188,9 @@ def main() -> None:
           f"({', '.join(f'{t:.2f}' for t in ours_t)}); last run: index {last['index_s']:.2f} s, "
           f"align {last['align_s']:.2f} s, merge+index {last['merge_s']:.2f} s")
     print(f"counts: {json.dumps({k: v for k, v in last.items() if not k.endswith('_s')})}")
-    print(f"samtools quickcheck: {'ok' if check.returncode == 0 else 'FAILED'}")
+    sizes = f"peer {peer_bam.stat().st_size / 1e6:.1f}, ours {our_bam.stat().st_size / 1e6:.1f}"
+    status = "ok" if check.returncode == 0 else "FAILED"
+    print(f"samtools quickcheck: {status}; BAM sizes (MB): {sizes}")
     print(f"agreement of primary placements: {share:.4%} ({tally}) goal >= {GOAL_AGREEMENT:.1%}: "
           f"{'met' if share >= GOAL_AGREEMENT else 'NOT met'}")
     print(f"  among reads minimap2 places uniquely (MAPQ > 0): {share_unique:.4%}; the rest "

@@ -80,6 +80,7 @@ _BATCHES: list = []
 _TABLES: list = []
 _SOLID = None
 _WORKERS = 2
+SMALL_INPUT = 40_000  # reads; below this one process is faster than forking pools
 
 
 def _count(i: int, k: int) -> object:
@@ -104,9 +105,18 @@ def _correct(i: int, k: int, path: str) -> object:
     return counts
 
 
+def _starmap(fn: object, jobs: list[tuple], workers: int) -> list:
+    """fn over jobs: in a fresh forked pool of `workers` (inheriting the globals), or in
+    this process when workers == 1 (small inputs, where forking costs more than it saves)."""
+    if workers == 1:
+        return [fn(*job) for job in jobs]  # type: ignore[operator]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return pool.starmap(fn, jobs, chunksize=1)  # type: ignore[arg-type]
+
+
 def run_helixflow(r1: str, r2: str, out: str, k: int, batch_size: int) -> None:
     """Count, merge, threshold, correct, on 2 cores; shards to `out`; prints a summary."""
-    global _BATCHES, _TABLES, _SOLID
+    global _BATCHES, _TABLES, _SOLID, _WORKERS
     import numpy as np
     import pyarrow as pa
 
@@ -119,15 +129,14 @@ def run_helixflow(r1: str, r2: str, out: str, k: int, batch_size: int) -> None:
         clock.append(time.perf_counter())
         return f"{clock[-1] - clock[-2]:.2f}"
 
-    ctx = multiprocessing.get_context("fork")
     _BATCHES = list(iter_read_batches(r1, r2, batch_size=batch_size))
     n = len(_BATCHES)
+    reads = sum(b.num_rows for b in _BATCHES)
+    _WORKERS = 1 if reads < SMALL_INPUT else 2
     steps = [f"parse {lap()}"]
-    with ctx.Pool(_WORKERS) as pool:
-        _TABLES = pool.starmap(_count, [(i, k) for i in range(n)], chunksize=1)
+    _TABLES = _starmap(_count, [(i, k) for i in range(n)], _WORKERS)
     steps.append(f"count {lap()}")
-    with ctx.Pool(_WORKERS) as pool:
-        parts = pool.starmap(_merge, [(j, k) for j in range(_WORKERS)], chunksize=1)
+    parts = _starmap(_merge, [(j, k) for j in range(_WORKERS)], _WORKERS)
     _TABLES = []
     counts = pa.concat_tables(parts)
     steps.append(f"merge {lap()}")
@@ -139,16 +148,16 @@ def run_helixflow(r1: str, r2: str, out: str, k: int, batch_size: int) -> None:
     del counts, parts, keep
     steps.append(f"solid {lap()}")
     jobs = [(i, k, f"{out}/part-{i:05d}.parquet") for i in range(n)]
-    with ctx.Pool(_WORKERS) as pool:
-        results = pool.starmap(_correct, jobs, chunksize=1)
+    results = _starmap(_correct, jobs, _WORKERS)
     steps.append(f"correct {lap()}")
     total = CorrectionCounts()
     for c in results:
         total = total.merge(c)
     low = " ".join(str(int(x)) for x in np.asarray(hist)[1 : threshold + 2])
     print(f"threshold={threshold} (hist 1..{threshold + 1}: {low}) distinct={distinct} "
-          f"solid={len(_SOLID)}; {', '.join(steps)} s; corrected {total.corrected_bases} bases "
-          f"in {total.corrected_reads} reads, {total.unfixable_reads} unfixable")
+          f"solid={len(_SOLID)}; {_WORKERS} process(es): {', '.join(steps)} s; corrected "
+          f"{total.corrected_bases} bases in {total.corrected_reads} reads, "
+          f"{total.unfixable_reads} unfixable")
 
 
 # --------------------------------------------------------------------------------------
@@ -226,7 +235,7 @@ def main() -> None:
     parser.add_argument("-k", type=int, default=21)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=0,
-                        help="pairs per batch (default: a quarter of the input, 2k to 100k)")
+                        help="pairs per batch (default: an even split, 8 or more batches)")
     args = parser.parse_args()
     lighter = shutil.which("lighter")
     if lighter is None:
@@ -237,7 +246,9 @@ def main() -> None:
     r1, r2, sam = simulate(fasta, args.fold)
     size = genome_size(fasta)
     pairs = r1.stat().st_size // 340  # about 340 bytes per ART 150 bp record
-    batch_size = args.batch_size or max(2000, min(100_000, -(-pairs // 4)))
+    # An even number of batches (at least 8) keeps both workers busy to the end.
+    n_batches = 2 * max(4, -(-pairs // 200_000))
+    batch_size = args.batch_size or max(5000, -(-pairs // n_batches))
 
     times: dict[str, list[float]] = {"helixflow": [], "lighter": []}
     with tempfile.TemporaryDirectory(prefix="bench-correct-") as tmp:

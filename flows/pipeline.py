@@ -16,14 +16,17 @@ from prefect.futures import PrefectFuture
 from pydantic import BaseModel
 
 from blocks.store import resolve_store
-from flows.preprocess import qc_params, qc_totals, run_qc
+from flows.preprocess import qc_params, qc_totals, run_annotation, run_assembly, run_qc
 from helixflow.artifacts import FileRef
 from helixflow.lineage import LineageGraph, code_version, mermaid
 from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
 from helixflow.samples import Sample, plan_samples
 from helixflow.store import Store
+from tasks.annotate import DEFAULT_MOTIFS
+from tasks.assemble import AssemblyParams
 from tasks.ingest import IngestResult, identify_input, ingest_fastq, summarize
+from tasks.orfs import OrfParams
 
 DEFAULT_SHARD_SIZE = 250_000
 
@@ -51,6 +54,9 @@ def genomics_pipeline(
     shard_size: int = DEFAULT_SHARD_SIZE,
     interleaved: bool = False,
     qc_options: dict[str, Any] | None = None,
+    reference: str | None = None,
+    assemble: bool = False,
+    motifs: dict[str, str] | None = None,
     run_label: str = "helixflow",
 ) -> RunSummary:
     """Run helixflow over FASTQ inputs (local paths or s3:// URIs).
@@ -62,6 +68,9 @@ def genomics_pipeline(
         shard_size: reads (or pairs) per Parquet shard
         interleaved: inputs are interleaved paired FASTQ
         qc_options: quality-filter settings (fields of `tasks.qc.QcParams`; fastp defaults)
+        reference: reference FASTA (path or s3://) for alignment and annotation
+        assemble: assemble each sample with MEGAHIT (contigs are then annotated too)
+        motifs: IUPAC consensus motifs to find, name → motif (default: a small built-in set)
         run_label: the flow run's display name
     """
     logger = get_run_logger()
@@ -72,13 +81,14 @@ def genomics_pipeline(
     qc = qc_params(qc_options)
     logger.info("run %s: %d sample(s) → %s", run_id, len(samples), st.run_uri(run_id))
 
+    if not reference and not assemble:
+        logger.warning("no --reference and no --assemble: alignment and annotation are skipped")
     s3_options = st.storage_options if st.scheme == "s3" else None
     with profile("light"):
+        uris = [u for s in samples for u in (s.r1, s.r2) if u] + ([reference] if reference else [])
         refs = {
             uri: identify_input.submit(uri, s3_options if uri.startswith("s3://") else None)
-            for s in samples
-            for uri in (s.r1, s.r2)
-            if uri
+            for uri in uris
         }
     ingests: list[tuple[Sample, PrefectFuture[IngestResult]]] = []
     with profile("stream"):
@@ -104,7 +114,28 @@ def genomics_pipeline(
         if counts.get("reads_in") and not counts.get("reads_out"):
             logger.warning("%s: every read was filtered out by QC (%s)", sample, counts)
 
-    _publish_reports(st, run_id, results, recorder, qc_counts)
+    fastas: dict[str, FileRef] = {}
+    if reference:
+        fastas["reference"] = refs[reference].result()
+    assemblies: dict[str, Any] = {}
+    if assemble:
+        shards = {s: [q.shard for q in parts] for s, parts in filtered.items()}
+        assemblies = run_assembly(shards, AssemblyParams(), st, run_id, recorder)
+        fastas.update({f"{s}.contigs": a.contigs for s, a in assemblies.items()})
+    annotations = run_annotation(fastas, OrfParams(), motifs or DEFAULT_MOTIFS, st, run_id,
+                                 recorder)
+
+    tables = {
+        "qc-counts": ("Quality filtering: reads and bases in, out, trimmed and removed per reason",
+                      [{"sample": sample, **counts} for sample, counts in qc_counts.items()]),
+        "annotation": ("ORFs and motif sites per FASTA",
+                       [{"fasta": label, "orfs": a.orf_count, **a.motif_counts}
+                        for label, a in annotations.items()]),
+    }
+    if assemblies:
+        tables["assembly"] = ("MEGAHIT contigs per sample",
+                              [{"sample": s, **a.stats} for s, a in assemblies.items()])
+    _publish_reports(st, run_id, results, recorder, tables)
     return RunSummary(
         run_id=run_id,
         run_uri=st.run_uri(run_id),
@@ -151,14 +182,12 @@ def _publish_reports(
     run_id: str,
     results: list[IngestResult],
     recorder: RunRecorder,
-    qc_counts: dict[str, dict[str, int]],
+    tables: dict[str, tuple[str, list[dict[str, Any]]]],
 ) -> None:
     """Prefect UI artifacts (stats tables, lineage graph) and the run manifest."""
-    create_table_artifact(
-        key="qc-counts",
-        table=[{"sample": sample, **counts} for sample, counts in qc_counts.items()],
-        description="Quality filtering: reads and bases in, out, trimmed and removed per reason",
-    )
+    for key, (description, rows) in tables.items():
+        if rows:
+            create_table_artifact(key=key, table=rows, description=description)
     create_table_artifact(
         key="ingest-stats",
         table=[row for r in results for row in _stats_rows(r)],

@@ -7,11 +7,15 @@ from typing import Any
 
 from prefect.futures import PrefectFuture
 
+from helixflow.artifacts import Artifact, FileRef
 from helixflow.errors import HelixflowError
 from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
 from helixflow.store import Store
+from tasks.annotate import AnnotationResult, annotate_sequences
+from tasks.assemble import AssemblyOutput, AssemblyParams, assemble_reads
 from tasks.ingest import IngestResult
+from tasks.orfs import OrfParams
 from tasks.qc import QcParams, QcResult, filter_reads
 
 
@@ -58,3 +62,53 @@ def qc_totals(results: list[QcResult]) -> dict[str, int]:
         for key, value in result.counts.items():
             total[key] = total.get(key, 0) + value
     return total
+
+
+def run_assembly(
+    shards_by_sample: dict[str, list[Artifact]],
+    params: AssemblyParams,
+    store: Store,
+    run_id: str,
+    recorder: RunRecorder,
+) -> dict[str, AssemblyOutput]:
+    """MEGAHIT per sample over its (filtered) shards."""
+    futures = []
+    with profile("stream"):
+        for sample, shards in shards_by_sample.items():
+            task = assemble_reads.with_options(
+                assets=[store.run_uri(run_id, "assemble", sample)],
+                asset_deps=[s.uri for s in shards],
+            )
+            futures.append((sample, task.submit(sample, shards, params, store, run_id)))
+    out: dict[str, AssemblyOutput] = {}
+    for sample, future in futures:
+        result = future.result()
+        (contigs,) = recorder.record(future, [result.contigs])
+        out[sample] = result.model_copy(update={"contigs": contigs})
+    recorder.flush()
+    return out
+
+
+def run_annotation(
+    fastas: dict[str, FileRef],
+    orf_params: OrfParams,
+    motifs: dict[str, str],
+    store: Store,
+    run_id: str,
+    recorder: RunRecorder,
+) -> dict[str, AnnotationResult]:
+    """ORFs and motif sites on each reference/contigs FASTA (one task per FASTA)."""
+    futures = []
+    with profile("shard"):
+        for label, fasta in fastas.items():
+            task = annotate_sequences.with_options(
+                assets=[store.run_uri(run_id, "annotate", label)], asset_deps=[fasta.uri]
+            )
+            futures.append((label, task.submit(fasta, orf_params, motifs, 0, store, run_id)))
+    out: dict[str, AnnotationResult] = {}
+    for label, future in futures:
+        result = future.result()
+        orfs, sites = recorder.record(future, [result.orfs, result.motifs])
+        out[label] = result.model_copy(update={"orfs": orfs, "motifs": sites})
+    recorder.flush()
+    return out

@@ -75,20 +75,26 @@ def run(
         int | None, typer.Option(min=1, help="Reads (or pairs) per shard.")
     ] = None,
     interleaved: Annotated[bool, typer.Option(help="Inputs are interleaved pairs.")] = False,
+    reference: Annotated[
+        str | None, typer.Option(help="Reference FASTA (path or s3://) to align and annotate.")
+    ] = None,
+    assemble: Annotated[bool, typer.Option(help="Assemble each sample with MEGAHIT.")] = False,
 ) -> None:
     """Run the genomics pipeline (on the demo community when no inputs are given)."""
     try:
         from helixflow.launch import connect_prefect, launch_pipeline, ui_base
 
         if not inputs:
-            inputs = _demo_inputs()
+            inputs, demo_reference = _demo_inputs()
+            reference = reference or demo_reference
         api_url = connect_prefect()
         out.print(f"Prefect UI: [link]{ui_base(api_url)}[/link]")
         started = time.perf_counter()
         with out.status("running genomics-pipeline …", spinner="dots"):
             launched = launch_pipeline(
                 inputs, store=store, store_block=store_block, ray_address=ray_address,
-                shard_size=shard_size, interleaved=interleaved, debug=_state["debug"],
+                shard_size=shard_size, interleaved=interleaved, reference=reference,
+                assemble=assemble, debug=_state["debug"],
             )
         elapsed = time.perf_counter() - started
         if launched.error is not None:
@@ -100,14 +106,14 @@ def run(
         _fail(exc)
 
 
-def _demo_inputs() -> list[str]:
+def _demo_inputs() -> tuple[list[str], str]:
     from helixflow.demo import write_demo
     from helixflow.settings import helixflow_home
 
     with out.status("writing the demo community …"):
         demo = write_demo(helixflow_home() / "demo")
     out.print(f"demo data: {demo.dir}")
-    return [str(demo.r1), str(demo.r2)]
+    return [str(demo.r1), str(demo.r2)], str(demo.genomes)
 
 
 def _fmt(value: float | None, spec: str) -> str:

@@ -68,6 +68,8 @@ def launch_pipeline(
     shard_size: int | None = None,
     interleaved: bool = False,
     qc_options: dict[str, Any] | None = None,
+    reference: str | None = None,
+    assemble: bool = False,
     debug: bool = False,
 ) -> Launched:
     """Run `genomics-pipeline` on the one server and Ray; never raises for a failed run."""
@@ -94,7 +96,9 @@ def launch_pipeline(
         shard_size=shard_size or DEFAULT_SHARD_SIZE,
         interleaved=interleaved,
         qc_options=qc_options,
-        run_label=f"ingest {label}",
+        reference=reference,
+        assemble=assemble,
+        run_label=f"pipeline {label}",
         return_state=True,
     )
     flow_run_id = str(state.state_details.flow_run_id)

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import shutil
@@ -37,8 +38,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from prefect.assets import materialize
+from pydantic import BaseModel
 
+from helixflow.artifacts import Artifact
+from helixflow.caching import ContentInputs
 from helixflow.errors import HelixflowError, InputError
+from helixflow.retries import RETRIES, RETRY_DELAYS, is_transient
+from helixflow.store import Store
+from helixflow.tables import fetch, publish_file
 from helixflow.tools import require_tool, tool_version
 from tasks.orfs import iter_fasta
 
@@ -361,3 +369,45 @@ def assemble(
         command=cmd,
         reads=reads,
     )
+
+
+# --- Prefect task: the I/O edge around assemble ----------------------------------------
+
+ASSEMBLE_VERSION = "1"
+
+
+class AssemblyOutput(BaseModel):
+    """Published contigs of one sample plus their statistics."""
+
+    contigs: Artifact
+    stats: dict[str, float]
+    megahit_version: str
+
+
+@materialize(
+    "helixflow://assemble",
+    name="assemble-reads",
+    task_run_name="assemble-{sample}",
+    version=ASSEMBLE_VERSION,
+    cache_policy=ContentInputs(tools=("megahit",)),
+    persist_result=True,
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_condition_fn=is_transient,
+)
+def assemble_reads(
+    sample: str, shards: list[Artifact], params: AssemblyParams, store: Store, run_id: str
+) -> AssemblyOutput:
+    """Assemble one sample's read shards with MEGAHIT and publish `<sample>.contigs.fa`."""
+    with store.scratch() as scratch:
+        paths = [fetch(store, shard, scratch) for shard in shards]
+        result = assemble(paths, scratch / "megahit", params)
+        contigs = publish_file(
+            store, result.contigs, run_id=run_id, stage="assemble",
+            name=f"{sample}.contigs.fa", media_type="text/x-fasta", producer="assemble-reads",
+            rows=int(result.stats.get("contigs", 0)),
+            params=dataclasses.asdict(params), upstream=[s.ref() for s in shards],
+            metadata={"stats": result.stats}, tools={"megahit": result.megahit_version},
+        )
+    return AssemblyOutput(contigs=contigs, stats=result.stats,
+                          megahit_version=result.megahit_version)

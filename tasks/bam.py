@@ -590,7 +590,11 @@ _local = threading.local()
 
 
 def _map_chunk(job: _Job, start: int, end: int) -> tuple[str, AlignCounts]:
-    """SAM text and counts for fragments start..end, mapped on this thread's buffer."""
+    """SAM text and counts for fragments start..end, mapped on this thread's buffer.
+
+    The read name goes to mappy because minimap2 breaks ties between equally good
+    placements with a hash of it: the same read gets the same placement in every run.
+    """
     buf = getattr(_local, "buf", None)
     if buf is None:
         buf = _local.buf = mappy.ThreadBuffer()
@@ -602,8 +606,8 @@ def _map_chunk(job: _Job, start: int, end: int) -> tuple[str, AlignCounts]:
     if not reads.paired:
         for i in range(start, end):
             name, seq, qual = reads.names[i], reads.seq1[i], reads.qual1[i]
-            primary, others = _classify(list(aligner.map(seq, buf=buf, MD=True))) if seq \
-                else (None, [])
+            hits = list(aligner.map(seq, name=name, buf=buf, MD=True)) if seq else []
+            primary, others = _classify(hits)
             counts.reads += 1
             if primary is None:
                 counts.unmapped += 1
@@ -627,7 +631,7 @@ def _map_chunk(job: _Job, start: int, end: int) -> tuple[str, AlignCounts]:
         hits2: list[Any] = []
         if s1 and s2:
             n2 = len(s2)
-            for hit in aligner.map(s1, s2, buf=buf, MD=True):
+            for hit in aligner.map(s1, s2, name=name, buf=buf, MD=True):
                 if hit.read_num == 1:
                     hits1.append(hit)
                 elif hit.q_st == n2 - hit.q_en:  # symmetric clips: mappy's fields are right
@@ -635,9 +639,9 @@ def _map_chunk(job: _Job, start: int, end: int) -> tuple[str, AlignCounts]:
                 else:
                     hits2.append(_Mate2Hit(hit, n2, s2, aligner))
         elif s1:
-            hits1 = list(aligner.map(s1, buf=buf, MD=True))
+            hits1 = list(aligner.map(s1, name=name, buf=buf, MD=True))
         elif s2:
-            hits2 = list(aligner.map(s2, buf=buf, MD=True))
+            hits2 = list(aligner.map(s2, name=name, buf=buf, MD=True))
         p1, others1 = _classify(hits1)
         p2, others2 = _classify(hits2)
         counts.reads += 2

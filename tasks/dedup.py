@@ -155,17 +155,29 @@ def _padded(
 
 
 def _fold(matrix: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two 64-bit hash lanes of each padded row."""
+    """Two 64-bit hash lanes of each padded row.
+
+    Only a row's own words are folded in, never its padding, so the hash does not
+    depend on the longest read of the batch (shards differ in that).
+    """
     words = np.ascontiguousarray(matrix).view("<u8")
     n = len(lengths)
+    own = (lengths + 7) // 8
     a = np.full(n, _SEED_A, np.uint64)
     b = np.full(n, _SEED_B, np.uint64)
     for j in range(words.shape[1]):
         w = words[:, j]
+        rows = np.flatnonzero(own <= j)
+        if len(rows) == n:
+            break
+        if len(rows):  # some rows have ended: keep their state
+            keep_a, keep_b = a[rows], b[rows]
         a ^= w
         _fmix64(a)
         b += w
         _splitmix64(b)
+        if len(rows):
+            a[rows], b[rows] = keep_a, keep_b
     ln = lengths.astype(np.uint64)
     a ^= ln
     b += ln * np.uint64(0x9E3779B97F4A7C15)
@@ -236,9 +248,9 @@ def _mate_rows(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray | None]:
 def _as_batch(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
     """A single RecordBatch view of a batch or table."""
     if isinstance(batch, pa.Table):
-        return batch.combine_chunks().to_batches(max_chunksize=None)[0] if batch.num_rows else (
-            pa.RecordBatch.from_pylist([], schema=batch.schema)
-        )
+        if not batch.num_rows:
+            return pa.RecordBatch.from_pylist([], schema=batch.schema)
+        return batch.combine_chunks().to_batches()[0]
     return batch
 
 

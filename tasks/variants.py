@@ -337,7 +337,7 @@ def _indel_events(fh: pysam.AlignmentFile, contig: str, ref: str,
 
 
 def _key(ref: str, pos: int, deleted: int, inserted: str) -> tuple[int, int, str]:
-    """Left-aligned event key; indels that cannot be anchored at position 0 stay put."""
+    """Event key (pos, deleted length, inserted bases) after left-alignment."""
     pos, inserted = left_align(ref, pos, deleted, inserted)
     return pos, deleted, inserted
 
@@ -401,7 +401,7 @@ def _contig_calls(fh: pysam.AlignmentFile, contig: str, ref: str, params: Varian
     """All calls of one contig, in position order (SNVs before indels at one position)."""
     acgt = fh.count_coverage(contig, 0, len(ref), quality_threshold=params.min_base_quality,
                              read_callback=_ReadFilter(params.min_mapping_quality))
-    cov = np.array(acgt, dtype=np.int64)
+    cov = np.stack([np.frombuffer(c, dtype=np.dtype(c.typecode)) for c in acgt]).astype(np.int64)
     depth = cov.sum(axis=0)
     counts.callable_bases += int(np.count_nonzero(depth >= params.min_depth))
     ref_codes = _CODE[np.frombuffer(ref.encode("ascii"), dtype=np.uint8)]

@@ -178,3 +178,29 @@ def test_surviving_set_equals_seqkit_rmdup(
         first = sorted(canon(s) for b in kept for s in b.column("sequence").to_pylist())
         assert ours == first
     assert counts.dropped >= 250  # the planted copies (plus any real duplicates)
+
+
+def test_tables_and_empty_input(single_reads: Path) -> None:
+    batches = list(iter_read_batches(str(single_reads), batch_size=4))
+    table = pa.Table.from_batches(batches)
+    keys = fragment_keys(table, 0)
+    assert keys.num_rows == 10
+    per_batch = pa.concat_tables([fragment_keys(b, 0) for b in batches])
+    assert keys.column("hash_hi").equals(per_batch.column("hash_hi"))
+    empty = table.slice(0, 0)
+    assert fragment_keys(empty, 0).num_rows == 0
+    dropped, _ = choose_keepers([keys])
+    assert drop_duplicates(table, dropped, 0).num_rows == 6
+    assert drop_duplicates(empty, dropped, 0).num_rows == 0
+
+
+def test_key_does_not_depend_on_the_other_reads_of_the_shard(tmp_path: Path) -> None:
+    # Shards differ in their longest read; the padding to it must not enter the hash.
+    seq = "ACGTTGCAAC" * 3
+    short = write_fastq(tmp_path / "a.fq", [("a", seq, "I" * 30)])
+    long = write_fastq(tmp_path / "b.fq", [("b", seq, "I" * 30), ("c", "G" * 151, "I" * 151)])
+    for strand in ("both", "forward"):
+        a = fragment_keys(next(iter_read_batches(str(short))), 0, strand=strand)  # type: ignore[arg-type]
+        b = fragment_keys(next(iter_read_batches(str(long))), 1, strand=strand)  # type: ignore[arg-type]
+        assert a.column("hash_hi")[0] == b.column("hash_hi")[0]
+        assert a.column("hash_lo")[0] == b.column("hash_lo")[0]
