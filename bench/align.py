@@ -11,7 +11,8 @@ its own process:
   -> merge_bams (merged, indexed). The minimap2 index is built in the warm-up run and
   reused from the cache afterwards, as the pipeline does; its build time is printed.
 
-Prints the wall times, the ratio helixflow / peer (goal <= 1.15) and the agreement of
+Prints the wall times, the ratio helixflow / peer (goal <= 1.15), CPU times (steadier on
+a shared machine) and the agreement of
 primary placements: a read agrees when both leave it unmapped, or both place it on the
 same contig and strand within 5 bp (goal >= 99.5%).
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -58,19 +60,24 @@ def simulate(genome: str, fold: float) -> tuple[Path, Path, Path]:
     return ref, r1, r2
 
 
-def run_peer(ref: Path, r1: Path, r2: Path, out: Path) -> float:
-    """Wall seconds of minimap2 | samtools sort."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_peer(ref: Path, r1: Path, r2: Path, out: Path) -> tuple[float, float]:
+    """Wall and CPU seconds of minimap2 | samtools sort."""
     cmd = (f"minimap2 -ax sr -t 2 {ref} {r1} {r2} 2>/dev/null "
            f"| samtools sort -@1 -o {out} - 2>/dev/null")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     subprocess.run(["bash", "-o", "pipefail", "-c", cmd], check=True)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _children_cpu() - cpu
 
 
 def run_helixflow(ref: Path, r1: Path, r2: Path, out: Path, batch_size: int,
                   shard_level: int) -> dict:
-    """Wall seconds of helixflow's alignment in a fresh process, and its counts."""
-    start = time.perf_counter()
+    """Wall and CPU seconds of helixflow's alignment in a fresh process, and its counts."""
+    start, cpu = time.perf_counter(), _children_cpu()
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", str(ref), str(r1), str(r2), str(out),
          str(batch_size), str(shard_level)],
@@ -78,6 +85,7 @@ def run_helixflow(ref: Path, r1: Path, r2: Path, out: Path, batch_size: int,
     )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["wall"] = time.perf_counter() - start
+    result["cpu"] = _children_cpu() - cpu
     return result
 
 
@@ -173,11 +181,14 @@ def main() -> None:
     run_peer(ref, r1, r2, peer_bam)  # warm-up (page cache), and the index for helixflow
     first = run_helixflow(ref, r1, r2, our_bam, args.batch_size, args.shard_level)
     print(f"warm-up: helixflow built/loaded the index in {first['index_s']:.2f} s")
-    peer_t, ours_t, last = [], [], first
+    peer_t, ours_t, peer_cpu, ours_cpu, last = [], [], [], [], first
     for _ in range(args.reps):
-        peer_t.append(run_peer(ref, r1, r2, peer_bam))
+        wall, cpu = run_peer(ref, r1, r2, peer_bam)
+        peer_t.append(wall)
+        peer_cpu.append(cpu)
         last = run_helixflow(ref, r1, r2, our_bam, args.batch_size, args.shard_level)
         ours_t.append(last["wall"])
+        ours_cpu.append(last["cpu"])
     check = subprocess.run(["samtools", "quickcheck", str(our_bam)], check=False)
     share, share_unique, tally = agreement(peer_bam, our_bam)
     peer_m, ours_m = statistics.median(peer_t), statistics.median(ours_t)
@@ -187,7 +198,11 @@ def main() -> None:
     print(f"helixflow align+sort+merge+index: {ours_m:.2f} s "
           f"({', '.join(f'{t:.2f}' for t in ours_t)}); last run: index {last['index_s']:.2f} s, "
           f"align {last['align_s']:.2f} s, merge+index {last['merge_s']:.2f} s")
-    print(f"counts: {json.dumps({k: v for k, v in last.items() if not k.endswith('_s')})}")
+    print(f"CPU s (user+sys, less sensitive to other load): peer "
+          f"{statistics.median(peer_cpu):.2f}, helixflow {statistics.median(ours_cpu):.2f}, "
+          f"ratio {statistics.median(ours_cpu) / statistics.median(peer_cpu):.3f}")
+    counts = {k: v for k, v in last.items() if not k.endswith("_s") and k not in ("wall", "cpu")}
+    print(f"counts: {json.dumps(counts)}")
     sizes = f"peer {peer_bam.stat().st_size / 1e6:.1f}, ours {our_bam.stat().st_size / 1e6:.1f}"
     status = "ok" if check.returncode == 0 else "FAILED"
     print(f"samtools quickcheck: {status}; BAM sizes (MB): {sizes}")

@@ -16,7 +16,15 @@ from prefect.futures import PrefectFuture
 from pydantic import BaseModel
 
 from blocks.store import resolve_store
-from flows.preprocess import qc_params, qc_totals, run_annotation, run_assembly, run_qc
+from flows.preprocess import (
+    qc_params,
+    qc_totals,
+    run_annotation,
+    run_assembly,
+    run_correction,
+    run_dedup,
+    run_qc,
+)
 from helixflow.artifacts import FileRef
 from helixflow.lineage import LineageGraph, code_version, mermaid
 from helixflow.recorder import RunRecorder
@@ -25,6 +33,7 @@ from helixflow.samples import Sample, plan_samples
 from helixflow.store import Store
 from tasks.annotate import DEFAULT_MOTIFS
 from tasks.assemble import AssemblyParams
+from tasks.correct import CorrectionParams
 from tasks.ingest import IngestResult, identify_input, ingest_fastq, summarize
 from tasks.orfs import OrfParams
 
@@ -40,6 +49,7 @@ class RunSummary(BaseModel):
     artifacts: int
     tasks_executed: int
     tasks_cached: int
+    by_task: dict[str, dict[str, int]]
 
 
 def _asset_key(store: Store, run_id: str, stage: str, sample: str) -> str:
@@ -57,6 +67,7 @@ def genomics_pipeline(
     reference: str | None = None,
     assemble: bool = False,
     motifs: dict[str, str] | None = None,
+    kmer_size: int = 21,
     run_label: str = "helixflow",
 ) -> RunSummary:
     """Run helixflow over FASTQ inputs (local paths or s3:// URIs).
@@ -71,6 +82,7 @@ def genomics_pipeline(
         reference: reference FASTA (path or s3://) for alignment and annotation
         assemble: assemble each sample with MEGAHIT (contigs are then annotated too)
         motifs: IUPAC consensus motifs to find, name → motif (default: a small built-in set)
+        kmer_size: k for the error-correction spectrum
         run_label: the flow run's display name
     """
     logger = get_run_logger()
@@ -114,13 +126,17 @@ def genomics_pipeline(
         if counts.get("reads_in") and not counts.get("reads_out"):
             logger.warning("%s: every read was filtered out by QC (%s)", sample, counts)
 
+    qc_shards = {s: [q.shard for q in parts] for s, parts in filtered.items()}
+    deduped, dup_counts = run_dedup(qc_shards, st, run_id, recorder)
+    corrected, solids, fix_counts = run_correction(deduped, CorrectionParams(), kmer_size, st,
+                                                   run_id, recorder)
+
     fastas: dict[str, FileRef] = {}
     if reference:
         fastas["reference"] = refs[reference].result()
     assemblies: dict[str, Any] = {}
     if assemble:
-        shards = {s: [q.shard for q in parts] for s, parts in filtered.items()}
-        assemblies = run_assembly(shards, AssemblyParams(), st, run_id, recorder)
+        assemblies = run_assembly(corrected, AssemblyParams(), st, run_id, recorder)
         fastas.update({f"{s}.contigs": a.contigs for s, a in assemblies.items()})
     annotations = run_annotation(fastas, OrfParams(), motifs or DEFAULT_MOTIFS, st, run_id,
                                  recorder)
@@ -128,6 +144,11 @@ def genomics_pipeline(
     tables = {
         "qc-counts": ("Quality filtering: reads and bases in, out, trimmed and removed per reason",
                       [{"sample": sample, **counts} for sample, counts in qc_counts.items()]),
+        "dedup": ("Exact duplicates removed (global per sample)",
+                  [{"sample": s, **c} for s, c in dup_counts.items()]),
+        "correction": ("k-mer spectrum error correction",
+                       [{"sample": s, "k": solids[s].k, "solid_threshold": solids[s].threshold,
+                         **c} for s, c in fix_counts.items()]),
         "annotation": ("ORFs and motif sites per FASTA",
                        [{"fasta": label, "orfs": a.orf_count, **a.motif_counts}
                         for label, a in annotations.items()]),
@@ -145,6 +166,7 @@ def genomics_pipeline(
         artifacts=len(recorder.log.records),
         tasks_executed=recorder.executed,
         tasks_cached=recorder.cached,
+        by_task=recorder.by_task,
     )
 
 

@@ -14,6 +14,14 @@ from helixflow.resources import profile
 from helixflow.store import Store
 from tasks.annotate import AnnotationResult, annotate_sequences
 from tasks.assemble import AssemblyOutput, AssemblyParams, assemble_reads
+from tasks.correct import (
+    CorrectionParams,
+    SolidSet,
+    choose_solid_kmers,
+    correct_reads,
+    count_shard_kmers,
+)
+from tasks.dedup import choose_duplicates, hash_fragments, remove_duplicates
 from tasks.ingest import IngestResult
 from tasks.orfs import OrfParams
 from tasks.qc import QcParams, QcResult, filter_reads
@@ -112,3 +120,85 @@ def run_annotation(
         out[label] = result.model_copy(update={"orfs": orfs, "motifs": sites})
     recorder.flush()
     return out
+
+
+def run_dedup(
+    shards_by_sample: dict[str, list[Artifact]],
+    store: Store,
+    run_id: str,
+    recorder: RunRecorder,
+) -> tuple[dict[str, list[Artifact]], dict[str, dict[str, float]]]:
+    """Global exact-duplicate removal per sample: hash (map) → choose (reduce) → drop (apply).
+
+    Keys are partitioned by hash so no task holds more than 1/P of a sample's keys.
+    """
+    out: dict[str, list[Artifact]] = {}
+    rates: dict[str, dict[str, float]] = {}
+    for sample, shards in shards_by_sample.items():
+        n_parts = min(16, max(1, len(shards)))
+        with profile("shard"):
+            maps = [hash_fragments.submit(s, i, n_parts, store, run_id)
+                    for i, s in enumerate(shards)]
+        keys = [recorder.record(f, f.result()) for f in maps]
+        with profile("shard"):
+            reduces = [choose_duplicates.submit(sample, p, [k[p] for k in keys], store, run_id)
+                       for p in range(n_parts)]
+        dropped, total = [], None
+        for future in reduces:
+            result = future.result()
+            dropped.extend(recorder.record(future, [result.dropped]))
+            total = _add(total, result.counts)
+        task = remove_duplicates.with_options(assets=[store.run_uri(run_id, "dedup", sample)])
+        with profile("shard"):
+            applies = [task.submit(s, i, dropped, store, run_id) for i, s in enumerate(shards)]
+        out[sample] = [recorder.record(f, [f.result()])[0] for f in applies]
+        counts = total or {}
+        if counts.get("fragments"):
+            counts["duplication_rate"] = counts.get("dropped", 0) / counts["fragments"]
+        rates[sample] = counts
+    recorder.flush()
+    return out, rates
+
+
+def _add(total: dict[str, float] | None, counts: dict[str, float]) -> dict[str, float]:
+    if total is None:
+        return dict(counts)
+    return {k: total.get(k, 0) + v for k, v in counts.items()}
+
+
+def run_correction(
+    shards_by_sample: dict[str, list[Artifact]],
+    params: CorrectionParams,
+    k: int,
+    store: Store,
+    run_id: str,
+    recorder: RunRecorder,
+) -> tuple[dict[str, list[Artifact]], dict[str, SolidSet], dict[str, dict[str, float]]]:
+    """Spectrum error correction per sample: count k-mers per shard, choose the solid set
+    over the whole sample, correct every shard against it."""
+    out: dict[str, list[Artifact]] = {}
+    solids: dict[str, SolidSet] = {}
+    totals: dict[str, dict[str, float]] = {}
+    for sample, shards in shards_by_sample.items():
+        with profile("shard"):
+            counts = [count_shard_kmers.submit(s, k, store, run_id) for s in shards]
+        count_arts = [recorder.record(f, [f.result()])[0] for f in counts]
+        with profile("stream"):
+            solid_future = choose_solid_kmers.submit(sample, count_arts, k, None, store, run_id)
+        solid = solid_future.result()
+        (kmers,) = recorder.record(solid_future, [solid.kmers])
+        solid = solid.model_copy(update={"kmers": kmers})
+        solids[sample] = solid
+        task = correct_reads.with_options(assets=[store.run_uri(run_id, "correct", sample)])
+        with profile("shard"):
+            fixes = [task.submit(s, solid, params, store, run_id) for s in shards]
+        total: dict[str, float] | None = None
+        corrected = []
+        for future in fixes:
+            result = future.result()
+            corrected.extend(recorder.record(future, [result.shard]))
+            total = _add(total, result.counts)
+        out[sample] = corrected
+        totals[sample] = total or {}
+    recorder.flush()
+    return out, solids, totals

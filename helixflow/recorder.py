@@ -30,10 +30,14 @@ class RunRecorder:
         self.flow_run_id = str(runtime.flow_run.id)
         self.executed = 0
         self.cached = 0
+        self.by_task: dict[str, dict[str, int]] = {}
 
     def record(self, future: PrefectFuture[Any], artifacts: list[Artifact]) -> list[Artifact]:
         """Lineage for one task's artifacts; returns them as seen from this run's folder."""
         cached = was_cached(future)
+        name = artifacts[0].producer if artifacts else "unknown"
+        tally = self.by_task.setdefault(name, {"executed": 0, "cached": 0})
+        tally["cached" if cached else "executed"] += 1
         if cached:
             self.cached += 1
             artifacts = [self.store.link_into_run(a, self.run_id) for a in artifacts]

@@ -43,12 +43,24 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+from prefect import task
+from prefect.assets import materialize
+from pydantic import BaseModel
+
+from helixflow.artifacts import Artifact
+from helixflow.caching import ContentInputs
+from helixflow.retries import RETRIES, RETRY_DELAYS, is_transient
+from helixflow.store import Store
+from helixflow.tables import as_batch, publish_table, read_table
 
 COUNTS_SCHEMA: pa.Schema = pa.schema(
     [pa.field("kmer", pa.uint64(), nullable=False), pa.field("count", pa.uint32(), nullable=False)]
@@ -759,3 +771,75 @@ def correct_batch(
     )
     columns = [fixed if name == "sequence" else batch.column(name) for name in batch.schema.names]
     return pa.RecordBatch.from_arrays(columns, schema=batch.schema), counts
+
+
+# --- Prefect tasks: count per shard, merge to a solid set, correct per shard ------------
+
+CORRECT_VERSION = "1"
+
+_TASK_OPTIONS: dict[str, Any] = {
+    "cache_policy": ContentInputs(), "persist_result": True, "retries": RETRIES,
+    "retry_delay_seconds": RETRY_DELAYS, "retry_condition_fn": is_transient,
+}
+
+
+class SolidSet(BaseModel):
+    """The solid k-mers of a sample, the histogram and the threshold that chose them."""
+
+    kmers: Artifact
+    k: int
+    threshold: int
+    histogram: list[int]
+
+
+class CorrectResult(BaseModel):
+    shard: Artifact
+    counts: dict[str, int]
+
+
+@task(name="count-kmers", task_run_name="kmers-{shard.name}", version=CORRECT_VERSION,
+      **_TASK_OPTIONS)
+def count_shard_kmers(shard: Artifact, k: int, store: Store, run_id: str) -> Artifact:
+    """Canonical k-mer counts of one shard (sorted, exact)."""
+    counts = count_kmers(read_table(store, shard, columns=["sequence"]), k)
+    with store.scratch() as scratch:
+        return publish_table(store, counts, scratch, run_id=run_id, stage="kmers",
+                             name=shard.name.replace(".parquet", f".k{k}.parquet"),
+                             producer="count-kmers", params={"k": k}, upstream=[shard.ref()])
+
+
+@task(name="solid-kmers", task_run_name="solid-kmers-{sample}", version=CORRECT_VERSION,
+      **_TASK_OPTIONS)
+def choose_solid_kmers(
+    sample: str, counts: list[Artifact], k: int, threshold: int | None, store: Store, run_id: str
+) -> SolidSet:
+    """Merge shard counts; solid = count >= threshold (first valley of the histogram)."""
+    merged = merge_counts(read_table(store, c) for c in counts)
+    hist = kmer_histogram(merged)
+    cut = threshold if threshold is not None else solid_threshold(hist)
+    solid = merged.filter(pc.greater_equal(merged["count"], cut)).select(["kmer"])
+    with store.scratch() as scratch:
+        art = publish_table(store, solid, scratch, run_id=run_id, stage="kmers",
+                            name=f"{sample}.solid-k{k}.parquet", producer="solid-kmers",
+                            params={"k": k, "threshold": cut},
+                            upstream=[c.ref() for c in counts])
+    last = int(np.flatnonzero(hist)[-1]) + 1 if hist.any() else 0
+    return SolidSet(kmers=art, k=k, threshold=cut, histogram=[int(x) for x in hist[:last]])
+
+
+@materialize("helixflow://correct", name="correct-reads", task_run_name="correct-{shard.name}",
+             version=CORRECT_VERSION, **_TASK_OPTIONS)
+def correct_reads(
+    shard: Artifact, solid: SolidSet, params: CorrectionParams, store: Store, run_id: str
+) -> CorrectResult:
+    """Correct one shard's substitution errors against the sample's solid k-mers."""
+    kmers = read_table(store, solid.kmers).column("kmer").to_numpy()
+    table = SolidKmers.from_kmers(kmers, solid.k)
+    corrected, counts = correct_batch(as_batch(read_table(store, shard)), table, solid.k, params)
+    name = shard.name.replace(".dedup.", ".corrected.")
+    with store.scratch() as scratch:
+        art = publish_table(store, corrected, scratch, run_id=run_id, stage="correct",
+                            name=name, producer="correct-reads",
+                            params={**dataclasses.asdict(params), "k": solid.k},
+                            upstream=[shard.ref(), solid.kmers.ref()])
+    return CorrectResult(shard=art, counts=dataclasses.asdict(counts))

@@ -35,11 +35,21 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+from prefect import task
+from prefect.assets import materialize
+from pydantic import BaseModel
+
+from helixflow.artifacts import Artifact
+from helixflow.caching import ContentInputs
+from helixflow.retries import RETRIES, RETRY_DELAYS, is_transient
+from helixflow.store import Store
+from helixflow.tables import as_batch, publish_table, read_table
 
 KEYS_SCHEMA: pa.Schema = pa.schema(
     [
@@ -401,3 +411,73 @@ def drop_duplicates(
     fragment = batch.column("fragment").to_numpy(zero_copy_only=False)
     keep = ~np.isin(fragment, gone)
     return batch.filter(pa.array(keep))
+
+
+# --- Prefect tasks: map / reduce / apply over a sample's shards ------------------------
+
+DEDUP_VERSION = "1"
+
+
+class DedupResult(BaseModel):
+    """The dropped fragments of one partition, with its counts."""
+
+    dropped: Artifact
+    counts: dict[str, float]
+
+
+_TASK_OPTIONS: dict[str, Any] = {
+    "cache_policy": ContentInputs(), "persist_result": True, "retries": RETRIES,
+    "retry_delay_seconds": RETRY_DELAYS, "retry_condition_fn": is_transient,
+}
+
+
+def _counts_dict(counts: DedupCounts) -> dict[str, float]:
+    return {**{f.name: getattr(counts, f.name) for f in dataclasses.fields(counts)},
+            "duplication_rate": counts.duplication_rate}
+
+
+@task(name="hash-fragments", task_run_name="dedup-keys-{shard.name}", version=DEDUP_VERSION,
+      **_TASK_OPTIONS)
+def hash_fragments(
+    shard: Artifact, shard_index: int, n_partitions: int, store: Store, run_id: str
+) -> list[Artifact]:
+    """Map: the shard's fragment keys, split into `n_partitions` key tables by hash."""
+    keys = fragment_keys(as_batch(read_table(store, shard)), shard_index)
+    base = shard.name.removesuffix(".parquet")
+    with store.scratch() as scratch:
+        return [
+            publish_table(store, part, scratch, run_id=run_id, stage="dedup-keys",
+                          name=f"{base}.keys-{p:03d}.parquet", producer="hash-fragments",
+                          params={"n_partitions": n_partitions}, upstream=[shard.ref()])
+            for p, part in enumerate(partition_keys(keys, n_partitions))
+        ]
+
+
+@task(name="choose-duplicates", task_run_name="dedup-{sample}-part-{partition}",
+      version=DEDUP_VERSION, **_TASK_OPTIONS)
+def choose_duplicates(
+    sample: str, partition: int, parts: list[Artifact], store: Store, run_id: str
+) -> DedupResult:
+    """Reduce: one partition's keys from every shard → the fragments to drop."""
+    dropped, counts = choose_keepers([read_table(store, p) for p in parts])
+    with store.scratch() as scratch:
+        art = publish_table(store, dropped, scratch, run_id=run_id, stage="dedup-keys",
+                            name=f"{sample}.dropped-{partition:03d}.parquet",
+                            producer="choose-duplicates", upstream=[p.ref() for p in parts],
+                            metadata={"counts": _counts_dict(counts)})
+    return DedupResult(dropped=art, counts=_counts_dict(counts))
+
+
+@materialize("helixflow://dedup", name="remove-duplicates",
+             task_run_name="dedup-{shard.name}", version=DEDUP_VERSION, **_TASK_OPTIONS)
+def remove_duplicates(
+    shard: Artifact, shard_index: int, dropped: list[Artifact], store: Store, run_id: str
+) -> Artifact:
+    """Apply: the shard without the fragments any partition chose to drop."""
+    drop = pa.concat_tables([read_table(store, d) for d in dropped])
+    kept = drop_duplicates(as_batch(read_table(store, shard)), drop, shard_index)
+    name = shard.name.replace(".qc.", ".dedup.")
+    with store.scratch() as scratch:
+        return publish_table(store, kept, scratch, run_id=run_id, stage="dedup", name=name,
+                             producer="remove-duplicates",
+                             upstream=[shard.ref()] + [d.ref() for d in dropped])

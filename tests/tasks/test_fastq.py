@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from helixflow.errors import InputError
+from tasks import fastq
 from tasks.fastq import (
     READS_SCHEMA,
     ReadStats,
@@ -111,6 +112,11 @@ def rows(table: pa.Table, mate: int) -> list[tuple[str, str, str]]:
     )
 
 
+def gz(data: bytes) -> bytes:
+    """Gzip quickly (gzip.compress defaults to level 9, slow on big test inputs)."""
+    return gzip.compress(data, compresslevel=1)
+
+
 def write(path: Path, data: bytes) -> Path:
     """Write `data` to `path` and return the path."""
     path.write_bytes(data)
@@ -164,7 +170,7 @@ def test_schema_is_the_documented_one() -> None:
 
 def test_single_end_round_trips_byte_for_byte(tmp_path: Path, no_thread_leak: None) -> None:
     records = random_records(3000, suffix="/1")
-    path = write(tmp_path / "reads.fq.gz", gzip.compress(fastq_text(records)))
+    path = write(tmp_path / "reads.fq.gz", gz(fastq_text(records)))
     table = collect(str(path), batch_size=1000)
     assert table.num_rows == 3000
     assert rows(table, 0) == reference_parse(path)
@@ -194,8 +200,8 @@ def test_paired_batches_hold_mate1_rows_then_mate2_rows(tmp_path: Path) -> None:
 
 def _pair_files(directory: Path, n: int) -> tuple[Path, Path]:
     """Gzipped R1/R2 files of `n` random reads each (names pair up)."""
-    r1 = write(directory / "R1.fq.gz", gzip.compress(fastq_text(random_records(n, 3, 150))))
-    r2 = write(directory / "R2.fq.gz", gzip.compress(fastq_text(random_records(n, 4, 150))))
+    r1 = write(directory / "R1.fq.gz", gz(fastq_text(random_records(n, 3, 150))))
+    r2 = write(directory / "R2.fq.gz", gz(fastq_text(random_records(n, 4, 150))))
     return r1, r2
 
 
@@ -270,12 +276,12 @@ def test_interleaved_pairs(tmp_path: Path) -> None:
 def test_gzip_bgzip_multimember_and_plain_give_identical_tables(tmp_path: Path) -> None:
     text = fastq_text(random_records(5000, seed=7, max_len=150))
     plain = write(tmp_path / "plain.fq.gz", text)  # misleading name: detection is by magic
-    gz = write(tmp_path / "gz.txt", gzip.compress(text))
+    gzipped = write(tmp_path / "gz.txt", gz(text))
     cut = len(text) // 3 + 17  # members split mid-record
-    multi = write(tmp_path / "multi.fq.gz", gzip.compress(text[:cut]) + gzip.compress(text[cut:]))
+    multi = write(tmp_path / "multi.fq.gz", gz(text[:cut]) + gz(text[cut:]))
     expected = collect(str(plain))
     assert expected.num_rows == 5000
-    assert collect(str(gz)).equals(expected)
+    assert collect(str(gzipped)).equals(expected)
     assert collect(str(multi)).equals(expected)
     bgzip = shutil.which("bgzip")
     if bgzip is None:
@@ -317,6 +323,24 @@ def test_missing_final_newline_and_trailing_blank_lines_are_accepted(tmp_path: P
     assert collect(str(write(tmp_path / "blank.fq", text + b"\n\n"))).equals(expected)
 
 
+def test_long_reads(tmp_path: Path) -> None:
+    rng = np.random.default_rng(26)
+
+    def letters(alphabet: bytes, n: int) -> str:
+        return rng.choice(np.frombuffer(alphabet, np.uint8), n).tobytes().decode()
+
+    records = [
+        (f"long{i}", letters(b"ACGT", n), letters(b"!5I", n))
+        for i, n in enumerate(rng.integers(1_000, 60_000, 60))
+    ]
+    path = write(tmp_path / "long.fq.gz", gz(fastq_text(records)))
+    table = collect(str(path), batch_size=25)
+    assert rows(table, 0) == reference_parse(path)
+    stats = batch_stats(table).to_dict()["0"]
+    assert stats["max_length"] == max(len(s) for _, s, _ in records)
+    assert len(stats["mean_quality_by_position"]) == stats["max_length"]
+
+
 def test_quality_lines_starting_with_at_or_plus_are_not_headers(tmp_path: Path) -> None:
     records = [("a", "ACGT", "@@@@"), ("b", "ACG", "+++"), ("c", "A", "@")]
     path = write(tmp_path / "r.fq", fastq_text(records))
@@ -337,7 +361,7 @@ def test_casava_and_slash_names_pair_up(tmp_path: Path) -> None:
 
 
 def test_closing_early_stops_the_threads(tmp_path: Path, no_thread_leak: None) -> None:
-    path = write(tmp_path / "r.fq.gz", gzip.compress(fastq_text(random_records(5000, 10))))
+    path = write(tmp_path / "r.fq.gz", gz(fastq_text(random_records(5000, 10))))
     it = iter_read_batches(str(path), batch_size=10)
     next(it)
     it.close()  # type: ignore[attr-defined]
@@ -346,7 +370,7 @@ def test_closing_early_stops_the_threads(tmp_path: Path, no_thread_leak: None) -
 def test_fsspec_uri(no_thread_leak: None) -> None:
     text = fastq_text(random_records(100, seed=11))
     fs = fsspec.filesystem("memory")
-    fs.pipe("/helixflow-test/r.fq.gz", gzip.compress(text))
+    fs.pipe("/helixflow-test/r.fq.gz", gz(text))
     try:
         table = collect("memory://helixflow-test/r.fq.gz")
         assert table.num_rows == 100
@@ -360,7 +384,7 @@ def test_fsspec_uri(no_thread_leak: None) -> None:
 
 def test_open_fastq_decompresses_and_closes(tmp_path: Path, no_thread_leak: None) -> None:
     text = fastq_text(random_records(2000, seed=12, max_len=150))
-    path = write(tmp_path / "r.data", gzip.compress(text))
+    path = write(tmp_path / "r.data", gz(text))
     with open_fastq(str(path)) as f:
         assert f.readline() == text.split(b"\n")[0] + b"\n"
         assert f.readline() + f.read() == text[text.index(b"\n") + 1 :]
@@ -413,10 +437,25 @@ def test_malformed_input_names_file_and_record(
         return
     # The same in a gzip file, deep inside a larger input, with batch edges around it.
     prefix = fastq_text(random_records(5000, seed=13))
-    gz = write(tmp_path / "bad.fq.gz", gzip.compress(prefix + data))
-    error = raises_input_error(str(gz), batch_size=999)
-    assert (error.path, error.record) == (str(gz), 5000 + record), str(error)
+    deep = write(tmp_path / "bad.fq.gz", gz(prefix + data))
+    error = raises_input_error(str(deep), batch_size=999)
+    assert (error.path, error.record) == (str(deep), 5000 + record), str(error)
     assert message in error.detail
+
+
+def test_cr_only_line_ends_and_endless_lines_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mac = write(tmp_path / "mac.fq", b"@r\rACGT\r+\rIIII\r")
+    error = raises_input_error(str(mac))
+    assert (error.record, error.detail) == (
+        1,
+        "lines end in CR only (classic Mac); FASTQ needs LF or CRLF",
+    )
+    monkeypatch.setattr(fastq, "_MAX_LINE", 1000)  # a runaway line must not fill memory
+    big = write(tmp_path / "big.fq", fastq_text([GOOD] * 3) + b"@r4\r" + b"ACGT\r" * 2000)
+    error = raises_input_error(str(big))
+    assert error.record == 4 and error.detail.startswith("no line feed in")
 
 
 def test_error_in_mate_file_names_that_file(tmp_path: Path) -> None:
@@ -438,7 +477,7 @@ def _reads_text(n: int, seed: int = 0) -> bytes:
 
 @pytest.mark.parametrize("fraction", [0.0005, 0.31, 0.77, 0.999])
 def test_truncated_gzip_says_so_and_where(tmp_path: Path, fraction: float) -> None:
-    data = gzip.compress(_reads_text(20_000, seed=15))
+    data = gz(_reads_text(20_000, seed=15))
     cut = int(len(data) * fraction)
     done = zlib.decompressobj(31).decompress(data[:cut]).count(b"\n") // 4
     path = write(tmp_path / "cut.fq.gz", data[:cut])
@@ -459,7 +498,7 @@ def test_truncated_gzip_exactly_at_a_record_boundary(tmp_path: Path) -> None:
 
 
 def test_gzip_trailer_cut_or_corrupt(tmp_path: Path) -> None:
-    data = gzip.compress(_reads_text(500, seed=16))
+    data = gz(_reads_text(500, seed=16))
     cut = write(tmp_path / "cut.fq.gz", data[:-4])
     error = raises_input_error(str(cut))
     assert (error.detail, error.record) == ("truncated gzip stream after record 500", 501)
@@ -480,7 +519,7 @@ def test_gzip_trailer_cut_or_corrupt(tmp_path: Path) -> None:
 
 
 def test_open_fastq_reports_truncated_gzip(tmp_path: Path) -> None:
-    data = gzip.compress(_reads_text(2000, seed=17))
+    data = gz(_reads_text(2000, seed=17))
     path = write(tmp_path / "cut.fq.gz", data[: len(data) // 2])
     with open_fastq(str(path)) as f, pytest.raises(InputError, match="truncated gzip stream"):
         f.read()
@@ -488,8 +527,8 @@ def test_open_fastq_reports_truncated_gzip(tmp_path: Path) -> None:
 
 def test_truncated_gzip_in_mate_file(tmp_path: Path) -> None:
     text = _reads_text(4000, seed=18)
-    r1 = write(tmp_path / "R1.fq.gz", gzip.compress(text))
-    data = gzip.compress(text)
+    r1 = write(tmp_path / "R1.fq.gz", gz(text))
+    data = gz(text)
     r2 = write(tmp_path / "R2.fq.gz", data[: len(data) // 2])
     error = raises_input_error(str(r1), str(r2))
     assert error.path == str(r2)
