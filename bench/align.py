@@ -75,12 +75,12 @@ def run_peer(ref: Path, r1: Path, r2: Path, out: Path) -> tuple[float, float]:
 
 
 def run_helixflow(ref: Path, r1: Path, r2: Path, out: Path, batch_size: int,
-                  shard_level: int) -> dict:
+                  shard_level: int, merge_level: int) -> dict:
     """Wall and CPU seconds of helixflow's alignment in a fresh process, and its counts."""
     start, cpu = time.perf_counter(), _children_cpu()
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", str(ref), str(r1), str(r2), str(out),
-         str(batch_size), str(shard_level)],
+         str(batch_size), str(shard_level), str(merge_level)],
         check=True, capture_output=True, text=True,
     )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -89,7 +89,8 @@ def run_helixflow(ref: Path, r1: Path, r2: Path, out: Path, batch_size: int,
     return result
 
 
-def worker(ref: str, r1: str, r2: str, out: str, batch_size: int, shard_level: int) -> None:
+def worker(ref: str, r1: str, r2: str, out: str, batch_size: int, shard_level: int,
+           merge_level: int) -> None:
     """The helixflow side: index (cached), align each shard, merge and index."""
     sys.path.insert(0, str(REPO))
     from tasks.bam import AlignCounts, align_batch, build_index, merge_bams
@@ -105,7 +106,7 @@ def worker(ref: str, r1: str, r2: str, out: str, batch_size: int, shard_level: i
                                         shard_level=shard_level))
         parts.append(part)
     t_align = time.perf_counter() - t0
-    merge_bams(parts, Path(out))
+    merge_bams(parts, Path(out), level=merge_level)
     for part in parts:
         part.unlink()
     print(json.dumps({"index_s": t_index, "align_s": t_align,
@@ -165,11 +166,13 @@ def main() -> None:
     parser.add_argument("--shard-level", type=int, default=1,
                         help="BGZF level of shard BAMs (default %(default)s; a single shard is "
                              "the final BAM, so use 6 there to compare like with like)")
-    parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--merge-level", type=int, default=6,
+                        help="BGZF level of the merged BAM (default %(default)s, as samtools)")
+    parser.add_argument("--worker", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        ref, r1, r2, out, batch, level = args.worker
-        worker(ref, r1, r2, out, int(batch), int(level))
+        ref, r1, r2, out, batch, level, merge_level = args.worker
+        worker(ref, r1, r2, out, int(batch), int(level), int(merge_level))
         return
     for tool in ("minimap2", "samtools"):
         if shutil.which(tool) is None:
@@ -179,14 +182,15 @@ def main() -> None:
     peer_bam, our_bam = OUT / f"{genome}.minimap2.bam", OUT / f"{genome}.helixflow.bam"
     print(f"input: {r1.name} {r2.name} ({sum(1 for _ in r1.open()) // 4:,} pairs)")
     run_peer(ref, r1, r2, peer_bam)  # warm-up (page cache), and the index for helixflow
-    first = run_helixflow(ref, r1, r2, our_bam, args.batch_size, args.shard_level)
+    levels = (args.shard_level, args.merge_level)
+    first = run_helixflow(ref, r1, r2, our_bam, args.batch_size, *levels)
     print(f"warm-up: helixflow built/loaded the index in {first['index_s']:.2f} s")
     peer_t, ours_t, peer_cpu, ours_cpu, last = [], [], [], [], first
     for _ in range(args.reps):
         wall, cpu = run_peer(ref, r1, r2, peer_bam)
         peer_t.append(wall)
         peer_cpu.append(cpu)
-        last = run_helixflow(ref, r1, r2, our_bam, args.batch_size, args.shard_level)
+        last = run_helixflow(ref, r1, r2, our_bam, args.batch_size, *levels)
         ours_t.append(last["wall"])
         ours_cpu.append(last["cpu"])
     check = subprocess.run(["samtools", "quickcheck", str(our_bam)], check=False)

@@ -31,10 +31,15 @@ def stable_value(value: Any) -> Any:
     """A JSON-able stand-in for a task input in which files appear only by content."""
     if isinstance(value, FileRef):
         return {"file": value.identity}
+    # Models and dataclasses field by field, so files nested in them still count by content
     if isinstance(value, BaseModel):
-        return stable_value(value.model_dump(mode="json"))
+        names = list(type(value).model_fields)
+        return {"__type__": type(value).__qualname__,
+                **{n: stable_value(getattr(value, n)) for n in names}}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {"__type__": type(value).__qualname__, **stable_value(dataclasses.asdict(value))}
+        names = [f.name for f in dataclasses.fields(value)]
+        return {"__type__": type(value).__qualname__,
+                **{n: stable_value(getattr(value, n)) for n in names}}
     if isinstance(value, dict):
         items = sorted(value.items(), key=lambda kv: str(kv[0]))
         return {str(k): stable_value(v) for k, v in items}

@@ -66,3 +66,17 @@ def test_dataclass_parameters_are_keyed_by_value() -> None:
 
     assert content_key("t", "1", {"p": Params()}) == content_key("t", "1", {"p": Params()})
     assert content_key("t", "1", {"p": Params()}) != content_key("t", "1", {"p": Params(k=25)})
+
+
+def test_files_nested_in_models_count_by_content() -> None:
+    from pydantic import BaseModel
+
+    class Holder(BaseModel):
+        kmers: FileRef
+        k: int
+
+    a = Holder(kmers=ref("file:///runs/r1/x.parquet", "a"), k=21)
+    b = Holder(kmers=ref("file:///runs/r2/x.parquet", "a"), k=21)
+    c = Holder(kmers=ref("file:///runs/r2/x.parquet", "c"), k=21)
+    assert content_key("t", "1", {"s": a}) == content_key("t", "1", {"s": b})
+    assert content_key("t", "1", {"s": a}) != content_key("t", "1", {"s": c})
