@@ -25,17 +25,18 @@ from flows.preprocess import (
     run_dedup,
     run_qc,
 )
-from helixflow.artifacts import FileRef
+from helixflow.artifacts import Artifact, FileRef
 from helixflow.lineage import LineageGraph, code_version, mermaid
 from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
 from helixflow.samples import Sample, plan_samples
 from helixflow.store import Store
-from tasks.annotate import DEFAULT_MOTIFS
+from tasks.annotate import DEFAULT_MOTIFS, AnnotationResult
 from tasks.assemble import AssemblyParams
-from tasks.correct import CorrectionParams
+from tasks.correct import CorrectionParams, SolidSet
 from tasks.ingest import IngestResult, identify_input, ingest_fastq, summarize
 from tasks.orfs import OrfParams
+from tasks.report import ReportData, SampleReport, publish_qc_report
 
 DEFAULT_SHARD_SIZE = 250_000
 
@@ -45,6 +46,7 @@ class RunSummary(BaseModel):
 
     run_id: str
     run_uri: str
+    report_uri: str
     samples: list[dict[str, Any]]
     artifacts: int
     tasks_executed: int
@@ -141,6 +143,13 @@ def genomics_pipeline(
     annotations = run_annotation(fastas, OrfParams(), motifs or DEFAULT_MOTIFS, st, run_id,
                                  recorder)
 
+    report = _report(run_id, results, qc_counts, dup_counts, solids, fix_counts, annotations)
+    with profile("light"):
+        future = publish_qc_report.submit(report, [a.ref() for a in corrected_flat(corrected)],
+                                          st, run_id)
+    (report_art,) = recorder.record(future, [future.result()])
+    recorder.flush()
+
     tables = {
         "qc-counts": ("Quality filtering: reads and bases in, out, trimmed and removed per reason",
                       [{"sample": sample, **counts} for sample, counts in qc_counts.items()]),
@@ -157,8 +166,10 @@ def genomics_pipeline(
         tables["assembly"] = ("MEGAHIT contigs per sample",
                               [{"sample": s, **a.stats} for s, a in assemblies.items()])
     _publish_reports(st, run_id, results, recorder, tables)
+    logger.info("QC report: %s", report_art.uri)
     return RunSummary(
         run_id=run_id,
+        report_uri=report_art.uri,
         run_uri=st.run_uri(run_id),
         samples=[{"sample": r.sample, "layout": r.layout, "shards": len(r.shards),
                   **summarize(r.stats), "reads_after_qc": qc_counts[r.sample].get("reads_out")}
@@ -168,6 +179,45 @@ def genomics_pipeline(
         tasks_cached=recorder.cached,
         by_task=recorder.by_task,
     )
+
+
+def corrected_flat(by_sample: dict[str, list[Artifact]]) -> list[Artifact]:
+    return [a for parts in by_sample.values() for a in parts]
+
+
+def _report(
+    run_id: str,
+    results: list[IngestResult],
+    qc_counts: dict[str, dict[str, int]],
+    dup_counts: dict[str, dict[str, float]],
+    solids: dict[str, SolidSet],
+    fix_counts: dict[str, dict[str, float]],
+    annotations: dict[str, AnnotationResult],
+) -> ReportData:
+    samples = []
+    for r in results:
+        name = r.sample
+        reads_in = summarize(r.stats)["reads"]
+        mates = 2 if r.layout != "single" else 1
+        qc = qc_counts.get(name, {})
+        dup = dup_counts.get(name, {})
+        fix = fix_counts.get(name, {})
+        stages = [
+            {"stage": "ingest", "reads": reads_in},
+            {"stage": "qc", "reads": qc.get("reads_out")},
+            {"stage": "dedup", "reads": int(dup.get("kept", 0)) * mates if dup else None},
+            {"stage": "correct", "reads": fix.get("reads"),
+             "corrected_reads": fix.get("corrected_reads")},
+        ]
+        solid = solids.get(name)
+        samples.append(SampleReport(
+            sample=name, layout=r.layout, read_stats=r.stats, stages=stages, qc=qc, dedup=dup,
+            kmer_histogram=solid.histogram if solid else [],
+            solid_threshold=solid.threshold if solid else None, correction=fix,
+        ))
+    annotation = [{"fasta": label, "orfs": a.orf_count, **a.motif_counts}
+                  for label, a in annotations.items()]
+    return ReportData(run_id=run_id, samples=samples, annotation=annotation)
 
 
 def _stats_rows(result: IngestResult) -> list[dict[str, Any]]:

@@ -138,6 +138,7 @@ def _print_summary(summary: Any, elapsed: float) -> None:
         f"{summary.artifacts} artifact(s) in {elapsed:.1f} s"
     )
     out.print(f"run folder: {summary.run_uri}")
+    out.print(f"QC report: {summary.report_uri}")
 
 
 @app.command()

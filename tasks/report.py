@@ -1,0 +1,162 @@
+"""The run's QC report: a self-contained HTML page (plots inlined as PNG) in the run folder.
+
+`render_report` is pure (data in, HTML out); `publish_qc_report` is the task that writes
+it to the store.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on workers
+import matplotlib.pyplot as plt
+from prefect import task
+from pydantic import BaseModel, Field
+
+from helixflow.artifacts import Artifact, FileRef
+from helixflow.store import Store
+from helixflow.tables import publish_file
+
+
+class SampleReport(BaseModel):
+    """Everything the report shows about one sample."""
+
+    sample: str
+    layout: str
+    read_stats: dict[str, dict[str, Any]]  # per mate, from tasks.fastq.ReadStats.to_dict()
+    stages: list[dict[str, Any]] = Field(default_factory=list)  # stage, reads_in, reads_out
+    qc: dict[str, Any] = Field(default_factory=dict)
+    dedup: dict[str, Any] = Field(default_factory=dict)
+    kmer_histogram: list[int] = Field(default_factory=list)
+    solid_threshold: int | None = None
+    correction: dict[str, Any] = Field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict)  # alignment, variants, assembly…
+
+
+class ReportData(BaseModel):
+    run_id: str
+    samples: list[SampleReport]
+    annotation: list[dict[str, Any]] = Field(default_factory=list)
+
+
+_MATE_LABEL = {"0": "reads", "1": "R1", "2": "R2"}
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    data = base64.b64encode(buf.getvalue()).decode()
+    return f'<img alt="plot" src="data:image/png;base64,{data}">'
+
+
+def _quality_plot(sample: SampleReport) -> str:
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for mate, stats in sample.read_stats.items():
+        values = stats.get("mean_quality_by_position") or []
+        ax.plot(range(1, len(values) + 1), values, label=_MATE_LABEL[mate])
+    ax.set_xlabel("position")
+    ax.set_ylabel("mean Phred")
+    ax.set_title("quality by position")
+    ax.legend()
+    return _png(fig)
+
+
+def _length_plot(sample: SampleReport) -> str:
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for mate, stats in sample.read_stats.items():
+        hist = {int(k): v for k, v in (stats.get("length_histogram") or {}).items()}
+        if hist:
+            xs = sorted(hist)
+            ax.bar(xs, [hist[x] for x in xs], alpha=0.6, label=_MATE_LABEL[mate])
+    ax.set_yscale("log")
+    ax.set_xlabel("read length")
+    ax.set_ylabel("reads")
+    ax.set_title("length distribution (ingest)")
+    ax.legend()
+    return _png(fig)
+
+
+def _kmer_plot(sample: SampleReport) -> str:
+    fig, ax = plt.subplots(figsize=(6, 3))
+    hist = sample.kmer_histogram[1:200]
+    ax.plot(range(1, len(hist) + 1), hist)
+    if sample.solid_threshold:
+        ax.axvline(sample.solid_threshold, color="red", linestyle="--",
+                   label=f"solid ≥ {sample.solid_threshold}")
+        ax.legend()
+    ax.set_yscale("log")
+    ax.set_xlabel("k-mer count")
+    ax.set_ylabel("distinct k-mers")
+    ax.set_title("k-mer spectrum")
+    return _png(fig)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "<p>none</p>"
+    cols = list(dict.fromkeys(k for row in rows for k in row))
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(row.get(c)))}</td>" for c in cols) + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def render_report(data: ReportData) -> str:
+    """The HTML report (no external resources: plots are inlined PNGs)."""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>helixflow run {html.escape(data.run_id)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+        "padding:2px 8px;text-align:right}th{background:#eee}img{margin:4px}</style>",
+        "</head><body>",
+        f"<h1>helixflow QC report</h1><p>run <code>{html.escape(data.run_id)}</code></p>",
+    ]
+    for sample in data.samples:
+        parts.append(f"<h2>{html.escape(sample.sample)} ({html.escape(sample.layout)})</h2>")
+        parts.append("<h3>Reads through the stages</h3>" + _table(sample.stages))
+        parts.append(_quality_plot(sample) + _length_plot(sample))
+        if sample.qc:
+            parts.append("<h3>Quality filtering</h3>" + _table([sample.qc]))
+        if sample.dedup:
+            parts.append("<h3>Duplicates</h3>" + _table([sample.dedup]))
+        if sample.kmer_histogram:
+            parts.append("<h3>Error correction</h3>" + _kmer_plot(sample)
+                         + _table([sample.correction]))
+        for title, value in sample.extra.items():
+            rows = value if isinstance(value, list) else [value]
+            parts.append(f"<h3>{html.escape(title)}</h3>" + _table(rows))
+    if data.annotation:
+        parts.append("<h2>Annotation</h2>" + _table(data.annotation))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+@task(name="write-qc-report", task_run_name="qc-report")
+def publish_qc_report(
+    data: ReportData, upstream: list[FileRef], store: Store, run_id: str
+) -> Artifact:
+    """Render the report and publish it as `runs/<run>/report/report.html`."""
+    with store.scratch() as scratch:
+        path = scratch / "report.html"
+        path.write_text(render_report(data), encoding="utf-8")
+        return publish_file(store, path, run_id=run_id, stage="report", media_type="text/html",
+                            producer="write-qc-report", upstream=upstream)
