@@ -1,6 +1,6 @@
 """Benchmark: helixflow FASTQ ingest against `seqkit stats` on the same gzipped pairs.
 
-Makes (once, cached under bench/out/) N simulated 2x150 bp pairs from the E. coli K-12
+Makes (once, cached under bench/out/ingest/) N simulated 2x150 bp pairs from the E. coli K-12
 genome in the shared data, gzip level 6 like the `gzip` tool. Then, alternating, times
 `seqkit stats -j 2 R1 R2` and helixflow's ingest (iter_read_batches + batch_stats +
 write_read_shard for every batch, into a temp dir), each in its own process, and prints
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "bench" / "out"
+OUT = REPO / "bench" / "out" / "ingest"
 GOAL = 1.5
 
 _COMPLEMENT = np.zeros(256, np.uint8)
@@ -128,6 +128,8 @@ def make_input(pairs: int, length: int) -> tuple[Path, Path]:
 
 @dataclass
 class Run:
+    """One timed process."""
+
     wall: float  # seconds, whole process
     cpu: float  # user + sys seconds
     rss_mb: float  # peak resident set
@@ -199,6 +201,7 @@ def worker(r1: str, r2: str, batch_size: int) -> None:
 
 
 def median(values: list[float]) -> float:
+    """The median (shorthand)."""
     return statistics.median(values)
 
 

@@ -19,6 +19,7 @@ from blocks.store import resolve_store
 from flows.preprocess import (
     qc_params,
     qc_totals,
+    run_alignment,
     run_annotation,
     run_assembly,
     run_correction,
@@ -37,6 +38,7 @@ from tasks.correct import CorrectionParams, SolidSet
 from tasks.ingest import IngestResult, identify_input, ingest_fastq, summarize
 from tasks.orfs import OrfParams
 from tasks.report import ReportData, SampleReport, publish_qc_report
+from tasks.variants import VariantParams
 
 DEFAULT_SHARD_SIZE = 250_000
 
@@ -47,6 +49,8 @@ class RunSummary(BaseModel):
     run_id: str
     run_uri: str
     report_uri: str
+    bams: dict[str, str] = {}
+    vcfs: dict[str, str] = {}
     samples: list[dict[str, Any]]
     artifacts: int
     tasks_executed: int
@@ -70,6 +74,7 @@ def genomics_pipeline(
     assemble: bool = False,
     motifs: dict[str, str] | None = None,
     kmer_size: int = 21,
+    preset: str = "sr",
     run_label: str = "helixflow",
 ) -> RunSummary:
     """Run helixflow over FASTQ inputs (local paths or s3:// URIs).
@@ -85,6 +90,7 @@ def genomics_pipeline(
         assemble: assemble each sample with MEGAHIT (contigs are then annotated too)
         motifs: IUPAC consensus motifs to find, name → motif (default: a small built-in set)
         kmer_size: k for the error-correction spectrum
+        preset: minimap2 preset for alignment (sr, map-ont, map-pb)
         run_label: the flow run's display name
     """
     logger = get_run_logger()
@@ -134,8 +140,12 @@ def genomics_pipeline(
                                                    run_id, recorder)
 
     fastas: dict[str, FileRef] = {}
+    bams: dict[str, Any] = {}
+    calls: dict[str, Any] = {}
     if reference:
         fastas["reference"] = refs[reference].result()
+        bams, calls = run_alignment(corrected, fastas["reference"], preset, VariantParams(), st,
+                                    run_id, recorder)
     assemblies: dict[str, Any] = {}
     if assemble:
         assemblies = run_assembly(corrected, AssemblyParams(), st, run_id, recorder)
@@ -144,6 +154,16 @@ def genomics_pipeline(
                                  recorder)
 
     report = _report(run_id, results, qc_counts, dup_counts, solids, fix_counts, annotations)
+    for sample_report in report.samples:
+        name = sample_report.sample
+        if name in bams:
+            counts = bams[name].counts
+            rate = counts["mapped"] / counts["reads"] if counts.get("reads") else None
+            sample_report.extra["Alignment"] = {**counts, "alignment_rate": rate}
+        if name in calls:
+            sample_report.extra["Variants"] = calls[name].counts
+        if name in assemblies:
+            sample_report.extra["Assembly"] = assemblies[name].stats
     with profile("light"):
         future = publish_qc_report.submit(report, [a.ref() for a in corrected_flat(corrected)],
                                           st, run_id)
@@ -162,6 +182,11 @@ def genomics_pipeline(
                        [{"fasta": label, "orfs": a.orf_count, **a.motif_counts}
                         for label, a in annotations.items()]),
     }
+    if bams:
+        tables["alignment"] = ("Alignment (mappy) per sample",
+                               [{"sample": s, **b.counts} for s, b in bams.items()])
+        tables["variants"] = ("Variant calls per sample",
+                              [{"sample": s, **v.counts} for s, v in calls.items()])
     if assemblies:
         tables["assembly"] = ("MEGAHIT contigs per sample",
                               [{"sample": s, **a.stats} for s, a in assemblies.items()])
@@ -170,6 +195,8 @@ def genomics_pipeline(
     return RunSummary(
         run_id=run_id,
         report_uri=report_art.uri,
+        bams={s: b.bam.uri for s, b in bams.items()},
+        vcfs={s: v.vcf.uri for s, v in calls.items()},
         run_uri=st.run_uri(run_id),
         samples=[{"sample": r.sample, "layout": r.layout, "shards": len(r.shards),
                   **summarize(r.stats), "reads_after_qc": qc_counts[r.sample].get("reads_out")}

@@ -14,6 +14,7 @@ from helixflow.resources import profile
 from helixflow.store import Store
 from tasks.annotate import AnnotationResult, annotate_sequences
 from tasks.assemble import AssemblyOutput, AssemblyParams, assemble_reads
+from tasks.bam import AlignedShard, SampleBam, align_reads, merge_alignments
 from tasks.correct import (
     CorrectionParams,
     SolidSet,
@@ -25,6 +26,7 @@ from tasks.dedup import choose_duplicates, hash_fragments, remove_duplicates
 from tasks.ingest import IngestResult
 from tasks.orfs import OrfParams
 from tasks.qc import QcParams, QcResult, filter_reads
+from tasks.variants import SampleVariants, VariantParams, call_sample_variants
 
 
 def qc_params(options: dict[str, Any] | None) -> QcParams:
@@ -202,3 +204,49 @@ def run_correction(
         totals[sample] = total or {}
     recorder.flush()
     return out, solids, totals
+
+
+def run_alignment(
+    shards_by_sample: dict[str, list[Artifact]],
+    reference: FileRef,
+    preset: str,
+    variant_params: VariantParams,
+    store: Store,
+    run_id: str,
+    recorder: RunRecorder,
+) -> tuple[dict[str, SampleBam], dict[str, SampleVariants]]:
+    """Align every shard (mappy), merge per sample into a sorted, indexed BAM, call variants."""
+    parts: dict[str, list[tuple[PrefectFuture[AlignedShard], Any]]] = {}
+    with profile("shard"):
+        for sample, shards in shards_by_sample.items():
+            parts[sample] = [
+                (align_reads.submit(s, sample, reference, preset, store, run_id), None)
+                for s in shards
+            ]
+    bams: dict[str, SampleBam] = {}
+    for sample, futures in parts.items():
+        aligned = []
+        for future, _ in futures:
+            result = future.result()
+            (bam,) = recorder.record(future, [result.bam])
+            aligned.append(result.model_copy(update={"bam": bam}))
+        task = merge_alignments.with_options(assets=[store.run_uri(run_id, "align", sample)])
+        with profile("stream"):
+            merged = task.submit(sample, aligned, store, run_id)
+        result = merged.result()
+        bam, bai = recorder.record(merged, [result.bam, result.bai])
+        bams[sample] = result.model_copy(update={"bam": bam, "bai": bai})
+    calls: dict[str, SampleVariants] = {}
+    with profile("stream"):
+        futures_v = {
+            sample: call_sample_variants.with_options(
+                assets=[store.run_uri(run_id, "variants", sample)]
+            ).submit(sample, b.bam, b.bai, reference, variant_params, store, run_id)
+            for sample, b in bams.items()
+        }
+    for sample, future in futures_v.items():
+        result = future.result()
+        vcf, tbi = recorder.record(future, [result.vcf, result.tbi])
+        calls[sample] = result.model_copy(update={"vcf": vcf, "tbi": tbi})
+    recorder.flush()
+    return bams, calls

@@ -141,13 +141,19 @@ class LineageGraph:
             self.by_uri[rec.uri] = rec
             self.by_uri.setdefault(rec.cas_uri, rec)
             self.by_sha[rec.sha256] = rec
+        # downstream edges keyed by the upstream's URI, and by the URI of every record with
+        # the same bytes (a cache hit shows the same object under a new run's URI)
         self.downstream_of: dict[str, list[LineageRecord]] = {}
+        uris_of_sha: dict[str, set[str]] = {}
         for rec in self.by_uri.values():
+            uris_of_sha.setdefault(rec.sha256, set()).add(rec.uri)
+        for rec in list(self.by_uri.values()):
             for up in rec.upstream:
-                key = up.sha256 or up.uri
-                bucket = self.downstream_of.setdefault(key, [])
-                if all(r.uri != rec.uri for r in bucket):
-                    bucket.append(rec)
+                keys = {up.uri} | (uris_of_sha.get(up.sha256, set()) if up.sha256 else set())
+                for key in keys:
+                    bucket = self.downstream_of.setdefault(key, [])
+                    if all(r.uri != rec.uri for r in bucket):
+                        bucket.append(rec)
 
     def resolve(self, uri_or_sha: str) -> LineageRecord | FileRef | None:
         """A record by run-folder URI, CAS URI or sha256; an input by URI."""
@@ -170,24 +176,31 @@ class LineageGraph:
             )
         return LineageNode(uri=item.uri, sha256=item.sha256, etag=item.etag, size=item.size)
 
-    def upstream(self, item: LineageRecord | FileRef, depth: int = 50) -> LineageNode:
+    def _parent(self, up: FileRef) -> LineageRecord | None:
+        """The record an upstream reference points at: by URI first (exact), else by content."""
+        return self.by_uri.get(up.uri) or (self.by_sha.get(up.sha256) if up.sha256 else None)
+
+    def upstream(
+        self, item: LineageRecord | FileRef, depth: int = 50, seen: frozenset[str] = frozenset()
+    ) -> LineageNode:
         node = self._node(item)
-        if isinstance(item, LineageRecord) and depth > 0:
+        if isinstance(item, LineageRecord) and depth > 0 and item.uri not in seen:
             for up in item.upstream:
-                parent = (self.by_sha.get(up.sha256) if up.sha256 else None) or self.by_uri.get(
-                    up.uri
-                )
-                node.children.append(self.upstream(parent or up, depth - 1))
+                parent = self._parent(up)
+                if parent is not None and parent.uri in seen | {item.uri}:
+                    parent = None  # identical bytes under two names: stop, don't loop
+                node.children.append(self.upstream(parent or up, depth - 1, seen | {item.uri}))
         return node
 
-    def downstream(self, item: LineageRecord | FileRef, depth: int = 50) -> LineageNode:
+    def downstream(
+        self, item: LineageRecord | FileRef, depth: int = 50, seen: frozenset[str] = frozenset()
+    ) -> LineageNode:
         node = self._node(item)
-        key = item.sha256 or item.uri
-        if depth > 0:
-            for rec in self.downstream_of.get(key, []):
-                node.children.append(self.downstream(rec, depth - 1))
+        if depth > 0 and item.uri not in seen:
+            for rec in self.downstream_of.get(item.uri, []):
+                if rec.uri not in seen and rec.uri != item.uri:
+                    node.children.append(self.downstream(rec, depth - 1, seen | {item.uri}))
         return node
-
 
 def render(node: LineageNode, fmt: Literal["text", "json", "mermaid"], *, upstream: bool) -> str:
     """A lineage tree as indented text, JSON or a mermaid flowchart."""

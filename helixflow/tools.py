@@ -45,7 +45,8 @@ def tool_version(name: str) -> str:
     args = _VERSION_ARGS.get(name, ["--version"])
     try:
         proc = subprocess.run(
-            [path, *args], capture_output=True, text=True, timeout=30, check=False
+            [path, *args], capture_output=True, text=True, errors="replace", timeout=30,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"

@@ -48,8 +48,17 @@ from typing import IO, Any
 import mappy
 import pyarrow as pa
 import pysam
+from prefect import task
+from prefect.assets import materialize
+from pydantic import BaseModel
 
+from helixflow.artifacts import Artifact, FileRef
+from helixflow.caching import ContentInputs
 from helixflow.errors import HelixflowError, InputError
+from helixflow.retries import RETRIES, RETRY_DELAYS, is_transient
+from helixflow.store import Store
+from helixflow.tables import as_batch, fetch, publish_file, read_table
+from helixflow.tools import tool_version
 
 ALIGN_VERSION = 1
 """Bump when the records written for the same input change (goes into cache keys)."""
@@ -804,3 +813,78 @@ def merge_bams(parts: list[Path], out: Path, threads: int = 2, level: int = 6) -
         tmp.unlink(missing_ok=True)
         Path(str(tmp) + ".bai").unlink(missing_ok=True)
     return out
+
+
+# --- Prefect tasks: align each shard, merge a sample's parts --------------------------
+
+ALIGN_VERSION = "1"
+BAM_MEDIA_TYPE = "application/vnd.sam.bam"
+
+_TASK_OPTIONS: dict[str, Any] = {
+    "persist_result": True, "retries": RETRIES, "retry_delay_seconds": RETRY_DELAYS,
+    "retry_condition_fn": is_transient,
+}
+
+
+class AlignedShard(BaseModel):
+    bam: Artifact
+    counts: dict[str, int]
+
+
+class SampleBam(BaseModel):
+    """A sample's coordinate-sorted BAM and its index, side by side in the run folder."""
+
+    bam: Artifact
+    bai: Artifact
+    counts: dict[str, int]
+
+
+def read_group_for(sample: str) -> dict[str, str]:
+    return {"ID": sample, "SM": sample, "LB": f"{sample}-lib", "PL": "ILLUMINA"}
+
+
+@task(name="align-reads", task_run_name="align-{shard.name}", version=ALIGN_VERSION,
+      cache_policy=ContentInputs(tools=("samtools",)), **_TASK_OPTIONS)
+def align_reads(
+    shard: Artifact, sample: str, reference: FileRef, preset: str, store: Store, run_id: str
+) -> AlignedShard:
+    """Align one shard with mappy into a sorted BAM part (index cached per reference)."""
+    from helixflow.settings import helixflow_home
+
+    with store.scratch() as scratch:
+        ref_path = fetch(store, reference, scratch, name="reference.fa")
+        index = build_index(ref_path, preset, helixflow_home() / "cache" / "minimap2")
+        out = scratch / shard.name.replace(".parquet", ".bam")
+        counts = align_batch(as_batch(read_table(store, shard)), index, out,
+                             read_group_for(sample), preset=preset, threads=2)
+        art = publish_file(store, out, run_id=run_id, stage="align-parts",
+                           media_type=BAM_MEDIA_TYPE, producer="align-reads",
+                           rows=counts.records, params={"preset": preset},
+                           upstream=[shard.ref(), reference],
+                           tools={"mappy": mappy.__version__, "samtools": tool_version("samtools")},
+                           metadata={"counts": counts.as_dict()})
+    return AlignedShard(bam=art, counts=counts.as_dict())
+
+
+@materialize("helixflow://align", name="merge-alignments", task_run_name="merge-bam-{sample}",
+             version=ALIGN_VERSION, cache_policy=ContentInputs(tools=("samtools",)),
+             **_TASK_OPTIONS)
+def merge_alignments(
+    sample: str, parts: list[AlignedShard], store: Store, run_id: str
+) -> SampleBam:
+    """Merge a sample's sorted parts into `<sample>.bam` + `<sample>.bam.bai`."""
+    counts = AlignCounts()
+    for part in parts:
+        counts = counts.merge(AlignCounts(**part.counts))
+    with store.scratch() as scratch:
+        locals_ = [fetch(store, p.bam, scratch, name=f"part{i}.bam") for i, p in enumerate(parts)]
+        out = merge_bams(locals_, scratch / f"{sample}.bam")
+        ups = [p.bam.ref() for p in parts]
+        tools = {"samtools": tool_version("samtools")}
+        bam = publish_file(store, out, run_id=run_id, stage="align", media_type=BAM_MEDIA_TYPE,
+                           producer="merge-alignments", rows=counts.records, upstream=ups,
+                           tools=tools, metadata={"counts": counts.as_dict()})
+        bai = publish_file(store, Path(f"{out}.bai"), run_id=run_id, stage="align",
+                           media_type="application/octet-stream", producer="merge-alignments",
+                           upstream=[bam.ref()], tools=tools)
+    return SampleBam(bam=bam, bai=bai, counts=counts.as_dict())

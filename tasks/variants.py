@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import math
 import os
@@ -38,8 +39,15 @@ from pathlib import Path
 
 import numpy as np
 import pysam
+from prefect.assets import materialize
+from pydantic import BaseModel
 
+from helixflow.artifacts import Artifact, FileRef
+from helixflow.caching import ContentInputs
 from helixflow.errors import HelixflowError, InputError
+from helixflow.retries import RETRIES, RETRY_DELAYS, is_transient
+from helixflow.store import Store
+from helixflow.tables import fetch, publish_file
 
 VARIANTS_VERSION = 1
 """Bump when the calls for the same input and parameters change (goes into cache keys)."""
@@ -477,3 +485,39 @@ def call_variants(bam: Path, reference: Path, out_vcf_gz: Path,
         tmp.unlink(missing_ok=True)
         Path(f"{tmp}.tbi").unlink(missing_ok=True)
     return counts
+
+
+# --- Prefect task ----------------------------------------------------------------------
+
+VARIANTS_VERSION = "1"
+
+
+class SampleVariants(BaseModel):
+    vcf: Artifact
+    tbi: Artifact
+    counts: dict[str, int]
+
+
+@materialize("helixflow://variants", name="call-variants", task_run_name="variants-{sample}",
+             version=VARIANTS_VERSION, cache_policy=ContentInputs(), persist_result=True,
+             retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=is_transient)
+def call_sample_variants(
+    sample: str, bam: Artifact, bai: Artifact, reference: FileRef, params: VariantParams,
+    store: Store, run_id: str,
+) -> SampleVariants:
+    """SNVs and small indels of one sample → `<sample>.vcf.gz` + `.tbi` (bcftools-readable)."""
+    with store.scratch() as scratch:
+        bam_path = fetch(store, bam, scratch, name=f"{sample}.bam")
+        if not Path(f"{bam_path}.bai").exists():
+            fetch(store, bai, scratch, name=f"{sample}.bam.bai")
+        ref_path = fetch(store, reference, scratch, name="reference.fa")
+        out = scratch / f"{sample}.vcf.gz"
+        counts = call_variants(bam_path, ref_path, out, params)
+        common = {"run_id": run_id, "stage": "variants", "producer": "call-variants",
+                  "params": dataclasses.asdict(params)}
+        vcf = publish_file(store, out, media_type="application/x-bgzip-vcf",
+                           rows=counts.records, upstream=[bam.ref(), reference],
+                           metadata={"counts": counts.as_dict()}, **common)
+        tbi = publish_file(store, Path(f"{out}.tbi"), media_type="application/octet-stream",
+                           upstream=[vcf.ref()], **common)
+    return SampleVariants(vcf=vcf, tbi=tbi, counts=counts.as_dict())
