@@ -177,7 +177,8 @@ def genomics_pipeline(
                   [{"sample": s, **c} for s, c in dup_counts.items()]),
         "correction": ("k-mer spectrum error correction",
                        [{"sample": s, "k": solids[s].k, "solid_threshold": solids[s].threshold,
-                         **c} for s, c in fix_counts.items()]),
+                         "skipped": solids[s].skipped or "", **c}
+                        for s, c in fix_counts.items()]),
         "annotation": ("ORFs and motif sites per FASTA",
                        [{"fasta": label, "orfs": a.orf_count, **a.motif_counts}
                         for label, a in annotations.items()]),

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.assets import materialize
 from pydantic import BaseModel
 
@@ -775,7 +775,7 @@ def correct_batch(
 
 # --- Prefect tasks: count per shard, merge to a solid set, correct per shard ------------
 
-CORRECT_VERSION = "1"
+CORRECT_VERSION = "2"
 
 _TASK_OPTIONS: dict[str, Any] = {
     "cache_policy": ContentInputs(), "persist_result": True, "retries": RETRIES,
@@ -790,6 +790,7 @@ class SolidSet(BaseModel):
     k: int
     threshold: int
     histogram: list[int]
+    skipped: str | None = None  # why correction is skipped (e.g. coverage too low)
 
 
 class CorrectResult(BaseModel):
@@ -816,7 +817,15 @@ def choose_solid_kmers(
     """Merge shard counts; solid = count >= threshold (first valley of the histogram)."""
     merged = merge_counts(read_table(store, c) for c in counts)
     hist = kmer_histogram(merged)
-    cut = threshold if threshold is not None else solid_threshold(hist)
+    skipped = None
+    try:
+        cut = threshold if threshold is not None else solid_threshold(hist)
+    except ValueError as exc:
+        # No error peak/valley to cut at (too little coverage): correcting against a
+        # made-up threshold would damage reads, so the sample passes through unchanged.
+        skipped = f"{sample}: no solid/weak valley in the k-mer histogram ({exc})"
+        get_run_logger().warning("skipping error correction: %s", skipped)
+        cut = int(hist.size)
     solid = merged.filter(pc.greater_equal(merged["count"], cut)).select(["kmer"])
     with store.scratch() as scratch:
         art = publish_table(store, solid, scratch, run_id=run_id, stage="kmers",
@@ -824,7 +833,8 @@ def choose_solid_kmers(
                             params={"k": k, "threshold": cut},
                             upstream=[c.ref() for c in counts])
     last = int(np.flatnonzero(hist)[-1]) + 1 if hist.any() else 0
-    return SolidSet(kmers=art, k=k, threshold=cut, histogram=[int(x) for x in hist[:last]])
+    return SolidSet(kmers=art, k=k, threshold=cut, histogram=[int(x) for x in hist[:last]],
+                    skipped=skipped)
 
 
 @materialize("helixflow://correct", name="correct-reads", task_run_name="correct-{shard.name}",
@@ -833,9 +843,13 @@ def correct_reads(
     shard: Artifact, solid: SolidSet, params: CorrectionParams, store: Store, run_id: str
 ) -> CorrectResult:
     """Correct one shard's substitution errors against the sample's solid k-mers."""
-    kmers = read_table(store, solid.kmers).column("kmer").to_numpy()
-    table = SolidKmers.from_kmers(kmers, solid.k)
-    corrected, counts = correct_batch(as_batch(read_table(store, shard)), table, solid.k, params)
+    batch = as_batch(read_table(store, shard))
+    if solid.skipped:
+        corrected, counts = batch, CorrectionCounts(reads=batch.num_rows)
+    else:
+        kmers = read_table(store, solid.kmers).column("kmer").to_numpy()
+        table = SolidKmers.from_kmers(kmers, solid.k)
+        corrected, counts = correct_batch(batch, table, solid.k, params)
     name = shard.name.replace(".dedup.", ".corrected.")
     with store.scratch() as scratch:
         art = publish_table(store, corrected, scratch, run_id=run_id, stage="correct",
