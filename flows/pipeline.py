@@ -132,7 +132,10 @@ def genomics_pipeline(
     qc_counts = {sample: qc_totals(parts) for sample, parts in filtered.items()}
     for sample, counts in qc_counts.items():
         if counts.get("reads_in") and not counts.get("reads_out"):
-            logger.warning("%s: every read was filtered out by QC (%s)", sample, counts)
+            reasons = {k.removesuffix("_reads"): v for k, v in counts.items()
+                       if k.endswith("_reads") and v and not k.endswith("trimmed_reads")}
+            logger.warning("%s: every read was filtered out by QC (%d in; removed: %s); "
+                           "later stages see no reads", sample, counts["reads_in"], reasons)
 
     qc_shards = {s: [q.shard for q in parts] for s, parts in filtered.items()}
     deduped, dup_counts = run_dedup(qc_shards, st, run_id, recorder)
