@@ -25,6 +25,7 @@ from flows.preprocess import (
     run_correction,
     run_dedup,
     run_qc,
+    run_unaligned,
 )
 from helixflow.artifacts import Artifact, FileRef
 from helixflow.lineage import LineageGraph, code_version, mermaid
@@ -149,6 +150,8 @@ def genomics_pipeline(
         fastas["reference"] = refs[reference].result()
         bams, calls = run_alignment(corrected, fastas["reference"], preset, VariantParams(), st,
                                     run_id, recorder)
+    else:
+        run_unaligned(corrected, st, run_id, recorder)
     assemblies: dict[str, Any] = {}
     if assemble:
         assemblies = run_assembly(corrected, AssemblyParams(), st, run_id, recorder)

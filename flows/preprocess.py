@@ -14,7 +14,13 @@ from helixflow.resources import profile
 from helixflow.store import Store
 from tasks.annotate import AnnotationResult, annotate_sequences
 from tasks.assemble import AssemblyOutput, AssemblyParams, assemble_reads
-from tasks.bam import AlignedShard, SampleBam, align_reads, merge_alignments
+from tasks.bam import (
+    AlignedShard,
+    SampleBam,
+    align_reads,
+    merge_alignments,
+    write_unaligned_bam,
+)
 from tasks.correct import (
     CorrectionParams,
     SolidSet,
@@ -250,3 +256,21 @@ def run_alignment(
         calls[sample] = result.model_copy(update={"vcf": vcf, "tbi": tbi})
     recorder.flush()
     return bams, calls
+
+
+def run_unaligned(
+    shards_by_sample: dict[str, list[Artifact]], store: Store, run_id: str,
+    recorder: RunRecorder,
+) -> dict[str, list[Artifact]]:
+    """Without a reference: each final read shard as an unaligned BAM with its read group."""
+    with profile("shard"):
+        futures = {
+            sample: [write_unaligned_bam.with_options(
+                assets=[store.run_uri(run_id, "unaligned", sample)]
+            ).submit(s, sample, store, run_id) for s in shards]
+            for sample, shards in shards_by_sample.items()
+        }
+    out = {sample: [recorder.record(f, [f.result()])[0] for f in fs]
+           for sample, fs in futures.items()}
+    recorder.flush()
+    return out

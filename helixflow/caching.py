@@ -99,3 +99,23 @@ class ContentInputs(CachePolicy):
         return content_key(
             identity, task_ctx.task.version, inputs, tools=self.tools, exclude=self.exclude
         )
+
+
+def stage_options(version: str, *, tools: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The options every cached stage task shares: explicit code version, content cache
+    key (with the external tools it runs), persisted results, retries on transient errors.
+
+    Example:
+        >>> @task(name="sort-bam", **stage_options("1", tools=("samtools",)))  # doctest: +SKIP
+        ... def sort_bam(bam: FileRef) -> FileRef: ...
+    """
+    from helixflow.retries import RETRIES, RETRY_DELAYS, is_transient
+
+    return {
+        "version": version,
+        "cache_policy": ContentInputs(tools=tools),
+        "persist_result": True,
+        "retries": RETRIES,
+        "retry_delay_seconds": RETRY_DELAYS,
+        "retry_condition_fn": is_transient,
+    }

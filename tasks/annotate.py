@@ -13,8 +13,7 @@ from prefect.assets import materialize
 from pydantic import BaseModel
 
 from helixflow.artifacts import Artifact, FileRef
-from helixflow.caching import ContentInputs
-from helixflow.retries import RETRIES, RETRY_DELAYS, is_transient
+from helixflow.caching import stage_options
 from helixflow.store import Store
 from helixflow.tables import fetch, publish_table
 from tasks.motifs import find_consensus
@@ -53,12 +52,7 @@ def _stem(ref: FileRef) -> str:
     "helixflow://annotate",
     name="annotate-sequences",
     task_run_name="annotate-{fasta.name}",
-    version=ANNOTATE_VERSION,
-    cache_policy=ContentInputs(),
-    persist_result=True,
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=is_transient,
+    **stage_options(ANNOTATE_VERSION),
 )
 def annotate_sequences(
     fasta: FileRef,

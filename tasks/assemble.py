@@ -42,9 +42,8 @@ from prefect.assets import materialize
 from pydantic import BaseModel
 
 from helixflow.artifacts import Artifact
-from helixflow.caching import ContentInputs
+from helixflow.caching import stage_options
 from helixflow.errors import HelixflowError, InputError
-from helixflow.retries import RETRIES, RETRY_DELAYS, is_transient
 from helixflow.store import Store
 from helixflow.tables import fetch, publish_file
 from helixflow.tools import require_tool, tool_version
@@ -388,12 +387,7 @@ class AssemblyOutput(BaseModel):
     "helixflow://assemble",
     name="assemble-reads",
     task_run_name="assemble-{sample}",
-    version=ASSEMBLE_VERSION,
-    cache_policy=ContentInputs(tools=("megahit",)),
-    persist_result=True,
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=is_transient,
+    **stage_options(ASSEMBLE_VERSION, tools=("megahit",)),
 )
 def assemble_reads(
     sample: str, shards: list[Artifact], params: AssemblyParams, store: Store, run_id: str

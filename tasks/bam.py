@@ -53,9 +53,8 @@ from prefect.assets import materialize
 from pydantic import BaseModel
 
 from helixflow.artifacts import Artifact, FileRef
-from helixflow.caching import ContentInputs
+from helixflow.caching import stage_options
 from helixflow.errors import HelixflowError, InputError
-from helixflow.retries import RETRIES, RETRY_DELAYS, is_transient
 from helixflow.store import Store
 from helixflow.tables import as_batch, fetch, publish_file, read_table
 from helixflow.tools import tool_version
@@ -820,12 +819,6 @@ def merge_bams(parts: list[Path], out: Path, threads: int = 2, level: int = 6) -
 ALIGN_VERSION = "1"
 BAM_MEDIA_TYPE = "application/vnd.sam.bam"
 
-_TASK_OPTIONS: dict[str, Any] = {
-    "persist_result": True, "retries": RETRIES, "retry_delay_seconds": RETRY_DELAYS,
-    "retry_condition_fn": is_transient,
-}
-
-
 class AlignedShard(BaseModel):
     bam: Artifact
     counts: dict[str, int]
@@ -843,8 +836,8 @@ def read_group_for(sample: str) -> dict[str, str]:
     return {"ID": sample, "SM": sample, "LB": f"{sample}-lib", "PL": "ILLUMINA"}
 
 
-@task(name="align-reads", task_run_name="align-{shard.name}", version=ALIGN_VERSION,
-      cache_policy=ContentInputs(tools=("samtools",)), **_TASK_OPTIONS)
+@task(name="align-reads", task_run_name="align-{shard.name}",
+      **stage_options(ALIGN_VERSION, tools=("samtools",)))
 def align_reads(
     shard: Artifact, sample: str, reference: FileRef, preset: str, store: Store, run_id: str
 ) -> AlignedShard:
@@ -867,8 +860,7 @@ def align_reads(
 
 
 @materialize("helixflow://align", name="merge-alignments", task_run_name="merge-bam-{sample}",
-             version=ALIGN_VERSION, cache_policy=ContentInputs(tools=("samtools",)),
-             **_TASK_OPTIONS)
+             **stage_options(ALIGN_VERSION, tools=("samtools",)))
 def merge_alignments(
     sample: str, parts: list[AlignedShard], store: Store, run_id: str
 ) -> SampleBam:
@@ -888,3 +880,15 @@ def merge_alignments(
                            media_type="application/octet-stream", producer="merge-alignments",
                            upstream=[bam.ref()], tools=tools)
     return SampleBam(bam=bam, bai=bai, counts=counts.as_dict())
+
+
+@materialize("helixflow://unaligned", name="unaligned-bam", task_run_name="ubam-{shard.name}",
+             **stage_options(ALIGN_VERSION))
+def write_unaligned_bam(shard: Artifact, sample: str, store: Store, run_id: str) -> Artifact:
+    """One shard as an unaligned BAM with its read group (flags 77/141, or 4 single-end)."""
+    with store.scratch() as scratch:
+        out = scratch / shard.name.replace(".parquet", ".unaligned.bam")
+        records = unaligned_bam(as_batch(read_table(store, shard)), out, read_group_for(sample))
+        return publish_file(store, out, run_id=run_id, stage="unaligned", rows=records,
+                            media_type=BAM_MEDIA_TYPE, producer="unaligned-bam",
+                            upstream=[shard.ref()], tools={"pysam": pysam.__version__})

@@ -47,7 +47,6 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from itertools import pairwise
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -57,8 +56,7 @@ from prefect.assets import materialize
 from pydantic import BaseModel
 
 from helixflow.artifacts import Artifact
-from helixflow.caching import ContentInputs
-from helixflow.retries import RETRIES, RETRY_DELAYS, is_transient
+from helixflow.caching import stage_options
 from helixflow.store import Store
 from helixflow.tables import as_batch, publish_table, read_table
 
@@ -777,12 +775,6 @@ def correct_batch(
 
 CORRECT_VERSION = "2"
 
-_TASK_OPTIONS: dict[str, Any] = {
-    "cache_policy": ContentInputs(), "persist_result": True, "retries": RETRIES,
-    "retry_delay_seconds": RETRY_DELAYS, "retry_condition_fn": is_transient,
-}
-
-
 class SolidSet(BaseModel):
     """The solid k-mers of a sample, the histogram and the threshold that chose them."""
 
@@ -798,8 +790,7 @@ class CorrectResult(BaseModel):
     counts: dict[str, int]
 
 
-@task(name="count-kmers", task_run_name="kmers-{shard.name}", version=CORRECT_VERSION,
-      **_TASK_OPTIONS)
+@task(name="count-kmers", task_run_name="kmers-{shard.name}", **stage_options(CORRECT_VERSION))
 def count_shard_kmers(shard: Artifact, k: int, store: Store, run_id: str) -> Artifact:
     """Canonical k-mer counts of one shard (sorted, exact)."""
     counts = count_kmers(read_table(store, shard, columns=["sequence"]), k)
@@ -809,8 +800,7 @@ def count_shard_kmers(shard: Artifact, k: int, store: Store, run_id: str) -> Art
                              producer="count-kmers", params={"k": k}, upstream=[shard.ref()])
 
 
-@task(name="solid-kmers", task_run_name="solid-kmers-{sample}", version=CORRECT_VERSION,
-      **_TASK_OPTIONS)
+@task(name="solid-kmers", task_run_name="solid-kmers-{sample}", **stage_options(CORRECT_VERSION))
 def choose_solid_kmers(
     sample: str, counts: list[Artifact], k: int, threshold: int | None, store: Store, run_id: str
 ) -> SolidSet:
@@ -838,7 +828,7 @@ def choose_solid_kmers(
 
 
 @materialize("helixflow://correct", name="correct-reads", task_run_name="correct-{shard.name}",
-             version=CORRECT_VERSION, **_TASK_OPTIONS)
+             **stage_options(CORRECT_VERSION))
 def correct_reads(
     shard: Artifact, solid: SolidSet, params: CorrectionParams, store: Store, run_id: str
 ) -> CorrectResult:

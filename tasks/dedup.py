@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -46,8 +46,7 @@ from prefect.assets import materialize
 from pydantic import BaseModel
 
 from helixflow.artifacts import Artifact
-from helixflow.caching import ContentInputs
-from helixflow.retries import RETRIES, RETRY_DELAYS, is_transient
+from helixflow.caching import stage_options
 from helixflow.store import Store
 from helixflow.tables import as_batch, publish_table, read_table
 
@@ -425,19 +424,13 @@ class DedupResult(BaseModel):
     counts: dict[str, float]
 
 
-_TASK_OPTIONS: dict[str, Any] = {
-    "cache_policy": ContentInputs(), "persist_result": True, "retries": RETRIES,
-    "retry_delay_seconds": RETRY_DELAYS, "retry_condition_fn": is_transient,
-}
-
-
 def _counts_dict(counts: DedupCounts) -> dict[str, float]:
     return {**{f.name: getattr(counts, f.name) for f in dataclasses.fields(counts)},
             "duplication_rate": counts.duplication_rate}
 
 
-@task(name="hash-fragments", task_run_name="dedup-keys-{shard.name}", version=DEDUP_VERSION,
-      **_TASK_OPTIONS)
+@task(name="hash-fragments", task_run_name="dedup-keys-{shard.name}",
+      **stage_options(DEDUP_VERSION))
 def hash_fragments(
     shard: Artifact, shard_index: int, n_partitions: int, store: Store, run_id: str
 ) -> list[Artifact]:
@@ -454,7 +447,7 @@ def hash_fragments(
 
 
 @task(name="choose-duplicates", task_run_name="dedup-{sample}-part-{partition}",
-      version=DEDUP_VERSION, **_TASK_OPTIONS)
+      **stage_options(DEDUP_VERSION))
 def choose_duplicates(
     sample: str, partition: int, parts: list[Artifact], store: Store, run_id: str
 ) -> DedupResult:
@@ -469,7 +462,7 @@ def choose_duplicates(
 
 
 @materialize("helixflow://dedup", name="remove-duplicates",
-             task_run_name="dedup-{shard.name}", version=DEDUP_VERSION, **_TASK_OPTIONS)
+             task_run_name="dedup-{shard.name}", **stage_options(DEDUP_VERSION))
 def remove_duplicates(
     shard: Artifact, shard_index: int, dropped: list[Artifact], store: Store, run_id: str
 ) -> Artifact:

@@ -15,7 +15,7 @@ from prefect.assets import materialize
 from pydantic import BaseModel
 
 from helixflow.artifacts import Artifact, FileRef
-from helixflow.caching import ContentInputs
+from helixflow.caching import stage_options
 from helixflow.resources import where_am_i
 from helixflow.retries import RETRIES, RETRY_DELAYS, is_transient
 from helixflow.samples import Sample
@@ -113,12 +113,7 @@ def write_sample_shards(
     "helixflow://ingest",
     name="ingest-fastq",
     task_run_name="ingest-{sample.name}",
-    version=INGEST_VERSION,
-    cache_policy=ContentInputs(),
-    persist_result=True,
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=is_transient,
+    **stage_options(INGEST_VERSION),
 )
 def ingest_fastq(
     sample: Sample,

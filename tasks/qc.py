@@ -50,8 +50,7 @@ from prefect.assets import materialize
 from pydantic import BaseModel
 
 from helixflow.artifacts import Artifact
-from helixflow.caching import ContentInputs
-from helixflow.retries import RETRIES, RETRY_DELAYS, is_transient
+from helixflow.caching import stage_options
 from helixflow.store import Store
 from helixflow.tables import as_batch, publish_table, read_table
 
@@ -876,12 +875,7 @@ class QcResult(BaseModel):
     "helixflow://qc",
     name="filter-reads",
     task_run_name="qc-{shard.name}",
-    version=QC_VERSION,
-    cache_policy=ContentInputs(),
-    persist_result=True,
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=is_transient,
+    **stage_options(QC_VERSION),
 )
 def filter_reads(shard: Artifact, params: QcParams, store: Store, run_id: str) -> QcResult:
     """Trim and filter one read shard with fastp's semantics; publish survivors (and orphans).

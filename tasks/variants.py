@@ -43,9 +43,8 @@ from prefect.assets import materialize
 from pydantic import BaseModel
 
 from helixflow.artifacts import Artifact, FileRef
-from helixflow.caching import ContentInputs
+from helixflow.caching import stage_options
 from helixflow.errors import HelixflowError, InputError
-from helixflow.retries import RETRIES, RETRY_DELAYS, is_transient
 from helixflow.store import Store
 from helixflow.tables import fetch, publish_file
 
@@ -499,8 +498,7 @@ class SampleVariants(BaseModel):
 
 
 @materialize("helixflow://variants", name="call-variants", task_run_name="variants-{sample}",
-             version=VARIANTS_VERSION, cache_policy=ContentInputs(), persist_result=True,
-             retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=is_transient)
+             **stage_options(VARIANTS_VERSION))
 def call_sample_variants(
     sample: str, bam: Artifact, bai: Artifact, reference: FileRef, params: VariantParams,
     store: Store, run_id: str,

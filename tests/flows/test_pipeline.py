@@ -57,6 +57,15 @@ def test_run_twice_caches_and_records_lineage(prefect_api: str, demo, tmp_path: 
     assert summary.by_task["ingest-fastq"] == {"executed": 1, "cached": 0}
     assert summary.by_task["filter-reads"] == {"executed": 3, "cached": 0}
     assert summary.by_task["correct-reads"] == {"executed": 3, "cached": 0}
+    # no reference: the final reads become unaligned BAMs with a read group
+    ubams = sorted((store_dir / "runs" / summary.run_id / "unaligned").glob("*.bam"))
+    assert len(ubams) == 3
+    import pysam
+
+    with pysam.AlignmentFile(str(ubams[0]), "rb", check_sq=False) as bam:
+        assert bam.header["RG"][0]["SM"] == summary.samples[0]["sample"]
+        flags = {read.flag for read in bam}
+    assert flags <= {77, 141} and flags
 
     # shards: 3000 pairs in shards of 1000 pairs → 3 shards of 2000 rows, all reads present
     shard_dir = store_dir / "runs" / summary.run_id / "ingest"
