@@ -103,7 +103,8 @@ def genomics_pipeline(
     logger.info("run %s: %d sample(s) → %s", run_id, len(samples), st.run_uri(run_id))
 
     if not reference and not assemble:
-        logger.warning("no --reference and no --assemble: alignment and annotation are skipped")
+        logger.warning("no --reference and no --assemble: reads end as unaligned BAMs; "
+                       "no variants or annotation")
     s3_options = st.storage_options if st.scheme == "s3" else None
     with profile("light"):
         uris = [u for s in samples for u in (s.r1, s.r2) if u] + ([reference] if reference else [])
@@ -159,17 +160,8 @@ def genomics_pipeline(
     annotations = run_annotation(fastas, OrfParams(), motifs or DEFAULT_MOTIFS, st, run_id,
                                  recorder)
 
-    report = _report(run_id, results, qc_counts, dup_counts, solids, fix_counts, annotations)
-    for sample_report in report.samples:
-        name = sample_report.sample
-        if name in bams:
-            counts = bams[name].counts
-            rate = counts["mapped"] / counts["reads"] if counts.get("reads") else None
-            sample_report.extra["Alignment"] = {**counts, "alignment_rate": rate}
-        if name in calls:
-            sample_report.extra["Variants"] = calls[name].counts
-        if name in assemblies:
-            sample_report.extra["Assembly"] = assemblies[name].stats
+    report = _report(run_id, results, qc_counts, dup_counts, solids, fix_counts, annotations,
+                     bams, calls, assemblies)
     with profile("light"):
         future = publish_qc_report.submit(report, [a.ref() for a in corrected_flat(corrected)],
                                           st, run_id)
@@ -227,7 +219,11 @@ def _report(
     solids: dict[str, SolidSet],
     fix_counts: dict[str, dict[str, float]],
     annotations: dict[str, AnnotationResult],
+    bams: dict[str, Any],
+    calls: dict[str, Any],
+    assemblies: dict[str, Any],
 ) -> ReportData:
+    """Everything the HTML report shows, gathered from the stages' results."""
     samples = []
     for r in results:
         name = r.sample
@@ -244,10 +240,19 @@ def _report(
              "corrected_reads": fix.get("corrected_reads")},
         ]
         solid = solids.get(name)
+        extra: dict[str, Any] = {}
+        if name in bams:
+            counts = bams[name].counts
+            rate = counts["mapped"] / counts["reads"] if counts.get("reads") else None
+            extra["Alignment"] = {**counts, "alignment_rate": rate}
+        if name in calls:
+            extra["Variants"] = calls[name].counts
+        if name in assemblies:
+            extra["Assembly"] = assemblies[name].stats
         samples.append(SampleReport(
             sample=name, layout=r.layout, read_stats=r.stats, stages=stages, qc=qc, dedup=dup,
             kmer_histogram=solid.histogram if solid else [],
-            solid_threshold=solid.threshold if solid else None, correction=fix,
+            solid_threshold=solid.threshold if solid else None, correction=fix, extra=extra,
         ))
     annotation = [{"fasta": label, "orfs": a.orf_count, **a.motif_counts}
                   for label, a in annotations.items()]
