@@ -59,10 +59,6 @@ class RunSummary(BaseModel):
     by_task: dict[str, dict[str, int]]
 
 
-def _asset_key(store: Store, run_id: str, stage: str, sample: str) -> str:
-    return store.run_uri(run_id, stage, sample)
-
-
 @flow(name="genomics-pipeline", flow_run_name="{run_label}", log_prints=True)
 def genomics_pipeline(
     inputs: list[str],
@@ -118,7 +114,7 @@ def genomics_pipeline(
             r1: FileRef = refs[sample.r1].result()
             r2: FileRef | None = refs[sample.r2].result() if sample.r2 else None
             task = ingest_fastq.with_options(
-                assets=[_asset_key(st, run_id, "ingest", sample.name)],
+                assets=[st.run_uri(run_id, "ingest", sample.name)],
                 asset_deps=[ref.uri for ref in (r1, r2) if ref],
             )
             ingests.append((sample, task.submit(sample, r1, r2, shard_size, st, run_id)))

@@ -59,6 +59,7 @@ from helixflow.artifacts import Artifact
 from helixflow.caching import stage_options
 from helixflow.store import Store
 from helixflow.tables import as_batch, publish_table, read_table
+from tasks.fastq import string_parts
 
 COUNTS_SCHEMA: pa.Schema = pa.schema(
     [pa.field("kmer", pa.uint64(), nullable=False), pa.field("count", pa.uint32(), nullable=False)]
@@ -128,14 +129,7 @@ class CorrectionCounts:
 
 def _string_parts(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(int64 offsets, data bytes) of a string array, without copying the data."""
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    _, off_buf, data_buf = values.buffers()
-    if pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type):
-        offsets = np.frombuffer(off_buf, np.int64, len(values) + 1, values.offset * 8)
-    else:
-        offsets = np.frombuffer(off_buf, np.int32, len(values) + 1, values.offset * 4)
-    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.empty(0, np.uint8)
+    offsets, data = string_parts(values)
     return offsets.astype(np.int64), data
 
 

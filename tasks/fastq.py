@@ -649,10 +649,19 @@ def _as_string(values: pa.Array) -> pa.Array:
     return values.view(pa.string())
 
 
-def _string_parts(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets, data) of a string/binary array as NumPy views, without copying."""
+def string_parts(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, data) of a string/binary array as NumPy views, without copying the data.
+
+    Offsets are int32 for string/binary and int64 for the large types; a chunked array is
+    combined first. Shared by every kernel that works on read columns.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
     _, offsets_buf, data_buf = values.buffers()
-    offsets = np.frombuffer(offsets_buf, np.int32, len(values) + 1, values.offset * 4)
+    if pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type):
+        offsets = np.frombuffer(offsets_buf, np.int64, len(values) + 1, values.offset * 8)
+    else:
+        offsets = np.frombuffer(offsets_buf, np.int32, len(values) + 1, values.offset * 4)
     data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.empty(0, np.uint8)
     return offsets, data
 
@@ -665,7 +674,7 @@ def _rows_of(offsets: np.ndarray, positions: np.ndarray) -> np.ndarray:
 def _name_lengths(headers: pa.Array) -> np.ndarray:
     """Length of the read name in each header (after '@'): up to the first space or tab,
     less a trailing /1 or /2."""
-    offsets, data = _string_parts(headers)
+    offsets, data = string_parts(headers)
     starts, ends = offsets[:-1].astype(np.int64), offsets[1:].astype(np.int64)
     if not len(data):
         return np.zeros(len(headers), np.int64)
@@ -682,7 +691,7 @@ def _name_lengths(headers: pa.Array) -> np.ndarray:
 
 def _check_qualities(quality: pa.Array) -> np.ndarray:
     """Rows whose quality string has a byte outside Phred+33."""
-    offsets, data = _string_parts(quality)
+    offsets, data = string_parts(quality)
     q = data[offsets[0] : offsets[-1]]
     if not len(q) or (q.min() >= PHRED_MIN and q.max() <= PHRED_MAX):
         return np.empty(0, np.int64)
@@ -691,7 +700,7 @@ def _check_qualities(quality: pa.Array) -> np.ndarray:
 
 def _check_bases(sequence: pa.Array) -> tuple[pa.Array, np.ndarray]:
     """The sequences upper-cased, and the rows holding non-IUPAC bytes."""
-    offsets, data = _string_parts(sequence)
+    offsets, data = string_parts(sequence)
     bases = data[offsets[0] : offsets[-1]]
     # The common case, all upper-case and valid, checked a cache-sized piece at a time.
     if not any(
@@ -860,7 +869,7 @@ class _StringBuilder:
 
     def append(self, piece: pa.Array) -> None:
         """Add the rows of a string array."""
-        offsets, data = _string_parts(piece)
+        offsets, data = string_parts(piece)
         n, start, stop = len(piece), int(offsets[0]), int(offsets[-1])
         end = self.size + stop - start
         if self.rows + n > len(self.offsets) - 1:
@@ -923,7 +932,7 @@ class _BatchBuilder:
         fragment = np.tile(np.arange(first_fragment, first_fragment + n), len(mates))
         mate = np.repeat(mates, n)
         record = 2 * fragment + mate if self.layout == "interleaved" else fragment + 1
-        lengths = np.diff(_string_parts(sequence)[0])
+        lengths = np.diff(string_parts(sequence)[0])
         return pa.RecordBatch.from_arrays(
             [
                 read_id,
@@ -1343,10 +1352,10 @@ def _base_counts(bases: np.ndarray) -> dict[str, int]:
 
 def _mate_stats(sequence: pa.Array, quality: pa.Array) -> MateStats:
     """Statistics of one mate's reads."""
-    offsets, data = _string_parts(sequence)
+    offsets, data = string_parts(sequence)
     lengths = np.diff(offsets).astype(np.int64)
     counts = _base_counts(data[offsets[0] : offsets[-1]])
-    q_offsets, q_data = _string_parts(quality)
+    q_offsets, q_data = string_parts(quality)
     return MateStats(
         reads=len(lengths),
         bases=int(lengths.sum()),

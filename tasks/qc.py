@@ -53,6 +53,7 @@ from helixflow.artifacts import Artifact
 from helixflow.caching import stage_options
 from helixflow.store import Store
 from helixflow.tables import as_batch, publish_table, read_table
+from tasks.fastq import string_parts
 
 __all__ = [
     "BUILTIN_ADAPTERS",
@@ -297,14 +298,6 @@ _COMPLEMENT[0] = 0  # padding stays padding
 _EVEN_BITS = np.uint32(0x55555555)
 _MASKS = np.array([(1 << (2 * c)) - 1 for c in range(17)], np.uint32)
 _G, _N = ord("G"), ord("N")
-
-
-def _string_parts(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets, data) of a string array as NumPy views, without copying."""
-    _, offsets_buf, data_buf = values.buffers()
-    offsets = np.frombuffer(offsets_buf, np.int32, len(values) + 1, values.offset * 4)
-    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.empty(0, np.uint8)
-    return offsets, data
 
 
 def _padded(offsets: np.ndarray, data: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -831,8 +824,8 @@ def filter_batch(
         row_sets = []
         for m in range(n_mates):
             a, b = m * fragments + lo, m * fragments + hi
-            parts.append(_string_parts(seq_col.slice(a, b - a)))
-            parts.append(_string_parts(qual_col.slice(a, b - a)))
+            parts.append(string_parts(seq_col.slice(a, b - a)))
+            parts.append(string_parts(qual_col.slice(a, b - a)))
             row_sets.append(np.arange(a, b, dtype=np.int64))
         mates, codes = _process_chunk(parts, params, counts)
         for mate in mates:
