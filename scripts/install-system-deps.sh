@@ -6,7 +6,8 @@ set -euo pipefail
 # command -> Debian package
 declare -A PKG=(
   [bgzip]=tabix [samtools]=samtools [bcftools]=bcftools [seqkit]=seqkit
-  [fastp]=fastp [minimap2]=minimap2
+  [fastp]=fastp [minimap2]=minimap2 [lighter]=lighter [prodigal]=prodigal
+  [megahit]=megahit [art_illumina]=art-nextgen-simulation-tools
 )
 missing=()
 for cmd in "${!PKG[@]}"; do
