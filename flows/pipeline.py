@@ -26,18 +26,21 @@ from flows.preprocess import (
     run_dedup,
     run_qc,
     run_unaligned,
+    stage_params,
 )
 from helixflow.artifacts import Artifact, FileRef
+from helixflow.errors import HelixflowError
 from helixflow.lineage import LineageGraph, code_version, mermaid
 from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
 from helixflow.samples import Sample, plan_samples
 from helixflow.store import Store
-from tasks.annotate import DEFAULT_MOTIFS, AnnotationResult
+from tasks.annotate import DEFAULT_MOTIFS, AnnotationResult, MotifParams
 from tasks.assemble import AssemblyParams
 from tasks.correct import CorrectionParams, SolidSet
 from tasks.ingest import IngestResult, identify_input, ingest_fastq, summarize
 from tasks.orfs import OrfParams
+from tasks.reference import validate_reference
 from tasks.report import ReportData, SampleReport, publish_qc_report
 from tasks.variants import VariantParams
 
@@ -70,6 +73,11 @@ def genomics_pipeline(
     reference: str | None = None,
     assemble: bool = False,
     motifs: dict[str, str] | None = None,
+    motif_files: list[str] | None = None,
+    motif_p_value: float = 1e-4,
+    motif_mismatches: int = 0,
+    orf_options: dict[str, Any] | None = None,
+    variant_options: dict[str, Any] | None = None,
     kmer_size: int = 21,
     preset: str = "sr",
     run_label: str = "helixflow",
@@ -86,6 +94,12 @@ def genomics_pipeline(
         reference: reference FASTA (path or s3://) for alignment and annotation
         assemble: assemble each sample with MEGAHIT (contigs are then annotated too)
         motifs: IUPAC consensus motifs to find, name → motif (default: a small built-in set)
+        motif_files: position weight matrices, JASPAR or MEME minimal format (path or s3://)
+        motif_p_value: largest p-value of a reported PWM site
+        motif_mismatches: mismatches allowed in a consensus motif site
+        orf_options: ORF search settings (fields of `tasks.orfs.OrfParams`: min_length_nt,
+            start_codons, table, …)
+        variant_options: caller thresholds (fields of `tasks.variants.VariantParams`)
         kmer_size: k for the error-correction spectrum
         preset: minimap2 preset for alignment (sr, map-ont, map-pb)
         run_label: the flow run's display name
@@ -96,6 +110,9 @@ def genomics_pipeline(
     recorder = RunRecorder(st, run_id)
     samples = plan_samples(inputs, interleaved=interleaved)
     qc = qc_params(qc_options)
+    orf_params = stage_params(OrfParams, orf_options, "orf")
+    variant_params = stage_params(VariantParams, variant_options, "variant")
+    motif_params = _motif_params(motifs, motif_mismatches, motif_p_value)
     logger.info("run %s: %d sample(s) → %s", run_id, len(samples), st.run_uri(run_id))
 
     if not reference and not assemble:
@@ -104,10 +121,20 @@ def genomics_pipeline(
     s3_options = st.storage_options if st.scheme == "s3" else None
     with profile("light"):
         uris = [u for s in samples for u in (s.r1, s.r2) if u] + ([reference] if reference else [])
+        uris += motif_files or []
         refs = {
             uri: identify_input.submit(uri, s3_options if uri.startswith("s3://") else None)
             for uri in uris
         }
+        # A bad reference fails the run now, in seconds, before any read is processed.
+        checked = validate_reference.submit(refs[reference].result(), st) if reference else None
+    if checked is not None:
+        info = checked.result()
+        logger.info("reference %s: %d sequence(s), %d bp", info.ref.name, info.contigs,
+                    info.length)
+    motif_params = motif_params.model_copy(
+        update={"pwm_files": [refs[u].result() for u in motif_files or []]}
+    )
     ingests: list[tuple[Sample, PrefectFuture[IngestResult]]] = []
     with profile("stream"):
         for sample in samples:
@@ -145,7 +172,7 @@ def genomics_pipeline(
     calls: dict[str, Any] = {}
     if reference:
         fastas["reference"] = refs[reference].result()
-        bams, calls = run_alignment(corrected, fastas["reference"], preset, VariantParams(), st,
+        bams, calls = run_alignment(corrected, fastas["reference"], preset, variant_params, st,
                                     run_id, recorder)
     else:
         run_unaligned(corrected, st, run_id, recorder)
@@ -153,8 +180,7 @@ def genomics_pipeline(
     if assemble:
         assemblies = run_assembly(corrected, AssemblyParams(), st, run_id, recorder)
         fastas.update({f"{s}.contigs": a.contigs for s, a in assemblies.items()})
-    annotations = run_annotation(fastas, OrfParams(), motifs or DEFAULT_MOTIFS, st, run_id,
-                                 recorder)
+    annotations = run_annotation(fastas, orf_params, motif_params, st, run_id, recorder)
 
     report = _report(run_id, results, qc_counts, dup_counts, solids, fix_counts, annotations,
                      bams, calls, assemblies)
@@ -201,6 +227,14 @@ def genomics_pipeline(
         tasks_cached=recorder.cached,
         by_task=recorder.by_task,
     )
+
+
+def _motif_params(motifs: dict[str, str] | None, mismatches: int, p_value: float) -> MotifParams:
+    try:
+        return MotifParams(consensus=DEFAULT_MOTIFS if motifs is None else motifs,
+                           max_mismatches=mismatches, p_value=p_value)
+    except ValueError as exc:
+        raise HelixflowError(f"invalid motif options: {exc}") from None
 
 
 def corrected_flat(by_sample: dict[str, list[Artifact]]) -> list[Artifact]:

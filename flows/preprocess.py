@@ -3,7 +3,7 @@ annotate. Functions here submit tasks and record lineage; they do no heavy work.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect.futures import PrefectFuture
 
@@ -12,7 +12,7 @@ from helixflow.errors import HelixflowError
 from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
 from helixflow.store import Store
-from tasks.annotate import AnnotationResult, annotate_sequences
+from tasks.annotate import AnnotationResult, MotifParams, annotate_sequences
 from tasks.assemble import AssemblyOutput, AssemblyParams, assemble_reads
 from tasks.bam import (
     AlignedShard,
@@ -34,14 +34,31 @@ from tasks.orfs import OrfParams
 from tasks.qc import QcParams, QcResult, filter_reads
 from tasks.variants import SampleVariants, VariantParams, call_sample_variants
 
+T = TypeVar("T")
+
+
+def stage_params(cls: type[T], options: dict[str, Any] | None, what: str) -> T:
+    """Stage parameters from flow parameters (a JSON dict, as the CLI, deployments and the
+    UI pass them); lists become tuples for the frozen dataclasses."""
+    defaults = {f.name: f.default for f in getattr(cls, "__dataclass_fields__", {}).values()}
+    values = {}
+    for key, value in (options or {}).items():
+        if isinstance(value, list) or (isinstance(value, str)
+                                       and isinstance(defaults.get(key), tuple)):
+            value = tuple(value) if isinstance(value, list) else (value,)
+        values[key] = value
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        fields = ", ".join(getattr(cls, "__dataclass_fields__", None) or
+                           getattr(cls, "model_fields", {}))
+        raise HelixflowError(f"invalid {what} options: {exc}",
+                             hint=f"{cls.__name__} fields: {fields}") from None
+
 
 def qc_params(options: dict[str, Any] | None) -> QcParams:
-    """QcParams from flow parameters (a dict, as deployments and the UI pass them)."""
-    try:
-        return QcParams(**(options or {}))
-    except (TypeError, ValueError) as exc:
-        raise HelixflowError(f"invalid qc options: {exc}",
-                             hint="see QcParams in tasks/qc.py for the fields") from None
+    """QcParams from flow parameters."""
+    return stage_params(QcParams, options, "qc")
 
 
 def run_qc(
@@ -108,7 +125,7 @@ def run_assembly(
 def run_annotation(
     fastas: dict[str, FileRef],
     orf_params: OrfParams,
-    motifs: dict[str, str],
+    motifs: MotifParams,
     store: Store,
     run_id: str,
     recorder: RunRecorder,
@@ -120,7 +137,7 @@ def run_annotation(
             task = annotate_sequences.with_options(
                 assets=[store.run_uri(run_id, "annotate", label)], asset_deps=[fasta.uri]
             )
-            futures.append((label, task.submit(fasta, orf_params, motifs, 0, store, run_id)))
+            futures.append((label, task.submit(fasta, orf_params, motifs, store, run_id)))
     out: dict[str, AnnotationResult] = {}
     for label, future in futures:
         result = future.result()

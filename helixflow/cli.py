@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import traceback
@@ -79,11 +80,39 @@ def run(
         str | None, typer.Option(help="Reference FASTA (path or s3://) to align and annotate.")
     ] = None,
     assemble: Annotated[bool, typer.Option(help="Assemble each sample with MEGAHIT.")] = False,
+    qc: Annotated[list[str] | None, typer.Option(
+        "--qc", metavar="KEY=VALUE", help="Quality-filter setting (tasks.qc.QcParams field), "
+        "e.g. --qc length_required=50 --qc cut_tail=true. Repeatable.")] = None,
+    orf: Annotated[list[str] | None, typer.Option(
+        "--orf", metavar="KEY=VALUE", help="ORF setting (tasks.orfs.OrfParams field), e.g. "
+        "--orf table=4 --orf start_codons=ATG,GTG,TTG. Repeatable.")] = None,
+    variant: Annotated[list[str] | None, typer.Option(
+        "--variant", metavar="KEY=VALUE", help="Variant-caller threshold (tasks.variants."
+        "VariantParams field), e.g. --variant min_depth=5. Repeatable.")] = None,
+    motif: Annotated[list[str] | None, typer.Option(
+        "--motif", metavar="NAME=IUPAC", help="Consensus motif to find (replaces the built-in "
+        "set), e.g. --motif EcoRI=GAATTC. Repeatable.")] = None,
+    motif_file: Annotated[list[str] | None, typer.Option(
+        "--motif-file", help="JASPAR or MEME minimal-format PWM file (path or s3://). "
+        "Repeatable.")] = None,
+    motif_p_value: Annotated[float, typer.Option(
+        min=0, max=1, help="Largest p-value of a reported PWM site.")] = 1e-4,
+    motif_mismatches: Annotated[int, typer.Option(
+        min=0, help="Mismatches allowed in a consensus motif site.")] = 0,
 ) -> None:
     """Run the genomics pipeline (on the demo community when no inputs are given)."""
     try:
         from helixflow.launch import connect_prefect, launch_pipeline, ui_base
 
+        options: dict[str, Any] = {
+            "qc_options": _key_values(qc, "--qc"),
+            "orf_options": _key_values(orf, "--orf"),
+            "variant_options": _key_values(variant, "--variant"),
+            "motifs": _named_motifs(motif),
+            "motif_files": motif_file or None,
+            "motif_p_value": motif_p_value,
+            "motif_mismatches": motif_mismatches,
+        }
         if not inputs:
             inputs, demo_reference = _demo_inputs()
             reference = reference or demo_reference
@@ -94,7 +123,7 @@ def run(
             launched = launch_pipeline(
                 inputs, store=store, store_block=store_block, ray_address=ray_address,
                 shard_size=shard_size, interleaved=interleaved, reference=reference,
-                assemble=assemble, debug=_state["debug"],
+                assemble=assemble, debug=_state["debug"], **options,
             )
         elapsed = time.perf_counter() - started
         if launched.error is not None:
@@ -104,6 +133,43 @@ def run(
         out.print(f"Flow run in the UI: [link]{launched.ui_url}[/link]")
     except HelixflowError as exc:
         _fail(exc)
+
+
+def _parse_value(text: str) -> Any:
+    """A CLI value as JSON when it parses (numbers, true/false, null, lists), else a
+    string; `a,b,c` is a list of strings."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text.split(",") if "," in text else text
+
+
+def _key_values(items: list[str] | None, flag: str) -> dict[str, Any] | None:
+    """`KEY=VALUE` options as a dict (None when none were given)."""
+    if not items:
+        return None
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=flag)
+        values[key.strip()] = _parse_value(value.strip())
+    return values
+
+
+def _named_motifs(items: list[str] | None) -> dict[str, str] | None:
+    if not items:
+        return None
+    motifs: dict[str, str] = {}
+    for item in items:
+        name, sep, letters = item.partition("=")
+        if not sep:
+            name, letters = item, item
+        motifs[name.strip()] = letters.strip().upper()
+    return motifs
 
 
 def _demo_inputs() -> tuple[list[str], str]:
@@ -139,6 +205,44 @@ def _print_summary(summary: Any, elapsed: float) -> None:
     )
     out.print(f"run folder: {summary.run_uri}")
     out.print(f"QC report: {summary.report_uri}")
+
+
+@app.command("call-variants")
+def call_variants(
+    bam: Annotated[str, typer.Argument(help="Coordinate-sorted BAM (path or s3://).")],
+    reference: Annotated[str, typer.Option(help="The FASTA the reads were aligned to.")],
+    sample: Annotated[str | None, typer.Option(help="Sample name (default: the BAM's).")] = None,
+    variant: Annotated[list[str] | None, typer.Option(
+        "--variant", metavar="KEY=VALUE", help="Caller threshold (VariantParams field).")] = None,
+    store: Annotated[str | None, typer.Option(envvar="HELIXFLOW_STORE")] = None,
+    store_block: Annotated[str | None, typer.Option()] = None,
+    ray_address: Annotated[str | None, typer.Option(envvar="HELIXFLOW_RAY_ADDRESS")] = None,
+) -> None:
+    """Call SNVs and small indels on an existing BAM (bgzipped, indexed VCF in the store)."""
+    try:
+        from flows.variants import call_variants_flow
+        from helixflow.launch import connect_prefect, launch_flow, ui_base
+
+        api_url = connect_prefect()
+        out.print(f"Prefect UI: [link]{ui_base(api_url)}[/link]")
+        with out.status("calling variants …", spinner="dots"):
+            launched = launch_flow(
+                call_variants_flow,
+                {"bam": bam, "reference": reference, "sample": sample,
+                 "variant_options": _key_values(variant, "--variant"),
+                 "run_label": f"call-variants {Path(bam).name}"},
+                store=store, store_block=store_block, ray_address=ray_address,
+                debug=_state["debug"],
+            )
+        if launched.error is not None:
+            err.print(f"flow run: {launched.ui_url}")
+            _fail(launched.error)
+        summary = launched.summary
+        out.print(f"VCF: {summary.vcf_uri}")
+        out.print(", ".join(f"{k} {v:,}" for k, v in summary.counts.items()))
+        out.print(f"Flow run in the UI: [link]{launched.ui_url}[/link]")
+    except HelixflowError as exc:
+        _fail(exc)
 
 
 @app.command()

@@ -7,6 +7,10 @@ its traceback.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from os import PathLike
+
 
 class HelixflowError(Exception):
     """An error the user can fix; `hint` says how."""
@@ -47,3 +51,26 @@ def _rebuild(cls: type[HelixflowError], state: dict[str, object]) -> HelixflowEr
     Exception.__init__(err, state.get("message", ""))
     err.__dict__.update(state)
     return err
+
+
+@contextmanager
+def naming_sources(local_to_uri: Mapping[str | PathLike[str], str]) -> Iterator[None]:
+    """Errors raised about local copies (scratch files) name the user's URIs instead.
+
+    Example:
+        >>> with naming_sources({"/tmp/x/reference.fa": "s3://refs/hg.fa"}):  # doctest: +SKIP
+        ...     read_fasta(Path("/tmp/x/reference.fa"))
+        InputError: s3://refs/hg.fa: reference FASTA holds no sequence
+    """
+    try:
+        yield
+    except HelixflowError as exc:
+        pairs = [(str(local), uri) for local, uri in local_to_uri.items() if str(local) != uri]
+        for attr in ("message", "path"):
+            text = getattr(exc, attr, None)
+            if isinstance(text, str):
+                for local, uri in pairs:
+                    text = text.replace(local, uri)
+                setattr(exc, attr, text)
+        exc.args = (exc.message,)
+        raise

@@ -67,40 +67,53 @@ def launch_pipeline(
     ray_address: str | None = None,
     shard_size: int | None = None,
     interleaved: bool = False,
-    qc_options: dict[str, Any] | None = None,
-    reference: str | None = None,
-    assemble: bool = False,
     debug: bool = False,
+    **options: Any,
 ) -> Launched:
-    """Run `genomics-pipeline` on the one server and Ray; never raises for a failed run."""
-    api_url = connect_prefect()
-    from blocks.store import resolve_store, result_storage
+    """Run `genomics-pipeline` on the one server and Ray; never raises for a failed run.
+
+    `options` are further flow parameters (qc_options, reference, assemble, motifs, …).
+    """
     from flows.pipeline import DEFAULT_SHARD_SIZE, genomics_pipeline
-    from helixflow.runner import build_task_runner
     from helixflow.samples import plan_samples
 
-    quiet_user_errors()
     samples = plan_samples(list(inputs), interleaved=interleaved)
     label = "+".join(s.name for s in samples[:3])
     if len(samples) > 3:
         label += f"+{len(samples) - 3}"
+    parameters = {
+        "inputs": list(inputs),
+        "shard_size": shard_size or DEFAULT_SHARD_SIZE,
+        "interleaved": interleaved,
+        "run_label": f"pipeline {label}",
+        **{k: v for k, v in options.items() if v is not None},
+    }
+    return launch_flow(genomics_pipeline, parameters, store=store, store_block=store_block,
+                       ray_address=ray_address, debug=debug)
+
+
+def launch_flow(
+    flow: Any,
+    parameters: dict[str, Any],
+    *,
+    store: str | None = None,
+    store_block: str | None = None,
+    ray_address: str | None = None,
+    debug: bool = False,
+) -> Launched:
+    """Run a helixflow flow (taking `store`/`store_block`) on the one server and Ray, with
+    results persisted to the store; never raises for a failed run."""
+    api_url = connect_prefect()
+    from blocks.store import resolve_store, result_storage
+    from helixflow.runner import build_task_runner
+
+    quiet_user_errors()
     st = resolve_store(store, store_block)
     runner = build_task_runner(api_url, ray_address or default_ray_address(), debug=debug)
-    pipeline = genomics_pipeline.with_options(
+    configured = flow.with_options(
         task_runner=runner, result_storage=result_storage(st), persist_result=True
     )
-    state = pipeline(
-        inputs=list(inputs),
-        store=st.url,
-        store_block=store_block,
-        shard_size=shard_size or DEFAULT_SHARD_SIZE,
-        interleaved=interleaved,
-        qc_options=qc_options,
-        reference=reference,
-        assemble=assemble,
-        run_label=f"pipeline {label}",
-        return_state=True,
-    )
+    state = configured(**parameters, store=st.url, store_block=store_block, return_state=True)
     flow_run_id = str(state.state_details.flow_run_id)
     result = state.result(raise_on_failure=False)
     error = result if isinstance(result, BaseException) else None

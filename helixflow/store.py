@@ -50,6 +50,11 @@ def local_path(uri: str) -> Path:
     return Path(uri).expanduser()
 
 
+def display_name(uri: str) -> str:
+    """How a URI is shown to users: a plain path for local files, else the URI."""
+    return str(local_path(uri)) if is_local(uri) else uri
+
+
 def to_uri(path_or_uri: str | Path) -> str:
     """Normalise a plain path to an absolute `file://` URI; leave other URIs alone."""
     text = str(path_or_uri)

@@ -7,19 +7,29 @@ and PWM scanning); this module is their I/O edge: fetch the FASTA, run, publish 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pyarrow as pa
 from prefect.assets import materialize
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, field_validator
 
 from helixflow.artifacts import Artifact, FileRef
 from helixflow.caching import stage_options
-from helixflow.store import Store
+from helixflow.errors import InputError, naming_sources
+from helixflow.store import Store, display_name
 from helixflow.tables import fetch, publish_table
-from tasks.motifs import find_consensus
+from tasks.motifs import (
+    IUPAC,
+    PWM,
+    find_consensus,
+    parse_jaspar,
+    parse_meme,
+    pwm_from_counts,
+    scan_pwms,
+)
 from tasks.orfs import OrfParams, find_orfs
 
-ANNOTATE_VERSION = "1"
+ANNOTATE_VERSION = "2"
 
 # Default consensus motifs: a few restriction sites, E. coli's Chi site and the
 # Shine-Dalgarno core; users pass their own (IUPAC) through the flow's parameters.
@@ -30,6 +40,47 @@ DEFAULT_MOTIFS: dict[str, str] = {
     "Chi": "GCTGGTGG",
     "Shine-Dalgarno": "AGGAGG",
 }
+
+
+class MotifParams(BaseModel):
+    """Which motifs to look for and how strictly.
+
+    Example:
+        >>> MotifParams(consensus={"EcoRI": "GAATTC"}, max_mismatches=0, p_value=1e-5)
+        MotifParams(consensus={'EcoRI': 'GAATTC'}, max_mismatches=0, pwm_files=[], p_value=1e-05)
+    """
+
+    consensus: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_MOTIFS))
+    """IUPAC consensus motifs, name → letters, searched on both strands."""
+    max_mismatches: int = Field(0, ge=0)
+    """Positions of a consensus site allowed not to match."""
+    pwm_files: list[FileRef] = Field(default_factory=list)
+    """Position weight matrices in JASPAR or MEME minimal format (told apart by content)."""
+    p_value: float = Field(1e-4, gt=0, le=1)
+    """Largest p-value of a reported PWM site (FIMO's default)."""
+
+    @field_validator("consensus")
+    @classmethod
+    def _iupac(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, motif in value.items():
+            bad = sorted({c for c in motif.upper() if c not in IUPAC})
+            if not motif or bad:
+                raise ValueError(f"motif {name}={motif!r} is not IUPAC letters (bad: {bad})")
+        return value
+
+
+def load_pwms(path: Path, shown: str) -> list[PWM]:
+    """Every matrix of a JASPAR or MEME minimal-format file as a log-odds PWM."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(shown, f"unreadable motif file ({exc})") from None
+    matrices = (parse_meme(text, shown) if text.lstrip().startswith("MEME version")
+                else parse_jaspar(text, shown))
+    if not matrices:
+        raise InputError(shown, "no motif matrix in the file",
+                         hint="give JASPAR (>ID name + A/C/G/T rows) or MEME minimal format")
+    return [pwm_from_counts(m) for m in matrices]
 
 
 class AnnotationResult(BaseModel):
@@ -57,31 +108,37 @@ def _stem(ref: FileRef) -> str:
 def annotate_sequences(
     fasta: FileRef,
     orf_params: OrfParams,
-    motifs: dict[str, str],
-    max_mismatches: int,
+    motifs: MotifParams,
     store: Store,
     run_id: str,
 ) -> AnnotationResult:
-    """Six-frame ORFs and consensus-motif sites (both strands) of every sequence in a FASTA."""
+    """Six-frame ORFs, consensus-motif and PWM sites (both strands) of every sequence in a
+    FASTA, as two Parquet tables (the motif table is BED-like: seq_id, start, end, …)."""
     with store.scratch() as scratch:
         path = fetch(store, fasta, scratch)
-        orfs = find_orfs(path, orf_params)
-        hits = [find_consensus(path, motif, name=name, max_mismatches=max_mismatches)
-                for name, motif in sorted(motifs.items())]
+        with naming_sources({path: display_name(fasta.uri)}):
+            orfs = find_orfs(path, orf_params)
+        hits = [find_consensus(path, motif, name=name, max_mismatches=motifs.max_mismatches)
+                for name, motif in sorted(motifs.consensus.items())]
+        pwms: list[PWM] = []
+        for i, ref in enumerate(motifs.pwm_files):
+            local = fetch(store, ref, scratch, name=f"motifs{i}.txt")
+            pwms.extend(load_pwms(local, display_name(ref.uri)))
+        if pwms:
+            hits.append(scan_pwms(path, pwms, p_threshold=motifs.p_value))
         sites = pa.concat_tables(hits) if hits else pa.table({})
-        counts = {name: 0 for name in motifs}
+        counts = {name: 0 for name in [*motifs.consensus, *(p.name for p in pwms)]}
         if sites.num_rows:
             for name in sites.column("name").to_pylist():
                 counts[name] = counts.get(name, 0) + 1
         stem = _stem(fasta)
-        common = {"run_id": run_id, "stage": "annotate", "producer": "annotate-sequences",
-                  "upstream": [fasta]}
+        common = {"run_id": run_id, "stage": "annotate", "producer": "annotate-sequences"}
         orf_art = publish_table(store, orfs, scratch, name=f"{stem}.orfs.parquet",
-                                params=dataclasses.asdict(orf_params), **common)
+                                params=dataclasses.asdict(orf_params), upstream=[fasta], **common)
         motif_art = publish_table(
             store, sites, scratch, name=f"{stem}.motifs.parquet",
-            params={"motifs": motifs, "max_mismatches": max_mismatches},
-            metadata={"counts": counts}, **common,
+            params=motifs.model_dump(mode="json"), metadata={"counts": counts},
+            upstream=[fasta, *motifs.pwm_files], **common,
         )
     return AnnotationResult(orfs=orf_art, motifs=motif_art, orf_count=orfs.num_rows,
                             motif_counts=counts)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import matplotlib
@@ -16,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on workers
 import matplotlib.pyplot as plt
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
 from helixflow.artifacts import Artifact, FileRef
@@ -47,15 +50,32 @@ class ReportData(BaseModel):
 _MATE_LABEL = {"0": "reads", "1": "R1", "2": "R2"}
 
 
-def _png(fig: Any) -> str:
+class Plot(str):
+    """A rendered plot: base64 PNG data, shown as HTML `<img>` or markdown `![]()`."""
+
+    title: str
+
+    def __new__(cls, data: str, title: str) -> Plot:
+        obj = super().__new__(cls, data)
+        obj.title = title
+        return obj
+
+    def html(self) -> str:
+        return f'<img alt="{html.escape(self.title)}" src="data:image/png;base64,{self}">'
+
+    def markdown(self) -> str:
+        return f"![{self.title}](data:image/png;base64,{self})"
+
+
+def _png(fig: Any) -> Plot:
+    title = fig.axes[0].get_title() if fig.axes else "plot"
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
     plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode()
-    return f'<img alt="plot" src="data:image/png;base64,{data}">'
+    return Plot(base64.b64encode(buf.getvalue()).decode(), title)
 
 
-def _quality_plot(sample: SampleReport) -> str:
+def _quality_plot(sample: SampleReport) -> Plot:
     fig, ax = plt.subplots(figsize=(6, 3))
     for mate, stats in sample.read_stats.items():
         values = stats.get("mean_quality_by_position") or []
@@ -67,7 +87,7 @@ def _quality_plot(sample: SampleReport) -> str:
     return _png(fig)
 
 
-def _length_plot(sample: SampleReport) -> str:
+def _length_plot(sample: SampleReport) -> Plot:
     fig, ax = plt.subplots(figsize=(6, 3))
     for mate, stats in sample.read_stats.items():
         hist = {int(k): v for k, v in (stats.get("length_histogram") or {}).items()}
@@ -82,7 +102,7 @@ def _length_plot(sample: SampleReport) -> str:
     return _png(fig)
 
 
-def _kmer_plot(sample: SampleReport) -> str:
+def _kmer_plot(sample: SampleReport) -> Plot:
     fig, ax = plt.subplots(figsize=(6, 3))
     hist = sample.kmer_histogram[1:200]
     ax.plot(range(1, len(hist) + 1), hist)
@@ -119,6 +139,32 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+@dataclass
+class _Section:
+    level: int
+    title: str
+    rows: list[dict[str, Any]] | None = None
+    plots: list[Plot] = field(default_factory=list)
+
+
+def _sections(data: ReportData) -> Iterator[_Section]:
+    """The report's content in order; the HTML and markdown renderers only format it."""
+    for sample in data.samples:
+        yield _Section(2, f"{sample.sample} ({sample.layout})")
+        yield _Section(3, "Reads through the stages", sample.stages,
+                       [_quality_plot(sample), _length_plot(sample)])
+        if sample.qc:
+            yield _Section(3, "Quality filtering", [sample.qc])
+        if sample.dedup:
+            yield _Section(3, "Duplicates", [sample.dedup])
+        if sample.kmer_histogram:
+            yield _Section(3, "Error correction", [sample.correction], [_kmer_plot(sample)])
+        for title, value in sample.extra.items():
+            yield _Section(3, title, value if isinstance(value, list) else [value])
+    if data.annotation:
+        yield _Section(2, "Annotation", data.annotation)
+
+
 def render_report(data: ReportData) -> str:
     """The HTML report (no external resources: plots are inlined PNGs)."""
     parts = [
@@ -130,23 +176,36 @@ def render_report(data: ReportData) -> str:
         "</head><body>",
         f"<h1>helixflow QC report</h1><p>run <code>{html.escape(data.run_id)}</code></p>",
     ]
-    for sample in data.samples:
-        parts.append(f"<h2>{html.escape(sample.sample)} ({html.escape(sample.layout)})</h2>")
-        parts.append("<h3>Reads through the stages</h3>" + _table(sample.stages))
-        parts.append(_quality_plot(sample) + _length_plot(sample))
-        if sample.qc:
-            parts.append("<h3>Quality filtering</h3>" + _table([sample.qc]))
-        if sample.dedup:
-            parts.append("<h3>Duplicates</h3>" + _table([sample.dedup]))
-        if sample.kmer_histogram:
-            parts.append("<h3>Error correction</h3>" + _kmer_plot(sample)
-                         + _table([sample.correction]))
-        for title, value in sample.extra.items():
-            rows = value if isinstance(value, list) else [value]
-            parts.append(f"<h3>{html.escape(title)}</h3>" + _table(rows))
-    if data.annotation:
-        parts.append("<h2>Annotation</h2>" + _table(data.annotation))
+    for sec in _sections(data):
+        parts.append(f"<h{sec.level}>{html.escape(sec.title)}</h{sec.level}>")
+        if sec.rows is not None:
+            parts.append(_table(sec.rows))
+        parts.append("".join(plot.html() for plot in sec.plots))
     parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _md_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "none\n"
+    cols = list(dict.fromkeys(k for row in rows for k in row))
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(row.get(c)).replace("|", "\\|") for c in cols) + " |"
+              for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(data: ReportData, html_uri: str | None = None) -> str:
+    """The report as markdown for the Prefect UI: the same tables, plots as inline PNGs,
+    and a link to the HTML report."""
+    parts = [f"# QC report, run `{data.run_id}`\n"]
+    if html_uri:
+        parts.append(f"Full report: [{html_uri}]({html_uri})\n")
+    for sec in _sections(data):
+        parts.append(f"{'#' * sec.level} {sec.title}\n")
+        if sec.rows is not None:
+            parts.append(_md_table(sec.rows))
+        parts.extend(plot.markdown() + "\n" for plot in sec.plots)
     return "\n".join(parts)
 
 
@@ -154,9 +213,13 @@ def render_report(data: ReportData) -> str:
 def publish_qc_report(
     data: ReportData, upstream: list[FileRef], store: Store, run_id: str
 ) -> Artifact:
-    """Render the report and publish it as `runs/<run>/report/report.html`."""
+    """Render the report, publish it as `runs/<run>/report/report.html`, and show it in the
+    Prefect UI as the markdown artifact `qc-report` (plots inline, link to the HTML)."""
     with store.scratch() as scratch:
         path = scratch / "report.html"
         path.write_text(render_report(data), encoding="utf-8")
-        return publish_file(store, path, run_id=run_id, stage="report", media_type="text/html",
-                            producer="write-qc-report", upstream=upstream)
+        art = publish_file(store, path, run_id=run_id, stage="report", media_type="text/html",
+                           producer="write-qc-report", upstream=upstream)
+    create_markdown_artifact(key="qc-report", markdown=render_markdown(data, art.uri),
+                             description=f"QC report of run {run_id}")
+    return art

@@ -44,8 +44,8 @@ from pydantic import BaseModel
 
 from helixflow.artifacts import Artifact, FileRef
 from helixflow.caching import stage_options
-from helixflow.errors import HelixflowError, InputError
-from helixflow.store import Store
+from helixflow.errors import HelixflowError, InputError, naming_sources
+from helixflow.store import Store, display_name
 from helixflow.tables import fetch, publish_file
 
 VARIANTS_VERSION = 1
@@ -500,22 +500,45 @@ class SampleVariants(BaseModel):
 @materialize("helixflow://variants", name="call-variants", task_run_name="variants-{sample}",
              **stage_options(VARIANTS_VERSION))
 def call_sample_variants(
-    sample: str, bam: Artifact, bai: Artifact, reference: FileRef, params: VariantParams,
+    sample: str, bam: FileRef, bai: FileRef | None, reference: FileRef, params: VariantParams,
     store: Store, run_id: str,
 ) -> SampleVariants:
-    """SNVs and small indels of one sample → `<sample>.vcf.gz` + `.tbi` (bcftools-readable)."""
+    """SNVs and small indels of one sample → `<sample>.vcf.gz` + `.tbi` (bcftools-readable).
+
+    `bai` may be None (a user's BAM without an index): the BAM is then indexed in scratch.
+    """
     with store.scratch() as scratch:
         bam_path = fetch(store, bam, scratch, name=f"{sample}.bam")
         if not Path(f"{bam_path}.bai").exists():
-            fetch(store, bai, scratch, name=f"{sample}.bam.bai")
+            if bam_path.parent != scratch:  # never write next to a user's file
+                (scratch / f"{sample}.bam").symlink_to(bam_path)
+                bam_path = scratch / f"{sample}.bam"
+            if bai is not None:
+                bai_path = fetch(store, bai, scratch, name=f"{sample}.bam.bai")
+                if bai_path != Path(f"{bam_path}.bai"):
+                    Path(f"{bam_path}.bai").symlink_to(bai_path)
+            else:
+                _index_bam(bam_path, display_name(bam.uri))
         ref_path = fetch(store, reference, scratch, name="reference.fa")
         out = scratch / f"{sample}.vcf.gz"
-        counts = call_variants(bam_path, ref_path, out, params)
+        with naming_sources({bam_path: display_name(bam.uri),
+                             ref_path: display_name(reference.uri)}):
+            counts = call_variants(bam_path, ref_path, out, params)
         common = {"run_id": run_id, "stage": "variants", "producer": "call-variants",
                   "params": dataclasses.asdict(params)}
+        bam_ref = FileRef(uri=bam.uri, size=bam.size, sha256=bam.sha256, etag=bam.etag)
         vcf = publish_file(store, out, media_type="application/x-bgzip-vcf",
-                           rows=counts.records, upstream=[bam.ref(), reference],
+                           rows=counts.records, upstream=[bam_ref, reference],
                            metadata={"counts": counts.as_dict()}, **common)
         tbi = publish_file(store, Path(f"{out}.tbi"), media_type="application/octet-stream",
                            upstream=[vcf.ref()], **common)
     return SampleVariants(vcf=vcf, tbi=tbi, counts=counts.as_dict())
+
+
+def _index_bam(path: Path, shown: str) -> None:
+    """`samtools index` through pysam; an unsorted or broken BAM is the user's to fix."""
+    try:
+        pysam.index(str(path))
+    except pysam.SamtoolsError as exc:
+        raise InputError(shown, f"cannot index the BAM ({str(exc).strip()})",
+                         hint="give a coordinate-sorted BAM (samtools sort)") from None

@@ -71,3 +71,63 @@ def test_run_and_lineage_of_a_shard(prefect_api: str, tmp_path: Path) -> None:
               "--store", str(store), env=env)
     assert mer.returncode == 0 and mer.stdout.startswith("flowchart LR")
     assert shard.name in mer.stdout
+
+
+def _one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+@pytest.mark.integration
+def test_malformed_reference_fails_fast_nothing_published(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    demo = tmp_path / "demo"
+    assert cli("demo-data", str(demo), "--pairs", "300", "--genomes", "2").returncode == 0
+    ref = tmp_path / "bad_ref.fa"
+    ref.write_text(">chr1\nACGTACGT\n>chr2\nACGT-ACGT\nAC1GT\n")
+    store = tmp_path / "store"
+    proc = cli("run", str(demo / "R1.fastq.gz"), str(demo / "R2.fastq.gz"), "--store",
+               str(store), "--reference", str(ref), env={"PREFECT_API_URL": prefect_api})
+    line = _one_error_line(proc)
+    assert f"{ref}: record 2: sequence 'chr2', line 5, column 3: '1'" in line, line
+    assert not list(store.glob("runs/**/*.*")) and not list(store.glob("objects/**/*.*"))
+
+    missing = cli("run", str(demo / "R1.fastq.gz"), "--store", str(store), "--reference",
+                  str(tmp_path / "nope.fa"), env={"PREFECT_API_URL": prefect_api})
+    assert "nope.fa" in _one_error_line(missing)
+
+
+@pytest.mark.integration
+def test_call_variants_on_a_user_bam(prefect_api: str, tmp_path: Path) -> None:
+    from tests.conftest import require_tool
+
+    minimap2, samtools = require_tool("minimap2"), require_tool("samtools")
+    bcftools = require_tool("bcftools")
+    demo = tmp_path / "demo"
+    assert cli("demo-data", str(demo), "--pairs", "4000", "--genomes", "1").returncode == 0
+    ref = demo / "genomes.fa"
+    sam = subprocess.run([minimap2, "-ax", "sr", str(ref), str(demo / "R1.fastq.gz"),
+                          str(demo / "R2.fastq.gz")], capture_output=True, check=True).stdout
+    bam = tmp_path / "user.bam"
+    subprocess.run([samtools, "sort", "-o", str(bam), "-"], input=sam, check=True)
+    store = tmp_path / "store"
+    env = {"PREFECT_API_URL": prefect_api}
+    proc = cli("call-variants", str(bam), "--reference", str(ref), "--store", str(store),
+               "--variant", "min_depth=5", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    vcf = next(store.glob("runs/*/variants/user.vcf.gz"))
+    body = subprocess.run([bcftools, "view", "-H", str(vcf)], capture_output=True, text=True,
+                          check=True).stdout
+    assert len(body.splitlines()) >= 1
+    assert not (tmp_path / "user.bam.bai").exists()  # indexed in scratch, not beside the input
+
+    other = tmp_path / "other.fa"
+    other.write_text(">not_the_same\n" + "ACGT" * 500 + "\n")
+    proc = cli("call-variants", str(bam), "--reference", str(other), "--store", str(store),
+               env=env)
+    line = _one_error_line(proc)
+    assert f"reference {other} does not match {bam}" in line, line

@@ -77,3 +77,36 @@ def test_demo_with_reference(prefect_api: str, tmp_path: Path) -> None:
     for section in ("Quality filtering", "Duplicates", "Error correction", "Alignment",
                     "Variants", "Annotation"):
         assert section in report
+
+
+def test_annotation_and_caller_options_reach_the_tasks(prefect_api: str, tmp_path: Path) -> None:
+    from tests.tasks.test_motifs import MEME_TEXT
+
+    demo = write_demo(tmp_path / "demo", DemoSpec(n_pairs=1500, n_genomes=1, genome_length=15_000,
+                                                  n_variants=0))
+    motif_file = tmp_path / "crp.meme"
+    motif_file.write_text(MEME_TEXT)
+    store_dir = tmp_path / "store"
+    launched = launch_pipeline(
+        [str(demo.r1), str(demo.r2)], store=str(store_dir), reference=str(demo.genomes),
+        motifs={"GATC": "GATC"}, motif_files=[str(motif_file)], motif_p_value=0.1,
+        orf_options={"start_codons": ["ATG", "GTG", "TTG"], "table": 4, "min_length_nt": 120},
+        variant_options={"min_depth": 4},
+    )
+    assert launched.error is None, launched.error
+    run = store_dir / "runs" / launched.summary.run_id
+    sites = pq.read_table(next((run / "annotate").glob("*.motifs.parquet")))
+    assert set(sites.column("name").to_pylist()) == {"GATC", "crp", "lexA"}
+    pwm_sites = [r for r in sites.to_pylist() if r["name"] != "GATC"]
+    assert all(r["p_value"] <= 0.1 for r in pwm_sites)
+    records = load_records(Store(str(store_dir)))
+    orfs = [r for r in records if r.stage == "annotate" and r.uri.endswith(".orfs.parquet")]
+    assert orfs and orfs[0].parameters["table"] == 4
+    assert orfs[0].parameters["start_codons"] == ["ATG", "GTG", "TTG"]
+    motif_rec = next(r for r in records if r.uri.endswith(".motifs.parquet"))
+    assert motif_file.resolve().as_uri() in {u.uri for u in motif_rec.upstream}
+    assert any(r.parameters.get("min_depth") == 4 for r in records if r.stage == "variants")
+
+    bad = launch_pipeline([str(demo.r1), str(demo.r2)], store=str(store_dir),
+                          reference=str(demo.genomes), orf_options={"table": 99})
+    assert bad.error is not None and "invalid orf options" in str(bad.error)
