@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,16 @@ def read_table(store: Store, ref: FileRef, columns: list[str] | None = None) -> 
         return pq.read_table(local_path(ref.uri), columns=columns, memory_map=True)
     with store.open(ref.uri, "rb") as handle:
         return pq.read_table(handle, columns=columns)
+
+
+@contextmanager
+def parquet_file(store: Store, ref: FileRef) -> Iterator[pq.ParquetFile]:
+    """A Parquet artifact opened for streaming by row group (memory-mapped locally)."""
+    if is_local(ref.uri):
+        yield pq.ParquetFile(local_path(ref.uri), memory_map=True)
+        return
+    with store.open(ref.uri, "rb") as handle:
+        yield pq.ParquetFile(handle)
 
 
 def fetch(store: Store, ref: FileRef, dest_dir: Path, name: str | None = None) -> Path:

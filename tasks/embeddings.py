@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -293,3 +293,72 @@ def read_embedding_matrix(source: str | Path | pa.Table) -> tuple[pa.Array, np.n
         raise ValueError(f"{where}: vectors hold {values.type}, expected float32")
     matrix = values.to_numpy(zero_copy_only=True).reshape(len(vectors), dim)
     return ids, matrix
+
+
+class EmbeddingWriter:
+    """Streams one shard's vectors to Parquet batch by batch (memory bounded by a batch),
+    then publishes the file atomically on `close()`; `abort()` leaves nothing behind.
+
+    Example:
+        >>> with EmbeddingWriter(Path("e.parquet"), 4, method="kmer3",
+        ...                      source_shard="file:///s.parquet") as w:  # doctest: +SKIP
+        ...     w.write(["r1"], np.ones((1, 4), np.float32), np.array([0]))
+    """
+
+    def __init__(self, path: Path, dim: int, *, method: str, source_shard: str,
+                 model_id: str = "") -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.schema = embedding_schema(dim, method=method, model_id=model_id)
+        self.method, self.model_id, self.source_shard = method, model_id, source_shard
+        self.rows = 0
+        self._tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd",
+                                        use_dictionary=_DICTIONARY_COLUMNS,
+                                        write_statistics=_STATISTICS_COLUMNS)
+
+    def write(self, sequence_ids: pa.Array | Sequence[str], vectors: np.ndarray,
+              rows: np.ndarray) -> None:
+        table = embedding_table(sequence_ids, vectors, source_shard=self.source_shard,
+                                method=self.method, model_id=self.model_id, rows=rows)
+        self._writer.write_table(table.cast(self.schema))
+        self.rows += table.num_rows
+
+    def close(self) -> int:
+        """Finish the file and move it into place; returns the rows written."""
+        self._writer.close()
+        os.replace(self._tmp, self.path)
+        return self.rows
+
+    def abort(self) -> None:
+        self._writer.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> EmbeddingWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def sequence_ids(read_ids: pa.Array, mates: pa.Array) -> pa.Array:
+    """Read ids as embedding sequence ids: `name/1`, `name/2` for mates, `name` alone for
+    single-end reads (mate 0), so both mates of a pair keep distinct vectors."""
+    suffix = pc.if_else(pc.equal(mates, 0), "",
+                        pc.binary_join_element_wise("/", pc.cast(mates, pa.string()), ""))
+    return pc.binary_join_element_wise(read_ids, suffix, "")
+
+
+def iter_read_sequences(source: pq.ParquetFile, batch_rows: int = 65_536
+                        ) -> Iterator[tuple[pa.Array, pa.Array, np.ndarray]]:
+    """(sequence ids, sequences, row numbers) of a read shard, one bounded batch at a time."""
+    start = 0
+    for batch in source.iter_batches(batch_size=batch_rows,
+                                     columns=["read_id", "mate", "sequence"]):
+        ids = sequence_ids(batch.column("read_id"), batch.column("mate"))
+        rows = np.arange(start, start + batch.num_rows, dtype=np.int64)
+        start += batch.num_rows
+        yield ids, batch.column("sequence"), rows

@@ -43,8 +43,14 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from prefect.assets import materialize
 
+from helixflow.artifacts import Artifact
+from helixflow.caching import stage_options
 from helixflow.errors import InputError
+from helixflow.store import Store
+from helixflow.tables import PARQUET, parquet_file, publish_file
+from tasks.embeddings import EmbeddingWriter, iter_read_sequences
 from tasks.fastq import string_parts
 
 SequenceInput = pa.Array | pa.ChunkedArray | Sequence[str]
@@ -391,3 +397,56 @@ def protein_kmer_spectra(
     size = len(_alphabet(alphabet))
     return _spectra(proteins, k, _protein_code(alphabet), size, column, width, normalise, ids,
                     source)
+
+
+# --- Prefect tasks: one embedding shard per input shard ----------------------------------
+
+KMERS_VERSION = "1"
+
+
+@materialize("helixflow://embed/kmer", name="kmer-spectra",
+             task_run_name="kmer{k}-{shard.name}", **stage_options(KMERS_VERSION))
+def embed_kmer_spectra(shard: Artifact, k: int, store: Store, run_id: str) -> Artifact:
+    """Canonical k-mer spectra of every read of a shard → an embedding shard (`kmer<k>`)."""
+    method = f"kmer{k}"
+    name = shard.name.replace(".parquet", f".{method}.parquet")
+    with store.scratch() as scratch, parquet_file(store, shard) as source:
+        path = scratch / name
+        with EmbeddingWriter(path, canonical_kmer_count(k), method=method,
+                             source_shard=shard.uri) as writer:
+            for ids, sequences, rows in iter_read_sequences(source):
+                vectors = canonical_kmer_spectra(sequences, k, ids=ids, source=shard.name)
+                writer.write(ids, vectors, rows)
+        return publish_file(store, path, run_id=run_id, stage="embed", media_type=PARQUET,
+                            producer="kmer-spectra", rows=writer.rows, params={"k": k},
+                            upstream=[shard.ref()],
+                            metadata={"method": method, "dim": canonical_kmer_count(k)})
+
+
+@materialize("helixflow://embed/protein", name="protein-kmers",
+             task_run_name="protein-{alphabet}-k{k}-{orfs.name}", **stage_options(KMERS_VERSION))
+def embed_protein_kmers(orfs: Artifact, k: int, alphabet: str, store: Store,
+                        run_id: str) -> Artifact:
+    """Reduced-alphabet k-mer spectra of the proteins of an ORF table (one vector per ORF,
+    id `seq:start-end(strand)`) → an embedding shard (`protein-<alphabet>-k<k>`)."""
+    method = f"protein-{alphabet}-k{k}"
+    dim = len(_alphabet(alphabet)) ** k
+    name = orfs.name.replace(".parquet", f".{method}.parquet")
+    with store.scratch() as scratch, parquet_file(store, orfs) as source:
+        path = scratch / name
+        with EmbeddingWriter(path, dim, method=method, source_shard=orfs.uri) as writer:
+            start = 0
+            for batch in source.iter_batches(batch_size=32_768, columns=[
+                    "seq_id", "start", "end", "strand", "protein"]):
+                ids = pc.binary_join_element_wise(
+                    batch.column("seq_id"), ":", pc.cast(batch.column("start"), pa.string()),
+                    "-", pc.cast(batch.column("end"), pa.string()), "(",
+                    batch.column("strand"), ")", "")
+                vectors = protein_kmer_spectra(batch.column("protein"), k, alphabet, ids=ids,
+                                               source=orfs.name)
+                writer.write(ids, vectors, np.arange(start, start + batch.num_rows))
+                start += batch.num_rows
+        return publish_file(store, path, run_id=run_id, stage="embed", media_type=PARQUET,
+                            producer="protein-kmers", rows=writer.rows,
+                            params={"k": k, "alphabet": alphabet}, upstream=[orfs.ref()],
+                            metadata={"method": method, "dim": dim})

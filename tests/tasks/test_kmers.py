@@ -334,3 +334,59 @@ def test_protein_argument_errors() -> None:
         protein_kmer_names(0)
     with pytest.raises(InputError, match="sequence p1: invalid character '1'"):
         protein_kmer_spectra(["MK1"], 2, ids=["p1"])
+
+
+def test_embed_kmer_spectra_task_writes_a_readable_shard(tmp_path: Path) -> None:
+    import duckdb
+    import pyarrow.parquet as pq
+
+    from helixflow.store import Store
+    from tasks.embeddings import read_embedding_matrix
+    from tasks.fastq import READS_SCHEMA, write_read_shard
+    from tasks.kmers import embed_kmer_spectra
+
+    seqs = ["ACGTACGTAC", "TTTTTGGGGG", "ACGTACGTAC", "NNNNNNNNNN"]
+    table = pa.table({
+        "read_id": ["a", "a", "b", "c"], "mate": pa.array([1, 2, 0, 0], pa.uint8()),
+        "fragment": pa.array([0, 0, 1, 2], pa.int64()), "record": pa.array([1, 1, 2, 3]),
+        "sequence": seqs, "quality": ["I" * 10] * 4, "is_empty": [False] * 4,
+    }, schema=READS_SCHEMA)
+    write_read_shard(table, tmp_path / "part-0.parquet")
+    store = Store(str(tmp_path / "store"))
+    shard = store.publish(tmp_path / "part-0.parquet", run_id="r", stage="correct",
+                          media_type="application/vnd.apache.parquet", rows=4,
+                          producer="test")
+    art = embed_kmer_spectra.fn(shard, 3, store, "r")
+    assert art.rows == 4 and art.upstream[0].sha256 == shard.sha256
+    ids, matrix = read_embedding_matrix(store._path(art.uri))
+    assert ids.to_pylist() == ["a/1", "a/2", "b", "c"]
+    np.testing.assert_array_equal(matrix, canonical_kmer_spectra(seqs, 3))
+    assert matrix[3].sum() == 0 and abs(matrix[0].sum() - 1) < 1e-6
+    rows = duckdb.sql(f"select sequence_id, row, method, len(vector) from "
+                      f"read_parquet('{store._path(art.uri)}') order by row").fetchall()
+    assert rows[1] == ("a/2", 1, "kmer3", 32)
+    assert pq.read_schema(store._path(art.uri)).metadata[b"embedding.method"] == b"kmer3"
+
+
+def test_embed_protein_kmers_task_one_vector_per_orf(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from helixflow.store import Store
+    from tasks.embeddings import read_embedding_matrix
+    from tasks.kmers import embed_protein_kmers
+    from tasks.orfs import OrfParams, find_orfs
+
+    seq = "ATG" + "GCTAAACTG" * 20 + "TAA" + "CCC" + "ATG" + "TTTGGG" * 25 + "TGA"
+    orfs = find_orfs([("chr", seq)], OrfParams(min_length_nt=60))
+    pq.write_table(orfs, tmp_path / "ref.orfs.parquet")
+    store = Store(str(tmp_path / "store"))
+    art = store.publish(tmp_path / "ref.orfs.parquet", run_id="r", stage="annotate",
+                        media_type="application/vnd.apache.parquet", rows=orfs.num_rows,
+                        producer="test")
+    out = embed_protein_kmers.fn(art, 2, "murphy10", store, "r")
+    ids, matrix = read_embedding_matrix(store._path(out.uri))
+    assert matrix.shape == (orfs.num_rows, 100) and orfs.num_rows >= 2
+    first = orfs.slice(0, 1).to_pylist()[0]
+    assert ids[0].as_py() == f"chr:{first['start']}-{first['end']}({first['strand']})"
+    np.testing.assert_allclose(
+        matrix, protein_kmer_spectra(orfs.column("protein"), 2, "murphy10"), rtol=1e-6)
