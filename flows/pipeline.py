@@ -16,6 +16,7 @@ from prefect.futures import PrefectFuture
 from pydantic import BaseModel
 
 from blocks.store import resolve_store
+from flows.embed import DEFAULT_METHODS, EmbedParams, run_embeddings
 from flows.preprocess import (
     qc_params,
     qc_totals,
@@ -55,6 +56,7 @@ class RunSummary(BaseModel):
     report_uri: str
     bams: dict[str, str] = {}
     vcfs: dict[str, str] = {}
+    embeddings: dict[str, list[str]] = {}
     samples: list[dict[str, Any]]
     artifacts: int
     tasks_executed: int
@@ -78,6 +80,8 @@ def genomics_pipeline(
     motif_mismatches: int = 0,
     orf_options: dict[str, Any] | None = None,
     variant_options: dict[str, Any] | None = None,
+    embed_methods: list[str] | None = None,
+    embed_options: dict[str, Any] | None = None,
     kmer_size: int = 21,
     preset: str = "sr",
     run_label: str = "helixflow",
@@ -100,6 +104,9 @@ def genomics_pipeline(
         orf_options: ORF search settings (fields of `tasks.orfs.OrfParams`: min_length_nt,
             start_codons, table, …)
         variant_options: caller thresholds (fields of `tasks.variants.VariantParams`)
+        embed_methods: embeddings to compute: kmer, protein, lshvec, dnabert (default all;
+            [] for none)
+        embed_options: embedding settings (fields of `flows.embed.EmbedParams`)
         kmer_size: k for the error-correction spectrum
         preset: minimap2 preset for alignment (sr, map-ont, map-pb)
         run_label: the flow run's display name
@@ -113,6 +120,7 @@ def genomics_pipeline(
     orf_params = stage_params(OrfParams, orf_options, "orf")
     variant_params = stage_params(VariantParams, variant_options, "variant")
     motif_params = _motif_params(motifs, motif_mismatches, motif_p_value)
+    embed_params = _embed_params(embed_methods, embed_options)
     logger.info("run %s: %d sample(s) → %s", run_id, len(samples), st.run_uri(run_id))
 
     if not reference and not assemble:
@@ -182,6 +190,9 @@ def genomics_pipeline(
         fastas.update({f"{s}.contigs": a.contigs for s, a in assemblies.items()})
     annotations = run_annotation(fastas, orf_params, motif_params, st, run_id, recorder)
 
+    embeddings = run_embeddings(corrected, {label: a.orfs for label, a in annotations.items()},
+                                embed_params, st, run_id, recorder)
+
     report = _report(run_id, results, qc_counts, dup_counts, solids, fix_counts, annotations,
                      bams, calls, assemblies)
     with profile("light"):
@@ -208,6 +219,12 @@ def genomics_pipeline(
                                [{"sample": s, **b.counts} for s, b in bams.items()])
         tables["variants"] = ("Variant calls per sample",
                               [{"sample": s, **v.counts} for s, v in calls.items()])
+    if embeddings:
+        tables["embeddings"] = ("Embedding shards per method (N×D float32 Parquet)",
+                                [{"method": m, "shards": len(arts),
+                                  "vectors": sum(a.rows or 0 for a in arts),
+                                  "dim": arts[0].metadata.get("dim") if arts else None}
+                                 for m, arts in embeddings.items()])
     if assemblies:
         tables["assembly"] = ("MEGAHIT contigs per sample",
                               [{"sample": s, **a.stats} for s, a in assemblies.items()])
@@ -218,6 +235,7 @@ def genomics_pipeline(
         report_uri=report_art.uri,
         bams={s: b.bam.uri for s, b in bams.items()},
         vcfs={s: v.vcf.uri for s, v in calls.items()},
+        embeddings={m: [a.uri for a in arts] for m, arts in embeddings.items()},
         run_uri=st.run_uri(run_id),
         samples=[{"sample": r.sample, "layout": r.layout, "shards": len(r.shards),
                   **summarize(r.stats), "reads_after_qc": qc_counts[r.sample].get("reads_out")}
@@ -235,6 +253,18 @@ def _motif_params(motifs: dict[str, str] | None, mismatches: int, p_value: float
                            max_mismatches=mismatches, p_value=p_value)
     except ValueError as exc:
         raise HelixflowError(f"invalid motif options: {exc}") from None
+
+
+def _embed_params(methods: list[str] | None, options: dict[str, Any] | None) -> EmbedParams:
+    values = dict(options or {})
+    if methods is not None:
+        values["methods"] = methods
+    try:
+        return EmbedParams(**values)
+    except ValueError as exc:
+        raise HelixflowError(f"invalid embedding options: {exc}",
+                             hint=f"methods: {', '.join(DEFAULT_METHODS)}; fields: "
+                                  f"{', '.join(EmbedParams.model_fields)}") from None
 
 
 def corrected_flat(by_sample: dict[str, list[Artifact]]) -> list[Artifact]:

@@ -32,6 +32,12 @@ def _upstream_inputs(node) -> set[tuple[str, str | None]]:
     return found
 
 
+def corrected_reads(store_dir: Path, run_id: str) -> int:
+    """Reads in the run's final (corrected) shards."""
+    return sum(pq.read_metadata(p).num_rows
+               for p in (store_dir / "runs" / run_id / "correct").glob("*.parquet"))
+
+
 def test_demo_with_reference(prefect_api: str, tmp_path: Path) -> None:
     samtools, bcftools = require_tool("samtools"), require_tool("bcftools")
     demo = write_demo(tmp_path / "demo", DemoSpec(n_pairs=8000, n_genomes=2, genome_length=20_000,
@@ -70,6 +76,21 @@ def test_demo_with_reference(prefect_api: str, tmp_path: Path) -> None:
     inputs = _upstream_inputs(tree)
     for fq in (demo.r1, demo.r2):
         assert (fq.resolve().as_uri(), hashlib.sha256(fq.read_bytes()).hexdigest()) in inputs
+
+    # embeddings: one kmer5 shard per read shard, DuckDB-readable, lineage to the FASTQ
+    import duckdb
+
+    kmer = [local_path(u) for u in summary.embeddings["kmer5"]]
+    assert len(kmer) == len(list((store_dir / "runs" / summary.run_id / "correct").glob(
+        "*.parquet")))
+    ((n, dim),) = duckdb.sql(f"select count(*), max(len(vector)) from read_parquet("
+                             f"{[str(p) for p in kmer]})").fetchall()
+    assert dim == 512 and n == corrected_reads(store_dir, summary.run_id)
+    tree = graph.upstream(graph.resolve(kmer[0].as_uri()))
+    assert any(uri.endswith("R1.fastq.gz") for uri, _ in _upstream_inputs(tree))
+    (protein,) = summary.embeddings["protein-murphy10-k3"]
+    sql = f"select count(*) from read_parquet('{local_path(protein)}')"
+    assert duckdb.sql(sql).fetchall()[0][0] > 0
 
     orfs = next((store_dir / "runs" / summary.run_id / "annotate").glob("*.orfs.parquet"))
     assert pq.read_metadata(orfs).num_rows > 0
