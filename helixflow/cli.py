@@ -99,6 +99,12 @@ def run(
         min=0, max=1, help="Largest p-value of a reported PWM site.")] = 1e-4,
     motif_mismatches: Annotated[int, typer.Option(
         min=0, help="Mismatches allowed in a consensus motif site.")] = 0,
+    embed: Annotated[list[str] | None, typer.Option(
+        "--embed", help="Embedding method: kmer, protein, lshvec, dnabert, or none. Repeatable; "
+        "default all.")] = None,
+    embed_option: Annotated[list[str] | None, typer.Option(
+        "--embed-option", metavar="KEY=VALUE", help="Embedding setting (flows.embed.EmbedParams "
+        "field), e.g. --embed-option kmer_k=4. Repeatable.")] = None,
 ) -> None:
     """Run the genomics pipeline (on the demo community when no inputs are given)."""
     try:
@@ -112,6 +118,8 @@ def run(
             "motif_files": motif_file or None,
             "motif_p_value": motif_p_value,
             "motif_mismatches": motif_mismatches,
+            "embed_methods": None if embed is None else [m for m in embed if m != "none"],
+            "embed_options": _key_values(embed_option, "--embed-option"),
         }
         if not inputs:
             inputs, demo_reference = _demo_inputs()
