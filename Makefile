@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.helixflow-installed
 
-.PHONY: run test setup system-deps lint unit integration bench clean
+.PHONY: run test setup system-deps slurm lint unit integration bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -25,7 +25,12 @@ run: setup
 system-deps:
 	@bash scripts/install-system-deps.sh
 
-test: setup system-deps
+# A one-node Slurm cluster (+ GROMACS) for the Slurm tests; only as root (CI is).
+slurm:
+	@if [ "$$(id -u)" -eq 0 ]; then bash deployments/slurm/local-cluster.sh; \
+	else echo "not root: no local Slurm cluster (its tests skip, or fail under CI=true)"; fi
+
+test: setup system-deps slurm
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

@@ -18,6 +18,12 @@ from helixflow.artifacts import Artifact
 from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
 from helixflow.store import Store
+from tasks.dnabert import (
+    PretrainConfig,
+    embed_dnabert_shard,
+    import_dnabert_checkpoint,
+    pretrain_dnabert,
+)
 from tasks.kmers import REDUCED_ALPHABETS, embed_kmer_spectra, embed_protein_kmers
 
 Method = Literal["kmer", "protein", "lshvec", "dnabert"]
@@ -37,6 +43,25 @@ class EmbedParams(BaseModel):
     protein_k: int = Field(3, ge=1, le=6)
     protein_alphabet: str = "murphy10"
     """A reduced amino-acid alphabet of `tasks.kmers.REDUCED_ALPHABETS`."""
+    dnabert_model: str | None = None
+    """A BERT checkpoint directory in DNABERT's layout (e.g. a DNABERT-6 download); None:
+    pretrain a small one on the run's reads (the embedded default)."""
+    dnabert_k: int = Field(6, ge=3, le=6)
+    dnabert_layers: int = Field(2, ge=1)
+    dnabert_hidden: int = Field(64, ge=8)
+    dnabert_steps: int = Field(200, ge=1)
+    """Masked-LM steps of the default model (batch `dnabert_batch` windows each)."""
+    dnabert_batch: int = Field(16, ge=1)
+    dnabert_actors: int = Field(1, ge=1)
+    """Ray Data actors for inference (model loaded once per actor)."""
+
+    def pretrain_config(self) -> PretrainConfig:
+        heads = 2 if self.dnabert_hidden % 2 == 0 else 1
+        return PretrainConfig(k=self.dnabert_k, layers=self.dnabert_layers,
+                              hidden=self.dnabert_hidden, heads=heads,
+                              intermediate=4 * self.dnabert_hidden, max_tokens=160,
+                              steps=self.dnabert_steps, batch_size=self.dnabert_batch,
+                              max_sequences=50_000, threads=1)
 
     def model_post_init(self, _context: object) -> None:
         if self.protein_alphabet not in REDUCED_ALPHABETS:
@@ -79,6 +104,34 @@ def run_protein_embeddings(
     return out
 
 
+def run_dnabert(
+    shards_by_sample: dict[str, list[Artifact]], params: EmbedParams, store: Store,
+    run_id: str, recorder: RunRecorder,
+) -> tuple[Artifact, dict[str, list[Artifact]]]:
+    """One DNABERT model per run (the user's checkpoint, or pretrained on the run's reads),
+    then mean-pooled and [CLS] embeddings of every read shard: (model, method → shards)."""
+    shards = [s for parts in shards_by_sample.values() for s in parts]
+    with profile("shard"):
+        if params.dnabert_model:
+            model_future = import_dnabert_checkpoint.submit(params.dnabert_model, store, run_id)
+        else:
+            model_future = pretrain_dnabert.with_options(
+                assets=[store.run_uri(run_id, "models", "dnabert")]
+            ).submit("run", shards, params.pretrain_config(), store, run_id)
+    (model,) = recorder.record(model_future, [model_future.result()])
+    # The task only coordinates: Ray Data's actors hold the CPUs.
+    with profile("light", num_cpus=0):
+        futures = [embed_dnabert_shard.with_options(
+            assets=[store.run_uri(run_id, "embed", "dnabert")]
+        ).submit(s, model, params.dnabert_actors, 64, store, run_id) for s in shards]
+    out: dict[str, list[Artifact]] = {"dnabert-mean": [], "dnabert-cls": []}
+    for future in futures:
+        for art in recorder.record(future, future.result()):
+            out[art.metadata["method"]].append(art)
+    recorder.flush()
+    return model, out
+
+
 def run_embeddings(
     shards_by_sample: dict[str, list[Artifact]],
     orf_tables: dict[str, Artifact],
@@ -98,4 +151,7 @@ def run_embeddings(
         tables = run_protein_embeddings(orf_tables, params.protein_k, params.protein_alphabet,
                                         store, run_id, recorder)
         out[f"protein-{params.protein_alphabet}-k{params.protein_k}"] = list(tables.values())
+    if "dnabert" in params.methods:
+        _model, by_method = run_dnabert(shards_by_sample, params, store, run_id, recorder)
+        out.update(by_method)
     return out

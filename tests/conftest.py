@@ -113,3 +113,23 @@ def moto_endpoint() -> Iterator[str]:
 
 
 _AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """A one-node Slurm cluster: started by deployments/slurm/local-cluster.sh when root."""
+
+    def up() -> bool:
+        if shutil.which("sinfo") is None:
+            return False
+        proc = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True,
+                              check=False)
+        return proc.returncode == 0 and proc.stdout.strip().rstrip("*~#") in (
+            "idle", "mixed", "allocated", "completing")
+
+    if not up() and os.geteuid() == 0:
+        subprocess.run(["bash", str(REPO / "deployments" / "slurm" / "local-cluster.sh")],
+                       check=False, timeout=900)
+    if not up():
+        missing("slurm (run deployments/slurm/local-cluster.sh as root)")
+    return "local-cli"

@@ -1,0 +1,893 @@
+"""The Slurm sub-flow: stage inputs, submit (arrays for many similar jobs), poll with one
+batched `squeue` per cycle, resubmit NODE_FAIL/PREEMPTED, surface failures with the job's
+stderr, publish outputs to the store, and `scancel` everything if the flow run is cancelled.
+
+With no Slurm (`mode="none"` or no block) the very same job scripts run here with bash.
+
+Example:
+    ```python
+    from flows.slurm import run_slurm_jobs
+    from helixflow.slurm import JobSpec
+
+    results = run_slurm_jobs(
+        [JobSpec(name=f"md-{i}", commands=[["gmx", "mdrun", "-deffnm", "md"]],
+                 inputs={"md.tpr": tpr_ref}, outputs=["md.xtc", "md.log"], cpus=2)
+         for i, tpr_ref in enumerate(tprs)],
+        cluster_block="hpc", store=store.url, run_id=run_id, stage="md",
+    )
+    results[0].outputs["md.xtc"].uri   # the published artifact
+    ```
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import mimetypes
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from uuid import UUID
+
+from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
+from prefect.states import Cancelled
+
+from blocks.slurm import SlurmCluster
+from helixflow.artifacts import Artifact, FileRef
+from helixflow.errors import HelixflowError
+from helixflow.slurm import (
+    ARRAY_SCRIPT,
+    EXITCODE_FILE,
+    JOB_SCRIPT,
+    SQUEUE_FORMAT,
+    STDERR_FILE,
+    STDOUT_FILE,
+    JobResult,
+    JobSpec,
+    QueueEntry,
+    SbatchOptions,
+    SlurmJobFailed,
+    array_spec,
+    backoff,
+    job_name,
+    normalise_state,
+    parse_sbatch_id,
+    parse_scontrol,
+    parse_squeue,
+    posix_join,
+    prefect_state,
+    render_array_script,
+    render_job_script,
+    state_rule,
+    tail,
+)
+from helixflow.store import Store, is_local, local_path
+
+_COMMAND_TIMEOUT = 120.0
+_MAX_POLL_FAILURES = 20
+
+
+class RunCancelled(HelixflowError):
+    """The Prefect flow run was cancelled; its batch jobs were cancelled too."""
+
+
+# -- backends: how jobs are submitted, watched and cancelled --------------------------------
+
+
+class Backend(Protocol):
+    """Submit, poll, cancel: Slurm through its CLI (here or over SSH), or bash here."""
+
+    def submit(self, script: str, task_count: int, array: bool) -> list[str]: ...
+    def poll(self, job_ids: Sequence[str]) -> dict[str, QueueEntry] | None: ...
+    def cancel(self, job_ids: Sequence[str]) -> None: ...
+    def details(self, job_id: str) -> dict[str, str]: ...
+    def wait(self, seconds: float) -> None: ...
+
+
+Runner = Callable[[list[str]], subprocess.CompletedProcess[str]]
+
+
+def run_local(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run argv here (never through a shell)."""
+    return subprocess.run(argv, capture_output=True, text=True, timeout=_COMMAND_TIMEOUT,
+                          check=False)
+
+
+class SlurmCli:
+    """Slurm through `sbatch`/`squeue`/`scontrol`/`scancel`, run by `runner` (here or SSH)."""
+
+    def __init__(self, runner: Runner = run_local) -> None:
+        self.run = runner
+
+    def submit(self, script: str, task_count: int, array: bool) -> list[str]:
+        proc = self.run(["sbatch", "--parsable", script])
+        if proc.returncode != 0:
+            raise HelixflowError(
+                f"sbatch {script} failed: {proc.stderr.strip() or proc.stdout.strip()}",
+                hint="check the partition, account, QOS and resources of the cluster block",
+            )
+        job_id = parse_sbatch_id(proc.stdout)
+        return [f"{job_id}_{i}" for i in range(task_count)] if array else [job_id]
+
+    def poll(self, job_ids: Sequence[str]) -> dict[str, QueueEntry] | None:
+        """One `squeue` for every job (array tasks expanded); None if Slurm did not answer."""
+        if not job_ids:
+            return {}
+        bases = sorted({j.split("_", 1)[0] for j in job_ids}, key=int)
+        argv = ["squeue", "--noheader", "--array", "--states=all",
+                f"--format={SQUEUE_FORMAT}", f"--jobs={','.join(bases)}"]
+        proc = self.run(argv)
+        if proc.returncode != 0:
+            if "Invalid job id" in proc.stderr:
+                return {}  # every job left the queue (squeue errs only when all are unknown)
+            return None
+        return parse_squeue(proc.stdout)
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        if job_ids:
+            self.run(["scancel", *job_ids])
+
+    def details(self, job_id: str) -> dict[str, str]:
+        proc = self.run(["scontrol", "show", "job", "-o", job_id])
+        return parse_scontrol(proc.stdout) if proc.returncode == 0 else {}
+
+    def wait(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+@dataclass
+class _LocalJob:
+    script: str
+    job_dir: Path
+    time_limit: float | None
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    state: str = "PENDING"
+    killed_as: str | None = None
+
+
+class LocalBackend:
+    """No Slurm: each job script runs here with bash, at most `max_concurrent` at once.
+
+    Same contract as Slurm: states PENDING → RUNNING → COMPLETED/FAILED/TIMEOUT/CANCELLED,
+    stdout/stderr in the job directory, the time limit enforced with SIGTERM.
+    """
+
+    def __init__(self, max_concurrent: int | None = None) -> None:
+        self.max_concurrent = max_concurrent or os.cpu_count() or 1
+        self.jobs: dict[str, _LocalJob] = {}
+        self._lock = threading.Lock()
+        self._next = 1
+
+    def submit(self, script: str, task_count: int, array: bool,
+               time_limits: Sequence[float | None] = ()) -> list[str]:
+        ids = []
+        base = Path(script).parent
+        with self._lock:
+            for i in range(task_count):
+                job_dir = base / str(i) if array else base
+                limit = time_limits[i] if i < len(time_limits) else None
+                job_id = f"local-{os.getpid()}-{self._next}"
+                self._next += 1
+                self.jobs[job_id] = _LocalJob(str(job_dir / JOB_SCRIPT), job_dir, limit)
+                ids.append(job_id)
+        self._advance()
+        return ids
+
+    def _advance(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            running = 0
+            for job in self.jobs.values():
+                if job.state != "RUNNING" or job.proc is None:
+                    continue
+                rc = job.proc.poll()
+                if rc is None:
+                    running += 1
+                    if job.time_limit and now - job.started > job.time_limit and not job.killed_as:
+                        self._kill(job, "TIMEOUT")
+                    continue
+                job.state = job.killed_as or ("COMPLETED" if rc == 0 else "FAILED")
+            for job in self.jobs.values():
+                if job.state == "PENDING" and running < self.max_concurrent:
+                    with open(job.job_dir / STDOUT_FILE, "wb") as out, \
+                            open(job.job_dir / STDERR_FILE, "wb") as err:
+                        job.proc = subprocess.Popen(
+                            ["/bin/bash", job.script], cwd=job.job_dir, stdout=out, stderr=err,
+                            stdin=subprocess.DEVNULL, start_new_session=True,
+                        )
+                    job.started = time.monotonic()
+                    job.state = "RUNNING"
+                    running += 1
+
+    @staticmethod
+    def _kill(job: _LocalJob, as_state: str) -> None:
+        job.killed_as = as_state
+        if job.proc is not None and job.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(job.proc.pid, signal.SIGTERM)
+
+    def poll(self, job_ids: Sequence[str]) -> dict[str, QueueEntry] | None:
+        self._advance()
+        return {j: QueueEntry(j, self.jobs[j].state, "None") for j in job_ids if j in self.jobs}
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        with self._lock:
+            for job_id in job_ids:
+                job = self.jobs.get(job_id)
+                if job is None:
+                    continue
+                if job.state == "PENDING":
+                    job.state = "CANCELLED"
+                elif job.state == "RUNNING":
+                    self._kill(job, "CANCELLED")
+
+    def details(self, job_id: str) -> dict[str, str]:
+        job = self.jobs.get(job_id)
+        if job is None or job.proc is None or job.proc.returncode is None:
+            return {}
+        return {"ExitCode": f"{job.proc.returncode}:0", "JobState": job.state}
+
+    def wait(self, seconds: float) -> None:
+        """Sleep, but wake as soon as a local job ends (no queue latency to hide)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            procs = [j.proc for j in self.jobs.values() if j.state == "RUNNING" and j.proc]
+            if any(p.poll() is not None for p in procs) or not procs:
+                return
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+
+# -- files: job directories here, or on the cluster over SSH -------------------------------
+
+
+class Files:
+    """Where job directories live: `local_root` is written here, `remote_root` is what
+    jobs see. Equal unless the cluster is reached over SSH (then rsync bridges them, and
+    `runner` runs plain argv on the login node)."""
+
+    def __init__(self, local_root: Path, remote_root: str, runner: Runner | None = None,
+                 ssh: Any = None) -> None:
+        self.local_root = local_root
+        self.remote_root = remote_root
+        self.runner = runner
+        self.ssh = ssh
+
+    @property
+    def remote(self) -> bool:
+        return self.ssh is not None
+
+    def to_remote(self, path: Path) -> str:
+        rel = path.relative_to(self.local_root)
+        return posix_join(self.remote_root, *rel.parts) if rel.parts else self.remote_root
+
+    def push(self) -> None:
+        if self.remote and self.runner:
+            self._check(self.runner(self.ssh.rsync_push(str(self.local_root), self.remote_root)))
+
+    def pull(self, local_dir: Path, names: Sequence[str]) -> None:
+        if self.remote and self.runner:
+            for name in names:
+                self.runner(self.ssh.rsync_pull(posix_join(self.to_remote(local_dir), name),
+                                                str(local_dir / name)))
+
+    def read_text(self, local_dir: Path, name: str) -> str | None:
+        if self.remote and self.runner:
+            remote = posix_join(self.to_remote(local_dir), name)
+            proc = self.runner(["cat", remote])
+            return proc.stdout if proc.returncode == 0 else None
+        try:
+            return (local_dir / name).read_text(errors="replace")
+        except FileNotFoundError:
+            return None
+
+    def remove(self, local_dir: Path, name: str) -> None:
+        (local_dir / name).unlink(missing_ok=True)
+        if self.remote and self.runner:
+            self.runner(["rm", "-f", posix_join(self.to_remote(local_dir), name)])
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.local_root, ignore_errors=True)
+        if self.remote and self.runner:
+            self.runner(["rm", "-rf", "--", self.remote_root])
+
+    @staticmethod
+    def _check(proc: subprocess.CompletedProcess[str]) -> None:
+        if proc.returncode != 0:
+            raise HelixflowError(f"copying job files failed: {proc.stderr.strip()}",
+                                 hint="check SSH access and the scratch_dir on the cluster")
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Task:
+    spec: JobSpec
+    index: int
+    local_dir: Path
+    script: str  # path (as jobs see it) of this task's own job.sh
+    job_id: str = ""
+    state: str = "PENDING"
+    reason: str = ""
+    attempts: int = 1
+    exit_code: int | None = None
+    missing_since: float | None = None
+    submitted: float = 0.0
+    finished: float = 0.0
+    task_run_id: UUID | None = None
+
+    @property
+    def final(self) -> bool:
+        return state_rule(self.state).final and self.finished > 0
+
+
+@dataclass
+class _Batch:
+    tasks: list[_Task]
+    script: str  # the script submitted (array.sh or the single job's job.sh)
+    array: bool
+    local_dir: Path
+
+
+@dataclass
+class _Registry:
+    """Job ids per Prefect flow run, so a cancellation hook can `scancel` them."""
+
+    jobs: dict[str, tuple[Backend, set[str]]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, flow_run_id: str, backend: Backend, ids: Sequence[str]) -> None:
+        with self.lock:
+            self.jobs.setdefault(flow_run_id, (backend, set()))[1].update(ids)
+
+    def cancel(self, flow_run_id: str) -> list[str]:
+        with self.lock:
+            backend, ids = self.jobs.pop(flow_run_id, (None, set()))
+        if backend is not None and ids:
+            backend.cancel(sorted(ids))
+        return sorted(ids)
+
+    def drop(self, flow_run_id: str) -> None:
+        with self.lock:
+            self.jobs.pop(flow_run_id, None)
+
+
+REGISTRY = _Registry()
+
+
+def make_backend(cluster: SlurmCluster, key_path: str | None = None) -> tuple[Backend, Runner]:
+    """The backend and command runner for a cluster block's mode."""
+    if cluster.mode == "none":
+        return LocalBackend(cluster.max_concurrent), run_local
+    if cluster.mode == "ssh":
+        target = cluster.ssh_target(key_path)
+
+        def over_ssh(argv: list[str]) -> subprocess.CompletedProcess[str]:
+            if argv and argv[0] == "rsync":
+                return run_local(argv)
+            return run_local(target.remote(argv))
+
+        return SlurmCli(over_ssh), over_ssh
+    if shutil.which("sbatch") is None:
+        raise HelixflowError(
+            "the cluster block says mode 'local-cli' but sbatch is not on PATH",
+            hint="install Slurm (deployments/slurm/local-cluster.sh) or use mode 'none'",
+        )
+    return SlurmCli(run_local), run_local
+
+
+class SlurmRun:
+    """One sub-flow's jobs on one cluster: staging, submission, polling, collection."""
+
+    def __init__(
+        self,
+        jobs: Sequence[JobSpec],
+        cluster: SlurmCluster,
+        store: Store,
+        run_id: str,
+        stage: str,
+        *,
+        backend: Backend,
+        runner: Runner,
+        as_array: bool = True,
+        logger: Any = None,
+        flow_run_ids: Sequence[UUID] = (),
+    ) -> None:
+        self.jobs = list(jobs)
+        self.cluster = cluster
+        self.store = store
+        self.run_id = run_id
+        self.stage = stage
+        self.backend = backend
+        self.as_array = as_array
+        self.log = logger
+        self.flow_run_ids = list(flow_run_ids)
+        token = uuid.uuid4().hex[:8]
+        if cluster.mode == "ssh":
+            base = Path(cluster.local_staging_dir or tempfile.gettempdir()) / "helixflow-slurm"
+            local_root = base / run_id / f"{stage}-{token}"
+            remote_root = posix_join(cluster.scratch_dir, run_id, f"{stage}-{token}")
+            self.files = Files(local_root, remote_root, runner, cluster.ssh_target())
+        else:
+            local_root = Path(cluster.scratch_dir) / run_id / f"{stage}-{token}"
+            self.files = Files(local_root, str(local_root))
+        self.tasks: list[_Task] = []
+        self.batches: list[_Batch] = []
+
+    # -- staging -------------------------------------------------------------------------
+
+    def _resources(self, spec: JobSpec) -> tuple[int, int, int]:
+        c = self.cluster
+        return (spec.cpus or c.default_cpus, spec.mem_mb or c.default_mem_mb,
+                spec.time_limit or c.default_time_limit)
+
+    def _header(self, name: str, out_dir: str, resources: tuple[int, int, int],
+                array: str | None = None, per_task: bool = False) -> SbatchOptions:
+        cpus, mem, minutes = resources
+        pattern = "%a/" if per_task else ""
+        return SbatchOptions(
+            job_name=job_name(self.run_id, name),
+            output=posix_join(out_dir, pattern + STDOUT_FILE),
+            error=posix_join(out_dir, pattern + STDERR_FILE),
+            time_limit=minutes, cpus=cpus, mem_mb=mem,
+            partition=self.cluster.partition, account=self.cluster.account,
+            qos=self.cluster.qos, signal=_signal_for(self.cluster.signal, minutes), array=array,
+            extra=tuple(self.cluster.extra_sbatch_args),
+        )
+
+    def _stage_inputs(self, spec: JobSpec, job_dir: Path) -> None:
+        for name, source in spec.inputs.items():
+            dest = job_dir / name
+            if isinstance(source, FileRef):
+                if is_local(source.uri):
+                    _copy(local_path(source.uri), dest, source.uri)
+                else:
+                    with self.store.open(source.uri, "rb") as src, open(dest, "wb") as out:
+                        shutil.copyfileobj(src, out, 8 << 20)
+            else:
+                _copy(Path(source), dest, str(source))
+
+    def prepare(self) -> None:
+        """Job directories with inputs and scripts; similar jobs grouped into arrays."""
+        groups: dict[tuple[int, int, int], list[JobSpec]] = {}
+        for spec in self.jobs:
+            key = self._resources(spec)
+            if self.as_array:
+                groups.setdefault(key, []).append(spec)
+            else:
+                groups[(len(groups), *key)] = [spec]  # type: ignore[index]
+        for b, specs in enumerate(groups.values()):
+            resources = self._resources(specs[0])
+            array = len(specs) > 1
+            first = specs[0].name
+            batch_local = self.files.local_root / f"{b:03d}-{first}"
+            batch_local.mkdir(parents=True, exist_ok=True)
+            batch_remote = self.files.to_remote(batch_local)
+            tasks = []
+            for i, spec in enumerate(specs):
+                job_dir = batch_local / str(i)
+                job_dir.mkdir(parents=True, exist_ok=True)
+                self._stage_inputs(spec, job_dir)
+                remote_dir = self.files.to_remote(job_dir)
+                header = self._header(spec.name, remote_dir, self._resources(spec))
+                (job_dir / JOB_SCRIPT).write_text(render_job_script(
+                    spec, remote_dir, header, setup_lines=self.cluster.setup_lines))
+                task = _Task(spec, i, job_dir, posix_join(remote_dir, JOB_SCRIPT))
+                tasks.append(task)
+                self.tasks.append(task)
+            if array:
+                header = self._header(
+                    f"{first}-array{len(specs)}", batch_remote, resources,
+                    array=array_spec(len(specs), self.cluster.max_concurrent), per_task=True)
+                (batch_local / ARRAY_SCRIPT).write_text(render_array_script(header, batch_remote))
+                script = posix_join(batch_remote, ARRAY_SCRIPT)
+            else:
+                script = tasks[0].script
+            self.batches.append(_Batch(tasks, script, array, batch_local))
+        self.files.push()
+
+    # -- submission and polling -----------------------------------------------------------
+
+    def _submit(self, script: str, tasks: Sequence[_Task], array: bool) -> None:
+        if isinstance(self.backend, LocalBackend):
+            limits = [60.0 * self._resources(t.spec)[2] for t in tasks]
+            ids = self.backend.submit(script, len(tasks), array, limits)
+        else:
+            ids = self.backend.submit(script, len(tasks), array)
+        now = time.monotonic()
+        for task, job_id in zip(tasks, ids, strict=True):
+            task.job_id, task.state, task.submitted = job_id, "PENDING", now
+            task.finished, task.missing_since, task.reason = 0.0, None, ""
+        for fr in self.flow_run_ids[:1]:
+            REGISTRY.add(str(fr), self.backend, ids)
+        (self.files.local_root / "jobs.json").write_text(json.dumps(
+            {t.spec.name: t.job_id for t in self.tasks if t.job_id}, indent=1))
+
+    def submit(self) -> None:
+        for batch in self.batches:
+            self._submit(batch.script, batch.tasks, batch.array)
+            ids = ",".join(t.job_id for t in batch.tasks)
+            self._info(f"submitted {len(batch.tasks)} job(s): {ids}")
+        self._report_all()
+
+    def outstanding(self) -> list[_Task]:
+        return [t for t in self.tasks if not t.final]
+
+    def cancel_outstanding(self) -> list[str]:
+        ids = [t.job_id for t in self.outstanding() if t.job_id]
+        if ids:
+            self.backend.cancel(ids)
+        return ids
+
+    def poll_once(self) -> bool | None:
+        """One batched poll; updates every task. True if anything changed, None if the
+        batch system did not answer."""
+        pending = self.outstanding()
+        entries = self.backend.poll([t.job_id for t in pending])
+        if entries is None:
+            return None
+        changed = False
+        now = time.monotonic()
+        for task in pending:
+            entry = entries.get(task.job_id)
+            if entry is None:
+                changed |= self._missing(task, now)
+                continue
+            task.missing_since = None
+            if entry.state != task.state or entry.reason != task.reason:
+                task.state, task.reason = entry.state, entry.reason
+                changed = True
+                self._report(task)
+            if state_rule(task.state).final:
+                self._finish(task, now)
+        return changed
+
+    def _missing(self, task: _Task, now: float) -> bool:
+        """Not in the queue: decide by the exit-code sentinel, or call it vanished."""
+        text = self.files.read_text(task.local_dir, EXITCODE_FILE)
+        if text is not None and text.strip().lstrip("-").isdigit():
+            task.exit_code = int(text.strip())
+            task.state = "COMPLETED" if task.exit_code == 0 else "FAILED"
+            task.finished = now
+            self._report(task)
+            return True
+        if task.missing_since is None:
+            task.missing_since = now
+            return False
+        if now - task.missing_since >= self.cluster.sentinel_timeout:
+            self.backend.cancel([task.job_id])  # in case the queue only lost sight of it
+            task.state = "VANISHED"
+            task.reason = (f"left the queue and wrote no {EXITCODE_FILE} within "
+                           f"{self.cluster.sentinel_timeout:g} s")
+            task.finished = now
+            self._report(task)
+            return True
+        return False
+
+    def _finish(self, task: _Task, now: float) -> None:
+        rule = state_rule(task.state)
+        if rule.resubmit and task.attempts <= self.cluster.max_resubmits:
+            self._warn(f"job {task.spec.name} ({task.job_id}) ended {task.state}: "
+                       f"resubmitting (attempt {task.attempts + 1})")
+            self.files.remove(task.local_dir, EXITCODE_FILE)
+            task.attempts += 1
+            self._submit(task.script, [task], array=False)
+            self._report(task)
+            return
+        task.finished = now
+        text = self.files.read_text(task.local_dir, EXITCODE_FILE)
+        if text is not None and text.strip().lstrip("-").isdigit():
+            task.exit_code = int(text.strip())
+        elif task.state != "COMPLETED":
+            code = self.backend.details(task.job_id).get("ExitCode", "")
+            if code.split(":", 1)[0].isdigit():
+                task.exit_code = int(code.split(":", 1)[0])
+
+    def poll_until_done(self, check_cancel: Callable[[], bool]) -> None:
+        """Poll until every task is final: one backend call per cycle, interval backing
+        off while nothing changes; cancels the jobs if the flow run is cancelled."""
+        c = self.cluster
+        delays = backoff(c.poll_interval, c.poll_backoff, c.poll_max_interval)
+        failures = 0
+        while self.outstanding():
+            if check_cancel():
+                ids = self.cancel_outstanding()
+                raise RunCancelled(f"flow run cancelled: scancel {' '.join(ids) or '(none)'}")
+            try:
+                changed = self.poll_once()
+            except subprocess.TimeoutExpired:
+                changed = None
+            failures = failures + 1 if changed is None else 0
+            if failures > _MAX_POLL_FAILURES:
+                raise HelixflowError("Slurm stopped answering squeue",
+                                     hint="check slurmctld on the cluster")
+            if not self.outstanding():
+                break
+            if changed:
+                delays = backoff(c.poll_interval, c.poll_backoff, c.poll_max_interval)
+            self.backend.wait(next(delays))
+
+    # -- results -------------------------------------------------------------------------
+
+    def stderr_tail(self, task: _Task) -> str:
+        return tail(self.files.read_text(task.local_dir, STDERR_FILE) or "")
+
+    def failures(self) -> list[SlurmJobFailed]:
+        out = []
+        for task in self.tasks:
+            if state_rule(task.state).error:
+                out.append(SlurmJobFailed(
+                    task.spec.name, task.job_id, task.state, exit_code=task.exit_code,
+                    stderr_tail=self.stderr_tail(task), reason=task.reason,
+                ))
+        return out
+
+    def collect(self) -> list[JobResult]:
+        """Copy outputs back and publish them; a missing output fails its job."""
+        results = []
+        for task in self.tasks:
+            spec = task.spec
+            self.files.pull(task.local_dir, [*spec.outputs, STDOUT_FILE, STDERR_FILE])
+            missing = [n for n in spec.outputs if not (task.local_dir / n).is_file()]
+            if missing:
+                raise SlurmJobFailed(
+                    spec.name, task.job_id, task.state, exit_code=task.exit_code,
+                    stderr_tail=self.stderr_tail(task),
+                    reason=f"completed without writing {', '.join(missing)}",
+                    hint="check the job's commands write these files in its directory",
+                )
+            outputs: dict[str, Artifact] = {}
+            for name in spec.outputs:
+                media = mimetypes.guess_type(name)[0] or "application/octet-stream"
+                outputs[name] = self.store.publish(
+                    task.local_dir / name, run_id=self.run_id, stage=f"{self.stage}/{spec.name}",
+                    name=name, media_type=media, move=not self.cluster.keep_scratch,
+                    producer="flows.slurm", params={"job_id": task.job_id},
+                    metadata={"slurm_state": task.state, "attempts": task.attempts},
+                )
+            results.append(JobResult(
+                name=spec.name, job_id=task.job_id, state=task.state, exit_code=task.exit_code,
+                outputs=outputs, attempts=task.attempts, job_dir=self.files.to_remote(
+                    task.local_dir),
+                stdout_tail=tail(self.files.read_text(task.local_dir, STDOUT_FILE) or ""),
+                seconds=round(task.finished - task.submitted, 3),
+            ))
+        return results
+
+    # -- reporting: one Prefect task run per job, its state following Slurm's --------------
+
+    def _report_all(self) -> None:
+        for task in self.tasks:
+            self._report(task)
+
+    def _report(self, task: _Task) -> None:
+        self._info(f"job {task.spec.name} ({task.job_id}): {task.state}"
+                   + (f" [{task.reason}]" if task.reason not in ("", "None") else ""))
+        if not self.flow_run_ids:
+            return
+        try:
+            from prefect import Task
+            from prefect.client.orchestration import get_client
+
+            with get_client(sync_client=True) as client:
+                if task.task_run_id is None:
+                    stub = Task(fn=_slurm_job_stub, name="slurm-job")
+                    run = client.create_task_run(
+                        stub, self.flow_run_ids[0], dynamic_key=f"{task.spec.name}",
+                        name=f"slurm-job-{task.spec.name}", extra_tags=["slurm"],
+                    )
+                    task.task_run_id = run.id
+                message = f"Slurm job {task.job_id}: {normalise_state(task.state)}"
+                if task.state == "VANISHED":
+                    message = f"Slurm job {task.job_id}: {task.reason}"
+                client.set_task_run_state(task.task_run_id, prefect_state(task.state, message),
+                                          force=True)
+        except Exception as exc:  # reporting must never break the run
+            self._warn(f"could not report job state to Prefect: {exc}")
+
+    def _info(self, msg: str) -> None:
+        if self.log is not None:
+            self.log.info(msg)
+
+    def _warn(self, msg: str) -> None:
+        if self.log is not None:
+            self.log.warning(msg)
+
+
+def _signal_for(spec: str | None, minutes: int) -> str | None:
+    """The block's `--signal`, dropped when its lead time is half the job's limit or more
+    (a 1-minute job would otherwise be signalled at once)."""
+    if not spec:
+        return None
+    _, _, lead = spec.rpartition("@")
+    if lead.isdigit() and int(lead) * 2 >= minutes * 60:
+        return None
+    return spec
+
+
+def _slurm_job_stub() -> None:
+    """Stands for a batch job in the Prefect UI (never called)."""
+
+
+def _copy(src: Path, dest: Path, label: str) -> None:
+    if not src.is_file():
+        raise HelixflowError(f"job input {label} does not exist", hint="check the job's inputs")
+    try:
+        os.link(src, dest)  # same filesystem: no copy (jobs must not modify inputs in place)
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
+# -- cancellation --------------------------------------------------------------------------
+
+
+def _ancestor_flow_runs(flow_run_id: UUID) -> list[UUID]:
+    """This flow run and its parents: cancelling any of them cancels the jobs."""
+    from prefect.client.orchestration import get_client
+
+    ids = [flow_run_id]
+    with get_client(sync_client=True) as client:
+        current = client.read_flow_run(flow_run_id)
+        while current.parent_task_run_id is not None and len(ids) < 16:
+            parent_task = client.read_task_run(current.parent_task_run_id)
+            if parent_task.flow_run_id is None:
+                break
+            current = client.read_flow_run(parent_task.flow_run_id)
+            ids.append(current.id)
+    return ids
+
+
+def _cancel_checker(flow_run_ids: Sequence[UUID]) -> Callable[[], bool]:
+    """One API call per poll cycle: is this flow run (or a parent) cancelling?"""
+    if not flow_run_ids:
+        return lambda: False
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    def check() -> bool:
+        try:
+            with get_client(sync_client=True) as client:
+                runs = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(flow_run_ids))))
+        except Exception:
+            return False
+        return any(r.state is not None and (r.state.is_cancelling() or r.state.is_cancelled())
+                   for r in runs)
+
+    return check
+
+
+def _scancel_on_cancellation(flow: Any, flow_run: Any, state: Any) -> None:
+    """Prefect `on_cancellation` hook (runner/worker cancellation): scancel this run's jobs."""
+    ids = REGISTRY.cancel(str(flow_run.id))
+    if ids:
+        get_run_logger().warning(f"flow run cancelled: scancel {' '.join(ids)}")
+
+
+# -- entry points --------------------------------------------------------------------------
+
+
+def resolve_cluster(cluster_block: str | None, cluster: SlurmCluster | None) -> SlurmCluster:
+    """The cluster: an explicit block, a saved block by name, or none (run jobs here)."""
+    if cluster is not None:
+        return cluster
+    if cluster_block:
+        return SlurmCluster.load(cluster_block)
+    return SlurmCluster(mode="none")
+
+
+def run_jobs(
+    jobs: Sequence[JobSpec],
+    cluster: SlurmCluster,
+    store: Store,
+    run_id: str,
+    *,
+    stage: str = "slurm",
+    as_array: bool = True,
+    logger: Any = None,
+    flow_run_ids: Sequence[UUID] = (),
+    backend: Backend | None = None,
+) -> list[JobResult]:
+    """Stage, submit, poll and collect `jobs` on `cluster`; the flow's body, callable alone.
+
+    Raises `SlurmJobFailed` (stderr tail included) if any job fails, after all have ended,
+    and `RunCancelled` after cancelling the jobs when a flow run in `flow_run_ids` is
+    cancelled. Job directories are kept on failure (for a look), removed on success.
+    """
+    if not jobs:
+        return []
+    names = [j.name for j in jobs]
+    if len(set(names)) != len(names):
+        raise HelixflowError("job names must be unique within a run",
+                             hint=f"duplicates: {sorted({n for n in names if names.count(n) > 1})}")
+    key_file: str | None = None
+    if cluster.mode == "ssh" and cluster.ssh_private_key is not None and backend is None:
+        fd, key_file = tempfile.mkstemp(prefix="helixflow-ssh-")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(cluster.ssh_private_key.get_secret_value().rstrip("\n") + "\n")
+        os.chmod(key_file, 0o600)
+    try:
+        made, runner = make_backend(cluster, key_file)
+        run = SlurmRun(jobs, cluster, store, run_id, stage, backend=backend or made,
+                       runner=runner, as_array=as_array, logger=logger,
+                       flow_run_ids=flow_run_ids)
+        run.prepare()
+        try:
+            run.submit()
+            run.poll_until_done(_cancel_checker(flow_run_ids))
+        except BaseException:
+            # Cancellation (API or SIGTERM from a runner), a crash, Ctrl-C: no orphan jobs.
+            run.cancel_outstanding()
+            raise
+        finally:
+            for fr in flow_run_ids[:1]:
+                REGISTRY.drop(str(fr))
+        errors = run.failures()
+        if errors:
+            first = errors[0]
+            if len(errors) > 1:
+                others = ", ".join(f"{e.name}: {e.state}" for e in errors[1:])
+                first.message += f"\n({len(errors) - 1} more failed: {others})"
+                first.args = (first.message,)
+            raise first
+        results = run.collect()
+        if not cluster.keep_scratch:
+            run.files.cleanup()
+        return results
+    finally:
+        if key_file:
+            Path(key_file).unlink(missing_ok=True)
+
+
+@flow(name="slurm-jobs", log_prints=True, on_cancellation=[_scancel_on_cancellation])
+def run_slurm_jobs(
+    jobs: list[JobSpec],
+    cluster_block: str | None = None,
+    cluster: SlurmCluster | None = None,
+    store: str | None = None,
+    store_block: str | None = None,
+    run_id: str | None = None,
+    stage: str = "slurm",
+    as_array: bool = True,
+) -> list[JobResult]:
+    """Run batch jobs on Slurm (or locally with no cluster) and publish their outputs.
+
+    Args:
+        jobs: the jobs (`helixflow.slurm.JobSpec`); similar ones go as one job array
+        cluster_block: name of a saved `SlurmCluster` block (default: none, run here)
+        cluster: a `SlurmCluster` given directly (wins over `cluster_block`)
+        store: store URL for inputs and outputs (default: the default store)
+        store_block: name of a saved `HelixflowStore` block
+        run_id: the run the outputs belong to (default: this flow run's id)
+        stage: store stage; outputs land at runs/<run_id>/<stage>/<job name>/<file>
+        as_array: submit jobs with equal resources as one array (throttled by max_concurrent)
+    """
+    from blocks.store import resolve_store
+
+    logger = get_run_logger()
+    ctx = FlowRunContext.get()
+    flow_run_ids: list[UUID] = []
+    if ctx is not None and ctx.flow_run is not None:
+        try:
+            flow_run_ids = _ancestor_flow_runs(ctx.flow_run.id)
+        except Exception:
+            flow_run_ids = [ctx.flow_run.id]
+    rid = run_id or (str(flow_run_ids[-1]) if flow_run_ids else uuid.uuid4().hex)
+    st = resolve_store(store, store_block)
+    try:
+        return run_jobs(jobs, resolve_cluster(cluster_block, cluster), st, rid, stage=stage,
+                        as_array=as_array, logger=logger, flow_run_ids=flow_run_ids)
+    except RunCancelled as exc:
+        logger.warning(str(exc))
+        return Cancelled(message=str(exc))  # type: ignore[return-value]

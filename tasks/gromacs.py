@@ -1,0 +1,474 @@
+"""From representative sequences to GROMACS simulations of peptides in water.
+
+Pure functions (no Prefect): a representative's longest ORF becomes a peptide
+(`peptide_from_protein`), the peptide an extended start structure (`build_peptide_pdb`,
+PeptideBuilder), and `md_job` describes the whole simulation as a job: input files (the
+structure and one .mdp per stage, rendered from a `GromacsSettings` block), a list of
+argv commands and the output names. The job runs anywhere that runs argv lists in a
+directory: the Slurm sub-flow, or `run_md_locally` here. `md_outputs_to_netcdf` turns
+the job directory into an AMBER-convention NetCDF trajectory with energy, temperature,
+pressure, RMSD and radius-of-gyration series (tasks/netcdf.py).
+
+The commands, run in order in the job directory (all paths relative to it):
+
+    gmx pdb2gmx   peptide.pdb -> processed.gro, topol.top, posre.itp (-ff, -water, -ignh)
+    gmx editconf  -> boxed.gro (-c -d box_nm -bt box_type)
+    gmx solvate   -> solvated.gro (topol.top gains the waters)
+    gmx grompp    ions.mdp -> ions.tpr;  genion (SOL group) -> ionized.gro
+    gmx grompp/mdrun em  -> em.gro;   nvt (-r em.gro) -> nvt.gro/.cpt
+    [gmx grompp/mdrun npt] -> npt.gro/.cpt;   md -> md.tpr, md.xtc, md.edr, md.log, md.gro
+    gmx energy    md.edr -> energy.xvg (potential, kinetic, total, temperature, pressure)
+
+No command goes through a shell string. `genion` and `energy` read their group
+selections from stdin; an argv list cannot pipe, so those two run under a constant
+wrapper, ``sh -c 'sel=$1; shift; printf "%s\\n" "$sel" | "$@"' helixflow-stdin
+<selection> gmx ...``: the selection and the gmx command are positional arguments, never
+parsed by the shell, so no value from a block or a sequence can inject shell syntax.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+
+from blocks.gromacs import GromacsSettings
+from helixflow.errors import HelixflowError, InputError
+from helixflow.tools import tool_version
+
+STANDARD_AMINO_ACIDS = frozenset("ACDEFGHIKLMNPQRSTVWY")
+# Ambiguity codes and rare residues -> the closest standard residue PeptideBuilder builds.
+NEAREST_STANDARD: dict[str, str] = {"B": "N", "Z": "Q", "J": "L", "U": "C", "O": "K"}
+
+STDIN_WRAPPER = 'sel=$1; shift; printf "%s\\n" "$sel" | "$@"'
+"""The one shell script helixflow runs: pipe $1 (a selection) into the command "$@"."""
+STDIN_WRAPPER_NAME = "helixflow-stdin"
+
+ENERGY_TERMS: tuple[str, ...] = (
+    "Potential", "Kinetic-En.", "Total-Energy", "Temperature", "Pressure",
+)
+"""`gmx energy` terms extracted from md.edr into energy.xvg."""
+
+MD_OUTPUTS: tuple[str, ...] = (
+    "topol.top", "md.tpr", "md.gro", "md.xtc", "md.edr", "md.log", "energy.xvg",
+)
+"""What a finished job leaves that `md_outputs_to_netcdf` (and provenance) needs."""
+
+
+# --------------------------------------------------------------------------------------
+# Peptides
+
+
+def peptide_from_protein(
+    protein: str,
+    min_len: int = 5,
+    max_len: int = 20,
+    window: Literal["start", "center"] = "start",
+    *,
+    unknown: str = "drop",
+    name: str = "protein",
+) -> str:
+    """A simulable peptide from an ORF's protein: standard residues, min_len..max_len long.
+
+    The protein is read up to its first stop ('*'; leading and trailing ones are
+    stripped), upper-cased, gaps ('-', '.') and whitespace removed, B/Z/J/U/O mapped to
+    the nearest standard residue, and X dropped (``unknown="drop"``) or replaced by
+    `unknown` (a standard residue letter). A longer result is cut to a window of max_len
+    residues at its start or centre.
+
+    Raises InputError (located at `name`) when fewer than min_len residues remain or the
+    protein holds characters that are not residues.
+
+    Example:
+        >>> peptide_from_protein("MKXFGbz*", min_len=3)
+        'MKFGNQ'
+    """
+    if min_len < 1 or max_len < min_len:
+        raise ValueError(f"need 1 <= min_len <= max_len, got {min_len}..{max_len}")
+    if window not in ("start", "center"):
+        raise ValueError(f"window must be 'start' or 'center', got {window!r}")
+    if unknown != "drop" and unknown not in STANDARD_AMINO_ACIDS:
+        raise ValueError(f"unknown must be 'drop' or a standard residue letter, got {unknown!r}")
+    text = "".join(protein.split()).upper().strip("*")
+    text = text.split("*", 1)[0].replace("-", "").replace(".", "")
+    residues: list[str] = []
+    for char in text:
+        if char in STANDARD_AMINO_ACIDS:
+            residues.append(char)
+        elif char in NEAREST_STANDARD:
+            residues.append(NEAREST_STANDARD[char])
+        elif char == "X":
+            if unknown != "drop":
+                residues.append(unknown)
+        else:
+            raise InputError(name, f"{char!r} is not an amino-acid letter")
+    peptide = "".join(residues)
+    if len(peptide) < min_len:
+        raise InputError(
+            name,
+            f"peptide has {len(peptide)} standard residues, fewer than min_len={min_len}",
+            hint="pick a longer ORF or lower the minimum peptide length",
+        )
+    if len(peptide) > max_len:
+        begin = 0 if window == "start" else (len(peptide) - max_len) // 2
+        peptide = peptide[begin : begin + max_len]
+    return peptide
+
+
+def peptides_from_orfs(
+    orfs: pa.Table,
+    seq_ids: Sequence[str] | None = None,
+    **kwargs: object,
+) -> dict[str, str]:
+    """seq_id -> peptide of the longest ORF of each (selected) sequence.
+
+    `orfs` is a `find_orfs` table; sequences whose longest ORF gives too short a peptide
+    are left out (they raise InputError in `peptide_from_protein`). kwargs go to
+    `peptide_from_protein`.
+    """
+    from tasks.orfs import longest_orf_per_sequence
+
+    longest = longest_orf_per_sequence(orfs)
+    wanted = set(seq_ids) if seq_ids is not None else None
+    out: dict[str, str] = {}
+    for seq_id, protein in zip(
+        longest.column("seq_id").to_pylist(), longest.column("protein").to_pylist(),
+        strict=True,
+    ):
+        if wanted is not None and seq_id not in wanted:
+            continue
+        try:
+            out[seq_id] = peptide_from_protein(protein, name=seq_id, **kwargs)  # type: ignore[arg-type]
+        except InputError:
+            continue
+    return out
+
+
+def peptide_pdb_text(sequence: str) -> str:
+    """PDB text of `sequence` in an extended conformation (PeptideBuilder), with OXT.
+
+    The C-terminal OXT lets pdb2gmx build a charged carboxylate terminus; hydrogens are
+    left to pdb2gmx (-ignh).
+    """
+    from Bio.PDB import PDBIO
+    from PeptideBuilder import PeptideBuilder as pb
+
+    bad = sorted(set(sequence) - STANDARD_AMINO_ACIDS)
+    if not sequence or bad:
+        raise InputError("peptide", f"{sequence!r} is not a sequence of standard residues")
+    structure = pb.make_extended_structure(sequence)
+    pb.add_terminal_OXT(structure)
+    pdbio = PDBIO()
+    pdbio.set_structure(structure)
+    buffer = io.StringIO()
+    pdbio.save(buffer)
+    return buffer.getvalue()
+
+
+def build_peptide_pdb(sequence: str, path: str | Path) -> Path:
+    """Write the extended start structure of `sequence` to `path` (PDB)."""
+    path = Path(path)
+    path.write_text(peptide_pdb_text(sequence))
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# The job
+
+
+def with_stdin(selection: str, argv: Sequence[str]) -> list[str]:
+    """argv that runs `argv` with `selection` (plus a newline) on its stdin; no quoting."""
+    return ["sh", "-c", STDIN_WRAPPER, STDIN_WRAPPER_NAME, selection, *argv]
+
+
+def md_commands(settings: GromacsSettings, structure: str = "peptide.pdb") -> list[list[str]]:
+    """The job's argv commands, in order, with paths relative to the job directory.
+
+    Expects `structure` and the .mdp files of `md_input_files` in the directory.
+    """
+    s = settings
+    gmx = [s.gmx, "-quiet", "-nobackup"]
+    maxwarn = ["-maxwarn", str(s.maxwarn)]
+    cmds: list[list[str]] = [
+        [*gmx, "pdb2gmx", "-f", structure, "-o", "processed.gro", "-p", "topol.top",
+         "-i", "posre.itp", "-ff", s.force_field, "-water", s.water, "-ignh"],
+        [*gmx, "editconf", "-f", "processed.gro", "-o", "boxed.gro", "-c",
+         "-d", repr(s.box_nm), "-bt", s.box_type],
+        [*gmx, "solvate", "-cp", "boxed.gro", "-cs", s.solvent_box, "-p", "topol.top",
+         "-o", "solvated.gro"],
+    ]
+    start = "solvated.gro"
+    if s.neutralise or s.ion_concentration > 0:
+        genion = [*gmx, "genion", "-s", "ions.tpr", "-o", "ionized.gro", "-p", "topol.top",
+                  "-pname", s.positive_ion, "-nname", s.negative_ion]
+        if s.neutralise:
+            genion.append("-neutral")
+        if s.ion_concentration > 0:
+            genion += ["-conc", repr(s.ion_concentration)]
+        cmds += [
+            # Before genion the system is charged: grompp's one net-charge warning is
+            # expected here (genion fixes it), so this grompp alone allows it.
+            [*gmx, "grompp", "-f", "ions.mdp", "-c", "solvated.gro", "-p", "topol.top",
+             "-o", "ions.tpr", "-maxwarn", str(s.maxwarn + 1)],
+            with_stdin("SOL", genion),
+        ]
+        start = "ionized.gro"
+    mdrun = ["-ntmpi", "1", "-ntomp", str(s.ntomp), "-nb", "cpu"]
+    stages = ["em", "nvt", *(["npt"] if s.npt_enabled else []), "md"]
+    previous: str | None = None
+    for stage in stages:
+        grompp = [*gmx, "grompp", "-f", f"{stage}.mdp", "-p", "topol.top", "-o", f"{stage}.tpr"]
+        if previous is None:
+            grompp += ["-c", start]
+        else:
+            grompp += ["-c", f"{previous}.gro"]
+            if previous != "em":
+                grompp += ["-t", f"{previous}.cpt"]
+            if stage in ("nvt", "npt") and s.posres:
+                grompp += ["-r", f"{previous}.gro"]
+        cmds += [[*grompp, *maxwarn], [*gmx, "mdrun", "-deffnm", stage, *mdrun]]
+        previous = stage
+    cmds.append(with_stdin(
+        "\n".join(ENERGY_TERMS) + "\n",
+        [*gmx, "energy", "-f", "md.edr", "-o", "energy.xvg"],
+    ))
+    return cmds
+
+
+def md_input_files(
+    settings: GromacsSettings, sequence: str, structure: str = "peptide.pdb"
+) -> dict[str, str]:
+    """File name -> text of every input the commands need: the structure and the .mdp's."""
+    files = {structure: peptide_pdb_text(sequence)}
+    for stage in ("em", "ions", "nvt", *(["npt"] if settings.npt_enabled else []), "md"):
+        files[f"{stage}.mdp"] = settings.mdp(stage)
+    return files
+
+
+@dataclass(frozen=True)
+class MdJob:
+    """A simulation as a job: files to place, argv commands to run there, outputs to keep."""
+
+    sequence: str
+    files: dict[str, str]
+    commands: list[list[str]]
+    outputs: tuple[str, ...] = MD_OUTPUTS
+    parameters: dict[str, object] = field(default_factory=dict)
+
+    def write_inputs(self, directory: str | Path) -> dict[str, Path]:
+        """Write the input files into `directory` (created); name -> path.
+
+        The mapping is what a batch job's `inputs` takes (e.g. helixflow.slurm.JobSpec),
+        and `directory` itself can serve as the job directory of `run_md_locally`.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths: dict[str, Path] = {}
+        for name, text in self.files.items():
+            paths[name] = directory / name
+            paths[name].write_text(text)
+        return paths
+
+
+def md_job(settings: GromacsSettings, sequence: str, *, check_installed: bool = True) -> MdJob:
+    """The complete job for one peptide; checks the force field here unless told not to
+    (a job built on a submit host without GROMACS may skip it)."""
+    if check_installed:
+        settings.check_installed()
+    return MdJob(
+        sequence=sequence,
+        files=md_input_files(settings, sequence),
+        commands=md_commands(settings),
+        parameters=settings.md_parameters(),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Running locally
+
+
+def describe_command(argv: Sequence[str]) -> str:
+    """'gmx grompp -o nvt.tpr'-style label of a job command for messages."""
+    args = list(argv)
+    if args[:3] == ["sh", "-c", STDIN_WRAPPER]:
+        args = args[5:]
+    if not args:
+        return "empty command"
+    label = [Path(args[0]).name]
+    rest = args[1:]
+    sub = next((a for a in rest if not a.startswith("-")), None)
+    if sub is not None and label[0].startswith("gmx"):
+        label.append(sub)
+    for flag in ("-deffnm", "-o"):
+        if flag in rest and rest.index(flag) + 1 < len(rest):
+            label += [flag, rest[rest.index(flag) + 1]]
+            break
+    return " ".join(label)
+
+
+def gromacs_error(text: str) -> str:
+    """GROMACS' own error message from a log, on one line.
+
+    That is the fatal-error block between dashed rules, preceded by grompp's WARNING and
+    ERROR paragraphs (which say what is actually wrong when the block only says 'Too
+    many warnings'); else the last lines.
+    """
+    lines = text.splitlines()
+    problems: list[str] = []
+    for i, line in enumerate(lines):
+        if line.startswith(("WARNING", "ERROR")) and "[" in line:
+            para = [line.strip()]
+            for nxt in lines[i + 1 :]:
+                if not nxt.strip():
+                    break
+                para.append(nxt.strip())
+            problems.append(" ".join(para))
+    rules = [i for i, line in enumerate(lines) if line.startswith("-----")]
+    fatal = ""
+    for a, b in zip(rules[-2::-1], rules[:0:-1], strict=False):  # last block first
+        block = [ln.strip() for ln in lines[a + 1 : b] if ln.strip()]
+        if any(ln.startswith("Program:") for ln in block):
+            skip = ("Program:", "Source file:", "Function:", "For more information",
+                    "website at", "MPI rank:")
+            fatal = " ".join(ln for ln in block if not ln.startswith(skip))
+            break
+    message = " ".join([*problems[-3:], fatal]).strip()
+    if message:
+        return message
+    return " | ".join(ln.strip() for ln in lines[-5:] if ln.strip()) or "no output"
+
+
+def run_md_locally(
+    commands: Sequence[Sequence[str]],
+    workdir: str | Path,
+    *,
+    timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
+) -> list[float]:
+    """Run the job's commands in order in `workdir`; the seconds each took.
+
+    Each command's stdout and stderr go to `workdir/logs/NN-<tool>.log`. A failing
+    command raises HelixflowError naming the step (e.g. 'gmx grompp -o nvt.tpr') with
+    GROMACS' error text, and the log path in the hint.
+    """
+    workdir = Path(workdir)
+    logs = workdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    run_env = {**os.environ, "GMX_MAXBACKUP": "-1", **(env or {})}
+    seconds: list[float] = []
+    for number, argv in enumerate(commands, start=1):
+        label = describe_command(argv)
+        words = label.split()
+        tool = words[1] if len(words) > 1 and not words[1].startswith("-") else words[0]
+        log = logs / f"{number:02d}-{re.sub(r'[^A-Za-z0-9_.+-]', '_', tool)}.log"
+        began = time.perf_counter()
+        try:
+            with open(log, "wb") as out:
+                proc = subprocess.run(
+                    list(argv), cwd=workdir, stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=subprocess.STDOUT, env=run_env, timeout=timeout, check=False,
+                )
+        except FileNotFoundError:
+            raise HelixflowError(
+                f"{label}: {argv[0]!r} not found",
+                hint="install GROMACS (`apt-get install gromacs`) or set GromacsSettings.gmx",
+            ) from None
+        except subprocess.TimeoutExpired:
+            raise HelixflowError(
+                f"{label} timed out after {timeout} s", hint=f"see {log}"
+            ) from None
+        seconds.append(time.perf_counter() - began)
+        if proc.returncode != 0:
+            text = log.read_text(errors="replace")
+            raise HelixflowError(
+                f"{label} failed (exit {proc.returncode}): {gromacs_error(text)}",
+                hint=f"full output in {log}",
+            )
+    return seconds
+
+
+# --------------------------------------------------------------------------------------
+# Outputs
+
+
+def read_xvg(path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Time (ps) and named columns of a GROMACS .xvg file (legends name the columns)."""
+    legends: dict[int, str] = {}
+    rows: list[list[float]] = []
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("@"):
+            parts = line[1:].split(None, 2)
+            if len(parts) == 3 and parts[0].startswith("s") and parts[1] == "legend":
+                legends[int(parts[0][1:])] = parts[2].strip().strip('"')
+        elif line.strip() and not line.startswith("#"):
+            rows.append([float(x) for x in line.split()])
+    data = np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
+    if data.shape[1] == 0:
+        return np.zeros(0), {}
+    columns = {legends.get(i, f"column{i + 1}"): data[:, i + 1] for i in range(data.shape[1] - 1)}
+    return data[:, 0], columns
+
+
+SERIES_NAMES: dict[str, tuple[str, str]] = {
+    "Potential": ("potential_energy", "kJ/mol"),
+    "Kinetic En.": ("kinetic_energy", "kJ/mol"),
+    "Total Energy": ("total_energy", "kJ/mol"),
+    "Temperature": ("temperature", "K"),
+    "Pressure": ("pressure", "bar"),
+}
+"""`gmx energy` legend -> NetCDF variable name and unit."""
+
+
+def md_outputs_to_netcdf(
+    workdir: str | Path,
+    out_path: str | Path,
+    provenance: Mapping[str, object] | None = None,
+    *,
+    selection: str = "all",
+) -> Path:
+    """The job directory's md.tpr/md.xtc/energy.xvg as an AMBER NetCDF trajectory.
+
+    Coordinates of `selection` atoms (MDAnalysis syntax; default all, water included)
+    with per-frame solute backbone RMSD and radius of gyration, and the energy series
+    on their own time axis. `provenance` entries become global attributes.
+    """
+    from tasks.netcdf import trajectory_from_gromacs, write_amber_trajectory
+
+    workdir = Path(workdir)
+    for name in ("md.tpr", "md.xtc", "energy.xvg"):
+        if not (workdir / name).is_file():
+            raise HelixflowError(
+                f"{workdir}: MD output {name} is missing", hint="did the job finish?"
+            )
+    traj = trajectory_from_gromacs(workdir / "md.tpr", workdir / "md.xtc", selection=selection)
+    energy_time, columns = read_xvg(workdir / "energy.xvg")
+    series: dict[str, np.ndarray] = {}
+    units: dict[str, str] = {"rmsd": "angstrom", "radius_of_gyration": "angstrom"}
+    for legend, values in columns.items():
+        name, unit = SERIES_NAMES.get(legend, (legend.lower().replace(" ", "_"), ""))
+        series[name] = values
+        units[name] = unit
+    attrs = {"gromacs_version": tool_version("gmx"), **dict(provenance or {})}
+    return write_amber_trajectory(
+        out_path,
+        traj.coordinates,
+        traj.time_ps,
+        cell_lengths=traj.cell_lengths,
+        cell_angles=traj.cell_angles,
+        title="helixflow peptide MD",
+        application="GROMACS",
+        frame_series={"rmsd": traj.rmsd, "radius_of_gyration": traj.radius_of_gyration},
+        series_time_ps=energy_time,
+        series=series,
+        units=units,
+        attributes=attrs,
+    )

@@ -1,0 +1,323 @@
+"""The Slurm sub-flow against a real one-node cluster (deployments/slurm/local-cluster.sh),
+and the same scripts through the local fallback."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from blocks.slurm import SlurmCluster
+from flows.slurm import LocalBackend, SlurmCli, run_jobs, run_slurm_jobs
+from helixflow.slurm import JobSpec, QueueEntry, SlurmJobFailed
+from helixflow.store import Store, local_path
+from tests.conftest import require_tool
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(str(tmp_path / "store"))
+
+
+def make_cluster(tmp_path: Path, mode: str = "local-cli", **kw: object) -> SlurmCluster:
+    settings: dict[str, object] = dict(
+        mode=mode, scratch_dir=str(tmp_path / "scratch"), poll_interval=0.2, poll_backoff=1.5,
+        poll_max_interval=1.0, sentinel_timeout=2.0, default_mem_mb=100, default_time_limit=5,
+    )
+    settings.update(kw)
+    return SlurmCluster(**settings)  # type: ignore[arg-type]
+
+
+def squeue_state(job_id: str) -> str:
+    proc = subprocess.run(["squeue", "--noheader", "--states=all", "--format=%T", "-j", job_id],
+                          capture_output=True, text=True, check=False)
+    return proc.stdout.strip() or "GONE"
+
+
+def copy_jobs(src: Path, n: int) -> list[JobSpec]:
+    return [JobSpec(name=f"copy-{i}",
+                    commands=[["bash", "-c", f"cat in.txt > out.txt; echo task {i} >> out.txt"]],
+                    inputs={"in.txt": src}, outputs=["out.txt"]) for i in range(n)]
+
+
+def test_array_of_three_completes_and_outputs_reach_the_store(
+    prefect_api: str, slurm_cluster: str, tmp_path: Path, store: Store
+) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("from the store\n")
+    ref = store.publish(src, run_id="r-array", stage="inputs", move=False).ref()
+    jobs = [JobSpec(name=f"copy-{i}",
+                    commands=[["bash", "-c", f"cat in.txt > out.txt; echo task {i} >> out.txt"]],
+                    inputs={"in.txt": ref}, outputs=["out.txt"]) for i in range(3)]
+    cluster = make_cluster(tmp_path, max_concurrent=2)
+    start = time.monotonic()
+    results = run_slurm_jobs(jobs, cluster=cluster, store=store.url, run_id="r-array",
+                             stage="sim")
+    elapsed = time.monotonic() - start
+    assert [r.state for r in results] == ["COMPLETED"] * 3
+    assert [r.exit_code for r in results] == [0, 0, 0]
+    bases = {r.job_id.split("_")[0] for r in results}
+    assert len(bases) == 1, "three similar jobs go as one array"
+    for i, result in enumerate(results):
+        art = result.outputs["out.txt"]
+        assert art.uri == store.run_uri("r-array", "sim", f"copy-{i}", "out.txt")
+        assert store.read_bytes(art.uri) == f"from the store\ntask {i}\n".encode()
+    assert not (tmp_path / "scratch" / "r-array").exists() or not any(
+        (tmp_path / "scratch" / "r-array").iterdir()), "scratch removed after success"
+    print(f"3-task array: submit to all COMPLETED + published in {elapsed:.1f} s")
+
+
+def test_failure_surfaces_stderr_and_fails_the_flow(
+    prefect_api: str, slurm_cluster: str, tmp_path: Path, store: Store
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter
+
+    jobs = [JobSpec(name="boom", commands=[
+        ["bash", "-c", "echo working; echo 'disk on fire: /dev/sdz' >&2; exit 3"]])]
+    state = run_slurm_jobs(jobs, cluster=make_cluster(tmp_path), store=store.url,
+                           run_id="r-fail", return_state=True)
+    assert state.is_failed()
+    with pytest.raises(SlurmJobFailed) as info:
+        state.result()
+    err = info.value
+    assert err.state == "FAILED" and err.exit_code == 3
+    assert "disk on fire: /dev/sdz" in str(err)
+    assert "working" not in err.stderr_tail  # stdout is not stderr
+    with get_client(sync_client=True) as client:
+        flow_run_id = state.state_details.flow_run_id
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            task_run_filter=TaskRunFilter())
+    job_runs = [r for r in runs if r.name == "slurm-job-boom"]
+    assert job_runs and job_runs[0].state is not None and job_runs[0].state.is_failed()
+    assert job_runs[0].state.name == "Failed"
+
+
+def test_cancelling_the_flow_run_scancels_its_jobs(
+    prefect_api: str, slurm_cluster: str, tmp_path: Path, store: Store
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.states import Cancelling
+
+    name = f"cancel-{uuid.uuid4().hex[:8]}"
+    run_id = name
+    jobs = [JobSpec(name="sleeper", commands=[["sleep", "300"]])]
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        outcome["state"] = run_slurm_jobs.with_options(flow_run_name=name)(
+            jobs, cluster=make_cluster(tmp_path), store=store.url, run_id=run_id,
+            return_state=True)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    job_id = ""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not job_id:
+        proc = subprocess.run(
+            ["squeue", "--noheader", "--format=%i|%T", f"--name=hf-{run_id}-sleeper"],
+            capture_output=True, text=True, check=False)
+        if "RUNNING" in proc.stdout:
+            job_id = proc.stdout.split("|")[0].strip()
+        time.sleep(0.2)
+    assert job_id, "the job did not start"
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            name=FlowRunFilterName(any_=[name])))
+        assert len(runs) == 1
+        t0 = time.monotonic()
+        client.set_flow_run_state(runs[0].id, Cancelling(), force=True)
+    while time.monotonic() - t0 < 30 and squeue_state(job_id) in ("RUNNING", "PENDING",
+                                                                   "COMPLETING"):
+        time.sleep(0.1)
+    latency = time.monotonic() - t0
+    assert squeue_state(job_id) in ("CANCELLED", "GONE")
+    assert latency < 10
+    thread.join(timeout=60)
+    state = outcome["state"]
+    assert state.is_cancelled(), state  # type: ignore[attr-defined]
+    print(f"cancel → job left the running states in {latency:.2f} s")
+
+
+class HidingSlurm(SlurmCli):
+    """Real Slurm, but the queue never shows the jobs: as if they vanished."""
+
+    def poll(self, job_ids: Sequence[str]) -> dict[str, QueueEntry] | None:
+        super().poll(job_ids)
+        return {}
+
+
+def test_a_job_that_vanished_without_its_sentinel_is_an_error(
+    slurm_cluster: str, tmp_path: Path, store: Store
+) -> None:
+    cluster = make_cluster(tmp_path, sentinel_timeout=1.5)
+    jobs = [JobSpec(name="ghost", commands=[["sleep", "300"]])]
+    start = time.monotonic()
+    with pytest.raises(SlurmJobFailed, match="VANISHED") as info:
+        run_jobs(jobs, cluster, store, "r-ghost", backend=HidingSlurm())
+    assert time.monotonic() - start < 30
+    assert "wrote no .exitcode" in str(info.value)
+    time.sleep(1)
+    assert squeue_state(info.value.job_id) in ("CANCELLED", "GONE", "COMPLETING")
+
+
+class FlakyNode(SlurmCli):
+    """Real Slurm; the first job seen running is killed and reported as NODE_FAIL."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed: set[str] = set()
+
+    def poll(self, job_ids: Sequence[str]) -> dict[str, QueueEntry] | None:
+        entries = super().poll(job_ids)
+        if entries and not self.failed:
+            for job_id, entry in entries.items():
+                if entry.state in ("RUNNING", "PENDING"):
+                    self.cancel([job_id])
+                    self.failed.add(job_id)
+                    entries[job_id] = QueueEntry(job_id, "NODE_FAIL", "None")
+                    break
+        for job_id in self.failed:
+            if entries is not None and job_id in entries:
+                entries[job_id] = QueueEntry(job_id, "NODE_FAIL", "None")
+        return entries
+
+
+def test_node_fail_is_resubmitted(slurm_cluster: str, tmp_path: Path, store: Store) -> None:
+    jobs = [JobSpec(name="retry", commands=[["bash", "-c", "sleep 1; echo ok > out.txt"]],
+                    outputs=["out.txt"])]
+    backend = FlakyNode()
+    [result] = run_jobs(jobs, make_cluster(tmp_path), store, "r-retry", backend=backend)
+    assert result.state == "COMPLETED" and result.attempts == 2
+    assert result.job_id not in backend.failed
+    assert store.read_bytes(result.outputs["out.txt"].uri) == b"ok\n"
+
+
+def test_gromacs_runs_inside_a_slurm_job(
+    slurm_cluster: str, tmp_path: Path, store: Store
+) -> None:
+    require_tool("gmx")
+    jobs = [JobSpec(name="gmx-version", commands=[["gmx", "--version"]])]
+    [result] = run_jobs(jobs, make_cluster(tmp_path), store, "r-gmx")
+    assert result.state == "COMPLETED"
+    assert "GROMACS version" in result.stdout_tail
+
+
+def test_missing_output_is_an_error(slurm_cluster: str, tmp_path: Path, store: Store) -> None:
+    jobs = [JobSpec(name="lazy", commands=[["true"]], outputs=["result.dat"])]
+    with pytest.raises(SlurmJobFailed, match=r"without writing result\.dat"):
+        run_jobs(jobs, make_cluster(tmp_path), store, "r-lazy")
+
+
+@pytest.mark.slow
+def test_time_limit_gives_timeout_with_slurm_message(
+    slurm_cluster: str, tmp_path: Path, store: Store
+) -> None:
+    jobs = [JobSpec(name="slowpoke", commands=[["sleep", "600"]], time_limit=1)]
+    with pytest.raises(SlurmJobFailed) as info:
+        run_jobs(jobs, make_cluster(tmp_path, poll_max_interval=3.0), store, "r-timeout")
+    assert info.value.state == "TIMEOUT"
+    assert "TIME LIMIT" in str(info.value)
+    assert "time_limit" in (info.value.hint or "")
+
+
+# -- the local fallback: the same scripts, no Slurm ----------------------------------------
+
+
+def test_local_fallback_runs_the_same_jobs_without_slurm(tmp_path: Path, store: Store) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("local\n")
+    cluster = make_cluster(tmp_path, mode="none", max_concurrent=2)
+    results = run_jobs(copy_jobs(src, 3), cluster, store, "r-local", stage="sim")
+    assert [r.state for r in results] == ["COMPLETED"] * 3
+    assert all(r.job_id.startswith("local-") for r in results)
+    for i, r in enumerate(results):
+        assert local_path(r.outputs["out.txt"].uri).read_text() == f"local\ntask {i}\n"
+    bad = [JobSpec(name="bad", commands=[["bash", "-c", "echo nope >&2; exit 3"]])]
+    with pytest.raises(SlurmJobFailed, match="nope") as info:
+        run_jobs(bad, cluster, store, "r-local-bad")
+    assert info.value.exit_code == 3 and info.value.state == "FAILED"
+
+
+def test_local_fallback_through_the_flow_with_no_block(
+    prefect_api: str, tmp_path: Path, store: Store
+) -> None:
+    jobs = [JobSpec(name="hello", commands=[["bash", "-c", "echo hi > hello.txt"]],
+                    outputs=["hello.txt"])]
+    [result] = run_slurm_jobs(jobs, store=store.url, run_id="r-noblock")
+    assert result.state == "COMPLETED"
+    assert store.read_bytes(result.outputs["hello.txt"].uri) == b"hi\n"
+
+
+def test_local_backend_time_limit_and_cancel(tmp_path: Path) -> None:
+    backend = LocalBackend(max_concurrent=1)
+    for name in ("a", "b"):
+        job_dir = tmp_path / name
+        job_dir.mkdir()
+        (job_dir / "job.sh").write_text("sleep 30\n")
+    [slow] = backend.submit(str(tmp_path / "a" / "job.sh"), 1, False, [0.5])
+    [queued] = backend.submit(str(tmp_path / "b" / "job.sh"), 1, False, [None])
+    assert backend.poll([slow, queued]) is not None
+    assert backend.jobs[queued].state == "PENDING"  # max_concurrent=1
+    deadline = time.monotonic() + 10
+    while backend.jobs[slow].state != "TIMEOUT" and time.monotonic() < deadline:
+        backend.wait(0.2)
+        backend.poll([slow, queued])
+    assert backend.jobs[slow].state == "TIMEOUT"
+    assert backend.jobs[queued].state == "RUNNING"
+    backend.cancel([queued])
+    while backend.jobs[queued].state == "RUNNING" and time.monotonic() < deadline:
+        backend.wait(0.2)
+        backend.poll([queued])
+    assert backend.jobs[queued].state == "CANCELLED"
+
+
+def test_ssh_mode_argv_without_a_server(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SSH mode end to end against a recording runner: rsync up, sbatch/squeue over ssh."""
+    import flows.slurm as slurm_flow
+
+    calls: list[list[str]] = []
+    scripts: list[str] = []
+
+    def fake(argv: list[str]) -> subprocess.CompletedProcess[str]:
+        calls.append(argv)
+        if argv[0] == "rsync" and not scripts:  # the push: what would be copied up
+            scripts.extend(p.read_text() for p in tmp_path.rglob("job.sh"))
+        remote = argv[-1] if argv[0] == "ssh" else ""
+        out = ""
+        if remote.startswith("sbatch"):
+            out = "77\n"
+        elif remote.startswith("squeue"):
+            out = "77|COMPLETED|None\n"
+        elif remote.startswith("cat") and remote.endswith(".exitcode"):
+            out = "0\n"
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+    monkeypatch.setattr(slurm_flow, "run_local", fake)
+    cluster = SlurmCluster(mode="ssh", ssh_host="login.hpc", ssh_user="ana",
+                           scratch_dir="/remote/scratch", local_staging_dir=str(tmp_path),
+                           poll_interval=0.05, poll_max_interval=0.05)
+    jobs = [JobSpec(name="j1", commands=[["echo", "$(whoami)"]])]
+    [result] = run_jobs(jobs, cluster, store, "r-ssh")
+    assert result.state == "COMPLETED" and result.job_id == "77"
+    kinds = [c[0] for c in calls]
+    assert kinds[0] == "rsync" and calls[0][-1].startswith("ana@login.hpc:/remote/scratch/r-ssh/")
+    remote_cmds = [c[-1] for c in calls if c[0] == "ssh"]
+    assert all(c[c.index("ana@login.hpc") + 1] == "--" for c in calls if c[0] == "ssh")
+    assert remote_cmds[0].startswith("sbatch --parsable /remote/scratch/r-ssh/")
+    assert any(c.startswith("squeue --noheader") and "--jobs=77" in c for c in remote_cmds)
+    assert remote_cmds[-1].startswith("rm -rf -- /remote/scratch/r-ssh/")
+    [script] = scripts
+    assert "__hf_dir=/remote/scratch/r-ssh/" in script
+    assert "__hf_run echo '$(whoami)'" in script
