@@ -47,6 +47,7 @@ from typing import IO, Any
 
 import mappy
 import pyarrow as pa
+import pyarrow.compute as pc
 import pysam
 from prefect import task
 from prefect.assets import materialize
@@ -242,7 +243,10 @@ def _split_batch(batch: pa.RecordBatch | pa.Table) -> _Reads:
             raise ValueError(f"batch lacks column {name!r}; expected tasks.fastq.READS_SCHEMA")
     mate = batch.column("mate").to_pylist()
     names = batch.column("read_id").to_pylist()
-    seqs = [s.translate(_SAM_SAFE) for s in batch.column("sequence").to_pylist()]
+    sequence = batch.column("sequence")
+    seqs = sequence.to_pylist()
+    if pc.any(pc.match_substring_regex(sequence, "[Uu]")).as_py():  # rare: skip the loop
+        seqs = [s.translate(_SAM_SAFE) for s in seqs]
     quals = batch.column("quality").to_pylist()
     n = len(mate)
     if not n or not any(mate):
@@ -448,6 +452,7 @@ class _Job:
     rg_tag: str  # "\tRG:Z:<id>"
     keep_secondary: bool
     max_frag_len: int
+    name_suffix: str = ""  # appended to read_id for minimap2's tie-break hash only
 
 
 class _Mate2Hit:
@@ -512,6 +517,8 @@ def _classify(hits: list[Any]) -> tuple[Any, list[tuple[Any, int]]]:
     mappy's `is_primary` means "not secondary": the first such hit is the primary, the
     later ones are supplementary (minimap2's mm_set_sam_pri).
     """
+    if len(hits) == 1 and hits[0].is_primary:  # the usual case for short reads
+        return hits[0], []
     primary, others = None, []
     for hit in hits:
         if not hit.is_primary:
@@ -543,44 +550,51 @@ def _proper(a: Any, b: Any, max_frag_len: int) -> bool:
 
 def _record(name: str, flag: int, hit: Any, seq: str, qual: str, mate: Any,
             own_primary: Any, tail: str) -> str:
-    """One SAM line for a mapped hit; `mate` is the mate's primary (None: mate unmapped)."""
+    """One SAM line for a mapped hit; `mate` is the mate's primary (None: mate unmapped).
+
+    Called for every record, so each hit attribute is read once (they are Cython
+    properties) and TLEN is computed inline (as _tlen does)."""
     n = len(seq)
-    if hit.strand < 0:
+    strand, ctg, r_st, q_st, q_en = hit.strand, hit.ctg, hit.r_st, hit.q_st, hit.q_en
+    if strand < 0:
         flag |= _FLAG_REV
-        left, right = n - hit.q_en, hit.q_st
+        left, right = n - q_en, q_st
     else:
-        left, right = hit.q_st, n - hit.q_en
+        left, right = q_st, n - q_en
     if flag & _FLAG_SECONDARY:
         clip, seq_out, qual_out = "S", "*", "*"
     else:
-        if hit.strand < 0:
+        if strand < 0:
             seq, qual = seq.translate(_RC)[::-1], qual[::-1]
         if flag & _FLAG_SUPPLEMENTARY:
             clip = "H"
-            seq_out, qual_out = seq[left:n - right], qual[left:n - right]
+            seq_out, qual_out = seq[left:n - right] or "*", qual[left:n - right] or "*"
         else:
-            clip, seq_out, qual_out = "S", seq, qual
+            clip, seq_out, qual_out = "S", seq or "*", qual or "*"
     ops = hit.cigar
     cigar = f"{ops[0][0]}M" if len(ops) == 1 else hit.cigar_str  # fast path: one M op
     if left:
         cigar = f"{left}{clip}{cigar}"
     if right:
         cigar = f"{cigar}{right}{clip}"
-    if flag & _FLAG_PAIRED:
-        if mate is None:
-            flag |= _FLAG_MUNMAP
-            pos = own_primary.r_st + 1
-            rnext = "=" if own_primary.ctg == hit.ctg else own_primary.ctg
-            mate_fields = f"{rnext}\t{pos}\t0"
-        else:
-            if mate.strand < 0:
-                flag |= _FLAG_MREV
-            rnext = "=" if mate.ctg == hit.ctg else mate.ctg
-            mate_fields = f"{rnext}\t{mate.r_st + 1}\t{_tlen(hit, mate)}"
-    else:
+    if not flag & _FLAG_PAIRED:
         mate_fields = "*\t0\t0"
-    return (f"{name}\t{flag}\t{hit.ctg}\t{hit.r_st + 1}\t{hit.mapq}\t{cigar}\t{mate_fields}\t"
-            f"{seq_out or '*'}\t{qual_out or '*'}\tNM:i:{hit.NM}\tMD:Z:{hit.MD}{tail}")
+    elif mate is None:
+        flag |= _FLAG_MUNMAP
+        rnext = "=" if own_primary.ctg == ctg else own_primary.ctg
+        mate_fields = f"{rnext}\t{own_primary.r_st + 1}\t0"
+    else:
+        m_strand, m_ctg, m_st = mate.strand, mate.ctg, mate.r_st
+        if m_strand < 0:
+            flag |= _FLAG_MREV
+        if m_ctg == ctg:  # TLEN between the 5' ends
+            d = (mate.r_en - 1 if m_strand < 0 else m_st) - (hit.r_en - 1 if strand < 0 else r_st)
+            tlen = d + 1 if d > 0 else d - 1 if d < 0 else 0
+            mate_fields = f"=\t{m_st + 1}\t{tlen}"
+        else:
+            mate_fields = f"{m_ctg}\t{m_st + 1}\t0"
+    return (f"{name}\t{flag}\t{ctg}\t{r_st + 1}\t{hit.mapq}\t{cigar}\t{mate_fields}\t"
+            f"{seq_out}\t{qual_out}\tNM:i:{hit.NM}\tMD:Z:{hit.MD}{tail}")
 
 
 def _unmapped(name: str, flag: int, seq: str, qual: str, mate: Any, tail: str) -> str:
@@ -604,11 +618,13 @@ def _map_chunk(job: _Job, start: int, end: int) -> tuple[str, AlignCounts]:
 
     The read name goes to mappy because minimap2 breaks ties between equally good
     placements with a hash of it: the same read gets the same placement in every run.
+    minimap2 hashes the name as the FASTQ spells it (for pairs, mate 1's, with any "/1"),
+    so `job.name_suffix` is added back to hash what minimap2 would; SAM keeps read_id.
     """
     buf = getattr(_local, "buf", None)
     if buf is None:
         buf = _local.buf = mappy.ThreadBuffer()
-    aligner, reads, tail = job.aligner, job.reads, job.rg_tag + "\n"
+    aligner, reads, tail, suffix = job.aligner, job.reads, job.rg_tag + "\n", job.name_suffix
     counts = AlignCounts()
     lines: list[str] = []
     out = lines.append
@@ -616,7 +632,8 @@ def _map_chunk(job: _Job, start: int, end: int) -> tuple[str, AlignCounts]:
     if not reads.paired:
         for i in range(start, end):
             name, seq, qual = reads.names[i], reads.seq1[i], reads.qual1[i]
-            hits = list(aligner.map(seq, name=name, buf=buf, MD=True)) if seq else []
+            key = name + suffix
+            hits = list(aligner.map(seq, name=key, buf=buf, MD=True)) if seq else []
             primary, others = _classify(hits)
             counts.reads += 1
             if primary is None:
@@ -636,12 +653,13 @@ def _map_chunk(job: _Job, start: int, end: int) -> tuple[str, AlignCounts]:
     assert reads.seq2 is not None and reads.qual2 is not None
     for i in range(start, end):
         name = reads.names[i]
+        key = name + suffix
         s1, q1, s2, q2 = reads.seq1[i], reads.qual1[i], reads.seq2[i], reads.qual2[i]
         hits1: list[Any] = []
         hits2: list[Any] = []
         if s1 and s2:
             n2 = len(s2)
-            for hit in aligner.map(s1, s2, name=name, buf=buf, MD=True):
+            for hit in aligner.map(s1, s2, name=key, buf=buf, MD=True):
                 if hit.read_num == 1:
                     hits1.append(hit)
                 elif hit.q_st == n2 - hit.q_en:  # symmetric clips: mappy's fields are right
@@ -649,9 +667,9 @@ def _map_chunk(job: _Job, start: int, end: int) -> tuple[str, AlignCounts]:
                 else:
                     hits2.append(_Mate2Hit(hit, n2, s2, aligner))
         elif s1:
-            hits1 = list(aligner.map(s1, name=name, buf=buf, MD=True))
+            hits1 = list(aligner.map(s1, name=key, buf=buf, MD=True))
         elif s2:
-            hits2 = list(aligner.map(s2, name=name, buf=buf, MD=True))
+            hits2 = list(aligner.map(s2, name=key, buf=buf, MD=True))
         p1, others1 = _classify(hits1)
         p2, others2 = _classify(hits2)
         counts.reads += 2
@@ -685,6 +703,21 @@ def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(n, start + size)
 
 
+_NAME_SUFFIXES = ("", "/1", "/2")
+
+
+def name_suffix_of(fastq: str | Path) -> str:
+    """The "/1" or "/2" that ends the first read name of a FASTQ ("" if none): what
+    read_id lost at ingest and minimap2 hashes (pass it to align_batch as name_suffix)."""
+    from tasks.fastq import open_fastq
+
+    with open_fastq(str(fastq)) as fh:
+        header = fh.readline()
+    words = header[1:].split(None, 1) if header.startswith(b"@") else []
+    name = words[0].decode("utf-8", "replace") if words else ""
+    return name[-2:] if len(name) >= 3 and name[-2:] in ("/1", "/2") else ""
+
+
 def align_batch(
     batch: pa.RecordBatch | pa.Table,
     index: Path,
@@ -695,6 +728,7 @@ def align_batch(
     *,
     max_frag_len: int = MAX_FRAG_LEN,
     shard_level: int = 1,
+    name_suffix: str = "",
 ) -> AlignCounts:
     """Align a batch with mappy (pairs together) into a coordinate-sorted BAM.
 
@@ -708,6 +742,10 @@ def align_batch(
         max_frag_len: longest fragment of a proper pair (flag 0x2).
         shard_level: BGZF level of this BAM; 1 because merge_bams recompresses it. Use
             6 (samtools' default) for a BAM that is kept as it is.
+        name_suffix: what the source FASTQ had after read_id in mate 1's name ("/1" for
+            old Illumina and ART names; see name_suffix_of). minimap2 picks among equally
+            good placements (repeats, MAPQ 0) by a hash of the name it read, suffix
+            included; with the suffix, helixflow picks the same copy. Records keep read_id.
 
     Returns:
         AlignCounts: reads, mapped/unmapped reads, properly paired reads, secondary and
@@ -729,7 +767,10 @@ def align_batch(
     program = (f"@PG\tID:mappy\tPN:mappy\tVN:{getattr(mappy, '__version__', 'unknown')}"
                f"\tCL:{command}")
     header = _header(sq, read_group, program)
-    job = _Job(aligner, reads, f"\tRG:Z:{read_group['ID']}", preset != "sr", max_frag_len)
+    if name_suffix not in _NAME_SUFFIXES:
+        raise ValueError(f"name_suffix must be one of {_NAME_SUFFIXES}, got {name_suffix!r}")
+    job = _Job(aligner, reads, f"\tRG:Z:{read_group['ID']}", preset != "sr", max_frag_len,
+               name_suffix)
     threads = max(1, int(threads))
     total = AlignCounts()
     with _SortedBamSink(Path(out_sorted_bam), threads, shard_level) as sink:

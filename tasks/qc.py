@@ -27,10 +27,15 @@ first 50 overlapping bases; bases are compared as characters (N matches N).
 How it is fast. No Python loop per read: a batch is processed in chunks of fragments held
 as padded 2-D byte matrices (reads x positions). Trimming decisions are cumulative sums,
 masked arg-max/arg-min and gathers over those matrices. Sequence comparisons (overlap
-and adapter search) pack, for every read position, the next 32 bases into one 64-bit word
-(2 bits per base; a second word flags N), built in five doubling passes; one candidate
-shift then costs a handful of whole-chunk XOR/popcount operations for all reads at once.
-The loop is over shifts (about 2 x read length for the overlap), never over reads.
+and adapter search) pack, for every read position, the next 16 bases into one 32-bit word
+(2 bits per base), built in four doubling passes; a candidate shift is screened with a
+few XOR/popcount operations for all reads at once (a lower bound of the mismatches), and
+only screened-in candidates are compared base by base. The overlap analysis screens 16
+shifts at a time as one (shifts x pairs) matrix, over the pairs still searching only
+(a pair leaves once its first accepted shift is found, as fastp stops there), and packs
+R2's reverse complement only where it is needed. Loops run over shift blocks and adapter
+positions, never over reads. (0.44 s per 65k ART pairs before these last changes,
+~0.18 CPU s after, with identical output.)
 
 Example:
     >>> for batch in iter_read_batches("R1.fq.gz", "R2.fq.gz"):  # doctest: +SKIP
@@ -88,9 +93,10 @@ _REASONS = {
     FAIL_QUALITY: "low_quality",
     FAIL_COMPLEXITY: "low_complexity",
 }
-_CHUNK = 8192  # fragments per internal chunk: bounds the packed matrices to ~60 MB
+_CHUNK = 8192  # fragments per internal chunk: cache-sized arrays (fastest of 4k..32k measured)
 _PHRED = 33
 _COMPARE_HEAD = 50  # fastp's overlap analysis only rejects on mismatches in the first 50 bases
+_SHIFT_BLOCK = 16  # overlap shifts screened together as one (shifts x pairs) matrix
 
 
 @dataclass(frozen=True)
@@ -289,9 +295,6 @@ class QcCounts:
 # --------------------------------------------------------------------------------------
 # Byte tables and packing
 
-_CODE8 = np.zeros(256, np.uint8)  # 2-bit base code; anything not ACGT packs as A
-for _i, _b in enumerate(b"ACGT"):
-    _CODE8[_b] = _i
 _COMPLEMENT = np.full(256, ord("N"), np.uint8)  # fastp: anything but ACGT complements to N
 _COMPLEMENT[np.frombuffer(b"ACGT", np.uint8)] = np.frombuffer(b"TGCA", np.uint8)
 _COMPLEMENT[0] = 0  # padding stays padding
@@ -317,19 +320,22 @@ class _Windows:
     """For every position p of every read, bases p..p+15 packed 2 bits each into a uint32,
     stored (positions, reads) so one position across all reads is contiguous.
 
-    Used to screen candidate shifts: N is packed like A, so a packed comparison never
-    counts more mismatches than the exact one and screening cannot lose a true match;
-    candidates are then verified base by base (`_diff`).
+    Used to screen candidate shifts. A base's code is bits 1-2 of its byte (A 0, C 1, T 2,
+    G 3; N packs like G, padding like A): two whole-matrix operations instead of a table
+    lookup. Equal bytes always get equal codes, so a packed comparison never counts more
+    mismatches than the exact one and screening cannot lose a true match; candidates are
+    then verified base by base (`_diff`). Positions past the matrix read as zeros.
     """
 
-    def __init__(self, matrix: np.ndarray, pad: int = 64) -> None:
+    def __init__(self, matrix: np.ndarray) -> None:
         n, width = matrix.shape
-        words = np.zeros((width + pad, n), np.uint8)
-        words[:width] = _CODE8[np.ascontiguousarray(matrix.T)]
+        words = np.ascontiguousarray(matrix.T) >> np.uint8(1)
+        words &= np.uint8(3)
         # Doubling: after the pass for `shift`, each word holds 2 * shift bases.
         for shift, dtype in ((1, np.uint8), (2, np.uint8), (4, np.uint16), (8, np.uint32)):
             words = words.astype(dtype, copy=False)
-            words[:-shift] |= words[shift:] << dtype(2 * shift)
+            if shift < width:
+                words[:-shift] |= words[shift:] << dtype(2 * shift)
         self.words = words
         self._zeros = np.zeros(n, np.uint32)
 
@@ -338,10 +344,21 @@ class _Windows:
         return self.words[p] if 0 <= p < len(self.words) else self._zeros
 
 
-def _screen(a: np.ndarray, b: np.ndarray | np.uint32, count: np.ndarray) -> np.ndarray:
+def _pack16(matrix: np.ndarray) -> np.ndarray:
+    """The packed window at position 0 of every row (as `_Windows(matrix).at(0)`), without
+    packing the other positions."""
+    head = matrix[:, :16]
+    codes = ((head >> np.uint8(1)) & np.uint8(3)).astype(np.uint32)
+    shifts = np.arange(0, 2 * head.shape[1], 2, dtype=np.uint32)
+    return np.bitwise_or.reduce(codes << shifts, axis=1).astype(np.uint32, copy=False)
+
+
+def _screen(a: np.ndarray, b: np.ndarray | np.uint32, count: np.ndarray | int) -> np.ndarray:
     """Lower bound of the mismatches among the first `count` (0..16) bases of two windows."""
     x = a ^ b
-    return np.bitwise_count(((x | (x >> np.uint32(1))) & _EVEN_BITS) & _MASKS[count])
+    x |= x >> np.uint32(1)
+    x &= _EVEN_BITS if isinstance(count, int) and count == 16 else _EVEN_BITS & _MASKS[count]
+    return np.bitwise_count(x)
 
 
 def _diff(x: np.ndarray, y: np.ndarray, count: np.ndarray) -> np.ndarray:
@@ -456,8 +473,10 @@ def _trim_and_cut(
 
 def _from_end(matrix: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Bases read from the 3' end ((n, width); column k = k-th base from the end) and a
-    mask of the columns inside each read."""
+    mask of the columns inside each read (past a read's start: undefined bytes)."""
     width = matrix.shape[1]
+    if len(length) and length.min() == width:  # all full length: a plain reversal
+        return matrix[:, ::-1].copy(), np.ones(matrix.shape, bool)
     idx = length[:, None] - 1 - np.arange(width)
     valid = idx >= 0
     return np.take_along_axis(matrix, np.maximum(idx, 0), axis=1), valid
@@ -522,43 +541,102 @@ def _overlap(
     """fastp OverlapAnalysis::analyze for all pairs: the first accepted shift of R2's
     reverse complement against R1, forward shifts (R2 starting inside R1) first, then
     backward ones (read-through). Returns (found, offset, overlap_len); a negative offset
-    means the insert is shorter than the reads."""
+    means the insert is shorter than the reads.
+
+    Shifts are screened _SHIFT_BLOCK at a time as (shifts x pairs) matrices, on the pairs
+    still searching only (found pairs leave the working set), so the Python loop runs a
+    few times per chunk rather than once per shift."""
     n = len(active)
     len1, len2 = m1.length, m2.length
-    rc, _ = _from_end(m2.seq, len2)
-    rc = _COMPLEMENT[rc]
-    wr = _Windows(rc)
-    s1 = _padded_right(m1.seq, _COMPARE_HEAD + 64)
-    rc = _padded_right(rc, _COMPARE_HEAD + 64)
-    found = ~active
+    cols = np.arange(_COMPARE_HEAD)
+
+    def rc_of(rows: np.ndarray, head: int | None = None) -> np.ndarray:
+        """R2's reverse complement for some pairs (bytes past a read are undefined): its
+        first `head` bases if given, else `width`; built where needed, not per chunk."""
+        seq, length = m2.seq[rows], len2[rows]
+        if head is None:
+            return _COMPLEMENT[_from_end(seq, length)[0]]
+        idx = np.maximum(length[:, None] - 1 - np.arange(head), 0)
+        return _COMPLEMENT[np.take_along_axis(seq, idx, axis=1)]
+
+    def gather(matrix: np.ndarray, rows: np.ndarray, start: np.ndarray) -> np.ndarray:
+        """matrix[rows[i], start[i] : start[i] + _COMPARE_HEAD], indices past the end
+        clamped: those columns lie beyond the overlap and are never counted."""
+        at = np.minimum(np.add.outer(start, cols), matrix.shape[1] - 1)
+        return matrix[rows[:, None], at]
+
+    found = np.zeros(n, bool)
     offset = np.zeros(n, np.int64)
     olap = np.zeros(n, np.int64)
     fraction = p.overlap_diff_percent_limit / 100.0
 
-    def test(shift: int, cand: np.ndarray, ol: np.ndarray, a0: int, b0: int, forward: bool) -> None:
-        limit = np.minimum(p.overlap_diff_limit, np.floor(ol * fraction).astype(np.int64))
-        cmp = np.minimum(ol, _COMPARE_HEAD)
-        # Screen on the first 16 bases, then count exactly over the first 50.
-        lower = _screen(w1.at(a0), wr.at(b0), np.clip(cmp, 0, 16))
-        rows = np.flatnonzero(cand & (lower <= limit))
-        if not len(rows):
+    def scan(forward: bool) -> None:
+        # Shift s is tried on pairs with s < reach (len1 - overlap_min forward,
+        # len2 - overlap_min backward); a pair takes its first accepted shift. One read's
+        # window moves (R1 forward, R2's reverse complement backward), the other's stays at
+        # position 0. The moving windows of R2 are packed only for the pairs still
+        # searching when the backward scan starts (usually a minority).
+        reach_all = (len1 if forward else len2) - p.overlap_min
+        idx = np.flatnonzero(active & ~found & (reach_all > 0))
+        if not len(idx):
             return
-        x = s1[rows, a0 : a0 + _COMPARE_HEAD]
-        y = rc[rows, b0 : b0 + _COMPARE_HEAD]
-        rows = rows[_diff(x, y, cmp[rows]) <= limit[rows]]
-        found[rows] = True
-        offset[rows] = shift if forward else -shift
-        olap[rows] = ol[rows]
+        # rc: R2's reverse complement for these pairs (its first 50 bases forward, where
+        # it stays at position 0), row rloc[i] for pair idx[i]; loc: column of the moving
+        # windows (R1's, all pairs, forward; rc's backward).
+        rloc = np.arange(len(idx))
+        if forward:
+            rc = rc_of(idx, _COMPARE_HEAD)
+            moving, fixed, loc = w1, _pack16(rc), idx
+        else:
+            rc = rc_of(idx)
+            moving, fixed, loc = _Windows(rc), w1.at(0)[idx], rloc
+        reach = reach_all[idx]
+        l1, l2 = len1[idx], len2[idx]
+        uniform = l1.min() == l1.max() and l2.min() == l2.max()  # so is every subset
+        stop = int(reach.max())
+        for s0 in range(0, stop, _SHIFT_BLOCK):
+            block = np.arange(s0, min(s0 + _SHIFT_BLOCK, stop))[:, None]  # (shifts, 1)
+            a1, a2 = (int(l1[0]), int(l2[0])) if uniform else (l1, l2)
+            ol = np.minimum(a1 - block, a2) if forward else np.minimum(a1, a2 - block)
+            limit = np.minimum(p.overlap_diff_limit, np.floor(ol * fraction).astype(np.int64))
+            cmp = np.minimum(ol, _COMPARE_HEAD)
+            # Screen on the first 16 bases, then count exactly over the first 50.
+            x = moving.words[s0 : s0 + len(block)]
+            if x.shape[1] != len(loc):
+                x = x[:, loc]
+            lower = _screen(x, fixed, 16 if cmp.min() >= 16 else np.clip(cmp, 0, 16))
+            passed = lower <= np.clip(limit, 0, 16).astype(np.uint8)  # bytes with bytes
+            if not uniform:  # else every pair reaches the last shift
+                passed &= block < reach
+            bi, ki = np.nonzero(passed)  # shift-major order
+            if not len(bi):
+                continue
+            shift, rows = s0 + bi, idx[ki]
+            if forward:
+                xs, ys = gather(m1.seq, rows, shift), rc[rloc[ki]]
+            else:
+                xs, ys = gather(m1.seq, rows, 0 * shift), gather(rc, rloc[ki], shift)
+            pick = (bi, 0) if uniform else (bi, ki)
+            ok = _diff(xs, ys, cmp[pick]) <= limit[pick]
+            if not ok.any():
+                continue
+            # The first accepted shift of each pair (candidates are in shift order).
+            first_k, first = np.unique(ki[ok], return_index=True)
+            accepted = rows[ok][first]
+            found[accepted] = True
+            offset[accepted] = shift[ok][first] * (1 if forward else -1)
+            olap[accepted] = (ol[(bi, 0) if uniform else (bi, ki)])[ok][first]
+            keep = np.ones(len(idx), bool)
+            keep[first_k] = False
+            idx, loc, rloc, reach, fixed, l1, l2 = (
+                a[keep] for a in (idx, loc, rloc, reach, fixed, l1, l2)
+            )
+            if not len(idx):
+                return
 
-    for d in range(max(0, int(len1.max(initial=0)) - p.overlap_min)):
-        cand = ~found & (d < len1 - p.overlap_min)
-        if cand.any():
-            test(d, cand, np.minimum(len1 - d, len2), d, 0, True)
-    for e in range(max(0, int(len2.max(initial=0)) - p.overlap_min)):
-        cand = ~found & (e < len2 - p.overlap_min)
-        if cand.any():
-            test(e, cand, np.minimum(len1, len2 - e), 0, e, False)
-    return found & active, offset, olap
+    scan(True)
+    scan(False)
+    return found, offset, olap
 
 
 def _trim_by_sequence(
@@ -608,13 +686,25 @@ def _trim_by_sequence(
 # Filters
 
 
+def _row_counts(mask: np.ndarray) -> np.ndarray:
+    """True cells per row of a 2-D boolean matrix (as bytes summed into uint16: twice as
+    fast as count_nonzero along an axis)."""
+    acc = np.uint16 if mask.shape[1] < 2**16 else np.int64
+    return mask.view(np.uint8).sum(axis=1, dtype=acc).astype(np.int64)
+
+
 def _filter_codes(mate: _Mate, p: QcParams) -> np.ndarray:
     """fastp Filter::passFilter result code of every read (PASS = 0)."""
     length = mate.length
     width = mate.seq.shape[1]
     inside = np.arange(width) < length[:, None]
-    low = np.count_nonzero((mate.qual < _PHRED + p.qualified_quality_phred) & inside, axis=1)
-    n_bases = np.count_nonzero((mate.seq == _N) & inside, axis=1)
+    low_q = mate.qual < _PHRED + p.qualified_quality_phred
+    is_n = mate.seq == _N
+    if len(length) and length.min() < width:  # else every column is inside every read
+        low_q &= inside
+        is_n &= inside
+    low = _row_counts(low_q)
+    n_bases = _row_counts(is_n)
     code = np.zeros(len(length), np.int64)
     safe = np.maximum(length, 1)
     if p.average_qual:
@@ -655,12 +745,22 @@ class _Out:
     qual: list[np.ndarray] = field(default_factory=list)
 
     def add(self, mate: _Mate, keep: np.ndarray, rows: np.ndarray) -> None:
-        length = mate.length[keep]
-        inside = np.arange(mate.seq.shape[1]) < length[:, None]
-        self.rows.append(rows[keep])
+        """Add the reads where `keep`, cut to their lengths (`rows`: their source rows)."""
+        width = mate.seq.shape[1]
+        if keep.all():  # no copies of the matrices for the common case
+            length, seq, qual = mate.length, mate.seq, mate.qual
+            self.rows.append(rows)
+        else:
+            length, seq, qual = mate.length[keep], mate.seq[keep], mate.qual[keep]
+            self.rows.append(rows[keep])
         self.lengths.append(length)
-        self.seq.append(mate.seq[keep][inside])
-        self.qual.append(mate.qual[keep][inside])
+        if len(length) and length.min() == width:  # untrimmed: the matrix is the data
+            self.seq.append(seq.reshape(-1))
+            self.qual.append(qual.reshape(-1))
+        else:
+            inside = np.arange(width) < length[:, None]
+            self.seq.append(seq[inside])
+            self.qual.append(qual[inside])
 
 
 def _adapters_for(p: QcParams, mate: int, paired: bool) -> tuple[list[str], list[str], bool]:

@@ -25,6 +25,7 @@ from tasks.bam import (
     build_index,
     md_tag,
     merge_bams,
+    name_suffix_of,
     preset_for,
     unaligned_bam,
 )
@@ -405,6 +406,57 @@ def test_samtools_quickcheck_passes_on_every_output(tmp_path: Path, aligned, gen
     view = subprocess.run([samtools, "view", "-c", str(merged), "chrA:1-20000"],
                           capture_output=True, text=True, check=True)
     assert int(view.stdout) > 1_500
+
+
+def test_name_suffix_of_reads_the_first_header(tmp_path: Path) -> None:
+    for header, suffix in (("@r7/1", "/1"), ("@r7/2 x", "/2"), ("@r7 1:N:0", ""), ("@/1", "")):
+        fq = tmp_path / "r.fq"
+        fq.write_text(f"{header}\nACGT\n+\nIIII\n")
+        assert name_suffix_of(fq) == suffix
+
+
+def test_repeat_ties_are_broken_like_minimap2_with_the_name_suffix(tmp_path: Path) -> None:
+    """Pairs inside an exact repeat have equally good placements (MAPQ 0); minimap2 picks
+    one by a hash of the name it read ("p3/1"), which read_id lost: given the suffix,
+    helixflow picks the same copy for every read."""
+    minimap2 = require_tool("minimap2")
+    rng = np.random.default_rng(23)
+    unit = random_genome(rng, 1_500)
+    genome = (random_genome(rng, 4_000) + unit + random_genome(rng, 4_000) + unit
+              + random_genome(rng, 4_000))
+    ref = write_fasta(tmp_path / "rep.fa", {"chrR": genome})
+    rows, _ = simulate_pairs(unit, 120, rng, error=0.0, insert=400)
+    fq1, fq2 = tmp_path / "r_1.fq", tmp_path / "r_2.fq"
+    for path, mate, s_col, q_col in ((fq1, 1, 1, 2), (fq2, 2, 3, 4)):
+        path.write_text("".join(f"@{r[0]}/{mate}\n{r[s_col]}\n+\n{r[q_col]}\n" for r in rows))
+    peer = tmp_path / "peer.sam"
+    with peer.open("w") as fh:
+        subprocess.run([minimap2, "-ax", "sr", "-t", "1", str(ref), str(fq1), str(fq2)],
+                       stdout=fh, stderr=subprocess.DEVNULL, check=True)
+    index = build_index(ref, "sr", tmp_path / "mmi")
+    batch = next(iter_read_batches(str(fq1), str(fq2)))
+    assert name_suffix_of(fq1) == "/1"
+
+    def placements(path: Path) -> dict[tuple[str, bool], tuple[int, bool, int]]:
+        with pysam.AlignmentFile(str(path), check_sq=False) as fh:
+            return {(r.query_name, r.is_read1): (r.reference_start, r.is_reverse,
+                                                 r.mapping_quality)
+                    for r in fh.fetch(until_eof=True)
+                    if not (r.is_unmapped or r.is_secondary or r.is_supplementary)}
+
+    theirs = placements(peer)
+    assert len(theirs) == 240 and all(mapq == 0 for _, _, mapq in theirs.values())
+    for suffix in ("/1", ""):
+        out = tmp_path / f"ours{len(suffix)}.bam"
+        align_batch(batch, index, out, RG, name_suffix=suffix)
+        ours = placements(out)
+        same = sum(ours.get(k, (None,))[:2] == v[:2] for k, v in theirs.items())
+        if suffix:
+            assert same == len(theirs)  # every tie broken as minimap2 breaks it
+        else:
+            assert same < len(theirs)  # the bare read_id hashes differently
+    with pytest.raises(ValueError, match="name_suffix"):
+        align_batch(batch, index, tmp_path / "x.bam", RG, name_suffix="_1")
 
 
 @pytest.mark.integration

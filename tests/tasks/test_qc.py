@@ -123,6 +123,32 @@ def test_overlap_tolerates_sequencing_errors() -> None:
     assert counts.overlap_trimmed_pairs == 1
 
 
+def test_overlap_of_each_pair_does_not_depend_on_the_others() -> None:
+    """Pairs are screened together, shifts in blocks, found pairs leaving the working
+    set: a pair must get the same result in a mixed batch as on its own (forward and
+    read-through overlaps, mixed read lengths, a second later shift that also fits)."""
+    pairs = []
+    for i in range(60):
+        rng = random.Random(100 + i)
+        insert = rng.randint(40, 260)
+        fragment = random_seq(insert, 200 + i)
+        n1, n2 = rng.randint(60, 150), rng.randint(60, 150)
+        r1 = (fragment + TRUSEQ_R1 + random_seq(150, 400 + i))[:n1]
+        r2 = (revcomp(fragment) + TRUSEQ_R2 + random_seq(150, 600 + i))[:n2]
+        if i % 7 == 0:  # a tandem repeat: several shifts pass, the first must win
+            unit = random_seq(10, 800 + i)
+            r1, r2 = (unit * 15)[:n1], revcomp(unit * 15)[:n2]
+        pairs.append((good(r1), good(r2)))
+    together, _, counts = filter_batch(make_batch(*map(list, zip(*pairs, strict=True))))
+    alone = [filter_batch(make_batch([a], [b]))[0] for a, b in pairs]
+    n = len(pairs)
+    got = sequences(together)
+    assert got[:n] == [sequences(k)[0] for k in alone]
+    assert got[n:] == [sequences(k)[1] for k in alone]
+    assert 0 < counts.overlap_trimmed_pairs < n
+    check_totals(counts)
+
+
 def test_poly_g_tail() -> None:
     body = random_seq(72, 7) + "ACATTCAA"  # no G near the run: the walk stops in it
     read = body + "G" * 25 + "T" + "G" * 4  # one mismatch per 8 bases is tolerated
