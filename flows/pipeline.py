@@ -29,6 +29,7 @@ from flows.preprocess import (
     run_unaligned,
     stage_params,
 )
+from flows.simulate import SimulateParams, run_simulations
 from helixflow.artifacts import Artifact, FileRef
 from helixflow.errors import HelixflowError
 from helixflow.lineage import LineageGraph, code_version, mermaid
@@ -57,6 +58,8 @@ class RunSummary(BaseModel):
     bams: dict[str, str] = {}
     vcfs: dict[str, str] = {}
     embeddings: dict[str, list[str]] = {}
+    analysis: dict[str, Any] = {}
+    trajectories: list[str] = []
     samples: list[dict[str, Any]]
     artifacts: int
     tasks_executed: int
@@ -82,6 +85,9 @@ def genomics_pipeline(
     variant_options: dict[str, Any] | None = None,
     embed_methods: list[str] | None = None,
     embed_options: dict[str, Any] | None = None,
+    simulate: bool = True,
+    simulate_options: dict[str, Any] | None = None,
+    truth: str | None = None,
     kmer_size: int = 21,
     preset: str = "sr",
     run_label: str = "helixflow",
@@ -107,6 +113,11 @@ def genomics_pipeline(
         embed_methods: embeddings to compute: kmer, protein, lshvec, dnabert (default all;
             [] for none)
         embed_options: embedding settings (fields of `flows.embed.EmbedParams`)
+        simulate: phase 2: graph/spectral analysis of the embeddings, then MD of the
+            representatives' peptides
+        simulate_options: phase 2 settings (fields of `flows.simulate.SimulateParams`:
+            method, max_representatives, md_steps, gromacs_block, cluster_block, analysis…)
+        truth: a TSV naming each read's source (`name`, `genome`) to score the clusters (ARI)
         kmer_size: k for the error-correction spectrum
         preset: minimap2 preset for alignment (sr, map-ont, map-pb)
         run_label: the flow run's display name
@@ -121,6 +132,7 @@ def genomics_pipeline(
     variant_params = stage_params(VariantParams, variant_options, "variant")
     motif_params = _motif_params(motifs, motif_mismatches, motif_p_value)
     embed_params = _embed_params(embed_methods, embed_options)
+    sim_params = _simulate_params(simulate_options)
     logger.info("run %s: %d sample(s) → %s", run_id, len(samples), st.run_uri(run_id))
 
     if not reference and not assemble:
@@ -129,7 +141,7 @@ def genomics_pipeline(
     s3_options = st.storage_options if st.scheme == "s3" else None
     with profile("light"):
         uris = [u for s in samples for u in (s.r1, s.r2) if u] + ([reference] if reference else [])
-        uris += motif_files or []
+        uris += (motif_files or []) + ([truth] if truth else [])
         refs = {
             uri: identify_input.submit(uri, s3_options if uri.startswith("s3://") else None)
             for uri in uris
@@ -193,6 +205,12 @@ def genomics_pipeline(
     embeddings = run_embeddings(corrected, {label: a.orfs for label, a in annotations.items()},
                                 embed_params, st, run_id, recorder)
 
+    analysis, trajectories = None, []
+    if simulate and embeddings:
+        analysis, trajectories = run_simulations(
+            embeddings, sim_params, refs[truth].result() if truth else None, st, run_id,
+            recorder, store_block)
+
     report = _report(run_id, results, qc_counts, dup_counts, solids, fix_counts, annotations,
                      bams, calls, assemblies)
     with profile("light"):
@@ -225,6 +243,13 @@ def genomics_pipeline(
                                   "vectors": sum(a.rows or 0 for a in arts),
                                   "dim": arts[0].metadata.get("dim") if arts else None}
                                  for m, arts in embeddings.items()])
+    if analysis is not None:
+        tables["analysis"] = ("Graph and spectral analysis of the embeddings",
+                              [{"method": analysis.clusters.params.get("method"),
+                                **analysis.metrics}])
+    if trajectories:
+        tables["md"] = ("Peptide MD trajectories (AMBER NetCDF)",
+                        [{"trajectory": t.uri, **t.params} for t in trajectories])
     if assemblies:
         tables["assembly"] = ("MEGAHIT contigs per sample",
                               [{"sample": s, **a.stats} for s, a in assemblies.items()])
@@ -236,6 +261,8 @@ def genomics_pipeline(
         bams={s: b.bam.uri for s, b in bams.items()},
         vcfs={s: v.vcf.uri for s, v in calls.items()},
         embeddings={m: [a.uri for a in arts] for m, arts in embeddings.items()},
+        analysis=analysis.metrics if analysis else {},
+        trajectories=[t.uri for t in trajectories],
         run_uri=st.run_uri(run_id),
         samples=[{"sample": r.sample, "layout": r.layout, "shards": len(r.shards),
                   **summarize(r.stats), "reads_after_qc": qc_counts[r.sample].get("reads_out")}
@@ -253,6 +280,14 @@ def _motif_params(motifs: dict[str, str] | None, mismatches: int, p_value: float
                            max_mismatches=mismatches, p_value=p_value)
     except ValueError as exc:
         raise HelixflowError(f"invalid motif options: {exc}") from None
+
+
+def _simulate_params(options: dict[str, Any] | None) -> SimulateParams:
+    try:
+        return SimulateParams(**(options or {}))
+    except ValueError as exc:
+        raise HelixflowError(f"invalid simulate options: {exc}",
+                             hint=f"fields: {', '.join(SimulateParams.model_fields)}") from None
 
 
 def _embed_params(methods: list[str] | None, options: dict[str, Any] | None) -> EmbedParams:

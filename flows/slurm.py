@@ -654,6 +654,9 @@ class SlurmRun:
                     task.local_dir / name, run_id=self.run_id, stage=f"{self.stage}/{spec.name}",
                     name=name, media_type=media, move=not self.cluster.keep_scratch,
                     producer="flows.slurm", params={"job_id": task.job_id},
+                    upstream=[FileRef(uri=ref.uri, size=ref.size, sha256=ref.sha256,
+                                      etag=ref.etag)
+                              for ref in spec.inputs.values() if isinstance(ref, FileRef)],
                     metadata={"slurm_state": task.state, "attempts": task.attempts},
                 )
             results.append(JobResult(

@@ -105,6 +105,21 @@ def run(
     embed_option: Annotated[list[str] | None, typer.Option(
         "--embed-option", metavar="KEY=VALUE", help="Embedding setting (flows.embed.EmbedParams "
         "field), e.g. --embed-option kmer_k=4. Repeatable.")] = None,
+    simulate: Annotated[bool, typer.Option(
+        help="Phase 2: cluster the embeddings, then MD of the representatives' peptides."
+    )] = True,
+    max_representatives: Annotated[int, typer.Option(
+        min=0, help="Peptides simulated (medoids of the largest clusters).")] = 2,
+    md_steps: Annotated[int | None, typer.Option(
+        min=1, help="Production MD steps (default: a short demo run).")] = None,
+    analysis_method: Annotated[str | None, typer.Option(
+        help="Embedding method clustered in phase 2 (default: lshvec, else kmer5).")] = None,
+    gromacs_block: Annotated[str | None, typer.Option(
+        help="Saved GromacsSettings block for the MD.")] = None,
+    cluster_block: Annotated[str | None, typer.Option(
+        help="Saved SlurmCluster block (default: MD runs here, without Slurm).")] = None,
+    truth: Annotated[str | None, typer.Option(
+        help="TSV of each read's source (name, genome) to score the clusters (ARI).")] = None,
 ) -> None:
     """Run the genomics pipeline (on the demo community when no inputs are given)."""
     try:
@@ -120,10 +135,17 @@ def run(
             "motif_mismatches": motif_mismatches,
             "embed_methods": None if embed is None else [m for m in embed if m != "none"],
             "embed_options": _key_values(embed_option, "--embed-option"),
+            "simulate": simulate,
+            "simulate_options": {k: v for k, v in {
+                "max_representatives": max_representatives, "md_steps": md_steps,
+                "method": analysis_method, "gromacs_block": gromacs_block,
+                "cluster_block": cluster_block}.items() if v is not None},
+            "truth": truth,
         }
         if not inputs:
-            inputs, demo_reference = _demo_inputs()
+            inputs, demo_reference, demo_truth = _demo_inputs()
             reference = reference or demo_reference
+            options["truth"] = options["truth"] or demo_truth
         api_url = connect_prefect()
         out.print(f"Prefect UI: [link]{ui_base(api_url)}[/link]")
         started = time.perf_counter()
@@ -180,14 +202,14 @@ def _named_motifs(items: list[str] | None) -> dict[str, str] | None:
     return motifs
 
 
-def _demo_inputs() -> tuple[list[str], str]:
+def _demo_inputs() -> tuple[list[str], str, str]:
     from helixflow.demo import write_demo
     from helixflow.settings import helixflow_home
 
     with out.status("writing the demo community …"):
         demo = write_demo(helixflow_home() / "demo")
     out.print(f"demo data: {demo.dir}")
-    return [str(demo.r1), str(demo.r2)], str(demo.genomes)
+    return [str(demo.r1), str(demo.r2)], str(demo.genomes), str(demo.truth)
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -213,6 +235,16 @@ def _print_summary(summary: Any, elapsed: float) -> None:
     )
     out.print(f"run folder: {summary.run_uri}")
     out.print(f"QC report: {summary.report_uri}")
+    for method, shards in summary.embeddings.items():
+        out.print(f"embeddings {method}: {len(shards)} shard(s)")
+    if summary.analysis:
+        m = summary.analysis
+        ari = "" if m.get("ari_spectral") is None else (
+            f", ARI spectral {m['ari_spectral']:.3f} / Leiden {m['ari_leiden']:.3f}")
+        out.print(f"analysis: {m['vectors']:,} vectors, {m['n_clusters']} clusters, "
+                  f"{m['communities']} communities{ari}")
+    for trajectory in summary.trajectories:
+        out.print(f"MD trajectory: {trajectory}")
 
 
 @app.command("call-variants")

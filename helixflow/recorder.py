@@ -52,5 +52,21 @@ class RunRecorder:
             )
         return artifacts
 
+    def record_outputs(self, artifacts: list[Artifact], producer_run_id: str | None,
+                       *, cached: bool = False) -> list[Artifact]:
+        """Lineage for artifacts made outside a task future (a sub-flow such as the Slurm
+        jobs, identified by its flow run id); cached ones are linked into this run."""
+        if not artifacts:
+            return artifacts
+        tally = self.by_task.setdefault(artifacts[0].producer, {"executed": 0, "cached": 0})
+        tally["cached" if cached else "executed"] += 1
+        if cached:
+            artifacts = [self.store.link_into_run(a, self.run_id) for a in artifacts]
+        for artifact in artifacts:
+            self.log.add(LineageRecord.of(artifact, run_id=self.run_id,
+                                          flow_run_id=self.flow_run_id,
+                                          task_run_id=producer_run_id, cached=cached))
+        return artifacts
+
     def flush(self) -> None:
         self.log.flush()

@@ -40,9 +40,15 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+from prefect import task
+from pydantic import BaseModel
 
 from blocks.gromacs import GromacsSettings
+from helixflow.artifacts import Artifact
+from helixflow.caching import stage_options
 from helixflow.errors import HelixflowError, InputError
+from helixflow.store import Store
+from helixflow.tables import publish_file
 from helixflow.tools import tool_version
 
 STANDARD_AMINO_ACIDS = frozenset("ACDEFGHIKLMNPQRSTVWY")
@@ -472,3 +478,108 @@ def md_outputs_to_netcdf(
         units=units,
         attributes=attrs,
     )
+
+
+# --- Prefect tasks: the store edge -------------------------------------------------------
+
+GROMACS_VERSION = "1"
+
+
+class MdPlan(BaseModel):
+    """One simulation, ready to submit: its peptide and its staged input artifacts."""
+
+    name: str
+    sequence_id: str
+    cluster: int
+    peptide: str
+    inputs: dict[str, Artifact]
+    commands: list[list[str]]
+    outputs: list[str]
+
+
+def _peptides(reps: list[dict[str, object]], min_len: int, max_len: int) -> dict[str, str]:
+    """Peptide of the longest stop-to-stop ORF of each representative read (six frames)."""
+    from tasks.orfs import OrfParams, find_orfs
+
+    pairs = [(str(r["sequence_id"]), str(r["sequence"])) for r in reps if r.get("sequence")]
+    if not pairs:
+        return {}
+    orfs = find_orfs(pairs, OrfParams(min_length_nt=3 * (min_len + 1), start_codons=(),
+                                      partial=True))
+    return peptides_from_orfs(orfs, min_len=min_len, max_len=max_len)
+
+
+@task(name="prepare-md", task_run_name="prepare-md-{method}", **stage_options(GROMACS_VERSION))
+def prepare_md(
+    method: str, representatives: Artifact, settings: GromacsSettings, max_jobs: int,
+    peptide_min: int, peptide_max: int, check_installed: bool, store: Store, run_id: str,
+) -> tuple[list[MdPlan], Artifact | None]:
+    """Peptides of the largest clusters' representatives → per-simulation input files
+    (structure, .mdp's) and one NetCDF of the batch's inputs (embeddings, sequences,
+    cluster ids, MD parameters, provenance), all published before submission."""
+    from helixflow.lineage import code_version
+    from helixflow.tables import parquet_file
+    from tasks.netcdf import write_md_inputs
+
+    with parquet_file(store, representatives) as pf:
+        reps = sorted(pf.read().to_pylist(), key=lambda r: -int(r["size"]))
+    peptides = _peptides(reps, peptide_min, peptide_max)
+    chosen = [r for r in reps if r["sequence_id"] in peptides][:max_jobs]
+    if not chosen:
+        return [], None
+    if check_installed:  # jobs run here: the force field must exist here
+        settings.check_installed()
+    up = [representatives.ref()]
+    plans: list[MdPlan] = []
+    with store.scratch() as scratch:
+        nc = write_md_inputs(
+            scratch / f"{method}.md-inputs.nc",
+            sequence_ids=[str(r["sequence_id"]) for r in chosen],
+            sequences=[peptides[str(r["sequence_id"])] for r in chosen],
+            embeddings=np.array([r["vector"] for r in chosen], dtype=np.float32),
+            cluster_ids=[int(r["cluster"]) for r in chosen],
+            md_params=settings.md_parameters(),
+            provenance={"run_id": run_id, "method": method,
+                        "representatives": representatives.uri, **{
+                            f"code_{k}": v or "" for k, v in code_version().items()}},
+        )
+        inputs_nc = publish_file(store, nc, run_id=run_id, stage="md-inputs",
+                                 media_type="application/x-netcdf", producer="prepare-md",
+                                 rows=len(chosen), upstream=up,
+                                 params=settings.md_parameters())
+        for i, rep in enumerate(chosen):
+            name = f"md-c{int(rep['cluster'])}-{i}"
+            job = md_job(settings, peptides[str(rep["sequence_id"])], check_installed=False)
+            files = job.write_inputs(scratch / name)
+            arts = {fname: publish_file(store, path, run_id=run_id, stage=f"md-inputs/{name}",
+                                        name=fname, media_type="text/plain",
+                                        producer="prepare-md", upstream=[inputs_nc.ref()])
+                    for fname, path in files.items()}
+            arts["inputs.nc"] = inputs_nc
+            plans.append(MdPlan(name=name, sequence_id=str(rep["sequence_id"]),
+                                cluster=int(rep["cluster"]), peptide=job.sequence,
+                                inputs=arts, commands=job.commands, outputs=list(job.outputs)))
+    return plans, inputs_nc
+
+
+@task(name="md-trajectory", task_run_name="trajectory-{plan.name}",
+      **stage_options(GROMACS_VERSION))
+def md_trajectory(plan: MdPlan, outputs: dict[str, Artifact], store: Store,
+                  run_id: str) -> Artifact:
+    """A finished simulation's outputs → AMBER-convention NetCDF trajectory (Å, ps) with
+    energy, temperature, pressure, RMSD and radius-of-gyration series."""
+    from helixflow.tables import fetch
+
+    with store.scratch() as scratch:
+        work = scratch / plan.name
+        work.mkdir()
+        for name in ("md.tpr", "md.xtc", "energy.xvg", "md.gro"):
+            local = fetch(store, outputs[name], work, name=name)
+            if local.parent != work:
+                (work / name).symlink_to(local)
+        nc = md_outputs_to_netcdf(work, scratch / f"{plan.name}.nc", {
+            "run_id": run_id, "sequence_id": plan.sequence_id, "cluster": plan.cluster,
+            "peptide": plan.peptide})
+        return publish_file(store, nc, run_id=run_id, stage="md", media_type="application/x-netcdf",
+                            producer="md-trajectory", upstream=[a.ref() for a in outputs.values()],
+                            params={"sequence_id": plan.sequence_id, "peptide": plan.peptide})

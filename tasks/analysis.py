@@ -1,0 +1,180 @@
+"""Graph and spectral analysis of one embedding method's shards: the task at the I/O edge.
+
+Kernels are `tasks.graph` (kNN graph, components, Leiden, medoids) and `tasks.spectral`
+(normalised Laplacian, eigenvectors, eigengap, k-means, projection). This module reads the
+embedding shards (at most `max_points` vectors, sampled evenly, so memory is bounded
+whatever the input size), runs them, joins representatives back to their reads' sequences,
+and publishes the tables and the projection plot.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections import defaultdict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from prefect.assets import materialize
+from pydantic import BaseModel, Field
+
+from helixflow.artifacts import Artifact, FileRef
+from helixflow.caching import stage_options
+from helixflow.errors import HelixflowError, InputError
+from helixflow.store import Store, display_name
+from helixflow.tables import fetch, parquet_file, publish_file, publish_table
+from tasks.graph import connected_components, knn_graph, leiden, representatives
+from tasks.spectral import adjusted_rand, plot_projection, projection_2d, spectral_clusters
+
+ANALYSIS_VERSION = "1"
+
+
+class AnalysisParams(BaseModel):
+    """Settings of the graph/spectral analysis.
+
+    Example:
+        >>> AnalysisParams(n_clusters=4, k_neighbors=10)  # doctest: +SKIP
+    """
+
+    n_clusters: int | None = Field(None, ge=1)
+    """Spectral clusters; None: chosen by the eigengap (up to `k_max`)."""
+    k_max: int = Field(12, ge=2)
+    k_neighbors: int = Field(30, ge=2)
+    metric: str = "euclidean"
+    pca: int | None = Field(50, ge=2)
+    """Reduce to this many principal components before the kNN search (None: off)."""
+    max_points: int = Field(20_000, ge=10)
+    """At most this many vectors are analysed (evenly sampled, seeded)."""
+    resolution: float = Field(1.0, gt=0)
+    """Leiden resolution."""
+    seed: int = 0
+
+
+class AnalysisResult(BaseModel):
+    clusters: Artifact
+    representatives: Artifact
+    projection: Artifact
+    metrics: dict[str, float | int | None]
+
+
+def _load(store: Store, shards: list[Artifact], max_points: int, seed: int
+          ) -> tuple[pa.Table, np.ndarray]:
+    """(sequence_id, source_shard, row) and the N×D matrix of an even sample of the shards."""
+    sizes = [s.rows or 0 for s in shards]
+    total = sum(sizes)
+    if total == 0:
+        raise HelixflowError("no embedding vectors to analyse (every read was filtered out?)")
+    keep = np.sort(np.random.default_rng(seed).choice(total, min(total, max_points),
+                                                      replace=False))
+    tables, mats, start = [], [], 0
+    for shard, size in zip(shards, sizes, strict=True):
+        local = keep[(keep >= start) & (keep < start + size)] - start
+        start += size
+        if not len(local):
+            continue
+        with parquet_file(store, shard) as pf:
+            table = pf.read(columns=["sequence_id", "source_shard", "row", "vector"]).take(local)
+        vectors = table.column("vector").combine_chunks()
+        dim = vectors.type.list_size
+        mats.append(vectors.flatten().to_numpy().reshape(len(vectors), dim))
+        tables.append(table.drop_columns(["vector"]))
+    return pa.concat_tables(tables), np.vstack(mats).astype(np.float32, copy=False)
+
+
+def _truth_labels(store: Store, truth: FileRef | None, ids: pa.Array, column: str
+                  ) -> np.ndarray | None:
+    """Labels of the sequences from a TSV (`name` + `column`), mates sharing their pair's."""
+    if truth is None:
+        return None
+    with store.scratch() as scratch:
+        path = fetch(store, truth, scratch)
+        opener = gzip.open if path.read_bytes()[:2] == b"\x1f\x8b" else open
+        with opener(path, "rt") as fh:  # type: ignore[operator]
+            header = fh.readline().rstrip("\n").split("\t")
+            if "name" not in header or column not in header:
+                raise InputError(display_name(truth.uri),
+                                 f"truth table needs columns 'name' and {column!r}")
+            i, j = header.index("name"), header.index(column)
+            labels = {f[i]: f[j] for f in (line.rstrip("\n").split("\t") for line in fh)}
+    names = pc.replace_substring_regex(ids, r"/[12]$", "").to_pylist()
+    return np.array([labels.get(n, "?") for n in names])
+
+
+def _sequences(store: Store, table: pa.Table) -> list[str]:
+    """The read sequence of each row (source_shard, row) of a representatives table."""
+    wanted: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for i, (src, row) in enumerate(zip(table.column("source_shard").to_pylist(),
+                                       table.column("row").to_pylist(), strict=True)):
+        wanted[src].append((i, row))
+    out = [""] * table.num_rows
+    for src, items in wanted.items():
+        with parquet_file(store, src) as pf:
+            seqs = pf.read(columns=["sequence"]).column("sequence").take(
+                [row for _, row in items]).to_pylist()
+        for (i, _), seq in zip(items, seqs, strict=True):
+            out[i] = seq
+    return out
+
+
+@materialize("helixflow://analysis", name="analyze-embeddings",
+             task_run_name="analyze-{method}", **stage_options(ANALYSIS_VERSION))
+def analyze_embeddings(
+    method: str, shards: list[Artifact], params: AnalysisParams, truth: FileRef | None,
+    truth_column: str, store: Store, run_id: str,
+) -> AnalysisResult:
+    """kNN graph → spectral clusters (eigengap), connected components and Leiden
+    communities → per-cluster medoids as representatives, plus a 2-D projection plot and
+    the adjusted Rand index against the truth when one is given."""
+    meta, X = _load(store, shards, params.max_points, params.seed)
+    ids = meta.column("sequence_id").combine_chunks()
+    original = X
+    if params.pca and X.shape[1] > params.pca and X.shape[0] > params.pca:
+        from sklearn.decomposition import PCA
+
+        X = PCA(params.pca, random_state=params.seed).fit_transform(X).astype(np.float32)
+    graph = knn_graph(X, params.k_neighbors, params.metric, seed=params.seed)  # type: ignore[arg-type]
+    spectral = spectral_clusters(graph, params.n_clusters, k_max=params.k_max, seed=params.seed)
+    n_components, components = connected_components(graph)
+    communities = leiden(graph, params.resolution, params.seed)
+    labels = _truth_labels(store, truth, ids, truth_column)
+    metrics: dict[str, float | int | None] = {
+        "vectors": int(X.shape[0]), "n_clusters": spectral.n_clusters,
+        "components": n_components, "communities": int(communities.max()) + 1,
+        "ari_spectral": None if labels is None else adjusted_rand(spectral.labels, labels),
+        "ari_leiden": None if labels is None else adjusted_rand(communities, labels),
+    }
+    table = pa.table({
+        "sequence_id": ids, "source_shard": meta.column("source_shard"),
+        "row": meta.column("row"), "cluster": spectral.labels, "community": communities,
+        "component": components,
+        **({"truth": pa.array(labels)} if labels is not None else {}),
+    })
+    reps = representatives(ids, X, spectral.labels, params.metric)  # type: ignore[arg-type]
+    at = reps.column("medoid_row").to_numpy()
+    reps = reps.append_column("source_shard", table.column("source_shard").take(at))
+    reps = reps.append_column("row", table.column("row").take(at))
+    reps = reps.append_column("sequence", pa.array(_sequences(store, reps), pa.string()))
+    chosen = np.ascontiguousarray(original[at], dtype=np.float32)
+    reps = reps.append_column("vector", pa.FixedSizeListArray.from_arrays(
+        pa.array(chosen.ravel()), chosen.shape[1]))
+    common = {"run_id": run_id, "stage": "analysis", "producer": "analyze-embeddings",
+              "params": {"method": method, **params.model_dump()},
+              "upstream": [s.ref() for s in shards] + ([truth] if truth else [])}
+    with store.scratch() as scratch:
+        clusters = publish_table(store, table, scratch, name=f"{method}.clusters.parquet",
+                                 metadata=metrics, **common)
+        rep_art = publish_table(store, reps, scratch, name=f"{method}.representatives.parquet",
+                                **common)
+        png = plot_projection(projection_2d(spectral.embedding), spectral.labels,
+                              scratch / f"{method}.projection.png",
+                              title=f"{method}: {spectral.n_clusters} spectral clusters")
+        plot = publish_file(store, png, media_type="image/png", **common)
+    return AnalysisResult(clusters=clusters, representatives=rep_art, projection=plot,
+                          metrics=metrics)
+
+
+def read_representatives(store: Store, art: Artifact) -> list[dict[str, object]]:
+    """The representatives table as rows (cluster, size, sequence_id, sequence, …)."""
+    with parquet_file(store, art) as pf:
+        return pf.read().to_pylist()
+

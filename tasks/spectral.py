@@ -1,0 +1,383 @@
+"""Spectral clustering of embedding tables: Laplacian, eigenvectors, eigengap, k-means.
+
+Pure functions (no Prefect). The pipeline in `spectral_clusters`:
+
+1. a symmetric kNN graph W of the vectors (`tasks.graph.knn_graph`: exact or HNSW);
+2. the symmetric normalised Laplacian L = I - D^-1/2 W D^-1/2 (`normalized_laplacian`);
+3. its smallest eigenpairs (`smallest_eigenvectors`): ARPACK (eigsh) for the *largest*
+   eigenvalues of M = 2I - L = I + D^-1/2 W D^-1/2, whose spectrum is L's mirrored about
+   1 (Lanczos converges fast at the top of the spectrum and needs no factorisation,
+   unlike shift-invert at sigma=0, where L is singular), or LOBPCG on L started from a
+   constant column (near the null vector D^1/2 1) plus seeded random columns;
+4. the number of clusters k from the largest gap among the smallest eigenvalues
+   (`eigengap_k`), unless given: a graph with k well separated groups has k eigenvalues
+   near 0 (exactly 0 for k connected components) and then a jump;
+5. k-means (scikit-learn, n_init=10, seeded) on the first k eigenvectors with rows scaled
+   to unit length (Ng, Jordan & Weiss 2001), which makes the clusters tight points on the
+   sphere whatever the node degrees.
+
+Outputs: `SpectralResult`, `cluster_table` (sequence_id, cluster[, truth]),
+`adjusted_rand` against known labels (e.g. helixflow.demo's truth.tsv.gz),
+`projection_2d` (PCA of the spectral embedding or of the vectors) and `plot_projection`
+(a PNG written with matplotlib's Agg canvas, no pyplot global state).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+from scipy.sparse import linalg as spla
+
+from tasks.graph import EXACT_THRESHOLD, Metric, _check_adjacency, knn_graph
+
+Eigensolver = Literal["eigsh", "lobpcg"]
+
+KMEANS_THREADED_MIN = 20_000
+"""k-means runs single-threaded below this many rows (see spectral_clusters)."""
+LOBPCG_RESIDUAL = 1e-3
+"""Largest accepted ||L v - lambda v|| of a unit LOBPCG eigenvector (||L|| <= 2)."""
+DENSE_MAX = 300
+"""Graphs up to this many nodes are solved densely (numpy eigh): exact and fast there."""
+
+
+@dataclass(frozen=True)
+class SpectralResult:
+    """Outcome of `spectral_clusters`.
+
+    Attributes:
+        labels: int64 cluster per row, 0..n_clusters-1 (0 the largest cluster).
+        n_clusters: k, from the eigengap or as given.
+        eigenvalues: the m smallest eigenvalues of the normalised Laplacian, ascending.
+        embedding: N x m float64 matching eigenvectors (columns in the same order); k-means
+            saw the first k columns with rows scaled to unit length.
+    """
+
+    labels: np.ndarray
+    n_clusters: int
+    eigenvalues: np.ndarray
+    embedding: np.ndarray
+
+
+def normalized_laplacian(A: sp.spmatrix | sp.sparray | np.ndarray) -> sp.csr_matrix:
+    """Symmetric normalised Laplacian L = I - D^-1/2 A D^-1/2 of a symmetric weighted graph.
+
+    D is the weighted degree. An isolated node (degree 0) gets L_ii = 0 (scipy's
+    convention), so it is a component of its own with eigenvalue 0 and the multiplicity of
+    0 stays the number of connected components. Eigenvalues lie in [0, 2].
+    """
+    A = _check_adjacency(A).astype(np.float64)
+    if (A.data < 0).any():
+        raise ValueError("adjacency weights must be >= 0")
+    degree = np.asarray(A.sum(axis=1)).ravel()
+    inv_sqrt = np.zeros_like(degree)
+    np.divide(1.0, np.sqrt(degree), out=inv_sqrt, where=degree > 0)
+    scale = sp.diags_array(inv_sqrt)
+    identity = sp.diags_array((degree > 0).astype(np.float64))
+    return sp.csr_matrix(identity - scale @ A @ scale)
+
+
+def smallest_eigenvectors(
+    L: sp.spmatrix | sp.sparray | np.ndarray,
+    n: int,
+    method: Eigensolver = "eigsh",
+    seed: int = 0,
+    tol: float = 1e-6,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The n smallest eigenvalues (ascending) and unit eigenvectors (N x n) of a normalised
+    Laplacian (symmetric, spectrum in [0, 2]).
+
+    "eigsh": ARPACK Lanczos on 2I - L for the largest eigenvalues, v0 seeded; `tol` is
+    ARPACK's relative accuracy of the eigenvalues (1e-6: errors ~1e-9 on kNN graphs).
+    "lobpcg": LOBPCG on L with a block of n + 4 vectors (a wider block converges faster)
+    started from a constant and seeded random columns; for large sparse graphs. If its
+    residuals show it failed (it can on exactly repeated eigenvalues, e.g. cliques), a
+    RuntimeWarning is issued and eigsh answers instead.
+    Graphs of <= DENSE_MAX nodes use dense eigh whichever method is asked.
+    Eigenvector signs (and bases of repeated eigenvalues) are arbitrary.
+    """
+    L = _check_adjacency(L).astype(np.float64)
+    size = L.shape[0]
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= n <= size:
+        raise ValueError(f"n must be an integer in 1..{size}, got {n!r}")
+    if method not in ("eigsh", "lobpcg"):
+        raise ValueError(f"method must be 'eigsh' or 'lobpcg', got {method!r}")
+    rng = np.random.default_rng(seed)
+    if size <= DENSE_MAX or n >= size - 1:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1):  # tiny: BLAS threads would only spin-wait
+            values, vectors = np.linalg.eigh(L.toarray())
+        return _ascending(values, vectors, n)
+    if method == "lobpcg":
+        found = _lobpcg(L, n, rng, tol)
+        if found is not None:
+            return found
+        warnings.warn(
+            "LOBPCG did not converge (eigenvalues clustered inside its block?); "
+            "falling back to eigsh",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    M = sp.csr_matrix(2.0 * sp.eye_array(size) - L)
+    v0 = rng.uniform(-1.0, 1.0, size)
+    values, vectors = spla.eigsh(
+        M,
+        k=n,
+        which="LA",
+        v0=v0,
+        tol=tol,
+        ncv=min(size, max(3 * n + 1, 40)),  # a wider Krylov space: 2x faster at 50k
+        maxiter=size * 10,
+    )
+    return _ascending(2.0 - values, vectors, n)
+
+
+def _ascending(values: np.ndarray, vectors: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The n smallest eigenpairs, ascending, values clipped to [0, 2], unit vectors."""
+    order = np.argsort(values, kind="stable")[:n]
+    values = np.clip(values[order], 0.0, 2.0)
+    vectors = vectors[:, order]
+    return values, vectors / np.linalg.norm(vectors, axis=0, keepdims=True)
+
+
+def _lobpcg(
+    L: sp.csr_matrix, n: int, rng: np.random.Generator, tol: float
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """LOBPCG's n smallest eigenpairs of L, or None if they are not accurate.
+
+    scipy's lobpcg can stop early and return its best iterate (or raise) when the Gram
+    matrices become singular, which happens when exactly repeated eigenvalues straddle
+    the block's edge; the residuals ||L v - lambda v|| tell.
+    """
+    size = L.shape[0]
+    block = max(n, min(n + 4, size // 5))
+    X0 = rng.standard_normal((size, block))
+    X0[:, 0] = 1.0  # close to the null vector D^1/2 1 of a near-regular kNN graph
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "not reaching tol": checked below
+            values, vectors = spla.lobpcg(L, X0, largest=False, tol=max(tol, 1e-6), maxiter=1000)
+    except (ValueError, np.linalg.LinAlgError):
+        return None
+    values, vectors = _ascending(values, vectors, n)
+    residual = np.linalg.norm(L @ vectors - vectors * values, axis=0)
+    return (values, vectors) if residual.max() <= LOBPCG_RESIDUAL else None
+
+
+def eigengap_k(values: np.ndarray, k_max: int = 10) -> int:
+    """Number of clusters: the k in 1..k_max with the largest gap values[k] - values[k-1].
+
+    `values` are the smallest Laplacian eigenvalues, ascending; at least k_max + 1 of them
+    are used if present (fewer: k_max shrinks to len(values) - 1).
+    """
+    values = np.sort(np.asarray(values, dtype=np.float64))
+    k_max = min(int(k_max), len(values) - 1)
+    if k_max < 1:
+        return 1
+    gaps = np.diff(values[: k_max + 1])
+    return int(np.argmax(gaps)) + 1
+
+
+def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
+    """Labels renumbered 0..k-1 by decreasing cluster size (ties: first appearance)."""
+    values, first, counts = np.unique(labels, return_index=True, return_counts=True)
+    order = np.lexsort((first, -counts))
+    mapping = np.empty(len(values), dtype=np.int64)
+    mapping[order] = np.arange(len(values))
+    return mapping[np.searchsorted(values, labels)]
+
+
+def spectral_clusters(
+    data: np.ndarray | sp.spmatrix | sp.sparray,
+    n_clusters: int | None = None,
+    *,
+    k_max: int = 10,
+    k_neighbors: int = 15,
+    metric: Metric = "cosine",
+    method: Eigensolver = "eigsh",
+    exact_threshold: int = EXACT_THRESHOLD,
+    pca: int | None = None,
+    seed: int = 0,
+) -> SpectralResult:
+    """Spectral clustering of vectors (N x D dense array) or of a graph (sparse N x N).
+
+    Args:
+        data: a dense N x D matrix of vectors, from which a kNN graph is built
+            (`knn_graph(data, k_neighbors, metric, exact_threshold=...)`), or a sparse
+            symmetric non-negative adjacency matrix used as is.
+        n_clusters: k; None picks it by the eigengap among the k_max + 1 smallest
+            eigenvalues.
+        k_max: largest k the eigengap may choose.
+        k_neighbors, metric, exact_threshold: the kNN graph (dense input only).
+        method: eigensolver, "eigsh" or "lobpcg" (see `smallest_eigenvectors`).
+        pca: project the vectors on their first `pca` principal components before the
+            kNN search (dense input only). Denoises short-read k-mer spectra (the 136
+            4-mer frequencies of a 150 bp read are mostly counting noise) and speeds up
+            the search; None keeps the vectors as they are.
+        seed: seeds the HNSW index, the eigensolver start and k-means.
+    """
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    if sp.issparse(data):
+        A = _check_adjacency(data)
+    else:
+        X = np.asarray(data)
+        if pca is not None:
+            X = _pca(X, pca, seed)
+        A = knn_graph(X, k_neighbors, metric, exact_threshold=exact_threshold, seed=seed)
+    size = A.shape[0]
+    if n_clusters is not None and not 1 <= n_clusters <= size:
+        raise ValueError(f"n_clusters must be in 1..{size}, got {n_clusters!r}")
+    m = min(size, max(k_max + 1, n_clusters or 0, 2))
+    values, vectors = smallest_eigenvectors(normalized_laplacian(A), m, method, seed)
+    k = int(n_clusters) if n_clusters is not None else eigengap_k(values, k_max)
+    if k == 1:
+        labels = np.zeros(size, dtype=np.int64)
+    else:
+        Z = vectors[:, :k]
+        norms = np.linalg.norm(Z, axis=1, keepdims=True)
+        Z = np.divide(Z, norms, out=np.zeros_like(Z), where=norms > 0)
+        # OpenMP threads only pay off on big inputs; on small ones their spin-waits make
+        # k-means 10-50x slower on a loaded machine.
+        with threadpool_limits(limits=1 if size < KMEANS_THREADED_MIN else None):
+            labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(Z)
+        labels = _relabel_by_size(labels)
+    return SpectralResult(labels=labels, n_clusters=k, eigenvalues=values, embedding=vectors)
+
+
+def _pca(X: np.ndarray, n_components: int, seed: int) -> np.ndarray:
+    """X projected on its first n_components principal components (float32)."""
+    from sklearn.decomposition import PCA
+
+    X = np.asarray(X, dtype=np.float32)
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D, got shape {X.shape}")
+    n_components = min(int(n_components), *X.shape)
+    if n_components < 1:
+        raise ValueError(f"pca must be >= 1, got {n_components}")
+    solver = "randomized" if X.shape[0] > 10_000 else "full"
+    model = PCA(n_components=n_components, svd_solver=solver, random_state=seed)
+    return model.fit_transform(X).astype(np.float32)
+
+
+def projection_2d(data: np.ndarray, seed: int = 0) -> np.ndarray:
+    """N x 2 float32 coordinates for a scatter plot: the first two principal components.
+
+    Pass `SpectralResult.embedding` (the spectral embedding: PCA picks out the
+    non-trivial eigenvector directions, the near-constant first one has little variance)
+    or the raw vectors. Randomised SVD (seeded) above 10k rows.
+    """
+    data = np.asarray(data, dtype=np.float64)
+    if data.ndim != 2:
+        raise ValueError(f"data must be 2-D, got shape {data.shape}")
+    if data.shape[1] < 2 or data.shape[0] < 2:
+        out = np.zeros((data.shape[0], 2), dtype=np.float32)
+        out[:, : min(data.shape[1], 2)] = data[:, :2]
+        return out
+    return _pca(data, 2, seed)
+
+
+def plot_projection(xy: np.ndarray, labels: np.ndarray, path: str | Path, title: str = "") -> Path:
+    """Scatter plot of 2-D points coloured by cluster, written as a PNG at `path`.
+
+    Uses matplotlib's Figure + Agg canvas directly (no pyplot, safe in worker threads).
+    Up to 20 clusters get a legend; points are rasterised so large N stays small.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    xy = np.asarray(xy)
+    labels = np.asarray(labels)
+    if xy.ndim != 2 or xy.shape[1] != 2 or len(labels) != len(xy):
+        raise ValueError(f"need N x 2 points and N labels, got {xy.shape} and {labels.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(7, 6), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    clusters = np.unique(labels)
+    colours = _colours(len(clusters))
+    size = float(np.clip(4000.0 / max(len(xy), 1), 0.5, 12.0))
+    for colour, cluster in zip(colours, clusters, strict=True):
+        mask = labels == cluster
+        ax.scatter(
+            xy[mask, 0],
+            xy[mask, 1],
+            s=size,
+            color=colour,
+            label=f"{cluster} ({mask.sum()})",
+            linewidths=0,
+            rasterized=True,
+        )
+    if len(clusters) <= 20:
+        ax.legend(
+            title="cluster (size)",
+            markerscale=max(1.0, 20.0 / size) ** 0.5,
+            fontsize="small",
+            loc="best",
+        )
+    ax.set_title(title or f"{len(xy)} points, {len(clusters)} clusters")
+    ax.set_xlabel("component 1")
+    ax.set_ylabel("component 2")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+def _colours(n: int) -> list[tuple[float, float, float, float]]:
+    """n distinct colours: tab10 / tab20, then evenly spaced hues."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        return [colormaps["tab20"](i) for i in range(n)]
+    return [colormaps["hsv"](i / n) for i in range(n)]
+
+
+def cluster_table(
+    ids: pa.Array | pa.ChunkedArray | Sequence[str],
+    labels: np.ndarray,
+    truth: Sequence[str] | np.ndarray | pa.Array | None = None,
+) -> pa.Table:
+    """(sequence_id, cluster[, truth]) per row: the labels joined back to the sequences."""
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    if not isinstance(ids, pa.Array):
+        ids = pa.array(list(ids), pa.string())
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) != len(ids):
+        raise ValueError(f"{len(ids)} ids for {len(labels)} labels")
+    columns: dict[str, pa.Array] = {
+        "sequence_id": ids.cast(pa.string()),
+        "cluster": pa.array(labels),
+    }
+    if truth is not None:
+        truth_array = (
+            truth
+            if isinstance(truth, pa.Array)
+            else pa.array([str(t) for t in np.asarray(truth).tolist()], pa.string())
+        )
+        if len(truth_array) != len(ids):
+            raise ValueError(f"{len(ids)} ids for {len(truth_array)} truth labels")
+        columns["truth"] = truth_array.cast(pa.string())
+    return pa.table(columns)
+
+
+def adjusted_rand(labels: np.ndarray | Sequence[int], truth: np.ndarray | Sequence[str]) -> float:
+    """Adjusted Rand index of a clustering against true labels (1 perfect, ~0 random)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    labels = np.asarray(labels)
+    truth = np.asarray(truth)
+    if labels.shape != truth.shape:
+        raise ValueError(f"labels {labels.shape} and truth {truth.shape} differ in shape")
+    return float(adjusted_rand_score(truth, labels))
