@@ -247,6 +247,79 @@ def _print_summary(summary: Any, elapsed: float) -> None:
         out.print(f"MD trajectory: {trajectory}")
 
 
+@app.command()
+def embed(
+    inputs: Annotated[list[str], typer.Argument(help="FASTQ files or s3:// URIs.")],
+    method: Annotated[list[str] | None, typer.Option(
+        "--method", help="kmer, protein, lshvec, dnabert. Repeatable; default lshvec.")] = None,
+    embed_option: Annotated[list[str] | None, typer.Option(
+        "--embed-option", metavar="KEY=VALUE", help="EmbedParams field, e.g. lshvec_epochs=3."
+    )] = None,
+    reference: Annotated[str | None, typer.Option(help="Reference FASTA (enables protein).")
+                         ] = None,
+    store: Annotated[str | None, typer.Option(envvar="HELIXFLOW_STORE")] = None,
+    store_block: Annotated[str | None, typer.Option()] = None,
+    ray_address: Annotated[str | None, typer.Option(envvar="HELIXFLOW_RAY_ADDRESS")] = None,
+) -> None:
+    """Reads → QC → dedup → correction → embedding shards (no phase 2)."""
+    try:
+        from helixflow.launch import connect_prefect, launch_pipeline, ui_base
+
+        api_url = connect_prefect()
+        out.print(f"Prefect UI: [link]{ui_base(api_url)}[/link]")
+        started = time.perf_counter()
+        with out.status("embedding …", spinner="dots"):
+            launched = launch_pipeline(
+                inputs, store=store, store_block=store_block, ray_address=ray_address,
+                reference=reference, embed_methods=method or ["lshvec"],
+                embed_options=_key_values(embed_option, "--embed-option"), simulate=False,
+                debug=_state["debug"],
+            )
+        if launched.error is not None:
+            err.print(f"flow run: {launched.ui_url}")
+            _fail(launched.error)
+        _print_summary(launched.summary, time.perf_counter() - started)
+        out.print(f"Flow run in the UI: [link]{launched.ui_url}[/link]")
+    except HelixflowError as exc:
+        _fail(exc)
+
+
+@app.command("pretrain-dnabert")
+def pretrain_dnabert_command(
+    inputs: Annotated[list[str], typer.Argument(help="FASTQ files (reads to train on).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Checkpoint directory to write.")],
+    k: Annotated[int, typer.Option(min=3, max=6, help="k-mer size of the tokens.")] = 6,
+    layers: Annotated[int, typer.Option(min=1)] = 2,
+    hidden: Annotated[int, typer.Option(min=8)] = 128,
+    steps: Annotated[int, typer.Option(min=1)] = 500,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    max_reads: Annotated[int, typer.Option(min=1)] = 200_000,
+) -> None:
+    """Masked-LM pretraining of a small BERT on reads, saved in DNABERT's layout."""
+    try:
+        import pyarrow as pa
+
+        from tasks.dnabert import PretrainConfig, loss_curve, pretrain
+        from tasks.fastq import iter_read_batches
+
+        parts, have = [], 0
+        for path in inputs:
+            for batch in iter_read_batches(path, batch_size=65_536):
+                parts.append(batch.column("sequence").slice(0, max_reads - have))
+                have += len(parts[-1])
+                if have >= max_reads:
+                    break
+        config = PretrainConfig(k=k, layers=layers, hidden=hidden, heads=2 if hidden % 2 == 0
+                                else 1, intermediate=4 * hidden, steps=steps,
+                                batch_size=batch_size, max_sequences=max_reads)
+        with out.status(f"pretraining on {have:,} reads …", spinner="dots"):
+            path = pretrain(pa.concat_arrays(parts), config, out_dir)
+        losses = loss_curve(path)
+        out.print(f"wrote {path} (loss {losses[0]:.3f} → {losses[-1]:.3f} over {steps} steps)")
+    except HelixflowError as exc:
+        _fail(exc)
+
+
 @app.command("call-variants")
 def call_variants(
     bam: Annotated[str, typer.Argument(help="Coordinate-sorted BAM (path or s3://).")],

@@ -27,12 +27,13 @@ def read_table(store: Store, ref: FileRef, columns: list[str] | None = None) -> 
 
 
 @contextmanager
-def parquet_file(store: Store, ref: FileRef) -> Iterator[pq.ParquetFile]:
-    """A Parquet artifact opened for streaming by row group (memory-mapped locally)."""
-    if is_local(ref.uri):
-        yield pq.ParquetFile(local_path(ref.uri), memory_map=True)
+def parquet_file(store: Store, ref: FileRef | str) -> Iterator[pq.ParquetFile]:
+    """A Parquet artifact (or URI) opened for streaming by row group (memory-mapped locally)."""
+    uri = ref if isinstance(ref, str) else ref.uri
+    if is_local(uri):
+        yield pq.ParquetFile(local_path(uri), memory_map=True)
         return
-    with store.open(ref.uri, "rb") as handle:
+    with store.open(uri, "rb") as handle:
         yield pq.ParquetFile(handle)
 
 
@@ -108,3 +109,42 @@ def as_batch(table: pa.Table) -> pa.RecordBatch:
     if not batches:
         return pa.RecordBatch.from_pylist([], schema=table.schema)
     return batches[0]
+
+
+def pack_files(files: list[Path], out: Path) -> Path:
+    """Files as one reproducible tar (sorted names, zeroed times and owners), so the same
+    content always has the same sha256: models and hash functions are published this way."""
+    import tarfile
+
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(files, key=lambda p: p.name):
+            info = tar.gettarinfo(str(path), arcname=path.name)
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            with path.open("rb") as fh:
+                tar.addfile(info, fh)
+    return out
+
+
+def unpack_cached(store: Store, bundle: FileRef, kind: str) -> Path:
+    """A tar artifact unpacked in this node's cache, once per sha256 (model loading on
+    every worker without refetching)."""
+    import contextlib
+    import os
+    import tarfile
+    import tempfile
+
+    from helixflow.settings import helixflow_home
+
+    root = helixflow_home() / "cache" / kind
+    target = root / str(bundle.sha256)
+    if target.is_dir():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        tar_path = fetch(store, bundle, Path(tmp), name="bundle.tar")
+        unpacked = Path(tmp) / "unpacked"
+        with tarfile.open(tar_path) as tar:
+            tar.extractall(unpacked, filter="data")
+        with contextlib.suppress(OSError):  # another worker may have won the race
+            os.replace(unpacked, target)
+    return target

@@ -900,41 +900,18 @@ MODEL_MEDIA_TYPE = "application/x-tar"
 
 
 def pack_checkpoint(model_dir: Path, out: Path) -> Path:
-    """A checkpoint directory as one reproducible tar (sorted names, zeroed times and
-    owners), so the same model always has the same sha256 in the store."""
-    import tarfile
+    """A checkpoint directory as one reproducible tar (same model, same sha256)."""
+    from helixflow.tables import pack_files
 
-    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted([*checkpoint_files(model_dir), Path(model_dir) / "helixflow.json"]):
-            if not path.exists():
-                continue
-            info = tar.gettarinfo(str(path), arcname=path.name)
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-            with path.open("rb") as fh:
-                tar.addfile(info, fh)
-    return out
+    files = [*checkpoint_files(model_dir), Path(model_dir) / "helixflow.json"]
+    return pack_files([f for f in files if f.exists()], out)
 
 
 def materialize_checkpoint(store: Any, model: Any) -> Path:
     """The model artifact unpacked in this node's cache (once per sha256), for loading."""
-    import tarfile
+    from helixflow.tables import unpack_cached
 
-    from helixflow.settings import helixflow_home
-    from helixflow.tables import fetch
-
-    root = helixflow_home() / "cache" / "dnabert"
-    target = root / model.sha256
-    if (target / "config.json").exists():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root) as tmp:
-        tar_path = fetch(store, model, Path(tmp), name="model.tar")
-        unpacked = Path(tmp) / "model"
-        with tarfile.open(tar_path) as tar:
-            tar.extractall(unpacked, filter="data")
-        with contextlib.suppress(OSError):  # another worker may have won the race
-            os.replace(unpacked, target)
-    return target
+    return unpack_cached(store, model, "dnabert")
 
 
 def _training_sequences(store: Any, shards: Sequence[Any], limit: int) -> pa.Array:

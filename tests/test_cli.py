@@ -131,3 +131,17 @@ def test_call_variants_on_a_user_bam(prefect_api: str, tmp_path: Path) -> None:
                env=env)
     line = _one_error_line(proc)
     assert f"reference {other} does not match {bam}" in line, line
+
+
+def test_pretrain_dnabert_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
+    demo = tmp_path / "demo"
+    assert cli("demo-data", str(demo), "--pairs", "300", "--genomes", "1").returncode == 0
+    out = tmp_path / "model"
+    proc = cli("pretrain-dnabert", str(demo / "R1.fastq.gz"), "--out", str(out), "--k", "3",
+               "--hidden", "16", "--steps", "3", "--batch-size", "4")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    from tasks.dnabert import KmerTokenizer, load_model
+
+    model, tokenizer = load_model(out)
+    assert isinstance(tokenizer, KmerTokenizer) and tokenizer.k == 3
+    assert model.config.hidden_size == 16 and model.config.vocab_size == 4**3 + 5
