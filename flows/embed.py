@@ -25,6 +25,13 @@ from tasks.dnabert import (
     pretrain_dnabert,
 )
 from tasks.kmers import REDUCED_ALPHABETS, embed_kmer_spectra, embed_protein_kmers
+from tasks.lshvec import (
+    SkipGramConfig,
+    embed_lshvec_shard,
+    fit_lsh_hash,
+    tokenize_shard,
+    train_lshvec,
+)
 
 Method = Literal["kmer", "protein", "lshvec", "dnabert"]
 DEFAULT_METHODS: tuple[Method, ...] = ("kmer", "protein", "lshvec", "dnabert")
@@ -43,6 +50,13 @@ class EmbedParams(BaseModel):
     protein_k: int = Field(3, ge=1, le=6)
     protein_alphabet: str = "murphy10"
     """A reduced amino-acid alphabet of `tasks.kmers.REDUCED_ALPHABETS`."""
+    lshvec_k: int = Field(15, ge=5, le=31)
+    lshvec_hash_size: int = Field(20, ge=4, le=30)
+    lshvec_dim: int = Field(100, ge=2)
+    lshvec_epochs: int = Field(5, ge=1)
+    lshvec_workers: int = Field(2, ge=1)
+    """Ray actors training one model together (synchronised every round)."""
+    lshvec_weighting: Literal["sif", "mean"] = "sif"
     dnabert_model: str | None = None
     """A BERT checkpoint directory in DNABERT's layout (e.g. a DNABERT-6 download); None:
     pretrain a small one on the run's reads (the embedded default)."""
@@ -104,6 +118,35 @@ def run_protein_embeddings(
     return out
 
 
+def run_lshvec(
+    shards_by_sample: dict[str, list[Artifact]], params: EmbedParams, store: Store,
+    run_id: str, recorder: RunRecorder,
+) -> list[Artifact]:
+    """LSH hash fitted on the reads → token shards → one skip-gram model trained across Ray
+    workers → SIF-weighted read vectors, one embedding shard per read shard."""
+    shards = [s for parts in shards_by_sample.values() for s in parts]
+    with profile("stream"):
+        lsh_future = fit_lsh_hash.submit(shards[:2], params.lshvec_k, params.lshvec_hash_size, 0,
+                                         store, run_id)
+    (lsh,) = recorder.record(lsh_future, [lsh_future.result()])
+    with profile("shard"):
+        token_futures = [tokenize_shard.submit(s, lsh, store, run_id) for s in shards]
+    tokens = [recorder.record(f, [f.result()])[0] for f in token_futures]
+    config = SkipGramConfig(dim=params.lshvec_dim, epochs=params.lshvec_epochs)
+    with profile("light", num_cpus=0):  # coordinates; the training actors hold the CPUs
+        model_future = train_lshvec.with_options(
+            assets=[store.run_uri(run_id, "models", "lshvec")]
+        ).submit(tokens, lsh, config, params.lshvec_workers, store, run_id)
+    (model,) = recorder.record(model_future, [model_future.result()])
+    with profile("shard"):
+        futures = [embed_lshvec_shard.with_options(
+            assets=[store.run_uri(run_id, "embed", "lshvec")]
+        ).submit(t, model, params.lshvec_weighting, store, run_id) for t in tokens]
+    out = [recorder.record(f, [f.result()])[0] for f in futures]
+    recorder.flush()
+    return out
+
+
 def run_dnabert(
     shards_by_sample: dict[str, list[Artifact]], params: EmbedParams, store: Store,
     run_id: str, recorder: RunRecorder,
@@ -151,6 +194,8 @@ def run_embeddings(
         tables = run_protein_embeddings(orf_tables, params.protein_k, params.protein_alphabet,
                                         store, run_id, recorder)
         out[f"protein-{params.protein_alphabet}-k{params.protein_k}"] = list(tables.values())
+    if "lshvec" in params.methods:
+        out["lshvec"] = run_lshvec(shards_by_sample, params, store, run_id, recorder)
     if "dnabert" in params.methods:
         _model, by_method = run_dnabert(shards_by_sample, params, store, run_id, recorder)
         out.update(by_method)

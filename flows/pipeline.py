@@ -193,7 +193,7 @@ def genomics_pipeline(
     if reference:
         fastas["reference"] = refs[reference].result()
         bams, calls = run_alignment(corrected, fastas["reference"], preset, variant_params, st,
-                                    run_id, recorder)
+                                    run_id, recorder, {r.sample: r.name_suffix for r in results})
     else:
         run_unaligned(corrected, st, run_id, recorder)
     assemblies: dict[str, Any] = {}

@@ -237,13 +237,15 @@ def run_alignment(
     store: Store,
     run_id: str,
     recorder: RunRecorder,
+    name_suffixes: dict[str, str] | None = None,
 ) -> tuple[dict[str, SampleBam], dict[str, SampleVariants]]:
     """Align every shard (mappy), merge per sample into a sorted, indexed BAM, call variants."""
     parts: dict[str, list[tuple[PrefectFuture[AlignedShard], Any]]] = {}
     with profile("shard"):
         for sample, shards in shards_by_sample.items():
             parts[sample] = [
-                (align_reads.submit(s, sample, reference, preset, store, run_id), None)
+                (align_reads.submit(s, sample, reference, preset, store, run_id,
+                                    (name_suffixes or {}).get(sample, "")), None)
                 for s in shards
             ]
     bams: dict[str, SampleBam] = {}

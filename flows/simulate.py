@@ -43,7 +43,8 @@ class SimulateParams(BaseModel):
     """
 
     method: str | None = None
-    """Embedding method to analyse (default: the first of lshvec, kmer5, dnabert-mean)."""
+    """Embedding method to analyse (default: the first of kmer5, lshvec, dnabert-mean;
+    k-mer spectra separate the demo's genomes best, see the README's benchmarks)."""
     analysis: AnalysisParams = Field(default_factory=AnalysisParams)
     max_representatives: int = Field(2, ge=0)
     """Simulations to run: the medoids of the largest clusters (0: no MD)."""
@@ -97,7 +98,7 @@ def pick_method(available: list[str], wanted: str | None) -> str:
             raise HelixflowError(f"no {wanted!r} embeddings in this run",
                                  hint=f"computed: {', '.join(available) or 'none'}")
         return wanted
-    for preferred in ("lshvec", "kmer5", "dnabert-mean"):
+    for preferred in ("kmer5", "lshvec", "dnabert-mean"):
         if preferred in available:
             return preferred
     if not available:

@@ -113,7 +113,7 @@ def run(
     md_steps: Annotated[int | None, typer.Option(
         min=1, help="Production MD steps (default: a short demo run).")] = None,
     analysis_method: Annotated[str | None, typer.Option(
-        help="Embedding method clustered in phase 2 (default: lshvec, else kmer5).")] = None,
+        help="Embedding method clustered in phase 2 (default: kmer5, else lshvec).")] = None,
     gromacs_block: Annotated[str | None, typer.Option(
         help="Saved GromacsSettings block for the MD.")] = None,
     cluster_block: Annotated[str | None, typer.Option(

@@ -60,7 +60,7 @@ from helixflow.store import Store
 from helixflow.tables import as_batch, fetch, publish_file, read_table
 from helixflow.tools import tool_version
 
-ALIGN_VERSION = 1
+ALIGN_VERSION = "2"
 """Bump when the records written for the same input change (goes into cache keys)."""
 
 PRESETS: dict[str, str] = {
@@ -706,12 +706,12 @@ def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
 _NAME_SUFFIXES = ("", "/1", "/2")
 
 
-def name_suffix_of(fastq: str | Path) -> str:
+def name_suffix_of(fastq: str | Path, storage_options: dict[str, Any] | None = None) -> str:
     """The "/1" or "/2" that ends the first read name of a FASTQ ("" if none): what
     read_id lost at ingest and minimap2 hashes (pass it to align_batch as name_suffix)."""
     from tasks.fastq import open_fastq
 
-    with open_fastq(str(fastq)) as fh:
+    with open_fastq(str(fastq), storage_options) as fh:
         header = fh.readline()
     words = header[1:].split(None, 1) if header.startswith(b"@") else []
     name = words[0].decode("utf-8", "replace") if words else ""
@@ -857,7 +857,6 @@ def merge_bams(parts: list[Path], out: Path, threads: int = 2, level: int = 6) -
 
 # --- Prefect tasks: align each shard, merge a sample's parts --------------------------
 
-ALIGN_VERSION = "1"
 BAM_MEDIA_TYPE = "application/vnd.sam.bam"
 
 class AlignedShard(BaseModel):
@@ -880,7 +879,8 @@ def read_group_for(sample: str) -> dict[str, str]:
 @task(name="align-reads", task_run_name="align-{shard.name}",
       **stage_options(ALIGN_VERSION, tools=("samtools",)))
 def align_reads(
-    shard: Artifact, sample: str, reference: FileRef, preset: str, store: Store, run_id: str
+    shard: Artifact, sample: str, reference: FileRef, preset: str, store: Store, run_id: str,
+    name_suffix: str = "",
 ) -> AlignedShard:
     """Align one shard with mappy into a sorted BAM part (index cached per reference)."""
     from helixflow.settings import helixflow_home
@@ -890,7 +890,8 @@ def align_reads(
         index = build_index(ref_path, preset, helixflow_home() / "cache" / "minimap2")
         out = scratch / shard.name.replace(".parquet", ".bam")
         counts = align_batch(as_batch(read_table(store, shard)), index, out,
-                             read_group_for(sample), preset=preset, threads=2)
+                             read_group_for(sample), preset=preset, threads=2,
+                             name_suffix=name_suffix)
         art = publish_file(store, out, run_id=run_id, stage="align-parts",
                            media_type=BAM_MEDIA_TYPE, producer="align-reads",
                            rows=counts.records, params={"preset": preset},

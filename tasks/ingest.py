@@ -22,7 +22,7 @@ from helixflow.samples import Sample
 from helixflow.store import Store, is_local, local_path
 from tasks.fastq import ReadStats, batch_stats, iter_read_batches, write_read_shard
 
-INGEST_VERSION = "2"
+INGEST_VERSION = "3"
 SHARD_MEDIA_TYPE = "application/vnd.apache.parquet"
 
 
@@ -35,6 +35,7 @@ class IngestResult(BaseModel):
     shards: list[Artifact]
     stats: dict[str, Any]
     first_read_id: str = ""
+    name_suffix: str = ""  # "/1" when R1's names end so (minimap2 hashes it; read_id drops it)
 
 
 def summarize(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -158,9 +159,11 @@ def ingest_fastq(
         "ingested %s (%s): %d shards, %s reads", sample.name, sample.layout, len(shards),
         summarize(summary)["reads"],
     )
+    from tasks.bam import name_suffix_of
+
     return IngestResult(
         sample=sample.name, layout=sample.layout, inputs=inputs, shards=shards, stats=summary,
-        first_read_id=first_id,
+        first_read_id=first_id, name_suffix=name_suffix_of(r1.uri, options),
     )
 
 

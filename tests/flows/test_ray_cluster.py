@@ -136,3 +136,53 @@ def test_project_code_is_shipped_to_workers(
     assert len({node for node, _, _ in results}) == 2
     assert all("runtime_resources" in path for _, path, _ in results), results
     assert all(url == prefect_api for _, _, url in results)
+
+
+def test_lshvec_trains_one_model_on_two_nodes(
+    two_node_cluster: str, prefect_api: str, tmp_path: Path
+) -> None:
+    """Two skip-gram actors, one per node (each node has one CPU, each actor needs one),
+    train one model; its read vectors classify held-out reads of 4 genomes far above
+    chance (0.25)."""
+    demo = write_demo(tmp_path / "demo", DemoSpec(n_pairs=3000, n_genomes=4,
+                                                  genome_length=20_000))
+    script = textwrap.dedent(f"""
+        import gzip, json, ray, numpy as np
+        from helixflow.runner import runtime_env
+        from tasks.fastq import iter_read_batches
+        from tasks.lshvec import (SkipGramConfig, fit_lsh, sequence_vectors, tokenize,
+                                  train_skipgram_ray)
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import train_test_split
+
+        ray.init(address={two_node_cluster!r},
+                 runtime_env=runtime_env({prefect_api!r}, ship_code=True))
+        batch = next(iter_read_batches({str(demo.r1)!r}, batch_size=10_000))
+        with gzip.open({str(demo.truth)!r}, "rt") as fh:
+            next(fh)
+            genome = {{line.split("\\t")[0]: line.split("\\t")[1] for line in fh}}
+        names = batch.column("read_id").to_pylist()
+        seqs = batch.column("sequence")
+        y = np.array([genome[n] for n in names])
+        lsh = fit_lsh(seqs, k=11, hash_size=12, seed=0)  # small corpus: few, reused buckets
+        tokens, offsets = tokenize(seqs, lsh)
+        half = len(names) // 2
+        parts = [(tokens[:offsets[half]], offsets[:half + 1]),
+                 (tokens[offsets[half]:], offsets[half:] - offsets[half])]
+        refs = [ray.put(p) for p in parts]
+        model = train_skipgram_ray(refs, SkipGramConfig(dim=32, epochs=5), num_workers=2,
+                                   sync_tokens=100_000,
+                                   worker_options={{"scheduling_strategy": "SPREAD"}})
+        X = sequence_vectors(tokens, offsets, model.vectors, model.vocab)
+        xtr, xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=0, stratify=y)
+        acc = LogisticRegression(max_iter=2000).fit(xtr, ytr).score(xte, yte)
+        print(json.dumps({{"nodes": len([n for n in ray.nodes() if n["Alive"]]),
+                          "workers": model.stats["workers"], "acc": acc,
+                          "labels": len(set(y.tolist()))}}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], env=_driver_env(prefect_api),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["nodes"] == 2 and result["workers"] == 2 and result["labels"] == 4
+    assert result["acc"] >= 0.6, result  # chance is 0.25; one process reaches 0.78

@@ -1,0 +1,950 @@
+"""LSHvec: k-mer embeddings through locality-sensitive hashing (after Shi et al., LSHVec).
+
+Why: raw 15-mers are far too many to embed (4^15 words, most seen once). LSHVec hashes each
+k-mer with a random-hyperplane LSH into 2^hash_size buckets, so similar k-mers share a
+bucket ("token"), then learns token vectors with skip-gram and describes a read by the mean
+of its token vectors. The kernels are pure (NumPy / torch / Ray); the Prefect tasks at the
+end of the module are their store edge (hash, token shards, model and embeddings as artifacts).
+
+Hash (`fit_lsh`, `LshFunction`, `tokenize`)
+    Bases are encoded as complex numbers A = -1, T = +1, C = -i, G = +i, so a k-mer is a
+    point x in C^k and its reverse complement is -reversed(x). Each of the `hash_size`
+    hyperplanes is the affine hull of k k-mers drawn from the data, as LSHVec's
+    `rand_proj.py` builds them: a pool of 2 * k * hash_size random N-free k-mers is sampled
+    from the sequences, each hyperplane takes k distinct points of the pool and solves
+    [X | -1] [n; c] = 0 (the right singular vector of the smallest singular value, via SVD),
+    i.e. every sampled point satisfies x . n = c. Bit s of a k-mer is Re(x . n_s) > Re(c_s)
+    (the comparison of LSHVec's C++ `CRandProj::hash`), the token is the integer of the bits
+    (bit s worth 2^s), and the canonical token is the smaller of the k-mer's and of its
+    reverse complement's (again as LSHVec), so a read and its reverse complement give the
+    same tokens in reverse order. `tokenize` evaluates all k-mers of a shard with one
+    matrix product over a sliding-window view (forward and reverse-complement hyperplanes
+    stacked), no Python loop over reads or k-mers; k-mers with a non-ACGT base are dropped.
+    The hyperplane coefficients are rounded to multiples of 2^-24, so every projection is a
+    sum of dyadic numbers that float64 adds exactly, whatever the order: the vectorised
+    hash, the reverse-complement path and the pure-Python reference (`hash_kmer`) agree
+    bit for bit, and a read and its reverse complement give exactly mirrored tokens.
+    The hash is an artifact: `LshFunction.save` / `load` (npz + JSON, atomic), `digest()`
+    (sha256 of parameters and arrays) identifies it, and `LSH_VERSION` versions the scheme.
+
+Skip-gram (`SkipGramConfig`, `build_vocab`, `train_skipgram`)
+    Skip-gram with negative sampling as in word2vec / fastText: dynamic window (an effective
+    window drawn uniformly from 1..window per centre), negatives from the unigram^0.75
+    table, frequent-token subsampling (keep probability sqrt(t/f) + t/f), linear learning
+    rate decay over all epochs. Used buckets are remapped to a dense vocabulary with a
+    min_count filter. The update is hand-rolled SGD on batches of (centre, context,
+    negatives) with `index_add_` sparse row updates (no autograd), pairs shuffled within
+    chunks of the corpus so a batch rarely repeats a centre.
+
+Distributed training (`train_skipgram_ray`) -- design choice
+    Synchronous all-reduce of the touched rows, every `sync_tokens` tokens per worker,
+    with the driver as the reducer ("sparse model averaging"). Each Ray actor holds the
+    full model, trains plain SGNS on its own shard (shards are passed as ObjectRefs, so
+    workers on other nodes get them through Ray's object store: no shared file system)
+    and at the end of a round returns only the rows it changed with their deltas
+    (W - W_round_start). The driver combines the deltas row by row -- the mean over the
+    workers that touched the row (default) or their sum (`mode="sum"`) -- puts the result
+    in the object store once, and every actor sets W = W_round_start + combined, so all
+    replicas are identical after every round.
+    Why: (1) SGNS updates are sparse: most rows are touched by one worker in a round and
+    keep that worker's full update, whereas plain parameter averaging would halve them
+    (an effective learning rate that depends on the number of workers); rows touched by
+    several workers (frequent tokens, negatives) get the mean, which stays stable where a
+    sum doubles the step -- on the two-topic toy corpus with long rounds the sum diverged
+    (topic margin 0.19) and the mean matched one process (0.89 vs 0.87); (2) it needs
+    nothing beyond Ray: `ray.util.collective` needs pygloo for CPU (not installed here),
+    torch.distributed/gloo needs open ports between workers, a parameter-server actor
+    would serialise every batch through one process; (3) traffic is the touched rows once
+    per round (~0.5 M tokens), a small share of the time; (4) one torch thread per worker
+    is also the fastest way to use the cores: torch's multi-threaded `index_add_` is
+    20x slower than the single-threaded one on a busy 2-core machine (measured), so two
+    processes with one thread each beat one process with two threads.
+
+Sequence vectors (`sequence_vectors`)
+    Mean, or SIF-weighted mean (a / (a + p(token)), Arora et al. 2017), of the token vectors
+    of each read; optionally the first principal component is removed (`sif_component`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from prefect.assets import materialize
+
+from helixflow.caching import stage_options
+from helixflow.errors import HelixflowError
+
+LSH_VERSION = "helixflow-lshvec-hash/1"
+_QUANT_BITS = 24  # hyperplane coefficients are multiples of 2^-24: all float64 sums exact
+MODEL_VERSION = "helixflow-lshvec-model/1"
+
+# Base codes: A=0, C=1, G=2, T=3, anything else 4. Encoding A=-1, C=-i, G=+i, T=+1.
+_CODE = np.full(256, 4, np.uint8)
+for _i, _b in enumerate(b"ACGT"):
+    _CODE[_b] = _i
+    _CODE[_b + 32] = _i  # lower case
+_ENC_RE = np.array([-1.0, 0.0, 0.0, 1.0, 0.0])
+_ENC_IM = np.array([0.0, -1.0, 1.0, 0.0, 0.0])
+ENCODING: dict[str, complex] = {"A": -1 + 0j, "C": -1j, "G": 1j, "T": 1 + 0j}
+
+
+# --------------------------------------------------------------------------------------
+# Sequences -> flat code buffer
+
+
+def _flat_codes(sequences: pa.Array | pa.ChunkedArray | Sequence[str]) -> tuple[np.ndarray,
+                                                                              np.ndarray]:
+    """All sequences as one uint8 code array (0-3 ACGT, 4 other) and int64 offsets (n+1)."""
+    if isinstance(sequences, pa.ChunkedArray):
+        sequences = sequences.combine_chunks()
+    if not isinstance(sequences, pa.Array):
+        sequences = pa.array(sequences, type=pa.large_string())
+    arr = sequences.cast(pa.large_binary())
+    if arr.null_count:
+        arr = arr.fill_null(b"")
+    n = len(arr)
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], np.int64, count=n + 1, offset=arr.offset * 8)
+    data = np.frombuffer(bufs[2], np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+    data = data[offsets[0]:offsets[-1]]
+    return _CODE[data], (offsets - offsets[0]).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------
+# The hash function
+
+
+@dataclass(frozen=True, eq=False)
+class LshFunction:
+    """Random-hyperplane LSH of k-mers: x -> bits Re(x . normals[s]) > Re(offsets[s]).
+
+    normals: complex128 (hash_size, k); offsets: complex128 (hash_size,). Saved with
+    `save`, identified by `digest()`.
+    """
+
+    k: int
+    hash_size: int
+    seed: int
+    normals: np.ndarray
+    offsets: np.ndarray
+    version: str = LSH_VERSION
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_buckets(self) -> int:
+        return 1 << self.hash_size
+
+    def _params(self) -> dict[str, Any]:
+        return {"version": self.version, "k": self.k, "hash_size": self.hash_size,
+                "seed": self.seed, "meta": self.meta}
+
+    def digest(self) -> str:
+        """sha256 of the parameters and the hyperplanes (the model id of a hash)."""
+        h = hashlib.sha256(json.dumps(self._params(), sort_keys=True).encode())
+        for a in (self.normals, self.offsets):
+            h.update(np.ascontiguousarray(a, np.complex128).tobytes())
+        return h.hexdigest()
+
+    def save(self, path: Path | str) -> Path:
+        """Write `path` (npz, hyperplanes) and `path`.json (parameters, digest) atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.savez(buf, normals=self.normals.astype(np.complex128),
+                 offsets=self.offsets.astype(np.complex128))
+        meta = {**self._params(), "digest": self.digest()}
+        _atomic_write(path, buf.getvalue())
+        _atomic_write(_meta_path(path), json.dumps(meta, indent=1).encode())
+        return path
+
+    @classmethod
+    def load(cls, path: Path | str) -> LshFunction:
+        """Read a hash saved by `save`; checks the version and the digest."""
+        path = Path(path)
+        meta = json.loads(_meta_path(path).read_text())
+        if meta["version"] != LSH_VERSION:
+            raise ValueError(f"{path}: hash version {meta['version']!r}, expected {LSH_VERSION}")
+        with np.load(path) as z:
+            lsh = cls(k=int(meta["k"]), hash_size=int(meta["hash_size"]),
+                      seed=int(meta["seed"]), normals=z["normals"], offsets=z["offsets"],
+                      version=meta["version"], meta=meta.get("meta", {}))
+        if lsh.digest() != meta["digest"]:
+            raise ValueError(f"{path}: digest mismatch (corrupt or edited file)")
+        return lsh
+
+    def hash_kmer(self, kmer: str) -> int:
+        """Pure-Python reference of the canonical token of one ACGT k-mer (slow; tests)."""
+        if len(kmer) != self.k:
+            raise ValueError(f"k-mer of length {len(kmer)}, expected {self.k}")
+        x = [ENCODING[b] for b in kmer.upper()]
+        rc = [-v for v in reversed(x)]
+
+        def bits(v: list[complex]) -> int:
+            out = 0
+            for s in range(self.hash_size):
+                dot = sum(v[j] * complex(self.normals[s, j]) for j in range(self.k))
+                if dot.real > complex(self.offsets[s]).real:
+                    out |= 1 << s
+            return out
+
+        return min(bits(x), bits(rc))
+
+
+def _meta_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same directory and os.replace."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o644)  # mkstemp makes 0600; artifacts are shared
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _valid_starts(codes: np.ndarray, offsets: np.ndarray, k: int) -> tuple[np.ndarray,
+                                                                           np.ndarray]:
+    """Start positions (flat) of all N-free k-mers and the read index of each."""
+    lengths = np.diff(offsets)
+    n_pos = max(len(codes) - k + 1, 0)
+    if n_pos == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    bad = np.concatenate([[0], np.cumsum(codes == 4, dtype=np.int64)])
+    ok = bad[k:k + n_pos] == bad[:n_pos]
+    read_of = np.repeat(np.arange(len(lengths)), lengths)[:n_pos]
+    ok &= np.arange(n_pos) + k <= offsets[1:][read_of]
+    starts = np.flatnonzero(ok)
+    return starts, read_of[starts]
+
+
+def fit_lsh(sequences: pa.Array | Sequence[str], k: int = 15, hash_size: int = 20,
+            seed: int = 0, sample: int | None = None) -> LshFunction:
+    """Build the hyperplanes from k-mers sampled from `sequences` (LSHVec's affine hulls).
+
+    A pool of `sample` (default 2 * k * hash_size, LSHVec's choice) distinct N-free k-mers
+    is drawn; hyperplane s passes through k distinct pool points: the null vector (n, c) of
+    [X | -1] from the SVD, so X n = c for the k sampled points.
+    """
+    if hash_size > 62:
+        raise ValueError("hash_size must be <= 62 (tokens are int64)")
+    rng = np.random.default_rng(seed)
+    codes, offsets = _flat_codes(sequences)
+    starts, _ = _valid_starts(codes, offsets, k)
+    want = sample or 2 * k * hash_size
+    if len(starts) < k:
+        raise ValueError(f"need at least {k} N-free {k}-mers to fit the hash")
+    pick = rng.choice(starts, size=min(len(starts), want * 4), replace=False)
+    kmers = codes[pick[:, None] + np.arange(k)]
+    _, first = np.unique(kmers, axis=0, return_index=True)  # distinct k-mers only
+    kmers = kmers[np.sort(first)][:want]
+    if len(kmers) < k:
+        raise ValueError("too few distinct k-mers to fit the hash")
+    pool = _ENC_RE[kmers] + 1j * _ENC_IM[kmers]
+    normals = np.empty((hash_size, k), np.complex128)
+    offs = np.empty(hash_size, np.complex128)
+    for s in range(hash_size):
+        pts = pool[rng.choice(len(pool), size=k, replace=False)]
+        a = np.concatenate([pts, -np.ones((k, 1))], axis=1)
+        _, _, vh = np.linalg.svd(np.concatenate([a, np.zeros((1, k + 1))], axis=0))
+        v = vh[-1].conj()  # a @ v = 0
+        normals[s], offs[s] = v[:k], v[k]
+    return LshFunction(k=k, hash_size=hash_size, seed=seed, normals=_quantise(normals),
+                       offsets=_quantise(offs), meta={"pool": len(pool)})
+
+
+def _quantise(z: np.ndarray, bits: int = _QUANT_BITS) -> np.ndarray:
+    """Round real and imaginary parts to multiples of 2^-bits (exact sums, see module)."""
+    q = float(2 ** bits)
+    return (np.round(z.real * q) / q + 1j * (np.round(z.imag * q) / q)).astype(np.complex128)
+
+
+def _block_tables(lsh: LshFunction, width: int = 5) -> list[tuple[int, int, np.ndarray]]:
+    """Projection tables per block of `width` bases: (start, width, table (4^w, 2h)).
+
+    Re(x . n) is a sum over positions, so a block's contribution depends only on its
+    bases: the k-mer's projection on all forward and reverse-complement hyperplanes is the
+    sum of ceil(k / width) table rows.
+    """
+    k = lsh.k
+    n_all = np.concatenate([lsh.normals, -lsh.normals[:, ::-1]], axis=0)  # (2h, k)
+    out = []
+    for j0 in range(0, k, width):
+        w = min(width, k - j0)
+        digits = (np.arange(4 ** w)[:, None] >> (2 * np.arange(w - 1, -1, -1))) & 3
+        x = _ENC_RE[digits] + 1j * _ENC_IM[digits]  # (4^w, w)
+        out.append((j0, w, (x @ n_all[:, j0:j0 + w].T).real))
+    return out
+
+
+def tokenize(sequences: pa.Array | pa.ChunkedArray | Sequence[str], lsh: LshFunction,
+             chunk: int = 1 << 17) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical LSH tokens of every N-free k-mer: (int64 tokens, int64 offsets (n+1,)).
+
+    Tokens of sequence i are tokens[offsets[i]:offsets[i+1]], in k-mer order. Projections
+    are sums of per-block table rows (`_block_tables`), forward and reverse complement at
+    once; bits are packed with np.packbits.
+    """
+    k, h = lsh.k, lsh.hash_size
+    codes, offsets = _flat_codes(sequences)
+    starts, read_of = _valid_starts(codes, offsets, k)
+    n_seq = len(offsets) - 1
+    counts = np.bincount(read_of, minlength=n_seq)
+    tok_off = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    tokens = np.empty(len(starts), np.int64)
+    if len(starts) == 0:
+        return tokens, tok_off
+    tables = _block_tables(lsh)
+    base = codes & 3  # N only occurs in dropped k-mers
+    packed: dict[int, np.ndarray] = {}
+    for _, w, _ in tables:  # block codes at every position, per block width
+        if w not in packed:
+            n = len(base) - w + 1
+            c = np.zeros(n, np.int32)
+            for j in range(w):
+                c = (c << 2) | base[j:j + n]
+            packed[w] = c
+    thresh = np.concatenate([lsh.offsets.real, lsh.offsets.real])
+    nbytes = (h + 7) // 8
+    weights = (1 << (8 * np.arange(nbytes))).astype(np.int64)
+    for lo in range(0, len(starts), chunk):
+        idx = starts[lo:lo + chunk]
+        acc = None
+        for j0, w, tab in tables:
+            part = tab[packed[w][idx + j0]]
+            acc = part if acc is None else acc.__iadd__(part)
+        bits = acc > thresh
+        fw = np.packbits(bits[:, :h], axis=1, bitorder="little").astype(np.int64) @ weights
+        rc = np.packbits(bits[:, h:], axis=1, bitorder="little").astype(np.int64) @ weights
+        tokens[lo:lo + chunk] = np.minimum(fw, rc)
+    return tokens, tok_off
+
+
+# --------------------------------------------------------------------------------------
+# Vocabulary and skip-gram
+
+
+@dataclass(frozen=True)
+class SkipGramConfig:
+    """Skip-gram with negative sampling; defaults follow the LSHVec benchmark (fastText)."""
+
+    dim: int = 100
+    window: int = 5
+    negatives: int = 5
+    epochs: int = 5
+    subsample: float = 1e-4
+    lr: float = 0.05
+    lr_end: float = 0.0001
+    batch_size: int = 1024
+    min_count: int = 1
+    seed: int = 0
+    threads: int = 1
+    chunk_tokens: int = 1 << 19
+    neg_power: float = 0.75
+    shuffle: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class Vocab:
+    """Dense vocabulary: bucket ids (sorted) kept after min_count, and their counts."""
+
+    buckets: np.ndarray
+    counts: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.buckets)
+
+    def lookup(self, tokens: np.ndarray) -> np.ndarray:
+        """Vocabulary index of each token, -1 where it is not in the vocabulary."""
+        if len(self.buckets) == 0:
+            return np.full(len(tokens), -1, np.int64)
+        pos = np.searchsorted(self.buckets, tokens)
+        pos = np.minimum(pos, len(self.buckets) - 1)
+        return np.where(self.buckets[pos] == tokens, pos, -1).astype(np.int64)
+
+
+def count_tokens(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(unique bucket ids, counts) of a token array: the mergeable per-shard statistic."""
+    u, c = np.unique(tokens, return_counts=True)
+    return u.astype(np.int64), c.astype(np.int64)
+
+
+def merge_counts(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray,
+                                                                          np.ndarray]:
+    """Add per-shard (ids, counts) tables."""
+    ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    cnt = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+    u, inv = np.unique(ids, return_inverse=True)
+    return u, np.bincount(inv, weights=cnt, minlength=len(u)).astype(np.int64)
+
+
+def build_vocab(tokens: np.ndarray | Sequence[tuple[np.ndarray, np.ndarray]],
+                min_count: int = 1) -> Vocab:
+    """Vocabulary of buckets seen at least `min_count` times (tokens or count tables)."""
+    ids, cnt = count_tokens(tokens) if isinstance(tokens, np.ndarray) else merge_counts(tokens)
+    keep = cnt >= min_count
+    return Vocab(buckets=ids[keep], counts=cnt[keep])
+
+
+def _corpus(tokens: np.ndarray, offsets: np.ndarray, vocab: Vocab) -> tuple[np.ndarray,
+                                                                           np.ndarray]:
+    """Vocabulary ids (int32) of in-vocabulary tokens and their sequence ids (int32)."""
+    ids = vocab.lookup(tokens)
+    seq = np.repeat(np.arange(len(offsets) - 1, dtype=np.int32), np.diff(offsets))
+    keep = ids >= 0
+    return ids[keep].astype(np.int32), seq[keep]
+
+
+def _shuffled(ids: np.ndarray, seq: np.ndarray,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The corpus with its sequences in random order (seq ids sorted, runs contiguous).
+
+    Why: inputs are often sorted (by sample, genome or position); a chunk drawn from one
+    genome would fill whole batches with the same frequent tokens and tie the learning
+    rate schedule to the file order.
+    """
+    if len(seq) == 0:
+        return ids, seq
+    starts = np.flatnonzero(np.concatenate([[True], seq[1:] != seq[:-1]]))
+    lengths = np.diff(np.concatenate([starts, [len(seq)]]))
+    perm = rng.permutation(len(starts))
+    new_starts = np.concatenate([[0], np.cumsum(lengths[perm])[:-1]])
+    idx = np.repeat(starts[perm] - new_starts, lengths[perm]) + np.arange(len(seq))
+    return ids[idx], seq[idx]
+
+
+def _keep_prob(counts: np.ndarray, t: float) -> np.ndarray:
+    """word2vec's subsampling keep probability sqrt(t/f) + t/f (1 when t <= 0)."""
+    if t <= 0:
+        return np.ones(len(counts))
+    f = counts / max(counts.sum(), 1)
+    r = t / np.maximum(f, 1e-300)
+    return np.minimum(1.0, np.sqrt(r) + r)
+
+
+def _neg_table(counts: np.ndarray, power: float, size: int = 10_000_000) -> torch.Tensor:
+    """Unigram^power sampling table (word2vec style): uniform index -> vocabulary id."""
+    p = counts.astype(np.float64) ** power
+    p /= p.sum()
+    reps = np.maximum(np.round(p * size), 1).astype(np.int64)  # every word sampleable
+    return torch.from_numpy(np.repeat(np.arange(len(counts), dtype=np.int64), reps))
+
+
+def _windows(ids: np.ndarray, seq: np.ndarray, window: int,
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Centres and their context ids (n, 2 * window), -1 padded, shuffled.
+
+    The effective window of each centre is drawn from 1..window (word2vec / fastText);
+    contexts never cross a sequence boundary. Centres without any context are dropped.
+    """
+    n = len(ids)
+    b = rng.integers(1, window + 1, size=n)
+    ctx = np.full((n, 2 * window), -1, np.int32)
+    for d in range(1, min(window, n - 1) + 1):
+        same = seq[d:] == seq[:-d]
+        left = same & (b[d:] >= d)  # centre i + d sees i on its left
+        ctx[d:, window - d][left] = ids[:-d][left]
+        right = same & (b[:-d] >= d)  # centre i sees i + d on its right
+        ctx[:-d, window + d - 1][right] = ids[d:][right]
+    has = (ctx >= 0).any(1)
+    cen, ctx = ids[has], ctx[has]
+    perm = rng.permutation(len(cen))
+    return cen[perm], ctx[perm]
+
+
+class _SGNS:
+    """Input/output matrices and the batched SGD step (no autograd).
+
+    One step takes a batch of centre tokens with their (padded) windows. As in word2vec's
+    skip-gram, the context tokens are the inputs and the centre is the positive output;
+    the `negatives` sampled outputs are shared by the whole window (Ji et al. 2016,
+    "Parallelizing word2vec in shared and distributed memory"): every (context, negative)
+    pair still gets its term, as in word2vec, but a window costs one small matrix product
+    instead of 2 * window separate updates. Updates are `index_add_` on the touched rows.
+    """
+
+    def __init__(self, n: int, cfg: SkipGramConfig, counts: np.ndarray) -> None:
+        self.cfg = cfg
+        gen = torch.Generator().manual_seed(cfg.seed)
+        self.w_in = (torch.rand(n, cfg.dim, generator=gen) - 0.5) / cfg.dim
+        self.w_out = torch.zeros(n, cfg.dim)
+        self.table = _neg_table(counts, cfg.neg_power)
+        self.keep = _keep_prob(counts, cfg.subsample)
+        self.gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.label = torch.zeros(1, 1, cfg.negatives + 1)
+        self.label[0, 0, 0] = 1.0
+        self.loss_sum = 0.0
+        self.loss_n = 0
+
+    def step(self, cen: torch.Tensor, ctx: torch.Tensor, lr: float,
+             track: bool = False) -> None:
+        """SGD on centres `cen` (B,) with contexts `ctx` (B, 2w), -1 = no context there.
+
+        Padding slots gather row 0 but get a zero gradient (cheaper than masking rows).
+        """
+        d, k = self.cfg.dim, self.cfg.negatives
+        n, w2 = ctx.shape
+        neg = self.table[torch.randint(len(self.table), (n, k), generator=self.gen)]
+        tgt = torch.cat([cen[:, None], neg], dim=1).view(-1)  # (B * (K+1))
+        mask = ctx >= 0
+        cflat = ctx.clamp(min=0).view(-1)
+        vin = self.w_in.index_select(0, cflat).view(n, w2, d)
+        vout = self.w_out.index_select(0, tgt).view(n, k + 1, d)
+        score = torch.bmm(vin, vout.transpose(1, 2))  # (B, 2w, K+1)
+        g = (self.label - torch.sigmoid(score)).mul_(mask.unsqueeze(2) * lr)
+        if track:
+            ls = torch.nn.functional.logsigmoid
+            m = mask.float()
+            self.loss_sum += float(-(ls(score[:, :, 0]) * m).sum()
+                                   - (ls(-score[:, :, 1:]) * m.unsqueeze(2)).sum())
+            self.loss_n += int(m.sum())
+        g_out = torch.bmm(g.transpose(1, 2), vin)  # (B, K+1, d)
+        g_in = torch.bmm(g, vout)  # (B, 2w, d)
+        self.w_in.index_add_(0, cflat, g_in.view(-1, d))
+        self.w_out.index_add_(0, tgt, g_out.view(-1, d))
+
+    def train_tokens(self, ids: np.ndarray, seq: np.ndarray, rng: np.random.Generator,
+                     done: float, total: float, scale: float = 1.0) -> float:
+        """One pass over (ids, seq) in chunks; lr decays with done/total tokens. -> done.
+
+        `scale` converts this process's tokens to global progress (other workers train
+        at the same pace).
+        """
+        cfg = self.cfg
+        for lo in range(0, len(ids), cfg.chunk_tokens):
+            cid, cseq = ids[lo:lo + cfg.chunk_tokens], seq[lo:lo + cfg.chunk_tokens]
+            keep = rng.random(len(cid)) < self.keep[cid]
+            cen, ctx = _windows(cid[keep], cseq[keep], cfg.window, rng)
+            cen_t = torch.from_numpy(cen.astype(np.int64))
+            ctx_t = torch.from_numpy(ctx.astype(np.int64))
+            n = max(len(cen), 1)
+            for i, b in enumerate(range(0, len(cen), cfg.batch_size)):
+                prog = min((done + scale * len(cid) * b / n) / max(total, 1), 1.0)
+                lr = cfg.lr + (cfg.lr_end - cfg.lr) * prog
+                self.step(cen_t[b:b + cfg.batch_size], ctx_t[b:b + cfg.batch_size], lr,
+                          track=i % 64 == 0)
+            done += scale * len(cid)
+        return done
+
+
+@dataclass(frozen=True, eq=False)
+class SkipGramModel:
+    """Trained token vectors: vocabulary, input vectors (float32 V x dim), output vectors."""
+
+    vocab: Vocab
+    vectors: np.ndarray
+    out_vectors: np.ndarray
+    config: SkipGramConfig
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: Path | str, lsh_digest: str = "") -> Path:
+        """npz (vocabulary, vectors) + JSON (config, version, hash digest), atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.savez(buf, buckets=self.vocab.buckets, counts=self.vocab.counts,
+                 vectors=self.vectors, out_vectors=self.out_vectors)
+        _atomic_write(path, buf.getvalue())
+        meta = {"version": MODEL_VERSION, "config": asdict(self.config),
+                "lsh_digest": lsh_digest, "stats": self.stats}
+        _atomic_write(_meta_path(path), json.dumps(meta, indent=1, default=str).encode())
+        return path
+
+    @classmethod
+    def load(cls, path: Path | str) -> SkipGramModel:
+        path = Path(path)
+        meta = json.loads(_meta_path(path).read_text())
+        if meta["version"] != MODEL_VERSION:
+            raise ValueError(f"{path}: model version {meta['version']!r}")
+        with np.load(path) as z:
+            return cls(vocab=Vocab(z["buckets"], z["counts"]), vectors=z["vectors"],
+                       out_vectors=z["out_vectors"], config=SkipGramConfig(**meta["config"]),
+                       stats=meta.get("stats", {}))
+
+
+def train_skipgram(token_seqs: Sequence[tuple[np.ndarray, np.ndarray]] | tuple[np.ndarray,
+                                                                               np.ndarray],
+                   config: SkipGramConfig = SkipGramConfig(),
+                   vocab: Vocab | None = None) -> SkipGramModel:
+    """Train SGNS token vectors in this process on (tokens, offsets) shards."""
+    shards = [token_seqs] if isinstance(token_seqs, tuple) else list(token_seqs)
+    if vocab is None:
+        vocab = build_vocab([count_tokens(t) for t, _ in shards], config.min_count)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(max(config.threads, 1))
+    try:
+        t0 = time.perf_counter()
+        model = _SGNS(len(vocab), config, vocab.counts)
+        corpora = [_corpus(t, o, vocab) for t, o in shards]
+        ids = np.concatenate([c[0] for c in corpora])
+        seq = np.concatenate([c[1] + (i << 24) for i, c in enumerate(corpora)])  # keep apart
+        rng = np.random.default_rng(config.seed)
+        total = float(len(ids) * config.epochs)
+        done = 0.0
+        for _ in range(config.epochs):
+            eids, eseq = _shuffled(ids, seq, rng) if config.shuffle else (ids, seq)
+            done = model.train_tokens(eids, eseq, rng, done, total)
+        stats = {"tokens": len(ids), "train_s": time.perf_counter() - t0,
+                 "loss": model.loss_sum / max(model.loss_n, 1)}
+    finally:
+        torch.set_num_threads(old_threads)
+    return SkipGramModel(vocab=vocab, vectors=model.w_in.numpy(),
+                         out_vectors=model.w_out.numpy(), config=config, stats=stats)
+
+
+# --------------------------------------------------------------------------------------
+# Ray: synchronous sum of touched-row deltas
+
+
+class _RayWorker:
+    """One replica of the model training on one shard (run as a Ray actor)."""
+
+    def __init__(self, config: SkipGramConfig, rank: int,
+                 *shards: tuple[np.ndarray, np.ndarray]) -> None:
+        self.cfg = config
+        self.rank = rank
+        self.tokens, self.offsets = _concat_shards(list(shards))
+        torch.set_num_threads(max(config.threads, 1))
+
+    def counts(self) -> tuple[np.ndarray, np.ndarray]:
+        return count_tokens(self.tokens)
+
+    def setup(self, buckets: np.ndarray, counts: np.ndarray) -> int:
+        """Build the shared vocabulary and identical initial weights (same seed)."""
+        vocab = Vocab(buckets, counts)
+        self.model = _SGNS(len(vocab), self.cfg, counts)
+        self.model.gen.manual_seed(self.cfg.seed + 1 + 1000 * self.rank)
+        self.ids, self.seq = _corpus(self.tokens, self.offsets, vocab)
+        self.rng = np.random.default_rng(self.cfg.seed + 7919 * (self.rank + 1))
+        self.snap_in = self.model.w_in.clone()
+        self.snap_out = self.model.w_out.clone()
+        return len(self.ids)
+
+    def train_round(self, lo: int, hi: int, done: float, total: float,
+                    scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Train on tokens [lo, hi) of this shard; -> rows and deltas of w_in and w_out."""
+        if lo == 0:  # a new epoch: reshuffle this shard's sequences
+            self.cur = (_shuffled(self.ids, self.seq, self.rng) if self.cfg.shuffle
+                        else (self.ids, self.seq))
+        ids, seq = self.cur
+        self.model.train_tokens(ids[lo:hi], seq[lo:hi], self.rng, done, total, scale)
+        out = []
+        for w, snap in ((self.model.w_in, self.snap_in), (self.model.w_out, self.snap_out)):
+            delta = w - snap
+            rows = torch.nonzero(delta.abs().sum(1)).squeeze(1)
+            out += [rows.numpy().astype(np.int64), delta[rows].numpy()]
+        return out[0], out[1], out[2], out[3]
+
+    def apply(self, summed: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> None:
+        """W = W_round_start + summed deltas (same on every replica)."""
+        rin, din, rout, dout = summed
+        for w, snap, r, d in ((self.model.w_in, self.snap_in, rin, din),
+                              (self.model.w_out, self.snap_out, rout, dout)):
+            rt = torch.from_numpy(r)
+            new = snap[rt] + torch.from_numpy(d)
+            w[rt] = new
+            snap[rt] = new
+
+    def weights(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.model.w_in.numpy(), self.model.w_out.numpy()
+
+    def loss(self) -> tuple[float, int]:
+        return self.model.loss_sum, self.model.loss_n
+
+
+def _concat_shards(shards: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray,
+                                                                         np.ndarray]:
+    """One (tokens, offsets) from several."""
+    if not shards:
+        return np.zeros(0, np.int64), np.zeros(1, np.int64)
+    toks = [np.asarray(t) for t, _ in shards]
+    offs, base = [], 0
+    for t, o in zip(toks, (np.asarray(o) for _, o in shards), strict=True):
+        offs.append(o[:-1] - o[0] + base)
+        base += len(t)
+    return np.concatenate(toks), np.concatenate([*offs, [base]]).astype(np.int64)
+
+
+def _reduce(parts: list[tuple[np.ndarray, np.ndarray]], n: int, dim: int,
+            mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Sum (or mean over the workers that touched each row) of row deltas."""
+    rows = np.concatenate([p[0] for p in parts])
+    u, inv = np.unique(rows, return_inverse=True)
+    acc = torch.zeros(len(u), dim)
+    acc.index_add_(0, torch.from_numpy(inv), torch.from_numpy(np.concatenate([p[1]
+                                                                            for p in parts])))
+    if mode == "mean":
+        acc /= torch.from_numpy(np.bincount(inv, minlength=len(u)).astype(np.float32))[:, None]
+    elif mode != "sum":
+        raise ValueError(f"mode must be 'sum' or 'mean', not {mode!r}")
+    return u, acc.numpy()
+
+
+def train_skipgram_ray(token_shards: Sequence[Any], config: SkipGramConfig = SkipGramConfig(),
+                       num_workers: int = 2, sync_tokens: int = 500_000,
+                       mode: str = "mean", worker_options: dict[str, Any] | None = None
+                       ) -> SkipGramModel:
+    """Train one SGNS model with `num_workers` Ray actors (Ray must be initialised).
+
+    token_shards: (tokens, offsets) tuples or ObjectRefs to them; they are dealt to the
+    workers round-robin (a worker concatenates its shards). Every `sync_tokens` tokens per
+    worker, the touched rows' deltas are combined through the driver -- mean over the
+    workers that touched a row (`mode="mean"`) or sum (`"sum"`); see the module docstring.
+    """
+    import ray
+
+    t0 = time.perf_counter()
+    groups: list[list[Any]] = [[] for _ in range(num_workers)]
+    for i, s in enumerate(token_shards):
+        groups[i % num_workers].append(s)
+    opts = {"num_cpus": max(config.threads, 1), **(worker_options or {})}
+    actor_cls = ray.remote(_RayWorker).options(**opts)
+    # shards are top-level arguments: Ray resolves ObjectRefs on the worker's node
+    workers = [actor_cls.remote(config, r, *g) for r, g in enumerate(groups)]
+    tables = ray.get([w.counts.remote() for w in workers])
+    vocab = build_vocab(tables, config.min_count)
+    b_ref, c_ref = ray.put(vocab.buckets), ray.put(vocab.counts)
+    sizes = ray.get([w.setup.remote(b_ref, c_ref) for w in workers])
+    total = float(sum(sizes) * config.epochs)
+    n_rounds = max(1, math.ceil(max(sizes) / max(sync_tokens, 1)))
+    done = 0.0
+    sync_s = 0.0
+    for _ in range(config.epochs):
+        for r in range(n_rounds):
+            bounds = [(s * r // n_rounds, s * (r + 1) // n_rounds) for s in sizes]
+            parts = ray.get([w.train_round.remote(lo, hi, done, total, sum(sizes) / max(sz, 1))
+                             for w, (lo, hi), sz in zip(workers, bounds, sizes, strict=True)])
+            ts = time.perf_counter()
+            summed_in = _reduce([(p[0], p[1]) for p in parts], len(vocab), config.dim, mode)
+            summed_out = _reduce([(p[2], p[3]) for p in parts], len(vocab), config.dim, mode)
+            ref = ray.put((*summed_in, *summed_out))
+            ray.get([w.apply.remote(ref) for w in workers])
+            sync_s += time.perf_counter() - ts
+            done += sum(hi - lo for lo, hi in bounds)
+    w_in, w_out = ray.get(workers[0].weights.remote())
+    losses = ray.get([w.loss.remote() for w in workers])
+    for w in workers:
+        ray.kill(w)
+    stats = {"tokens": int(sum(sizes)), "train_s": time.perf_counter() - t0,
+             "sync_s": sync_s, "rounds": n_rounds * config.epochs, "workers": num_workers,
+             "loss": sum(x for x, _ in losses) / max(sum(n for _, n in losses), 1)}
+    return SkipGramModel(vocab=vocab, vectors=np.array(w_in), out_vectors=np.array(w_out),
+                         config=config, stats=stats)
+
+
+# --------------------------------------------------------------------------------------
+# Sequence vectors
+
+
+def sequence_vectors(tokens: np.ndarray, offsets: np.ndarray, vectors: np.ndarray,
+                     vocab: Vocab, weighting: str = "sif", a: float = 1e-3,
+                     component: np.ndarray | None = None) -> np.ndarray:
+    """float32 (n_seq, dim): mean or SIF-weighted mean of each sequence's token vectors.
+
+    SIF weight of a token = a / (a + p(token)), p its frequency in the training corpus.
+    Tokens outside the vocabulary are skipped; a sequence without any gets zeros. If
+    `component` (unit vector, see `sif_component`) is given, its projection is removed.
+    """
+    n_seq = len(offsets) - 1
+    ids = vocab.lookup(tokens)
+    seq = np.repeat(np.arange(n_seq), np.diff(offsets))
+    keep = ids >= 0
+    ids, seq = ids[keep], seq[keep]
+    if weighting == "sif":
+        p = vocab.counts / max(vocab.counts.sum(), 1)
+        w = (a / (a + p[ids])).astype(np.float32)
+    elif weighting == "mean":
+        w = np.ones(len(ids), np.float32)
+    else:
+        raise ValueError(f"weighting must be 'sif' or 'mean', not {weighting!r}")
+    out = torch.zeros(n_seq, vectors.shape[1])
+    vt = torch.from_numpy(np.ascontiguousarray(vectors, np.float32))
+    out.index_add_(0, torch.from_numpy(seq), vt[torch.from_numpy(ids)]
+                   * torch.from_numpy(w)[:, None])
+    den = np.bincount(seq, weights=w, minlength=n_seq)
+    res = out.numpy() / np.maximum(den, 1e-12)[:, None].astype(np.float32)
+    if component is not None:
+        res = res - np.outer(res @ component, component).astype(np.float32)
+    return res.astype(np.float32)
+
+
+def sif_component(x: np.ndarray) -> np.ndarray:
+    """First principal direction (unit, uncentred as in SIF) of sequence vectors x."""
+    _, _, vt = np.linalg.svd(x[: min(len(x), 50_000)].astype(np.float64), full_matrices=False)
+    return vt[0].astype(np.float32)
+
+
+# --- Prefect tasks: the store edge -------------------------------------------------------
+
+LSHVEC_TASKS_VERSION = "1"
+TOKENS_SCHEMA = pa.schema([pa.field("sequence_id", pa.string()), pa.field("row", pa.int64()),
+                           pa.field("tokens", pa.list_(pa.int32()))])
+"""A token shard: one row per read, its canonical LSH tokens in k-mer order."""
+
+
+def _sample_sequences(store: Any, shards: Sequence[Any], limit: int) -> pa.Array:
+    from helixflow.tables import parquet_file
+
+    parts, have = [], 0
+    for shard in shards:
+        with parquet_file(store, shard) as source:
+            for batch in source.iter_batches(batch_size=65_536, columns=["sequence"]):
+                parts.append(batch.column("sequence").slice(0, limit - have))
+                have += len(parts[-1])
+                if have >= limit:
+                    return pa.concat_arrays(parts)
+    return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+
+
+def load_lsh(store: Any, art: Any) -> LshFunction:
+    from helixflow.tables import unpack_cached
+
+    return LshFunction.load(unpack_cached(store, art, "lshvec") / "lsh.npz")
+
+
+def load_model(store: Any, art: Any) -> SkipGramModel:
+    from helixflow.tables import unpack_cached
+
+    return SkipGramModel.load(unpack_cached(store, art, "lshvec") / "model.npz")
+
+
+def read_tokens(store: Any, art: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, offsets) of a token shard, flat (no per-read objects)."""
+    from helixflow.tables import read_table
+
+    column = read_table(store, art, columns=["tokens"]).column("tokens").combine_chunks()
+    offsets = np.asarray(column.offsets, dtype=np.int64)
+    offsets = offsets - offsets[0]
+    return np.asarray(column.flatten(), dtype=np.int64), offsets
+
+
+@materialize("helixflow://embed/lshvec-hash", name="fit-lsh", task_run_name="fit-lsh-k{k}",
+             **stage_options(LSHVEC_TASKS_VERSION))
+def fit_lsh_hash(shards: list[Any], k: int, hash_size: int, seed: int, store: Any,
+                 run_id: str) -> Any:
+    """The LSH function (hyperplanes through k-mers sampled from the reads) → a versioned
+    artifact, reused by tokenisation, training and later inference."""
+    from helixflow.tables import pack_files, publish_file
+
+    sample = _sample_sequences(store, shards, 20_000)
+    if len(sample) == 0:
+        raise HelixflowError("no reads to sample k-mers from for the LSH hash")
+    lsh = fit_lsh(sample, k=k, hash_size=hash_size, seed=seed)
+    with store.scratch() as scratch:
+        path = lsh.save(scratch / "lsh.npz")
+        tar = pack_files([path, _meta_path(path)], scratch / f"lsh-k{k}-h{hash_size}.tar")
+        return publish_file(store, tar, run_id=run_id, stage="models",
+                            media_type="application/x-tar", producer="fit-lsh",
+                            params={"k": k, "hash_size": hash_size, "seed": seed},
+                            upstream=[s.ref() for s in shards],
+                            metadata={"lsh_digest": lsh.digest(), "version": LSH_VERSION})
+
+
+@materialize("helixflow://embed/lshvec-tokens", name="lsh-tokenize",
+             task_run_name="tokens-{shard.name}", **stage_options(LSHVEC_TASKS_VERSION))
+def tokenize_shard(shard: Any, lsh_art: Any, store: Any, run_id: str) -> Any:
+    """Every read of a shard as its LSH token sequence → a token shard (Parquet)."""
+    from helixflow.tables import PARQUET, parquet_file, publish_file
+    from tasks.embeddings import iter_read_sequences
+
+    lsh = load_lsh(store, lsh_art)
+    name = shard.name.replace(".parquet", ".tokens.parquet")
+    with store.scratch() as scratch, parquet_file(store, shard) as source:
+        path = scratch / name
+        rows = 0
+        with pq.ParquetWriter(path, TOKENS_SCHEMA, compression="zstd") as writer:
+            for ids, sequences, row in iter_read_sequences(source):
+                tokens, offsets = tokenize(sequences, lsh)
+                column = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)),
+                                                  pa.array(tokens.astype(np.int32)))
+                writer.write_table(pa.table([ids, pa.array(row), column], schema=TOKENS_SCHEMA))
+                rows += len(row)
+        return publish_file(store, path, run_id=run_id, stage="embed", media_type=PARQUET,
+                            producer="lsh-tokenize", rows=rows,
+                            upstream=[shard.ref(), lsh_art.ref()],
+                            metadata={"lsh_digest": lsh_art.metadata.get("lsh_digest")})
+
+
+def _load_tokens_remote(store: Any, art: Any, part: int, parts: int
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Part `part` of `parts` (by reads) of a token shard, loaded where Ray runs this."""
+    tokens, offsets = read_tokens(store, art)
+    n = len(offsets) - 1
+    lo, hi = n * part // parts, n * (part + 1) // parts
+    return tokens[offsets[lo]:offsets[hi]], offsets[lo:hi + 1] - offsets[lo]
+
+
+@materialize("helixflow://embed/lshvec-model", name="train-lshvec",
+             task_run_name="train-lshvec", **stage_options(LSHVEC_TASKS_VERSION))
+def train_lshvec(token_shards: list[Any], lsh_art: Any, config: SkipGramConfig,
+                 workers: int, store: Any, run_id: str) -> Any:
+    """Skip-gram over the token shards on `workers` Ray actors (one model, synchronised
+    every round) → the model artifact. Token shards are loaded by Ray tasks straight into
+    the object store, so this coordinator never holds the corpus."""
+    import ray
+
+    from helixflow.tables import pack_files, publish_file
+
+    loader = ray.remote(_load_tokens_remote).options(num_cpus=0.25)
+    parts = -(-workers // max(len(token_shards), 1))  # every worker gets some reads
+    refs = [loader.remote(store, art, i, parts) for art in token_shards for i in range(parts)]
+    model = train_skipgram_ray(refs, config, num_workers=workers,
+                               worker_options={"scheduling_strategy": "SPREAD"})
+    with store.scratch() as scratch:
+        path = model.save(scratch / "model.npz", lsh_digest=lsh_art.metadata.get("lsh_digest",
+                                                                                   ""))
+        tar = pack_files([path, _meta_path(path)], scratch / "lshvec-model.tar")
+        return publish_file(store, tar, run_id=run_id, stage="models",
+                            media_type="application/x-tar", producer="train-lshvec",
+                            params={**asdict(config), "workers": workers},
+                            upstream=[lsh_art.ref(), *(t.ref() for t in token_shards)],
+                            metadata={"vocab": len(model.vocab), "dim": config.dim,
+                                      "stats": model.stats})
+
+
+@materialize("helixflow://embed/lshvec", name="lshvec-embed",
+             task_run_name="lshvec-{tokens.name}", **stage_options(LSHVEC_TASKS_VERSION))
+def embed_lshvec_shard(tokens: Any, model_art: Any, weighting: str, store: Any,
+                       run_id: str) -> Any:
+    """SIF-weighted (or plain) mean token vectors of every read of a token shard → an
+    embedding shard (`lshvec`, model id = the model artifact's sha256)."""
+    from helixflow.tables import PARQUET, publish_file, read_table
+    from tasks.embeddings import EmbeddingWriter
+
+    model = load_model(store, model_art)
+    table = read_table(store, tokens, columns=["sequence_id", "row"])
+    flat, offsets = read_tokens(store, tokens)
+    vectors = sequence_vectors(flat, offsets, model.vectors, model.vocab, weighting=weighting)
+    source = next((u.uri for u in tokens.upstream if u.uri.endswith(".parquet")), tokens.uri)
+    with store.scratch() as scratch:
+        path = scratch / tokens.name.replace(".tokens.parquet", ".lshvec.parquet")
+        with EmbeddingWriter(path, vectors.shape[1], method="lshvec", source_shard=source,
+                             model_id=str(model_art.sha256)) as writer:
+            writer.write(table.column("sequence_id").combine_chunks(), vectors,
+                         table.column("row").to_numpy())
+        return publish_file(store, path, run_id=run_id, stage="embed", media_type=PARQUET,
+                            producer="lshvec-embed", rows=writer.rows,
+                            params={"weighting": weighting},
+                            upstream=[tokens.ref(), model_art.ref()],
+                            metadata={"method": "lshvec", "dim": int(vectors.shape[1]),
+                                      "model_id": model_art.sha256})
