@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-run: setup
+run: setup system-deps
 	$(VENV)/bin/helixflow run
 
 system-deps:

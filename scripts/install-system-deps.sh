@@ -7,7 +7,7 @@ set -euo pipefail
 declare -A PKG=(
   [bgzip]=tabix [samtools]=samtools [bcftools]=bcftools [seqkit]=seqkit
   [fastp]=fastp [minimap2]=minimap2 [lighter]=lighter [prodigal]=prodigal
-  [megahit]=megahit [art_illumina]=art-nextgen-simulation-tools
+  [megahit]=megahit [art_illumina]=art-nextgen-simulation-tools [gmx]=gromacs
 )
 missing=()
 for cmd in "${!PKG[@]}"; do
