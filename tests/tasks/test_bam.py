@@ -471,7 +471,8 @@ def test_real_ecoli_pairs_agree_with_minimap2(tmp_path: Path, shared_data: Path)
     total = AlignCounts()
     for i, batch in enumerate(iter_read_batches(str(r1), str(r2), batch_size=1_000)):
         parts.append(tmp_path / f"part{i}.bam")
-        total = total.merge(align_batch(batch, index, parts[-1], RG))
+        total = total.merge(align_batch(batch, index, parts[-1], RG,
+                                        name_suffix=name_suffix_of(r1)))
     merged = merge_bams(parts, tmp_path / "ecoli.bam")
     assert total.reads == 2 * 2_054 and total.mapped >= 0.95 * total.reads
     subprocess.run([samtools, "quickcheck", str(merged)], check=True)
@@ -489,4 +490,4 @@ def test_real_ecoli_pairs_agree_with_minimap2(tmp_path: Path, shared_data: Path)
     ours, theirs = placements(merged), placements(peer)
     same = sum(k in ours and ours[k][0] == v[0] and ours[k][2] == v[2]
                and abs(ours[k][1] - v[1]) <= 5 for k, v in theirs.items())
-    assert same >= 0.99 * len(theirs)
+    assert same >= 0.995 * len(theirs), (same, len(theirs))  # the bar
