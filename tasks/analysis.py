@@ -41,8 +41,11 @@ class AnalysisParams(BaseModel):
     k_max: int = Field(12, ge=2)
     k_neighbors: int = Field(30, ge=2)
     metric: str = "euclidean"
-    pca: int | None = Field(50, ge=2)
-    """Reduce to this many principal components before the kNN search (None: off)."""
+    pca: int | None = Field(10, ge=2)
+    """Reduce to this many principal components before the kNN search (None: off). 10
+    separated the demo's genomes (ARI 0.99) where 50 did not (0.0–0.75)."""
+    hellinger: bool = True
+    """Square-root transform of k-mer spectra (Hellinger distance) before the PCA."""
     max_points: int = Field(20_000, ge=10)
     """At most this many vectors are analysed (evenly sampled, seeded)."""
     resolution: float = Field(1.0, gt=0)
@@ -128,6 +131,8 @@ def analyze_embeddings(
     meta, X = _load(store, shards, params.max_points, params.seed)
     ids = meta.column("sequence_id").combine_chunks()
     original = X
+    if params.hellinger and method.startswith(("kmer", "protein")):
+        X = np.sqrt(np.maximum(X, 0))
     if params.pca and X.shape[1] > params.pca and X.shape[0] > params.pca:
         from sklearn.decomposition import PCA
 

@@ -57,7 +57,7 @@ def test_run_and_lineage_of_a_shard(prefect_api: str, tmp_path: Path) -> None:
     store = tmp_path / "store"
     env = {"PREFECT_API_URL": prefect_api}
     proc = cli("run", str(demo / "R1.fastq.gz"), str(demo / "R2.fastq.gz"), "--store",
-               str(store), env=env)
+               str(store), "--embed", "kmer", "--no-simulate", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "/runs/flow-run/" in proc.stdout  # the UI URL at the end
     shard = next(store.glob("runs/*/ingest/*.parquet"))

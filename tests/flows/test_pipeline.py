@@ -32,6 +32,11 @@ def demo(tmp_path_factory: pytest.TempPathFactory):
     )
 
 
+# Caching and lineage are the same for every stage: keep these runs to phase 1 + k-mer
+# embeddings (tests/flows/test_simulate.py and test_preprocess.py cover the rest).
+PHASE1 = {"embed_methods": ["kmer"], "simulate": False}
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -50,7 +55,8 @@ def _fastq_reads(path: Path) -> int:
 
 def test_run_twice_caches_and_records_lineage(prefect_api: str, demo, tmp_path: Path) -> None:
     store_dir = tmp_path / "store"
-    first = launch_pipeline([str(demo.r1), str(demo.r2)], store=str(store_dir), shard_size=1000)
+    first = launch_pipeline(
+        [str(demo.r1), str(demo.r2)], **PHASE1, store=str(store_dir), shard_size=1000)
     assert first.error is None, first.error
     summary = first.summary
     assert summary.tasks_cached == 0
@@ -93,7 +99,8 @@ def test_run_twice_caches_and_records_lineage(prefect_api: str, demo, tmp_path: 
     assert record.executed_on and record.executed_on.startswith("ray:")
 
     # second run on the same bytes: ingest is a cache hit, its shards appear in the new run
-    second = launch_pipeline([str(demo.r1), str(demo.r2)], store=str(store_dir), shard_size=1000)
+    second = launch_pipeline(
+        [str(demo.r1), str(demo.r2)], **PHASE1, store=str(store_dir), shard_size=1000)
     assert second.error is None, second.error
     # nothing heavy runs again; only the run's own report (it names the run) is rewritten
     executed = {t for t, c in second.summary.by_task.items() if c["executed"]}
@@ -108,7 +115,8 @@ def test_run_twice_caches_and_records_lineage(prefect_api: str, demo, tmp_path: 
     assert cached and all(r.cached for r in cached if r.stage != "report")
 
     # a changed QC parameter re-runs QC only; ingest stays cached
-    third = launch_pipeline([str(demo.r1), str(demo.r2)], store=str(store_dir), shard_size=1000,
+    third = launch_pipeline(
+        [str(demo.r1), str(demo.r2)], **PHASE1, store=str(store_dir), shard_size=1000,
                             qc_options={"length_required": 100})
     assert third.error is None, third.error
     assert third.summary.by_task["ingest-fastq"] == {"executed": 0, "cached": 1}
@@ -117,7 +125,8 @@ def test_run_twice_caches_and_records_lineage(prefect_api: str, demo, tmp_path: 
     assert third.summary.samples[0]["reads_after_qc"] < summary.samples[0]["reads_after_qc"]
 
     # a changed ingest parameter re-runs ingest and everything downstream of it
-    fourth = launch_pipeline([str(demo.r1), str(demo.r2)], store=str(store_dir), shard_size=2000)
+    fourth = launch_pipeline(
+        [str(demo.r1), str(demo.r2)], **PHASE1, store=str(store_dir), shard_size=2000)
     assert fourth.error is None, fourth.error
     # ...except where the bytes are unchanged: the last shard (pairs 2000-2999) is identical
     # to the first run's third shard, so its QC is a cache hit — keys follow content.

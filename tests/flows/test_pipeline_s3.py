@@ -36,7 +36,8 @@ def test_s3_inputs_and_store_via_block(prefect_api: str, moto_endpoint: str, tmp
     ).save("test-s3-store", overwrite=True)
 
     inputs = ["s3://raw/incoming/s1_R1.fastq.gz", "s3://raw/incoming/s1_R2.fastq.gz"]
-    launched = launch_pipeline(inputs, store_block="test-s3-store", shard_size=1500)
+    launched = launch_pipeline(inputs, store_block="test-s3-store", shard_size=1500,
+                               embed_methods=["kmer"], simulate=False)
     assert launched.error is None, launched.error
     run_id = launched.summary.run_id
 
@@ -66,7 +67,8 @@ def test_s3_inputs_and_store_via_block(prefect_api: str, moto_endpoint: str, tmp
         "s3://raw/incoming/s1_R2.fastq.gz": etags["incoming/s1_R2.fastq.gz"],
     }
 
-    again = launch_pipeline(inputs, store_block="test-s3-store", shard_size=1500)
+    again = launch_pipeline(inputs, store_block="test-s3-store", shard_size=1500,
+                               embed_methods=["kmer"], simulate=False)
     assert again.error is None
     executed = {t for t, c in again.summary.by_task.items() if c["executed"]}
     assert executed == {"write-qc-report"}, again.summary.by_task

@@ -44,7 +44,8 @@ def test_demo_with_reference(prefect_api: str, tmp_path: Path) -> None:
                                                   n_variants=12))
     store_dir = tmp_path / "store"
     launched = launch_pipeline([str(demo.r1), str(demo.r2)], store=str(store_dir),
-                               reference=str(demo.genomes), shard_size=4000)
+                               reference=str(demo.genomes), shard_size=4000,
+                               truth=str(demo.truth))
     assert launched.error is None, launched.error
     summary = launched.summary
     for stage in ("ingest-fastq", "filter-reads", "remove-duplicates", "correct-reads",
@@ -88,6 +89,13 @@ def test_demo_with_reference(prefect_api: str, tmp_path: Path) -> None:
     assert dim == 512 and n == corrected_reads(store_dir, summary.run_id)
     tree = graph.upstream(graph.resolve(kmer[0].as_uri()))
     assert any(uri.endswith("R1.fastq.gz") for uri, _ in _upstream_inputs(tree))
+    for method in ("lshvec", "dnabert-mean", "dnabert-cls"):  # trained models, lineage to them
+        assert len(summary.embeddings[method]) == len(kmer), method
+        for shard in summary.embeddings[method]:
+            rec = graph.resolve(shard)
+            assert rec is not None and any(u.uri.endswith(".tar") for u in rec.upstream), method
+    assert summary.analysis["n_clusters"] >= 2 and summary.analysis["ari_spectral"] >= 0.8
+    assert len(summary.trajectories) == 2  # the default: MD of two representatives
     (protein,) = summary.embeddings["protein-murphy10-k3"]
     sql = f"select count(*) from read_parquet('{local_path(protein)}')"
     assert duckdb.sql(sql).fetchall()[0][0] > 0
@@ -112,7 +120,7 @@ def test_annotation_and_caller_options_reach_the_tasks(prefect_api: str, tmp_pat
         [str(demo.r1), str(demo.r2)], store=str(store_dir), reference=str(demo.genomes),
         motifs={"GATC": "GATC"}, motif_files=[str(motif_file)], motif_p_value=0.1,
         orf_options={"start_codons": ["ATG", "GTG", "TTG"], "table": 4, "min_length_nt": 120},
-        variant_options={"min_depth": 4},
+        variant_options={"min_depth": 4}, embed_methods=["protein"], simulate=False,
     )
     assert launched.error is None, launched.error
     run = store_dir / "runs" / launched.summary.run_id
@@ -128,6 +136,6 @@ def test_annotation_and_caller_options_reach_the_tasks(prefect_api: str, tmp_pat
     assert motif_file.resolve().as_uri() in {u.uri for u in motif_rec.upstream}
     assert any(r.parameters.get("min_depth") == 4 for r in records if r.stage == "variants")
 
-    bad = launch_pipeline([str(demo.r1), str(demo.r2)], store=str(store_dir),
+    bad = launch_pipeline([str(demo.r1), str(demo.r2)], store=str(store_dir), simulate=False,
                           reference=str(demo.genomes), orf_options={"table": 99})
     assert bad.error is not None and "invalid orf options" in str(bad.error)

@@ -92,7 +92,7 @@ def test_pipeline_runs_on_both_nodes(
     # to workers' sys.path, which would otherwise hand them the checkout.
     proc = subprocess.run(
         [str(Path(sys.executable).with_name("helixflow")), "run", *inputs, "--store",
-         str(store_dir), "--ray-address", two_node_cluster],
+         str(store_dir), "--ray-address", two_node_cluster, "--embed", "kmer", "--no-simulate"],
         env=_driver_env(prefect_api), cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
