@@ -411,6 +411,7 @@ def _kill(pid: int, deadline: float) -> None:
             )
     if group:  # anything the server left behind in its group goes too
         _signal(pid, signal.SIGKILL, group)
+    _reap(pid)  # it may have turned zombie after the last check: collect it now
 
 
 def _wait_dead(pid: int, deadline: float) -> bool:

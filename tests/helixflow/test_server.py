@@ -59,11 +59,17 @@ def _port_open(port: int) -> bool:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Alive and not a zombie (in a container whose PID 1 does not reap, a stopped
+    server that is not our child stays a zombie: it has exited all the same)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def _starts(home: Path) -> int:

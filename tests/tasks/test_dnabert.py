@@ -324,7 +324,7 @@ def test_ray_data_matches_in_process(tiny_model: Path) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     seqs = [random_dna(int(n), int(n)) for n in np.linspace(8, 90, 40)]
     expected = embed(seqs, tiny_model, batch_size=16)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         table = pa.table({"i": np.arange(40), "sequence": seqs})
         ds = ray.data.from_arrow([table.slice(0, 20), table.slice(20)])  # 2 blocks

@@ -185,7 +185,7 @@ def test_ray_two_workers_match_single_process(monkeypatch: pytest.MonkeyPatch) -
     half = 300 * 30
     shards = [(tok[:half], off[:301]), (tok[half:], off[300:] - half)]
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # throwaway local cluster
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         refs = [ray.put(s) for s in shards]
         model = train_skipgram_ray(refs, TOY, num_workers=2, sync_tokens=3000)
