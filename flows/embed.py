@@ -91,7 +91,7 @@ def run_kmer_embeddings(
     with profile("shard"):
         futures = {
             sample: [embed_kmer_spectra.with_options(
-                assets=[store.run_uri(run_id, "embed", f"{sample}.kmer{k}")]
+                assets=[store.asset_uri(run_id, "embed", f"{sample}.kmer{k}")]
             ).submit(s, k, store, run_id) for s in shards]
             for sample, shards in shards_by_sample.items()
         }
@@ -109,7 +109,7 @@ def run_protein_embeddings(
     with profile("shard"):
         futures = {
             label: embed_protein_kmers.with_options(
-                assets=[store.run_uri(run_id, "embed", f"{label}.protein")]
+                assets=[store.asset_uri(run_id, "embed", f"{label}.protein")]
             ).submit(orfs, k, alphabet, store, run_id)
             for label, orfs in orf_tables.items()
         }
@@ -120,27 +120,33 @@ def run_protein_embeddings(
 
 def run_lshvec(
     shards_by_sample: dict[str, list[Artifact]], params: EmbedParams, store: Store,
-    run_id: str, recorder: RunRecorder,
+    run_id: str, recorder: RunRecorder, pinned: tuple[Artifact, Artifact] | None = None,
 ) -> list[Artifact]:
     """LSH hash fitted on the reads → token shards → one skip-gram model trained across Ray
-    workers → SIF-weighted read vectors, one embedding shard per read shard."""
+    workers → SIF-weighted read vectors, one embedding shard per read shard. `pinned`
+    (LSH hash, model) from an earlier run skips fitting and training."""
     shards = [s for parts in shards_by_sample.values() for s in parts]
-    with profile("stream"):
-        lsh_future = fit_lsh_hash.submit(shards[:2], params.lshvec_k, params.lshvec_hash_size, 0,
-                                         store, run_id)
-    (lsh,) = recorder.record(lsh_future, [lsh_future.result()])
+    if pinned is not None:
+        (lsh,) = recorder.record_outputs([pinned[0]], None, cached=True)
+        (model,) = recorder.record_outputs([pinned[1]], None, cached=True)
+    else:
+        with profile("stream"):
+            lsh_future = fit_lsh_hash.submit(shards[:2], params.lshvec_k,
+                                             params.lshvec_hash_size, 0, store, run_id)
+        (lsh,) = recorder.record(lsh_future, [lsh_future.result()])
     with profile("shard"):
         token_futures = [tokenize_shard.submit(s, lsh, store, run_id) for s in shards]
     tokens = [recorder.record(f, [f.result()])[0] for f in token_futures]
-    config = SkipGramConfig(dim=params.lshvec_dim, epochs=params.lshvec_epochs)
-    with profile("light", num_cpus=0):  # coordinates; the training actors hold the CPUs
-        model_future = train_lshvec.with_options(
-            assets=[store.run_uri(run_id, "models", "lshvec")]
-        ).submit(tokens, lsh, config, params.lshvec_workers, store, run_id)
-    (model,) = recorder.record(model_future, [model_future.result()])
+    if pinned is None:
+        config = SkipGramConfig(dim=params.lshvec_dim, epochs=params.lshvec_epochs)
+        with profile("light", num_cpus=0):  # coordinates; the training actors hold the CPUs
+            model_future = train_lshvec.with_options(
+                assets=[store.asset_uri(run_id, "models", "lshvec")]
+            ).submit(tokens, lsh, config, params.lshvec_workers, store, run_id)
+        (model,) = recorder.record(model_future, [model_future.result()])
     with profile("shard"):
         futures = [embed_lshvec_shard.with_options(
-            assets=[store.run_uri(run_id, "embed", "lshvec")]
+            assets=[store.asset_uri(run_id, "embed", "lshvec")]
         ).submit(t, model, params.lshvec_weighting, store, run_id) for t in tokens]
     out = [recorder.record(f, [f.result()])[0] for f in futures]
     recorder.flush()
@@ -159,13 +165,13 @@ def run_dnabert(
             model_future = import_dnabert_checkpoint.submit(params.dnabert_model, store, run_id)
         else:
             model_future = pretrain_dnabert.with_options(
-                assets=[store.run_uri(run_id, "models", "dnabert")]
+                assets=[store.asset_uri(run_id, "models", "dnabert")]
             ).submit("run", shards, params.pretrain_config(), store, run_id)
     (model,) = recorder.record(model_future, [model_future.result()])
     # The task only coordinates: Ray Data's actors hold the CPUs.
     with profile("light", num_cpus=0):
         futures = [embed_dnabert_shard.with_options(
-            assets=[store.run_uri(run_id, "embed", "dnabert")]
+            assets=[store.asset_uri(run_id, "embed", "dnabert")]
         ).submit(s, model, params.dnabert_actors, 64, store, run_id) for s in shards]
     out: dict[str, list[Artifact]] = {"dnabert-mean": [], "dnabert-cls": []}
     for future in futures:

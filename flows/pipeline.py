@@ -35,8 +35,10 @@ from helixflow.errors import HelixflowError
 from helixflow.lineage import LineageGraph, code_version, mermaid
 from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
+from helixflow.runner import DeferredRayTaskRunner
 from helixflow.samples import Sample, plan_samples
-from helixflow.store import Store
+from helixflow.samples import run_label as samples_label
+from helixflow.store import Store, asset_key
 from tasks.annotate import DEFAULT_MOTIFS, AnnotationResult, MotifParams
 from tasks.assemble import AssemblyParams
 from tasks.correct import CorrectionParams, SolidSet
@@ -67,7 +69,15 @@ class RunSummary(BaseModel):
     by_task: dict[str, dict[str, int]]
 
 
-@flow(name="genomics-pipeline", flow_run_name="{run_label}", log_prints=True)
+def _run_name() -> str:
+    """The flow run's name: `run_label`, else `pipeline <samples>` (UI and trigger runs)."""
+    params = runtime.flow_run.parameters
+    return params.get("run_label") or samples_label(params.get("inputs") or [],
+                                                    interleaved=bool(params.get("interleaved")))
+
+
+@flow(name="genomics-pipeline", flow_run_name=_run_name, log_prints=True,
+      task_runner=DeferredRayTaskRunner())
 def genomics_pipeline(
     inputs: list[str],
     store: str | None = None,
@@ -90,7 +100,7 @@ def genomics_pipeline(
     truth: str | None = None,
     kmer_size: int = 21,
     preset: str = "sr",
-    run_label: str = "helixflow",
+    run_label: str | None = None,
 ) -> RunSummary:
     """Run helixflow over FASTQ inputs (local paths or s3:// URIs).
 
@@ -120,7 +130,7 @@ def genomics_pipeline(
         truth: a TSV naming each read's source (`name`, `genome`) to score the clusters (ARI)
         kmer_size: k for the error-correction spectrum
         preset: minimap2 preset for alignment (sr, map-ont, map-pb)
-        run_label: the flow run's display name
+        run_label: the flow run's display name (default `pipeline <samples>`)
     """
     logger = get_run_logger()
     st = resolve_store(store, store_block)
@@ -161,8 +171,8 @@ def genomics_pipeline(
             r1: FileRef = refs[sample.r1].result()
             r2: FileRef | None = refs[sample.r2].result() if sample.r2 else None
             task = ingest_fastq.with_options(
-                assets=[st.run_uri(run_id, "ingest", sample.name)],
-                asset_deps=[ref.uri for ref in (r1, r2) if ref],
+                assets=[st.asset_uri(run_id, "ingest", sample.name)],
+                asset_deps=[asset_key(ref.uri) for ref in (r1, r2) if ref],
             )
             ingests.append((sample, task.submit(sample, r1, r2, shard_size, st, run_id)))
 
@@ -220,6 +230,14 @@ def genomics_pipeline(
     recorder.flush()
 
     tables = {
+        "run-summary": (f"Run {run_id}: each sample from reads to outputs (QC report: "
+                        f"{report_art.uri})",
+                        [{"sample": r.sample, "layout": r.layout, "shards": len(r.shards),
+                          **summarize(r.stats),
+                          "reads_after_qc": qc_counts[r.sample].get("reads_out"),
+                          "bam": bams[r.sample].bam.uri if r.sample in bams else "",
+                          "vcf": calls[r.sample].vcf.uri if r.sample in calls else ""}
+                         for r in results]),
         "qc-counts": ("Quality filtering: reads and bases in, out, trimmed and removed per reason",
                       [{"sample": sample, **counts} for sample, counts in qc_counts.items()]),
         "dedup": ("Exact duplicates removed (global per sample)",

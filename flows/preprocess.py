@@ -11,7 +11,7 @@ from helixflow.artifacts import Artifact, FileRef
 from helixflow.errors import HelixflowError
 from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
-from helixflow.store import Store
+from helixflow.store import Store, asset_key
 from tasks.annotate import AnnotationResult, MotifParams, annotate_sequences
 from tasks.assemble import AssemblyOutput, AssemblyParams, assemble_reads
 from tasks.bam import (
@@ -73,7 +73,7 @@ def run_qc(
     with profile("shard"):
         for result in ingested:
             sample_params = params.resolved(result.first_read_id)
-            task = filter_reads.with_options(assets=[store.run_uri(run_id, "qc", result.sample)])
+            task = filter_reads.with_options(assets=[store.asset_uri(run_id, "qc", result.sample)])
             for shard in result.shards:
                 futures.append((result.sample, task.submit(shard, sample_params, store, run_id)))
     out: dict[str, list[QcResult]] = {r.sample: [] for r in ingested}
@@ -109,8 +109,8 @@ def run_assembly(
     with profile("stream"):
         for sample, shards in shards_by_sample.items():
             task = assemble_reads.with_options(
-                assets=[store.run_uri(run_id, "assemble", sample)],
-                asset_deps=[s.uri for s in shards],
+                assets=[store.asset_uri(run_id, "assemble", sample)],
+                asset_deps=[asset_key(s.uri) for s in shards],
             )
             futures.append((sample, task.submit(sample, shards, params, store, run_id)))
     out: dict[str, AssemblyOutput] = {}
@@ -135,7 +135,7 @@ def run_annotation(
     with profile("shard"):
         for label, fasta in fastas.items():
             task = annotate_sequences.with_options(
-                assets=[store.run_uri(run_id, "annotate", label)], asset_deps=[fasta.uri]
+                assets=[store.asset_uri(run_id, "annotate", label)], asset_deps=[fasta.uri]
             )
             futures.append((label, task.submit(fasta, orf_params, motifs, store, run_id)))
     out: dict[str, AnnotationResult] = {}
@@ -173,7 +173,7 @@ def run_dedup(
             result = future.result()
             dropped.extend(recorder.record(future, [result.dropped]))
             total = _add(total, result.counts)
-        task = remove_duplicates.with_options(assets=[store.run_uri(run_id, "dedup", sample)])
+        task = remove_duplicates.with_options(assets=[store.asset_uri(run_id, "dedup", sample)])
         with profile("shard"):
             applies = [task.submit(s, i, dropped, store, run_id) for i, s in enumerate(shards)]
         out[sample] = [recorder.record(f, [f.result()])[0] for f in applies]
@@ -214,7 +214,7 @@ def run_correction(
         (kmers,) = recorder.record(solid_future, [solid.kmers])
         solid = solid.model_copy(update={"kmers": kmers})
         solids[sample] = solid
-        task = correct_reads.with_options(assets=[store.run_uri(run_id, "correct", sample)])
+        task = correct_reads.with_options(assets=[store.asset_uri(run_id, "correct", sample)])
         with profile("shard"):
             fixes = [task.submit(s, solid, params, store, run_id) for s in shards]
         total: dict[str, float] | None = None
@@ -255,7 +255,7 @@ def run_alignment(
             result = future.result()
             (bam,) = recorder.record(future, [result.bam])
             aligned.append(result.model_copy(update={"bam": bam}))
-        task = merge_alignments.with_options(assets=[store.run_uri(run_id, "align", sample)])
+        task = merge_alignments.with_options(assets=[store.asset_uri(run_id, "align", sample)])
         with profile("stream"):
             merged = task.submit(sample, aligned, store, run_id)
         result = merged.result()
@@ -265,7 +265,7 @@ def run_alignment(
     with profile("stream"):
         futures_v = {
             sample: call_sample_variants.with_options(
-                assets=[store.run_uri(run_id, "variants", sample)]
+                assets=[store.asset_uri(run_id, "variants", sample)]
             ).submit(sample, b.bam, b.bai, reference, variant_params, store, run_id)
             for sample, b in bams.items()
         }
@@ -285,7 +285,7 @@ def run_unaligned(
     with profile("shard"):
         futures = {
             sample: [write_unaligned_bam.with_options(
-                assets=[store.run_uri(run_id, "unaligned", sample)]
+                assets=[store.asset_uri(run_id, "unaligned", sample)]
             ).submit(s, sample, store, run_id) for s in shards]
             for sample, shards in shards_by_sample.items()
         }

@@ -121,7 +121,7 @@ def run_simulations(
     method = pick_method(list(embeddings), params.method)
     with profile("shard"):
         future = analyze_embeddings.with_options(
-            assets=[store.run_uri(run_id, "analysis", method)]
+            assets=[store.asset_uri(run_id, "analysis", method)]
         ).submit(method, embeddings[method], params.analysis, truth, "genome", store, run_id)
     analysis = future.result()
     clusters, reps, plot = recorder.record(
@@ -132,13 +132,29 @@ def run_simulations(
     logger.info("analysis of %s: %s", method, analysis.metrics)
     if params.max_representatives == 0:
         return analysis, []
+    trajectories = simulate_representatives(method, analysis.representatives, params, store,
+                                            run_id, recorder, store_block)
+    return analysis, trajectories
 
+
+def simulate_representatives(
+    method: str,
+    reps: Artifact,
+    params: SimulateParams,
+    store: Store,
+    run_id: str,
+    recorder: RunRecorder,
+    store_block: str | None = None,
+) -> list[Artifact]:
+    """MD of the peptides of a representatives table's largest clusters (finished
+    simulations reused by content) → NetCDF trajectories."""
+    logger = get_run_logger()
     settings = _settings(params)
     local = params.cluster_block is None
     if local and shutil.which(settings.gmx) is None:
         logger.warning("no MD: GROMACS (%s) is not installed here and no Slurm cluster is "
                        "configured (apt-get install gromacs, or set cluster_block)", settings.gmx)
-        return analysis, []
+        return []
     with profile("light"):
         prep = prepare_md.submit(method, reps, settings, params.max_representatives,
                                  params.peptide_min, params.peptide_max, local, store, run_id)
@@ -146,7 +162,7 @@ def run_simulations(
     if inputs_nc is None:
         logger.warning("no representative has an ORF long enough for a %d-residue peptide; "
                        "no MD", params.peptide_min)
-        return analysis, []
+        return []
     recorder.record(prep, [inputs_nc, *(a for p in plans for n, a in p.inputs.items()
                                         if n != "inputs.nc")])
 
@@ -178,4 +194,4 @@ def run_simulations(
                    for plan in plans]
     trajectories = [recorder.record(f, [f.result()])[0] for f in futures]
     recorder.flush()
-    return analysis, trajectories
+    return trajectories

@@ -18,6 +18,7 @@ from blocks.store import resolve_store
 from flows.preprocess import stage_params
 from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
+from helixflow.runner import DeferredRayTaskRunner
 from helixflow.store import display_name, is_local, local_path
 from tasks.ingest import identify_input
 from tasks.reference import validate_reference
@@ -30,7 +31,8 @@ class VariantsSummary(BaseModel):
     counts: dict[str, int]
 
 
-@flow(name="call-variants", flow_run_name="{run_label}", log_prints=True)
+@flow(name="call-variants", flow_run_name="{run_label}", log_prints=True,
+      task_runner=DeferredRayTaskRunner())
 def call_variants_flow(
     bam: str,
     reference: str,
@@ -68,7 +70,7 @@ def call_variants_flow(
     recorder = RunRecorder(st, run_id)
     with profile("stream"):
         future = call_sample_variants.with_options(
-            assets=[st.run_uri(run_id, "variants", name)]
+            assets=[st.asset_uri(run_id, "variants", name)]
         ).submit(name, refs[bam].result(), bai.result() if bai else None,
                  refs[reference].result(), params, st, run_id)
     result = future.result()

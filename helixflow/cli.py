@@ -25,6 +25,9 @@ app = typer.Typer(
 server_app = typer.Typer(help="Manage the local Prefect server (one per HELIXFLOW_HOME).",
                          no_args_is_help=True)
 app.add_typer(server_app, name="server")
+blocks_app = typer.Typer(help="helixflow's Prefect blocks (store, Slurm, GROMACS, models).",
+                         no_args_is_help=True)
+app.add_typer(blocks_app, name="blocks")
 
 out = Console()
 err = Console(stderr=True)
@@ -445,6 +448,150 @@ def server_status() -> None:
         out.print("not running")
         raise typer.Exit(1)
     out.print(f"running: pid {info.pid}, UI {info.ui_url}, API {info.api_url}, log {info.log_path}")
+
+
+@blocks_app.command("register")
+def blocks_register(
+    config: Annotated[Path | None, typer.Option(
+        help="TOML file of block documents ([store.default], [slurm.hpc], …); default: "
+        "documents from the environment.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace documents that exist.")] = False,
+) -> None:
+    """Register helixflow's block types and create their default documents."""
+    try:
+        from blocks.registry import register_blocks
+        from helixflow.launch import connect_prefect
+
+        connect_prefect()
+        done = register_blocks(config, overwrite=overwrite)
+    except HelixflowError as exc:
+        _fail(exc)
+    table = Table(title="blocks")
+    for column in ("block", "document", "action"):
+        table.add_column(column)
+    for item in done:
+        table.add_row(item.slug, item.name, item.action)
+    out.print(table)
+
+
+@app.command()
+def deploy(
+    name: Annotated[list[str] | None, typer.Option(
+        "--name", help="Deployment to create (genomics-pipeline, embed-refresh, md-campaign). "
+        "Repeatable; default all.")] = None,
+    pool: Annotated[str, typer.Option(help="Process work pool.")] = "helixflow-process",
+    concurrency: Annotated[int | None, typer.Option(
+        min=1, help="Work pool concurrency limit: flow runs at once (the rest queue).")] = 2,
+) -> None:
+    """Register blocks, create the work pool, and `prefect deploy` prefect.yaml's deployments."""
+    try:
+        from blocks.registry import register_blocks
+        from helixflow.deploy import POOL, ensure_work_pool, prefect_deploy
+        from helixflow.launch import connect_prefect, ui_base
+
+        if pool != POOL:
+            raise HelixflowError(f"prefect.yaml deploys to the {POOL!r} pool",
+                                 hint="edit prefect.yaml's work_pool to use another")
+        api_url = connect_prefect()
+        register_blocks()
+        action = ensure_work_pool(pool, concurrency)
+        out.print(f"work pool {pool}: {action} (concurrency limit {concurrency})")
+        with out.status("prefect deploy …", spinner="dots"):
+            prefect_deploy(api_url, name)
+        out.print(f"deployed {', '.join(name or ['all'])}: {ui_base(api_url)}/deployments")
+        out.print(f"start a worker: helixflow worker --pool {pool}")
+    except HelixflowError as exc:
+        _fail(exc)
+
+
+@app.command()
+def worker(
+    pool: Annotated[str, typer.Option(help="Work pool to poll.")] = "helixflow-process",
+    limit: Annotated[int | None, typer.Option(min=1, help="Flow runs at once.")] = None,
+    run_once: Annotated[bool, typer.Option(help="Run what is scheduled now, then exit.")
+                        ] = False,
+) -> None:
+    """`prefect worker start` on the local server, with the store as result storage."""
+    import os
+
+    try:
+        from helixflow.deploy import worker_command, worker_env
+        from helixflow.launch import connect_prefect
+
+        env = worker_env(connect_prefect())
+    except HelixflowError as exc:
+        _fail(exc)
+    cmd = worker_command(pool, limit=limit, run_once=run_once)
+    out.print(f"worker on pool {pool} (Ctrl-C to stop)")
+    sys.stdout.flush()
+    os.execvpe(cmd[0], cmd, env)
+
+
+@app.command()
+def watch(
+    queue_url: Annotated[str | None, typer.Option(
+        help="SQS queue receiving the bucket's s3:ObjectCreated:* notifications.")] = None,
+    bucket: Annotated[str | None, typer.Option(
+        help="Poll this bucket instead (stores without notifications).")] = None,
+    prefix: Annotated[str, typer.Option(help="Only keys under this prefix.")] = "",
+    pattern: Annotated[list[str] | None, typer.Option(
+        "--pattern", help="Glob a key must match (default *.fastq.gz, *.fq.gz, *.fastq, *.fq). "
+        "Repeatable.")] = None,
+    pair_timeout: Annotated[float, typer.Option(
+        min=0, help="Seconds to wait for an R1's (or R2's) mate.")] = 3600.0,
+    unpaired: Annotated[str, typer.Option(
+        help="A mate that never came: skip (default) or single (run it single-end).")] = "skip",
+    poll_interval: Annotated[float, typer.Option(min=0.1, help="Polling interval (s).")] = 60.0,
+    wait_time: Annotated[int, typer.Option(min=0, max=20, help="SQS long poll (s).")] = 10,
+    skip_existing: Annotated[bool, typer.Option(
+        help="Polling: objects already there on the first listing are not announced.")] = False,
+    name: Annotated[str, typer.Option(
+        help="Watcher name: its ledger is $HELIXFLOW_HOME/watch/NAME.sqlite.")] = "default",
+    once: Annotated[bool, typer.Option(
+        "--once", help="Handle what is waiting, then exit.")] = False,
+) -> None:
+    """Announce new FASTQ uploads to Prefect (event helixflow.s3.object.created), pairing
+    R1/R2, exactly once per object version; the genomics-pipeline deployment's trigger
+    starts a run for each."""
+    import logging
+    import threading
+
+    from pydantic import ValidationError
+
+    try:
+        from helixflow.launch import connect_prefect
+        from helixflow.watch import WatchConfig, open_watcher
+
+        try:
+            config = WatchConfig(
+                name=name, queue_url=queue_url, bucket=bucket, prefix=prefix,
+                **({"patterns": pattern} if pattern else {}), pair_timeout=pair_timeout,
+                unpaired=unpaired, poll_interval=poll_interval, wait_time=wait_time,
+                skip_existing=skip_existing)
+        except ValidationError as exc:
+            raise HelixflowError("; ".join(str(e["msg"]).removeprefix("Value error, ")
+                                              for e in exc.errors())) from None
+        api_url = connect_prefect()
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                            datefmt="%H:%M:%S")
+        logging.getLogger("botocore").setLevel(logging.WARNING)
+        watcher = open_watcher(config)
+        source = config.queue_url or f"s3://{config.bucket}/{config.prefix}"
+        out.print(f"watching {source} ({config.mode}); events to {api_url}; "
+                  f"ledger {config.ledger_path}")
+        stop = threading.Event()
+        try:
+            stats = watcher.run(stop, until_idle=once)
+        except KeyboardInterrupt:
+            stop.set()
+            raise
+        finally:
+            watcher.close()
+        out.print(f"announced {stats.announced}, duplicates {stats.duplicates}, ignored "
+                  f"{stats.ignored}, waiting for a mate {stats.pending}, timed out "
+                  f"{stats.timeouts}, errors {stats.errors}")
+    except HelixflowError as exc:
+        _fail(exc)
 
 
 @app.command()

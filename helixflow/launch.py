@@ -75,17 +75,14 @@ def launch_pipeline(
     `options` are further flow parameters (qc_options, reference, assemble, motifs, …).
     """
     from flows.pipeline import DEFAULT_SHARD_SIZE, genomics_pipeline
-    from helixflow.samples import plan_samples
+    from helixflow.samples import plan_samples, run_label
 
-    samples = plan_samples(list(inputs), interleaved=interleaved)
-    label = "+".join(s.name for s in samples[:3])
-    if len(samples) > 3:
-        label += f"+{len(samples) - 3}"
+    plan_samples(list(inputs), interleaved=interleaved)  # a naming mistake fails here
     parameters = {
         "inputs": list(inputs),
         "shard_size": shard_size or DEFAULT_SHARD_SIZE,
         "interleaved": interleaved,
-        "run_label": f"pipeline {label}",
+        "run_label": run_label(inputs, interleaved=interleaved),
         **{k: v for k, v in options.items() if v is not None},
     }
     return launch_flow(genomics_pipeline, parameters, store=store, store_block=store_block,
@@ -104,6 +101,8 @@ def launch_flow(
     """Run a helixflow flow (taking `store`/`store_block`) on the one server and Ray, with
     results persisted to the store; never raises for a failed run."""
     api_url = connect_prefect()
+    from prefect import tags
+
     from blocks.store import resolve_store, result_storage
     from helixflow.runner import build_task_runner
 
@@ -113,7 +112,9 @@ def launch_flow(
     configured = flow.with_options(
         task_runner=runner, result_storage=result_storage(st), persist_result=True
     )
-    state = configured(**parameters, store=st.url, store_block=store_block, return_state=True)
+    with tags("helixflow", "cli"):
+        state = configured(**parameters, store=st.url, store_block=store_block,
+                           return_state=True)
     flow_run_id = str(state.state_details.flow_run_id)
     result = state.result(raise_on_failure=False)
     error = result if isinstance(result, BaseException) else None

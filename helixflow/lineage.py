@@ -88,6 +88,16 @@ class LineageRecord(BaseModel):
             metadata=artifact.metadata, created_at=artifact.created_at,
         )
 
+    def artifact(self) -> Artifact:
+        """The artifact this record describes, to feed a later run's tasks."""
+        return Artifact(
+            uri=self.uri, cas_uri=self.cas_uri, sha256=self.sha256, size=self.size,
+            rows=self.rows, media_type=self.media_type, stage=self.stage,
+            producer=self.task_name, params=self.parameters, tools=self.tools,
+            upstream=self.upstream, metadata=self.metadata, created_at=self.created_at,
+            executed_on=self.executed_on,
+        )
+
 
 class LineageLog:
     """The lineage records of one run, flushed to the store atomically."""

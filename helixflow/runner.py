@@ -66,3 +66,23 @@ def build_task_runner(
         init_kwargs["include_dashboard"] = False
         init_kwargs["num_cpus"] = os.cpu_count() or 1
     return RayTaskRunner(address=address, init_kwargs=init_kwargs)
+
+
+class DeferredRayTaskRunner(RayTaskRunner):
+    """A RayTaskRunner configured when a flow run starts, not when its module is imported.
+
+    The flows' default: a deployment's worker process imports the flow with its own
+    environment (`PREFECT_API_URL`, `HELIXFLOW_RAY_ADDRESS`), and only then is it known
+    which server the Ray workers must report to and which cluster to join.
+    """
+
+    def __enter__(self) -> DeferredRayTaskRunner:
+        from prefect.settings import PREFECT_API_URL
+
+        from helixflow.settings import ray_address
+
+        api_url = PREFECT_API_URL.value()
+        if api_url:
+            configured = build_task_runner(api_url, self.address or ray_address())
+            self.address, self.init_kwargs = configured.address, configured.init_kwargs
+        return super().__enter__()  # type: ignore[return-value]

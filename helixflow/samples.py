@@ -100,3 +100,15 @@ def plan_samples(inputs: list[str], *, interleaved: bool = False) -> list[Sample
         if names.count(sample.name) > 1:
             samples[i] = sample.model_copy(update={"name": f"{sample.name}-{i + 1}"})
     return samples
+
+
+def run_label(inputs: list[str], *, interleaved: bool = False) -> str:
+    """A readable flow run name: `pipeline <sample>+<sample>+…` (three names at most)."""
+    try:
+        names = [s.name for s in plan_samples(list(inputs), interleaved=interleaved)]
+    except HelixflowError:
+        names = [uri.rstrip("/").rsplit("/", 1)[-1] for uri in inputs]
+    label = "+".join(names[:3]) or "no inputs"
+    if len(names) > 3:
+        label += f"+{len(names) - 3}"
+    return f"pipeline {label}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import sqlite3
 import tempfile
@@ -135,6 +136,21 @@ def s3_storage_options_from_env() -> dict[str, Any]:
     return options
 
 
+
+# Characters Prefect refuses in asset keys (prefect.types.names); `%` among them, so keys
+# cannot be percent-encoded.
+_ASSET_UNSAFE = re.compile(r"[\s#?&%\"'<>\[\]{}|\\^`]")
+
+
+def asset_key(uri: str) -> str:
+    """A URI as a Prefect asset key: spaces become `+`, other characters Prefect refuses
+    become `_`. Asset keys are the UI's names; lineage records keep the exact URIs."""
+    key = _ASSET_UNSAFE.sub(lambda m: "+" if m.group() == " " else "_", uri)
+    if len(key) > 512:
+        key = key[:448] + "~" + hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return key
+
+
 class Store:
     """A store root URL plus the fsspec options to reach it. Cheap to pickle (Ray, Prefect).
 
@@ -187,6 +203,10 @@ class Store:
 
     def run_uri(self, run_id: str, *parts: str) -> str:
         return self.join("runs", run_id, *parts)
+
+    def asset_uri(self, run_id: str, *parts: str) -> str:
+        """`run_uri` as a Prefect asset key (see `asset_key`)."""
+        return asset_key(self.run_uri(run_id, *parts))
 
     def cas_uri(self, sha256: str, suffix: str) -> str:
         return self.join("objects", sha256[:2], sha256 + suffix)

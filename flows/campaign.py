@@ -1,0 +1,84 @@
+"""`md-campaign`: molecular dynamics of an earlier analysis' representatives, with more
+peptides or longer runs than a pipeline run's short default, on the Slurm cluster.
+
+The representatives table is found by URI (or as the newest one in the store); the MD goes
+through the same staged-input, Slurm sub-flow and content-reuse path as `helixflow run`,
+so a campaign never repeats a simulation the store already holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, runtime
+from prefect.artifacts import create_table_artifact
+from pydantic import BaseModel
+
+from blocks.store import resolve_store
+from flows.preprocess import stage_params
+from flows.simulate import SimulateParams, simulate_representatives
+from helixflow.errors import HelixflowError
+from helixflow.lineage import LineageGraph, LineageRecord, load_records
+from helixflow.recorder import RunRecorder
+from helixflow.runner import DeferredRayTaskRunner
+
+
+class CampaignSummary(BaseModel):
+    run_id: str
+    representatives: str
+    method: str
+    trajectories: list[str]
+
+
+def find_representatives(records: list[LineageRecord], uri: str | None) -> LineageRecord:
+    """The representatives table named by `uri`, else the store's newest one."""
+    if uri:
+        found = LineageGraph(records).resolve(uri)
+        if not isinstance(found, LineageRecord) or found.stage != "analysis":
+            raise HelixflowError(f"{uri} is not an analysis artifact in this store",
+                                 hint="give a runs/<run>/analysis/…representatives.parquet URI")
+        return found
+    reps = [r for r in records if r.stage == "analysis" and "representatives" in r.uri]
+    if not reps:
+        raise HelixflowError("no representatives in this store",
+                             hint="run `helixflow run` (phase 2) first, or give one by URI")
+    return max(reps, key=lambda r: r.created_at)
+
+
+@flow(name="md-campaign", flow_run_name="{run_label}", log_prints=True,
+      task_runner=DeferredRayTaskRunner())
+def md_campaign(
+    representatives: str | None = None,
+    store: str | None = None,
+    store_block: str | None = None,
+    simulate_options: dict[str, Any] | None = None,
+    run_label: str = "md-campaign",
+) -> CampaignSummary:
+    """Simulate the peptides of a representatives table (default: the store's newest).
+
+    Args:
+        representatives: URI of an analysis' representatives table
+        store: store URL (default `$HELIXFLOW_STORE` or the local store)
+        store_block: a saved `HelixflowStore` block
+        simulate_options: fields of `flows.simulate.SimulateParams` (max_representatives,
+            md_steps, gromacs_block, cluster_block, peptide_min, peptide_max)
+        run_label: the flow run's display name
+    """
+    logger = get_run_logger()
+    st = resolve_store(store, store_block)
+    run_id = str(runtime.flow_run.id)
+    recorder = RunRecorder(st, run_id)
+    params = stage_params(SimulateParams, simulate_options, "simulate")
+    record = find_representatives(load_records(st), representatives)
+    method = record.uri.rsplit("/", 1)[-1].split(".representatives", 1)[0]
+    (reps,) = recorder.record_outputs([record.artifact()], None, cached=True)
+    recorder.flush()
+    logger.info("campaign over %s (%s)", record.uri, method)
+    trajectories = simulate_representatives(method, reps, params, st, run_id, recorder,
+                                            store_block)
+    create_table_artifact(
+        key="md-campaign", description=f"MD campaign over {record.uri}",
+        table=[{"trajectory": t.uri, "peptide": t.params.get("peptide"),
+                "sequence_id": t.params.get("sequence_id")} for t in trajectories])
+    return CampaignSummary(run_id=run_id, representatives=record.uri, method=method,
+                           trajectories=[t.uri for t in trajectories])

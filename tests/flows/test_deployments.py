@@ -1,0 +1,253 @@
+"""Deployments on the real Prefect server: `helixflow deploy`, then flow runs picked up by a
+real process worker, with parameters given as the UI gives them."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from helixflow.cli import app
+from helixflow.demo import DemoSpec, write_demo
+from helixflow.lineage import LineageGraph, LineageNode, load_records
+from helixflow.store import Store
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _post(api: str, path: str, body: dict) -> list[dict]:
+    resp = httpx.post(f"{api}{path}", json=body, timeout=30)
+    resp.raise_for_status()
+    return resp.json()
+
+
+def wait_for_runs(api: str, deployment_id: str, count: int, timeout: float,
+                  states: tuple[str, ...] = ("COMPLETED",)) -> list[dict]:
+    """The deployment's flow runs once `count` of them are in `states` (or fail early on a
+    failed or crashed one)."""
+    deadline = time.monotonic() + timeout
+    runs: list[dict] = []
+    while time.monotonic() < deadline:
+        runs = _post(api, "/flow_runs/filter",
+                     {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}})
+        bad = [r for r in runs if r["state_type"] in ("FAILED", "CRASHED")]
+        assert not bad, [(r["name"], r["state"]["message"]) for r in bad]
+        if sum(r["state_type"] in states for r in runs) >= count:
+            return runs
+        time.sleep(2)
+    pytest.fail(f"{count} run(s) not {states} after {timeout} s: "
+                f"{[(r['name'], r['state_type']) for r in runs]}")
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`helixflow worker` as its own process, the way an operator starts it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "helixflow.cli", "worker", "--limit", "2"], cwd=REPO,
+        env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def deployed(prefect_api: str) -> dict[str, dict]:
+    """`helixflow deploy` once for the module: deployment name → deployment."""
+    result = CliRunner().invoke(app, ["deploy", "--concurrency", "2"])
+    assert result.exit_code == 0, result.output
+    deployments = _post(prefect_api, "/deployments/filter", {})
+    return {d["name"]: d for d in deployments}
+
+
+def test_deploy_creates_deployments_schedule_trigger_pool_and_blocks(
+    prefect_api: str, deployed: dict[str, dict]
+) -> None:
+    assert {"genomics-pipeline", "embed-refresh", "md-campaign"} <= set(deployed)
+    assert all(d["work_pool_name"] == "helixflow-process" for d in deployed.values())
+    (schedule,) = deployed["embed-refresh"]["schedules"]
+    assert schedule["schedule"]["cron"] == "0 2 * * *" and schedule["active"]
+    pool = httpx.get(f"{prefect_api}/work_pools/helixflow-process", timeout=30).json()
+    assert pool["type"] == "process" and pool["concurrency_limit"] == 2
+
+    automations = _post(prefect_api, "/automations/filter", {})
+    pipeline_id = deployed["genomics-pipeline"]["id"]
+    (trigger,) = [a for a in automations
+                  if any(x.get("deployment_id") == pipeline_id for x in a["actions"])]
+    assert trigger["trigger"]["expect"] == ["helixflow.s3.object.created"]
+    assert trigger["actions"][0]["parameters"]["inputs"] == "{{ event.payload.inputs }}"
+
+    docs = _post(prefect_api, "/block_documents/filter", {})
+    slugs = {(d["block_type"]["slug"], d["name"]) for d in docs}
+    assert {("helixflow-store", "default"), ("helixflow-gromacs-settings", "default"),
+            ("helixflow-model-registry", "default")} <= slugs
+
+    # Registering again keeps the documents (a UI edit is not reverted by a redeploy).
+    again = CliRunner().invoke(app, ["blocks", "register"])
+    assert again.exit_code == 0, again.output
+    assert "kept" in again.output and "created" not in again.output
+
+
+def test_deployment_run_with_custom_parameters_on_a_worker(
+    prefect_api: str, deployed: dict[str, dict], tmp_path: Path
+) -> None:
+    """A run created as the UI's "Custom run" does (parameters on the API) is executed by a
+    process worker: tasks on Ray, artifacts and lineage in the chosen store."""
+    demo = write_demo(tmp_path / "demo", DemoSpec(n_pairs=1500, n_genomes=2,
+                                                  genome_length=15_000))
+    store_dir = tmp_path / "store"
+    dep = deployed["genomics-pipeline"]
+    body = {"parameters": {"inputs": [str(demo.r1), str(demo.r2)], "store": str(store_dir),
+                           "embed_methods": ["kmer"], "simulate": False, "shard_size": 1000}}
+    resp = httpx.post(f"{prefect_api}/deployments/{dep['id']}/create_flow_run", json=body,
+                      timeout=30)
+    resp.raise_for_status()
+    run_id = resp.json()["id"]
+
+    worker = start_worker(dict(os.environ), tmp_path / "worker.log")
+    try:
+        runs = wait_for_runs(prefect_api, dep["id"], 1, timeout=300)
+    finally:
+        stop_worker(worker)
+    (run,) = [r for r in runs if r["id"] == run_id]
+    assert run["name"] == "pipeline demo"
+    assert {"helixflow", "pipeline"} <= set(run["tags"])
+    tasks = _post(prefect_api, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})
+    assert {"ingest-demo", "qc-report"} <= {t["name"] for t in tasks}
+    assert all(t["state_type"] == "COMPLETED" for t in tasks)
+    artifacts = _post(prefect_api, "/artifacts/filter",
+                      {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
+    assert {"run-summary", "qc-report", "lineage"} <= {a["key"] for a in artifacts}
+
+    records = load_records(Store(store_dir.as_uri()))
+    graph = LineageGraph(records)
+    kmers = [r for r in records if r.run_id == run_id and r.task_name == "kmer-spectra"]
+    assert len(kmers) == 2  # 1500 pairs, 1000 per shard
+    assert 2500 < sum(r.rows or 0 for r in kmers) <= 3000  # reads left after QC and dedup
+    roots = {leaf for r in kmers for leaf in _leaves(graph.upstream(r))}
+    assert roots == {demo.r1.as_uri(), demo.r2.as_uri()}
+
+
+def _leaves(node: LineageNode) -> set[str]:
+    """URIs at the top of a lineage tree: the inputs everything came from."""
+    if not node.children:
+        return {node.uri}
+    return {uri for child in node.children for uri in _leaves(child)}
+
+
+def _s3_runs(api: str, deployment_id: str) -> list[dict]:
+    runs = _post(api, "/flow_runs/filter",
+                 {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}})
+    return [r for r in runs if r["name"].startswith("s3 ")]
+
+
+def _wait_s3_runs(api: str, deployment_id: str, count: int, timeout: float) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    runs: list[dict] = []
+    while time.monotonic() < deadline:
+        runs = _s3_runs(api, deployment_id)
+        bad = [r for r in runs if r["state_type"] in ("FAILED", "CRASHED")]
+        assert not bad, [(r["name"], r["state"]["message"]) for r in bad]
+        if sum(r["state_type"] == "COMPLETED" for r in runs) >= count:
+            return runs
+        time.sleep(2)
+    pytest.fail(f"{count} S3-triggered run(s) not completed after {timeout} s: "
+                f"{[(r['name'], r['state_type']) for r in runs]}")
+
+
+def test_s3_uploads_start_runs_exactly_once(
+    prefect_api: str, deployed: dict[str, dict], moto_endpoint: str, tmp_path: Path
+) -> None:
+    """moto (S3 + SQS over HTTP), the real server, a process worker and the watcher: 3
+    uploaded pairs → 3 completed runs with outputs and lineage in S3; the same
+    notifications again → no run; a new version of an object → one more run."""
+    import boto3
+
+    from helixflow.watch import WatchConfig, open_watcher
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+    sqs = boto3.client("sqs", endpoint_url=moto_endpoint)
+    for bucket in ("incoming", "results"):
+        s3.create_bucket(Bucket=bucket)
+    queue_url = sqs.create_queue(QueueName="uploads")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    s3.put_bucket_notification_configuration(Bucket="incoming", NotificationConfiguration={
+        "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]})
+
+    dep = deployed["genomics-pipeline"]
+    defaults = {**dep["parameters"], "store": "s3://results/hf", "embed_methods": ["kmer"],
+                "simulate": False, "shard_size": 1000}
+    httpx.patch(f"{prefect_api}/deployments/{dep['id']}", json={"parameters": defaults},
+                timeout=30).raise_for_status()
+
+    uploads: dict[str, tuple[Path, Path]] = {}
+    for i in range(3):
+        demo = write_demo(tmp_path / f"demo{i}", DemoSpec(seed=100 + i, n_pairs=800,
+                                                          n_genomes=2, genome_length=10_000))
+        uploads[f"s{i}"] = (demo.r1, demo.r2)
+        for mate, path in (("R1", demo.r1), ("R2", demo.r2)):
+            s3.upload_file(str(path), "incoming", f"run 7/s{i}_{mate}.fastq.gz")
+    # Keep the notification bodies to send them again later (visibility 0: still queued).
+    bodies = [m["Body"] for m in sqs.receive_message(
+        QueueUrl=queue_url, MaxNumberOfMessages=10, VisibilityTimeout=0)["Messages"]]
+    assert len(bodies) == 7  # the s3:TestEvent and 6 uploads
+
+    config = WatchConfig(queue_url=queue_url, wait_time=1, ledger=tmp_path / "ledger.sqlite")
+    watcher = open_watcher(config)
+    worker = start_worker(dict(os.environ), tmp_path / "worker.log")
+    try:
+        stats = watcher.run(until_idle=True)
+        assert (stats.announced, stats.duplicates, stats.errors) == (3, 0, 0), stats
+        runs = _wait_s3_runs(prefect_api, dep["id"], 3, timeout=600)
+        assert len(runs) == 3
+        by_sample = {r["parameters"]["inputs"][0].split("/")[-1].split("_")[0]: r
+                     for r in runs}
+        assert set(by_sample) == set(uploads)
+        for sample, run in by_sample.items():
+            assert run["parameters"]["inputs"] == [
+                f"s3://incoming/run 7/{sample}_R1.fastq.gz",
+                f"s3://incoming/run 7/{sample}_R2.fastq.gz"]
+            keys = [o["Key"] for o in s3.list_objects_v2(
+                Bucket="results", Prefix=f"hf/runs/{run['id']}/")["Contents"]]
+            assert any("/embed/" in k for k in keys) and any(k.endswith(".html") for k in keys)
+            lineage = s3.get_object(Bucket="results", Key=f"hf/lineage/runs/{run['id']}.jsonl")
+            upstream = {u["uri"] for line in lineage["Body"].read().decode().splitlines()
+                        for u in json.loads(line)["upstream"]}
+            assert f"s3://incoming/run 7/{sample}_R1.fastq.gz" in upstream
+
+        # The same notifications again: every object version is known, no event, no run.
+        for body in bodies:
+            sqs.send_message(QueueUrl=queue_url, MessageBody=body)
+        again = watcher.run(until_idle=True)
+        assert (again.announced, again.duplicates) == (0, 6), again
+        time.sleep(10)  # give the trigger service a chance to (wrongly) start something
+        assert len(_s3_runs(prefect_api, dep["id"])) == 3
+
+        # A new version of one object (new ETag) is a new announcement: one more run.
+        r1 = uploads["s0"][0]
+        newer = tmp_path / "s0_R1.fastq.gz"
+        newer.write_bytes(gzip.compress(gzip.decompress(r1.read_bytes())[:-1] + b"\n"))
+        s3.upload_file(str(newer), "incoming", "run 7/s0_R1.fastq.gz")
+        assert watcher.run(until_idle=True).announced == 1
+        runs = _wait_s3_runs(prefect_api, dep["id"], 4, timeout=300)
+        assert len(runs) == 4
+    finally:
+        watcher.close()
+        stop_worker(worker)
+        httpx.patch(f"{prefect_api}/deployments/{dep['id']}",
+                    json={"parameters": dep["parameters"]}, timeout=30)
