@@ -53,7 +53,7 @@ def runtime_env(api_url: str, *, ship_code: bool) -> dict[str, Any]:
 def build_task_runner(
     api_url: str, address: str | None = None, *, debug: bool = False
 ) -> RayTaskRunner:
-    """A RayTaskRunner bound to `api_url`; local cluster on all cores when no address.
+    """A RayTaskRunner bound to `api_url`; a new local cluster on all cores when no address.
 
     Worker logs reach the Prefect UI through the API; they are echoed to this console
     only with `debug` (otherwise tracebacks of user mistakes would flood it).
@@ -65,6 +65,9 @@ def build_task_runner(
     if address is None:
         init_kwargs["include_dashboard"] = False
         init_kwargs["num_cpus"] = os.cpu_count() or 1
+        # "local": a new cluster even when `ray start` left one on this machine (which a
+        # bare ray.init() would join, with these num_cpus refused).
+        address = "local"
     return RayTaskRunner(address=address, init_kwargs=init_kwargs)
 
 
@@ -83,6 +86,7 @@ class DeferredRayTaskRunner(RayTaskRunner):
 
         api_url = PREFECT_API_URL.value()
         if api_url:
-            configured = build_task_runner(api_url, self.address or ray_address())
+            wanted = self.address if self.address not in (None, "local") else ray_address()
+            configured = build_task_runner(api_url, wanted)
             self.address, self.init_kwargs = configured.address, configured.init_kwargs
         return super().__enter__()  # type: ignore[return-value]

@@ -22,6 +22,7 @@ comes back after its visibility timeout.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -328,6 +329,26 @@ def _boto3_client(service: str, endpoint_url: str | None, region_name: str | Non
     import boto3  # imported late: `helixflow --help` need not pay for it
 
     return boto3.client(service, endpoint_url=endpoint_url, region_name=region_name)
+
+
+def connect_bucket_to_queue(bucket: str, queue: str, *, s3: Any = None, sqs: Any = None,
+                            events: tuple[str, ...] = ("s3:ObjectCreated:*",)) -> str:
+    """The AWS wiring `helixflow watch` consumes: the queue (created if missing) with a
+    policy letting this bucket send to it, and the bucket's notification to it; the queue
+    URL. Replaces the bucket's other queue notifications."""
+    s3 = s3 or _boto3_client("s3", None, None)
+    sqs = sqs or _boto3_client("sqs", None, None)
+    queue_url = sqs.create_queue(QueueName=queue)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    policy = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"Service": "s3.amazonaws.com"},
+        "Action": "sqs:SendMessage", "Resource": arn,
+        "Condition": {"ArnLike": {"aws:SourceArn": f"arn:aws:s3:::{bucket}"}}}]}
+    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": json.dumps(policy)})
+    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={
+        "QueueConfigurations": [{"QueueArn": arn, "Events": list(events)}]})
+    return str(queue_url)
 
 
 class SqsSource:

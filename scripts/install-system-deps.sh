@@ -8,6 +8,7 @@ declare -A PKG=(
   [bgzip]=tabix [samtools]=samtools [bcftools]=bcftools [seqkit]=seqkit
   [fastp]=fastp [minimap2]=minimap2 [lighter]=lighter [prodigal]=prodigal
   [megahit]=megahit [art_illumina]=art-nextgen-simulation-tools [gmx]=gromacs
+  [chromium]=chromium [chromedriver]=chromium-driver
 )
 missing=()
 for cmd in "${!PKG[@]}"; do

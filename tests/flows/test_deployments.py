@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -177,17 +178,13 @@ def test_s3_uploads_start_runs_exactly_once(
     notifications again → no run; a new version of an object → one more run."""
     import boto3
 
-    from helixflow.watch import WatchConfig, open_watcher
+    from helixflow.watch import WatchConfig, connect_bucket_to_queue, open_watcher
 
     s3 = boto3.client("s3", endpoint_url=moto_endpoint)
     sqs = boto3.client("sqs", endpoint_url=moto_endpoint)
     for bucket in ("incoming", "results"):
         s3.create_bucket(Bucket=bucket)
-    queue_url = sqs.create_queue(QueueName="uploads")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
-        "Attributes"]["QueueArn"]
-    s3.put_bucket_notification_configuration(Bucket="incoming", NotificationConfiguration={
-        "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]})
+    queue_url = connect_bucket_to_queue("incoming", "uploads", s3=s3, sqs=sqs)
 
     dep = deployed["genomics-pipeline"]
     defaults = {**dep["parameters"], "store": "s3://results/hf", "embed_methods": ["kmer"],
@@ -251,3 +248,59 @@ def test_s3_uploads_start_runs_exactly_once(
         stop_worker(worker)
         httpx.patch(f"{prefect_api}/deployments/{dep['id']}",
                     json={"parameters": dep["parameters"]}, timeout=30)
+
+
+def test_fifty_uploads_at_once_make_fifty_runs_none_twice(
+    prefect_api: str, deployed: dict[str, dict], moto_endpoint: str, tmp_path: Path
+) -> None:
+    """50 pairs uploaded at once → 50 runs created by the trigger, each pair exactly once,
+    queued on the pool (no worker here: bench/watch_load.py runs them all and measures);
+    every notification sent again → still 50."""
+    import boto3
+
+    from helixflow.watch import WatchConfig, connect_bucket_to_queue, open_watcher
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+    sqs = boto3.client("sqs", endpoint_url=moto_endpoint)
+    s3.create_bucket(Bucket="burst")
+    queue_url = connect_bucket_to_queue("burst", "burst", s3=s3, sqs=sqs)
+    dep = deployed["genomics-pipeline"]
+
+    def burst_runs() -> list[dict]:
+        runs = _post(prefect_api, "/flow_runs/filter", {
+            "flow_runs": {"deployment_id": {"any_": [dep["id"]]}}, "limit": 200})
+        return [r for r in runs if r["parameters"].get("inputs", [""])[0].startswith(
+            "s3://burst/")]
+
+    payload = gzip.compress(b"@r1\nACGT\n+\nIIII\n")
+    keys = [f"b/p{i:02d}_R{m}.fq.gz" for i in range(50) for m in (1, 2)]
+
+    def put(key: str) -> None:  # distinct bytes per pair: distinct ETags
+        s3.put_object(Bucket="burst", Key=key, Body=payload + key[:6].encode())
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, keys))
+    watcher = open_watcher(WatchConfig(queue_url=queue_url, wait_time=1,
+                                       ledger=tmp_path / "ledger.sqlite"))
+    try:
+        stats = watcher.run(until_idle=True)
+        assert (stats.announced, stats.errors) == (50, 0), stats
+        deadline = time.monotonic() + 120
+        while len(runs := burst_runs()) < 50 and time.monotonic() < deadline:
+            time.sleep(2)
+        inputs = [tuple(r["parameters"]["inputs"]) for r in runs]
+        assert len(inputs) == 50 and len(set(inputs)) == 50
+        assert set(inputs) == {(f"s3://burst/b/p{i:02d}_R1.fq.gz",
+                                f"s3://burst/b/p{i:02d}_R2.fq.gz") for i in range(50)}
+        assert all(r["state_type"] == "SCHEDULED" for r in runs)  # queued for a worker
+
+        for key in keys:  # every object announced again, as a replayed queue would
+            s3.put_object(Bucket="burst", Key=key, Body=payload + key[:6].encode())
+        again = watcher.run(until_idle=True)
+        assert (again.announced, again.duplicates) == (0, 100), again
+        time.sleep(10)
+        assert len(burst_runs()) == 50
+    finally:
+        watcher.close()
+        for run in burst_runs():  # not for the other tests' workers to pick up
+            httpx.delete(f"{prefect_api}/flow_runs/{run['id']}", timeout=30)

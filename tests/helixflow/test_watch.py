@@ -20,6 +20,7 @@ from helixflow.watch import (
     SqsSource,
     WatchConfig,
     Watcher,
+    connect_bucket_to_queue,
 )
 
 # ----------------------------------------------------------------------------- helpers
@@ -443,12 +444,11 @@ def test_real_bucket_notifications_via_moto_server(moto_endpoint: str, tmp_path:
     s3 = boto3.client("s3")
     sqs = boto3.client("sqs")
     s3.create_bucket(Bucket="uploads")
-    url = sqs.create_queue(QueueName="uploads-events")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
-        "Attributes"]["QueueArn"]
-    s3.put_bucket_notification_configuration(Bucket="uploads", NotificationConfiguration={
-        "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}],
-    })
+    url = connect_bucket_to_queue("uploads", "uploads-events", s3=s3, sqs=sqs)
+    policy = json.loads(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])[
+        "Attributes"]["Policy"])
+    assert policy["Statement"][0]["Condition"]["ArnLike"]["aws:SourceArn"] == (
+        "arn:aws:s3:::uploads")
     k1, k2 = "runs/sample one_R1.fastq.gz", "runs/sample one_R2.fastq.gz"
     r1_body = b"@r\nACGT\n+\nIIII\n"
     s3.put_object(Bucket="uploads", Key=k1, Body=r1_body)
