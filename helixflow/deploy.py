@@ -51,8 +51,7 @@ def prefect_deploy(api_url: str, names: list[str] | None = None) -> str:
         raise HelixflowError(f"no deployment named {', '.join(sorted(unknown))}",
                              hint=f"deployments: {', '.join(DEPLOYMENTS)}")
     selection = ["--all"] if not names else [a for n in names for a in ("--name", n)]
-    env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_CLI_PROMPT": "false",
-           "HELIXFLOW_REPO": str(REPO)}
+    env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_CLI_PROMPT": "false"}
     proc = subprocess.run(
         [sys.executable, "-m", "prefect", "--no-prompt", "deploy", *selection],
         cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=600)
@@ -68,8 +67,7 @@ def worker_env(api_url: str) -> dict[str, str]:
     from blocks.store import resolve_store, result_storage
     from helixflow.settings import helixflow_home
 
-    env = {**os.environ, "PREFECT_API_URL": api_url, "HELIXFLOW_REPO": str(REPO),
-           "HELIXFLOW_HOME": str(helixflow_home()),
+    env = {**os.environ, "PREFECT_API_URL": api_url, "HELIXFLOW_HOME": str(helixflow_home()),
            "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true"}
     storage = result_storage(resolve_store())
     if isinstance(storage, Path):

@@ -835,9 +835,12 @@ def merge_bams(parts: list[Path], out: Path, threads: int = 2, level: int = 6) -
     try:
         if len(parts) == 1:
             shutil.copyfile(parts[0], tmp)
+            pysam.index("-@", str(max(1, threads)), str(tmp), str(tmp) + ".bai",
+                        catch_stdout=False)
         else:
+            # The index is built while merging (--write-index), not by re-reading the BAM.
             args = ["merge", "-f", "-c", "-p", "-l", str(level), "-@", str(max(1, threads)),
-                    "-o", str(tmp), *map(str, parts)]
+                    "--write-index", "-o", f"{tmp}##idx##{tmp}.bai", *map(str, parts)]
             exe = samtools_cli()
             if exe is None:
                 pysam.merge(*args[1:], catch_stdout=False)
@@ -845,8 +848,6 @@ def merge_bams(parts: list[Path], out: Path, threads: int = 2, level: int = 6) -
                 proc = subprocess.run([exe, *args], capture_output=True, text=True, check=False)
                 if proc.returncode != 0:
                     raise RuntimeError(f"samtools merge failed: {proc.stderr.strip()}")
-        pysam.index("-@", str(max(1, threads)), str(tmp), str(tmp) + ".bai",
-                    catch_stdout=False)
         os.replace(str(tmp) + ".bai", str(out) + ".bai")
         os.replace(tmp, out)
     finally:
