@@ -403,6 +403,7 @@ class SlurmRun:
         as_array: bool = True,
         logger: Any = None,
         flow_run_ids: Sequence[UUID] = (),
+        key_path: str | None = None,
     ) -> None:
         self.jobs = list(jobs)
         self.cluster = cluster
@@ -418,7 +419,8 @@ class SlurmRun:
             base = Path(cluster.local_staging_dir or tempfile.gettempdir()) / "helixflow-slurm"
             local_root = base / run_id / f"{stage}-{token}"
             remote_root = posix_join(cluster.scratch_dir, run_id, f"{stage}-{token}")
-            self.files = Files(local_root, remote_root, runner, cluster.ssh_target())
+            # rsync must use the same key as ssh (the file written from ssh_private_key)
+            self.files = Files(local_root, remote_root, runner, cluster.ssh_target(key_path))
         else:
             local_root = Path(cluster.scratch_dir) / run_id / f"{stage}-{token}"
             self.files = Files(local_root, str(local_root))
@@ -824,7 +826,7 @@ def run_jobs(
         made, runner = make_backend(cluster, key_file)
         run = SlurmRun(jobs, cluster, store, run_id, stage, backend=backend or made,
                        runner=runner, as_array=as_array, logger=logger,
-                       flow_run_ids=flow_run_ids)
+                       flow_run_ids=flow_run_ids, key_path=key_file)
         run.prepare()
         try:
             run.submit()

@@ -9,6 +9,7 @@ declare -A PKG=(
   [fastp]=fastp [minimap2]=minimap2 [lighter]=lighter [prodigal]=prodigal
   [megahit]=megahit [art_illumina]=art-nextgen-simulation-tools [gmx]=gromacs
   [chromium]=chromium [chromedriver]=chromium-driver
+  [sshd]=openssh-server [ssh]=openssh-client [rsync]=rsync
 )
 missing=()
 for cmd in "${!PKG[@]}"; do
