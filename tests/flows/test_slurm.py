@@ -41,6 +41,27 @@ def squeue_state(job_id: str) -> str:
     return proc.stdout.strip() or "GONE"
 
 
+def cancel_and_wait(flow_run_name: str, job_id: str) -> float:
+    """Cancel the named flow run as the UI does; seconds until its job left the queue."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.states import Cancelling
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            name=FlowRunFilterName(any_=[flow_run_name])))
+        assert len(runs) == 1
+        t0 = time.monotonic()
+        client.set_flow_run_state(runs[0].id, Cancelling(), force=True)
+    while time.monotonic() - t0 < 30 and squeue_state(job_id) in ("RUNNING", "PENDING",
+                                                                   "COMPLETING"):
+        time.sleep(0.1)
+    latency = time.monotonic() - t0
+    assert squeue_state(job_id) in ("CANCELLED", "GONE")
+    assert latency < 10
+    return latency
+
+
 def copy_jobs(src: Path, n: int) -> list[JobSpec]:
     return [JobSpec(name=f"copy-{i}",
                     commands=[["bash", "-c", f"cat in.txt > out.txt; echo task {i} >> out.txt"]],
@@ -104,9 +125,6 @@ def test_failure_surfaces_stderr_and_fails_the_flow(
 def test_cancelling_the_flow_run_scancels_its_jobs(
     prefect_api: str, slurm_cluster: str, tmp_path: Path, store: Store
 ) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
-    from prefect.states import Cancelling
 
     name = f"cancel-{uuid.uuid4().hex[:8]}"
     run_id = name
@@ -130,18 +148,7 @@ def test_cancelling_the_flow_run_scancels_its_jobs(
             job_id = proc.stdout.split("|")[0].strip()
         time.sleep(0.2)
     assert job_id, "the job did not start"
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            name=FlowRunFilterName(any_=[name])))
-        assert len(runs) == 1
-        t0 = time.monotonic()
-        client.set_flow_run_state(runs[0].id, Cancelling(), force=True)
-    while time.monotonic() - t0 < 30 and squeue_state(job_id) in ("RUNNING", "PENDING",
-                                                                   "COMPLETING"):
-        time.sleep(0.1)
-    latency = time.monotonic() - t0
-    assert squeue_state(job_id) in ("CANCELLED", "GONE")
-    assert latency < 10
+    latency = cancel_and_wait(name, job_id)
     thread.join(timeout=60)
     state = outcome["state"]
     assert state.is_cancelled(), state  # type: ignore[attr-defined]

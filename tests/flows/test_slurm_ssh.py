@@ -23,6 +23,7 @@ from flows.slurm import run_jobs, run_slurm_jobs
 from helixflow.slurm import JobSpec, SlurmJobFailed, parse_scontrol
 from helixflow.store import Store
 from tests.conftest import free_port, missing, require_tool
+from tests.flows.test_slurm import cancel_and_wait
 
 pytestmark = pytest.mark.integration
 
@@ -168,12 +169,6 @@ def scontrol(job_id: str) -> dict[str, str]:
     return parse_scontrol(proc.stdout) if proc.returncode == 0 else {}
 
 
-def squeue_state(job_id: str) -> str:
-    proc = subprocess.run(["squeue", "--noheader", "--states=all", "--format=%T", "-j", job_id],
-                          capture_output=True, text=True, check=False, timeout=30)
-    return proc.stdout.strip() or "GONE"
-
-
 def key_fragments(private_key: str) -> list[str]:
     """The key text and each of its base64 lines: none may show up anywhere."""
     body = [line for line in private_key.splitlines() if len(line) > 16 and "-----" not in line]
@@ -297,9 +292,6 @@ def test_failure_over_ssh_surfaces_stderr(
 def test_cancelling_the_flow_run_scancels_over_ssh(
     prefect_api: str, slurm_over_ssh: SshServer, tmp_path: Path, store: Store
 ) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
-    from prefect.states import Cancelling
 
     name = f"ssh-cancel-{uuid.uuid4().hex[:8]}"
     jobs = [JobSpec(name="sleeper", commands=[["sleep", "300"]])]
@@ -323,18 +315,7 @@ def test_cancelling_the_flow_run_scancels_over_ssh(
         time.sleep(0.2)
     assert job_id, "the job did not start"
     logins_before = slurm_over_ssh.logins()
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            name=FlowRunFilterName(any_=[name])))
-        assert len(runs) == 1
-        t0 = time.monotonic()
-        client.set_flow_run_state(runs[0].id, Cancelling(), force=True)
-    while time.monotonic() - t0 < 30 and squeue_state(job_id) in ("RUNNING", "PENDING",
-                                                                   "COMPLETING"):
-        time.sleep(0.1)
-    latency = time.monotonic() - t0
-    assert squeue_state(job_id) in ("CANCELLED", "GONE")
-    assert latency < 10
+    latency = cancel_and_wait(name, job_id)
     thread.join(timeout=60)
     state = outcome["state"]
     assert state.is_cancelled(), state  # type: ignore[attr-defined]
