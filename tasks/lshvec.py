@@ -777,10 +777,13 @@ def sequence_vectors(tokens: np.ndarray, offsets: np.ndarray, vectors: np.ndarra
         w = np.ones(len(ids), np.float32)
     else:
         raise ValueError(f"weighting must be 'sif' or 'mean', not {weighting!r}")
-    out = torch.zeros(n_seq, vectors.shape[1])
     vt = torch.from_numpy(np.ascontiguousarray(vectors, np.float32))
-    out.index_add_(0, torch.from_numpy(seq), vt[torch.from_numpy(ids)]
-                   * torch.from_numpy(w)[:, None])
+    # One weighted sum per read straight from the table (no tokens × dim gather, which
+    # took ~110 bytes per token): `seq` is sorted, so each read's tokens are one run.
+    starts = np.searchsorted(seq, np.arange(n_seq)).astype(np.int64)
+    out = torch.nn.functional.embedding_bag(
+        torch.from_numpy(ids.astype(np.int64, copy=False)), vt, torch.from_numpy(starts),
+        mode="sum", per_sample_weights=torch.from_numpy(w))
     den = np.bincount(seq, weights=w, minlength=n_seq)
     res = out.numpy() / np.maximum(den, 1e-12)[:, None].astype(np.float32)
     if component is not None:
@@ -796,7 +799,8 @@ def sif_component(x: np.ndarray) -> np.ndarray:
 
 # --- Prefect tasks: the store edge -------------------------------------------------------
 
-LSHVEC_TASKS_VERSION = "1"
+LSHVEC_TASKS_VERSION = "2"
+_EMBED_BATCH = 50_000  # reads per batch of embed_lshvec_shard: memory set by this, not the shard
 TOKENS_SCHEMA = pa.schema([pa.field("sequence_id", pa.string()), pa.field("row", pa.int64()),
                            pa.field("tokens", pa.list_(pa.int32()))])
 """A token shard: one row per read, its canonical LSH tokens in k-mer order."""
@@ -826,6 +830,23 @@ def load_model(store: Any, art: Any) -> SkipGramModel:
     from helixflow.tables import unpack_cached
 
     return SkipGramModel.load(unpack_cached(store, art, "lshvec") / "model.npz")
+
+
+def write_token_shard(source: Any, lsh: LshFunction, path: Path) -> tuple[int, int]:
+    """Tokenise a read shard (a pyarrow ParquetFile) batch by batch into a token shard at
+    `path` (TOKENS_SCHEMA); (reads, tokens) written."""
+    from tasks.embeddings import iter_read_sequences
+
+    rows = n_tokens = 0
+    with pq.ParquetWriter(path, TOKENS_SCHEMA, compression="zstd") as writer:
+        for ids, sequences, row in iter_read_sequences(source):
+            tokens, offsets = tokenize(sequences, lsh)
+            column = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)),
+                                              pa.array(tokens.astype(np.int32)))
+            writer.write_table(pa.table([ids, pa.array(row), column], schema=TOKENS_SCHEMA))
+            rows += len(row)
+            n_tokens += len(tokens)
+    return rows, n_tokens
 
 
 def read_tokens(store: Any, art: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -865,20 +886,12 @@ def fit_lsh_hash(shards: list[Any], k: int, hash_size: int, seed: int, store: An
 def tokenize_shard(shard: Any, lsh_art: Any, store: Any, run_id: str) -> Any:
     """Every read of a shard as its LSH token sequence → a token shard (Parquet)."""
     from helixflow.tables import PARQUET, parquet_file, publish_file
-    from tasks.embeddings import iter_read_sequences
 
     lsh = load_lsh(store, lsh_art)
     name = shard.name.replace(".parquet", ".tokens.parquet")
     with store.scratch() as scratch, parquet_file(store, shard) as source:
         path = scratch / name
-        rows = 0
-        with pq.ParquetWriter(path, TOKENS_SCHEMA, compression="zstd") as writer:
-            for ids, sequences, row in iter_read_sequences(source):
-                tokens, offsets = tokenize(sequences, lsh)
-                column = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)),
-                                                  pa.array(tokens.astype(np.int32)))
-                writer.write_table(pa.table([ids, pa.array(row), column], schema=TOKENS_SCHEMA))
-                rows += len(row)
+        rows, _tokens = write_token_shard(source, lsh, path)
         return publish_file(store, path, run_id=run_id, stage="embed", media_type=PARQUET,
                             producer="lsh-tokenize", rows=rows,
                             upstream=[shard.ref(), lsh_art.ref()],
@@ -928,23 +941,28 @@ def embed_lshvec_shard(tokens: Any, model_art: Any, weighting: str, store: Any,
                        run_id: str) -> Any:
     """SIF-weighted (or plain) mean token vectors of every read of a token shard → an
     embedding shard (`lshvec`, model id = the model artifact's sha256)."""
-    from helixflow.tables import PARQUET, publish_file, read_table
+    from helixflow.tables import PARQUET, parquet_file, publish_file
     from tasks.embeddings import EmbeddingWriter
 
     model = load_model(store, model_art)
-    table = read_table(store, tokens, columns=["sequence_id", "row"])
-    flat, offsets = read_tokens(store, tokens)
-    vectors = sequence_vectors(flat, offsets, model.vectors, model.vocab, weighting=weighting)
+    dim = int(model.vectors.shape[1])
     source = next((u.uri for u in tokens.upstream if u.uri.endswith(".parquet")), tokens.uri)
-    with store.scratch() as scratch:
+    with store.scratch() as scratch, parquet_file(store, tokens) as pf:
         path = scratch / tokens.name.replace(".tokens.parquet", ".lshvec.parquet")
-        with EmbeddingWriter(path, vectors.shape[1], method="lshvec", source_shard=source,
+        with EmbeddingWriter(path, dim, method="lshvec", source_shard=source,
                              model_id=str(model_art.sha256)) as writer:
-            writer.write(table.column("sequence_id").combine_chunks(), vectors,
-                         table.column("row").to_numpy())
+            for batch in pf.iter_batches(batch_size=_EMBED_BATCH,
+                                         columns=["sequence_id", "row", "tokens"]):
+                column = batch.column("tokens")
+                offsets = np.asarray(column.offsets, dtype=np.int64)
+                flat = np.asarray(column.flatten(), dtype=np.int64)
+                vectors = sequence_vectors(flat, offsets - offsets[0], model.vectors,
+                                           model.vocab, weighting=weighting)
+                writer.write(batch.column("sequence_id"), vectors,
+                             batch.column("row").to_numpy())
         return publish_file(store, path, run_id=run_id, stage="embed", media_type=PARQUET,
                             producer="lshvec-embed", rows=writer.rows,
                             params={"weighting": weighting},
                             upstream=[tokens.ref(), model_art.ref()],
-                            metadata={"method": "lshvec", "dim": int(vectors.shape[1]),
+                            metadata={"method": "lshvec", "dim": dim,
                                       "model_id": model_art.sha256})
