@@ -11,9 +11,11 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 from typer.testing import CliRunner
 
 from helixflow.cli import app
@@ -26,10 +28,25 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _post(api: str, path: str, body: dict) -> list[dict]:
-    resp = httpx.post(f"{api}{path}", json=body, timeout=30)
+def _busy(exc: BaseException) -> bool:
+    """The server said "try again" (its SQLite is busy under load) or dropped the call."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code in (429, 503)
+    return isinstance(exc, httpx.TransportError)
+
+
+@retry(retry=retry_if_exception(_busy), wait=wait_exponential(max=8), stop=stop_after_attempt(8),
+       reraise=True)
+def _api(method: str, url: str, body: dict | None = None) -> Any:
+    """One call to the Prefect REST API, retried while the server is busy (as Prefect's own
+    client does); the decoded JSON."""
+    resp = httpx.request(method, url, json=body, timeout=30)
     resp.raise_for_status()
-    return resp.json()
+    return resp.json() if resp.content else None
+
+
+def _post(api: str, path: str, body: dict) -> list[dict]:
+    return _api("POST", f"{api}{path}", body)
 
 
 def wait_for_runs(api: str, deployment_id: str, count: int, timeout: float,
@@ -82,7 +99,7 @@ def test_deploy_creates_deployments_schedule_trigger_pool_and_blocks(
     assert all(d["work_pool_name"] == "helixflow-process" for d in deployed.values())
     (schedule,) = deployed["embed-refresh"]["schedules"]
     assert schedule["schedule"]["cron"] == "0 2 * * *" and schedule["active"]
-    pool = httpx.get(f"{prefect_api}/work_pools/helixflow-process", timeout=30).json()
+    pool = _api("GET", f"{prefect_api}/work_pools/helixflow-process")
     assert pool["type"] == "process" and pool["concurrency_limit"] == 2
 
     automations = _post(prefect_api, "/automations/filter", {})
@@ -114,10 +131,7 @@ def test_deployment_run_with_custom_parameters_on_a_worker(
     dep = deployed["genomics-pipeline"]
     body = {"parameters": {"inputs": [str(demo.r1), str(demo.r2)], "store": str(store_dir),
                            "embed_methods": ["kmer"], "simulate": False, "shard_size": 1000}}
-    resp = httpx.post(f"{prefect_api}/deployments/{dep['id']}/create_flow_run", json=body,
-                      timeout=30)
-    resp.raise_for_status()
-    run_id = resp.json()["id"]
+    run_id = _api("POST", f"{prefect_api}/deployments/{dep['id']}/create_flow_run", body)["id"]
 
     worker = start_worker(dict(os.environ), tmp_path / "worker.log")
     try:
@@ -189,8 +203,7 @@ def test_s3_uploads_start_runs_exactly_once(
     dep = deployed["genomics-pipeline"]
     defaults = {**dep["parameters"], "store": "s3://results/hf", "embed_methods": ["kmer"],
                 "simulate": False, "shard_size": 1000}
-    httpx.patch(f"{prefect_api}/deployments/{dep['id']}", json={"parameters": defaults},
-                timeout=30).raise_for_status()
+    _api("PATCH", f"{prefect_api}/deployments/{dep['id']}", {"parameters": defaults})
 
     uploads: dict[str, tuple[Path, Path]] = {}
     for i in range(3):
@@ -246,8 +259,7 @@ def test_s3_uploads_start_runs_exactly_once(
     finally:
         watcher.close()
         stop_worker(worker)
-        httpx.patch(f"{prefect_api}/deployments/{dep['id']}",
-                    json={"parameters": dep["parameters"]}, timeout=30)
+        _api("PATCH", f"{prefect_api}/deployments/{dep['id']}", {"parameters": dep["parameters"]})
 
 
 def test_fifty_uploads_at_once_make_fifty_runs_none_twice(
@@ -303,4 +315,4 @@ def test_fifty_uploads_at_once_make_fifty_runs_none_twice(
     finally:
         watcher.close()
         for run in burst_runs():  # not for the other tests' workers to pick up
-            httpx.delete(f"{prefect_api}/flow_runs/{run['id']}", timeout=30)
+            _api("DELETE", f"{prefect_api}/flow_runs/{run['id']}")
