@@ -30,11 +30,12 @@ Steps, each run as the pipeline's task runs it (but in process, without Prefect 
   whole (`_load_tokens_remote` / `read_tokens`; in the pipeline these sit in the Ray
   object store for the whole training), then what one `_RayWorker` actor does with its
   share (here one worker = the whole list, i.e. lshvec_workers = 1; with W workers each
-  actor holds 1/W of it plus the object store the rest): `_concat_shards`, `counts`,
-  `setup` (`_corpus`), and the first `train_round`, which shuffles the whole corpus
-  (`_shuffled`) and trains --train-tokens tokens. Full training time is not measured.
-- lshvec-embed: `embed_lshvec_shard` -- per token shard, load the model, read the whole
-  token shard, `sequence_vectors` (SIF), `EmbeddingWriter` (model trained once
+  actor holds 1/W of it plus the object store the rest): `counts`, `setup` (the int32
+  `_Corpus`; the raw shards are dropped), and the first `train_round`, which takes its
+  slice of the shuffled read order and trains --train-tokens tokens. Full training time
+  is not measured.
+- lshvec-embed: `embed_lshvec_shard` -- per token shard, load the model, then
+  `write_lshvec_embeddings` (50k-read batches, SIF), `EmbeddingWriter` (model trained once
   beforehand, 1 epoch on the first 20,000 reads).
 - dnabert: `embed_dnabert_shard` without Ray Data -- per shard, `iter_read_sequences`
   batches of 200,000 rows -> `embed` (model loaded once per shard, as a fresh actor pool
@@ -275,11 +276,10 @@ def step_tokenize(scale: int, marks: list[float], args: argparse.Namespace) -> d
 
 def _read_tokens(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """tasks.lshvec.read_tokens on a local file (read_table memory-maps local artifacts)."""
-    table = pq.read_table(path, columns=["tokens"], memory_map=True)
-    column = table.column("tokens").combine_chunks()
-    offsets = np.asarray(column.offsets, dtype=np.int64)
-    offsets = offsets - offsets[0]
-    return np.asarray(column.flatten(), dtype=np.int64), offsets
+    from tasks.lshvec import token_arrays
+
+    return token_arrays(pq.read_table(path, columns=["tokens"], memory_map=True)
+                        .column("tokens"))
 
 
 def step_train_input(scale: int, marks: list[float],
@@ -293,9 +293,9 @@ def step_train_input(scale: int, marks: list[float],
         shards.append(_read_tokens(token_shard(scale, i)))
         marks.append(hwm_mb())
     config = SkipGramConfig(dim=LSH_DIM, epochs=1)
-    worker = _RayWorker(config, 0, *shards)  # the actor's __init__: _concat_shards
+    worker = _RayWorker(config, 0, *shards)  # the actor's __init__
     vocab = build_vocab([worker.counts()], config.min_count)
-    size = worker.setup(vocab.buckets, vocab.counts)  # _corpus
+    size = worker.setup(vocab.buckets, vocab.counts)  # builds the _Corpus
     t = time.perf_counter()
     worker.train_round(0, min(size, args.train_tokens), 0.0, float(size), 1.0)
     marks.append(hwm_mb())
@@ -307,22 +307,19 @@ def step_train_input(scale: int, marks: list[float],
 def step_lshvec_embed(scale: int, marks: list[float],
                       args: argparse.Namespace) -> dict[str, Any]:
     from tasks.embeddings import EmbeddingWriter
-    from tasks.lshvec import SkipGramModel, sequence_vectors
+    from tasks.lshvec import SkipGramModel, write_lshvec_embeddings
 
     rows = 0
     for i in range(scale):
         model = SkipGramModel.load(LSHVEC_MODEL)  # load_model, once per task
         path = token_shard(scale, i)
-        table = pq.read_table(path, columns=["sequence_id", "row"], memory_map=True)
-        flat, offsets = _read_tokens(path)
-        vectors = sequence_vectors(flat, offsets, model.vectors, model.vocab, weighting="sif")
         with EmbeddingWriter(WORK / f"lshvec-{scale}x" / f"{i}.lshvec.parquet",
-                             vectors.shape[1], method="lshvec", source_shard=str(path),
-                             model_id="bench") as writer:
-            writer.write(table.column("sequence_id").combine_chunks(), vectors,
-                         table.column("row").to_numpy())
+                             int(model.vectors.shape[1]), method="lshvec",
+                             source_shard=str(path), model_id="bench") as writer:
+            write_lshvec_embeddings(pq.ParquetFile(path, memory_map=True), model, "sif",
+                                    writer)
         rows += writer.rows
-        del model, table, flat, offsets, vectors
+        del model
         marks.append(hwm_mb())
     return {"rows": rows}
 

@@ -406,31 +406,82 @@ def build_vocab(tokens: np.ndarray | Sequence[tuple[np.ndarray, np.ndarray]],
     return Vocab(buckets=ids[keep], counts=cnt[keep])
 
 
-def _corpus(tokens: np.ndarray, offsets: np.ndarray, vocab: Vocab) -> tuple[np.ndarray,
-                                                                           np.ndarray]:
-    """Vocabulary ids (int32) of in-vocabulary tokens and their sequence ids (int32)."""
-    ids = vocab.lookup(tokens)
-    seq = np.repeat(np.arange(len(offsets) - 1, dtype=np.int32), np.diff(offsets))
-    keep = ids >= 0
-    return ids[keep].astype(np.int32), seq[keep]
+_BUILD_TOKENS = 1 << 22  # tokens looked up at a time while building a corpus
 
 
-def _shuffled(ids: np.ndarray, seq: np.ndarray,
-              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The corpus with its sequences in random order (seq ids sorted, runs contiguous).
+class _Corpus:
+    """The training corpus: in-vocabulary ids (int32, input order) of the reads that keep
+    at least one token, and each such read's start (int64, n_reads + 1). About 4 bytes per
+    token plus a few words per read -- the raw tokens are not kept.
 
-    Why: inputs are often sorted (by sample, genome or position); a chunk drawn from one
-    genome would fill whole batches with the same frequent tokens and tie the learning
-    rate schedule to the file order.
+    An epoch's order is a permutation of the reads (`shuffle`), applied lazily: `take`
+    gathers only the requested token range, so no shuffled copy of the corpus is made.
+    Why shuffle: inputs are often sorted (by sample, genome or position); a chunk drawn
+    from one genome would fill whole batches with the same frequent tokens and tie the
+    learning rate schedule to the file order. The sequence ids returned by `take` are the
+    read's index in the corpus (only their equality matters: contexts stay in a read).
     """
-    if len(seq) == 0:
-        return ids, seq
-    starts = np.flatnonzero(np.concatenate([[True], seq[1:] != seq[:-1]]))
-    lengths = np.diff(np.concatenate([starts, [len(seq)]]))
-    perm = rng.permutation(len(starts))
-    new_starts = np.concatenate([[0], np.cumsum(lengths[perm])[:-1]])
-    idx = np.repeat(starts[perm] - new_starts, lengths[perm]) + np.arange(len(seq))
-    return ids[idx], seq[idx]
+
+    def __init__(self, ids: np.ndarray, starts: np.ndarray) -> None:
+        self.ids = ids
+        self.starts = starts
+        self.lengths = np.diff(starts)
+        self.order: np.ndarray | None = None  # None: input order
+        self.cum = starts
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def build(cls, shards: Sequence[tuple[np.ndarray, np.ndarray]], vocab: Vocab) -> _Corpus:
+        """From (tokens, offsets) shards, a bounded batch of reads at a time (the ids are
+        written into one preallocated int32 array; no concatenated copy of the tokens)."""
+        ids = np.empty(sum(len(t) for t, _ in shards), np.int32)
+        lengths, n = [], 0
+        for tokens, offsets in shards:
+            offsets = np.asarray(offsets, np.int64)
+            offsets = offsets - offsets[0]
+            n_reads = len(offsets) - 1
+            cuts = np.searchsorted(offsets, np.arange(0, offsets[-1], _BUILD_TOKENS))
+            cuts = np.unique(np.concatenate([cuts, [n_reads]]))
+            a = 0
+            for b in cuts[cuts > 0]:
+                lo, hi = offsets[a], offsets[b]
+                look = vocab.lookup(np.asarray(tokens[lo:hi]))
+                keep = look >= 0
+                kept = look[keep]
+                ids[n:n + len(kept)] = kept
+                n += len(kept)
+                ck = np.concatenate([[0], np.cumsum(keep)])
+                lengths.append(ck[offsets[a + 1:b + 1] - lo] - ck[offsets[a:b] - lo])
+                a = b
+        if n < len(ids):
+            ids.resize(n, refcheck=False)
+        lens = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+        lens = lens[lens > 0]
+        return cls(ids, np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
+
+    def shuffle(self, rng: np.random.Generator, shuffle: bool = True) -> None:
+        """Start an epoch: reads in a random order (`shuffle`) or in input order."""
+        if not shuffle or len(self.ids) == 0:
+            self.order, self.cum = None, self.starts
+            return
+        self.order = rng.permutation(len(self.lengths))
+        self.cum = np.concatenate([[0], np.cumsum(self.lengths[self.order])])
+
+    def take(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, sequence ids) of tokens [lo, hi) of this epoch's order."""
+        hi = min(hi, len(self.ids))
+        if hi <= lo:
+            return np.zeros(0, np.int32), np.zeros(0, np.int32)
+        r0 = int(np.searchsorted(self.cum, lo, "right")) - 1
+        r1 = int(np.searchsorted(self.cum, hi, "left"))
+        reads = (np.arange(r0, r1) if self.order is None else self.order[r0:r1])
+        lens = self.lengths[reads]
+        base = self.cum[r0:r1]
+        idx = np.repeat(self.starts[reads] - base, lens) + np.arange(base[0], self.cum[r1])
+        cut = slice(lo - base[0], hi - base[0])
+        return self.ids[idx[cut]], np.repeat(reads.astype(np.int32), lens)[cut]
 
 
 def _keep_prob(counts: np.ndarray, t: float) -> np.ndarray:
@@ -595,16 +646,16 @@ def train_skipgram(token_seqs: Sequence[tuple[np.ndarray, np.ndarray]] | tuple[n
     try:
         t0 = time.perf_counter()
         model = _SGNS(len(vocab), config, vocab.counts)
-        corpora = [_corpus(t, o, vocab) for t, o in shards]
-        ids = np.concatenate([c[0] for c in corpora])
-        seq = np.concatenate([c[1] + (i << 24) for i, c in enumerate(corpora)])  # keep apart
+        corpus = _Corpus.build(shards, vocab)
         rng = np.random.default_rng(config.seed)
-        total = float(len(ids) * config.epochs)
+        total = float(len(corpus) * config.epochs)
         done = 0.0
         for _ in range(config.epochs):
-            eids, eseq = _shuffled(ids, seq, rng) if config.shuffle else (ids, seq)
-            done = model.train_tokens(eids, eseq, rng, done, total)
-        stats = {"tokens": len(ids), "train_s": time.perf_counter() - t0,
+            corpus.shuffle(rng, config.shuffle)
+            for lo in range(0, len(corpus), config.chunk_tokens):  # train_tokens' chunks
+                ids, seq = corpus.take(lo, lo + config.chunk_tokens)
+                done = model.train_tokens(ids, seq, rng, done, total)
+        stats = {"tokens": len(corpus), "train_s": time.perf_counter() - t0,
                  "loss": model.loss_sum / max(model.loss_n, 1)}
     finally:
         torch.set_num_threads(old_threads)
@@ -616,6 +667,9 @@ def train_skipgram(token_seqs: Sequence[tuple[np.ndarray, np.ndarray]] | tuple[n
 # Ray: synchronous sum of touched-row deltas
 
 
+_DELTA_ROWS = 1 << 15  # rows compared with the round-start snapshot at a time
+
+
 class _RayWorker:
     """One replica of the model training on one shard (run as a Ray actor)."""
 
@@ -623,36 +677,47 @@ class _RayWorker:
                  *shards: tuple[np.ndarray, np.ndarray]) -> None:
         self.cfg = config
         self.rank = rank
-        self.tokens, self.offsets = _concat_shards(list(shards))
+        self.shards: list[tuple[np.ndarray, np.ndarray]] | None = list(shards)  # until setup
         torch.set_num_threads(max(config.threads, 1))
 
     def counts(self) -> tuple[np.ndarray, np.ndarray]:
-        return count_tokens(self.tokens)
+        return merge_counts([count_tokens(np.asarray(t)) for t, _ in self.shards or []])
 
     def setup(self, buckets: np.ndarray, counts: np.ndarray) -> int:
         """Build the shared vocabulary and identical initial weights (same seed)."""
         vocab = Vocab(buckets, counts)
         self.model = _SGNS(len(vocab), self.cfg, counts)
         self.model.gen.manual_seed(self.cfg.seed + 1 + 1000 * self.rank)
-        self.ids, self.seq = _corpus(self.tokens, self.offsets, vocab)
+        self.corpus = _Corpus.build(self.shards or [], vocab)
+        self.shards = None  # the int32 corpus replaces the raw tokens
         self.rng = np.random.default_rng(self.cfg.seed + 7919 * (self.rank + 1))
         self.snap_in = self.model.w_in.clone()
         self.snap_out = self.model.w_out.clone()
-        return len(self.ids)
+        return len(self.corpus)
 
     def train_round(self, lo: int, hi: int, done: float, total: float,
                     scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Train on tokens [lo, hi) of this shard; -> rows and deltas of w_in and w_out."""
         if lo == 0:  # a new epoch: reshuffle this shard's sequences
-            self.cur = (_shuffled(self.ids, self.seq, self.rng) if self.cfg.shuffle
-                        else (self.ids, self.seq))
-        ids, seq = self.cur
-        self.model.train_tokens(ids[lo:hi], seq[lo:hi], self.rng, done, total, scale)
+            self.corpus.shuffle(self.rng, self.cfg.shuffle)
+        ids, seq = self.corpus.take(lo, hi)
+        self.model.train_tokens(ids, seq, self.rng, done, total, scale)
         out = []
         for w, snap in ((self.model.w_in, self.snap_in), (self.model.w_out, self.snap_out)):
-            delta = w - snap
-            rows = torch.nonzero(delta.abs().sum(1)).squeeze(1)
-            out += [rows.numpy().astype(np.int64), delta[rows].numpy()]
+            # by blocks of rows, into one buffer (pages of untouched rows are never
+            # written, and the unused tail is given back): no full-matrix temporaries
+            rows = np.empty(len(w), np.int64)
+            deltas = np.empty(tuple(w.shape), np.float32)
+            k = 0
+            for b in range(0, len(w), _DELTA_ROWS):
+                delta = w[b:b + _DELTA_ROWS] - snap[b:b + _DELTA_ROWS]
+                r = torch.nonzero(delta.abs().sum(1)).squeeze(1)
+                rows[k:k + len(r)] = r.numpy() + b
+                deltas[k:k + len(r)] = delta[r].numpy()
+                k += len(r)
+            rows.resize(k, refcheck=False)
+            deltas.resize((k, w.shape[1]), refcheck=False)
+            out += [rows, deltas]
         return out[0], out[1], out[2], out[3]
 
     def apply(self, summed: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> None:
@@ -670,19 +735,6 @@ class _RayWorker:
 
     def loss(self) -> tuple[float, int]:
         return self.model.loss_sum, self.model.loss_n
-
-
-def _concat_shards(shards: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray,
-                                                                         np.ndarray]:
-    """One (tokens, offsets) from several."""
-    if not shards:
-        return np.zeros(0, np.int64), np.zeros(1, np.int64)
-    toks = [np.asarray(t) for t, _ in shards]
-    offs, base = [], 0
-    for t, o in zip(toks, (np.asarray(o) for _, o in shards), strict=True):
-        offs.append(o[:-1] - o[0] + base)
-        base += len(t)
-    return np.concatenate(toks), np.concatenate([*offs, [base]]).astype(np.int64)
 
 
 def _reduce(parts: list[tuple[np.ndarray, np.ndarray]], n: int, dim: int,
@@ -850,13 +902,30 @@ def write_token_shard(source: Any, lsh: LshFunction, path: Path) -> tuple[int, i
 
 
 def read_tokens(store: Any, art: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens, offsets) of a token shard, flat (no per-read objects)."""
+    """(tokens int32, offsets int64) of a token shard, flat (no per-read objects)."""
     from helixflow.tables import read_table
 
-    column = read_table(store, art, columns=["tokens"]).column("tokens").combine_chunks()
+    return token_arrays(read_table(store, art, columns=["tokens"]).column("tokens"))
+
+
+def token_arrays(column: pa.ListArray | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """A `tokens` column as (tokens int32, offsets int64 from 0): stored int32, no copy."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
     offsets = np.asarray(column.offsets, dtype=np.int64)
-    offsets = offsets - offsets[0]
-    return np.asarray(column.flatten(), dtype=np.int64), offsets
+    return np.asarray(column.flatten(), dtype=np.int32), offsets - offsets[0]
+
+
+def write_lshvec_embeddings(source: Any, model: SkipGramModel, weighting: str,
+                            writer: Any) -> None:
+    """Read vectors of a token shard (a pyarrow ParquetFile), `_EMBED_BATCH` reads at a
+    time, into an `EmbeddingWriter`: memory is set by the batch, not the shard."""
+    for batch in source.iter_batches(batch_size=_EMBED_BATCH,
+                                     columns=["sequence_id", "row", "tokens"]):
+        flat, offsets = token_arrays(batch.column("tokens"))
+        vectors = sequence_vectors(flat, offsets, model.vectors, model.vocab,
+                                   weighting=weighting)
+        writer.write(batch.column("sequence_id"), vectors, batch.column("row").to_numpy())
 
 
 @materialize("helixflow://embed/lshvec-hash", name="fit-lsh", task_run_name="fit-lsh-k{k}",
@@ -951,15 +1020,7 @@ def embed_lshvec_shard(tokens: Any, model_art: Any, weighting: str, store: Any,
         path = scratch / tokens.name.replace(".tokens.parquet", ".lshvec.parquet")
         with EmbeddingWriter(path, dim, method="lshvec", source_shard=source,
                              model_id=str(model_art.sha256)) as writer:
-            for batch in pf.iter_batches(batch_size=_EMBED_BATCH,
-                                         columns=["sequence_id", "row", "tokens"]):
-                column = batch.column("tokens")
-                offsets = np.asarray(column.offsets, dtype=np.int64)
-                flat = np.asarray(column.flatten(), dtype=np.int64)
-                vectors = sequence_vectors(flat, offsets - offsets[0], model.vectors,
-                                           model.vocab, weighting=weighting)
-                writer.write(batch.column("sequence_id"), vectors,
-                             batch.column("row").to_numpy())
+            write_lshvec_embeddings(pf, model, weighting, writer)
         return publish_file(store, path, run_id=run_id, stage="embed", media_type=PARQUET,
                             producer="lshvec-embed", rows=writer.rows,
                             params={"weighting": weighting},

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+import tasks.lshvec as lshvec_mod
 from tasks.lshvec import (
     LshFunction,
     SkipGramConfig,
@@ -218,3 +219,55 @@ def test_ray_two_workers_match_single_process(tmp_path: Path) -> None:
     assert model.stats["workers"] == 2 and model.stats["rounds"] >= 3 * 3
     assert topic_margin(model) > 0.3
     assert topic_margin(model) > 0.7 * topic_margin(single)
+
+
+def ragged_corpus(n_seq: int = 300, seed: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Reads of 0..39 tokens (some empty), tokens 0..59 with a skewed frequency."""
+    rng = np.random.default_rng(seed)
+    lens = rng.integers(0, 40, n_seq)
+    tok = (rng.random(int(lens.sum())) ** 2 * 60).astype(np.int64)
+    return tok, np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+
+
+def test_corpus_int32_lazy_shuffle_matches_full_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lshvec_mod, "_BUILD_TOKENS", 50)  # many build batches per shard
+    tok, off = ragged_corpus()
+    vocab = build_vocab(tok, min_count=40)  # some tokens (and some whole reads) drop out
+    half = int(off[150])
+    shards = [(tok[:half].astype(np.int32), off[:151]), (tok[half:], off[150:] - half)]
+    corpus = lshvec_mod._Corpus.build(shards, vocab)
+    # reference: the in-vocabulary ids in input order, with their read numbers
+    look = vocab.lookup(tok)
+    seq = np.repeat(np.arange(len(off) - 1), np.diff(off))
+    keep = look >= 0
+    ref_ids, ref_seq = look[keep], seq[keep]
+    assert corpus.ids.dtype == np.int32 and corpus.ids.nbytes == 4 * len(ref_ids)
+    assert np.array_equal(corpus.ids, ref_ids)
+    # one epoch's order: whole reads permuted (rng.permutation of the non-empty reads),
+    # the same as gathering a full shuffled copy
+    reads = np.unique(ref_seq)
+    perm = np.random.default_rng(9).permutation(len(reads))
+    full_idx = np.concatenate([np.flatnonzero(ref_seq == reads[r]) for r in perm])
+    corpus.shuffle(np.random.default_rng(9))
+    ids, sq = corpus.take(0, len(corpus))
+    assert np.array_equal(ids, ref_ids[full_idx])
+    assert np.array_equal(np.diff(sq) == 0, np.diff(ref_seq[full_idx]) == 0)
+    for lo, hi in [(0, 1), (17, 400), (399, 401), (len(ids) - 5, len(ids) + 10), (50, 50)]:
+        part, pseq = corpus.take(lo, hi)
+        assert np.array_equal(part, ids[lo:hi]) and np.array_equal(pseq, sq[lo:hi])
+    corpus.shuffle(np.random.default_rng(9), shuffle=False)
+    assert np.array_equal(corpus.take(0, len(corpus))[0], ref_ids)
+
+
+def test_ray_worker_keeps_only_int32_corpus() -> None:
+    tok, off = ragged_corpus()
+    half = int(off[150])
+    worker = lshvec_mod._RayWorker(TOY, 0, (tok[:half], off[:151]), (tok[half:],
+                                                                     off[150:] - half))
+    vocab = build_vocab([worker.counts()], 1)
+    assert np.array_equal(vocab.counts, build_vocab(tok).counts)
+    size = worker.setup(vocab.buckets, vocab.counts)
+    assert size == len(tok) and worker.shards is None  # raw tokens dropped
+    assert worker.corpus.ids.dtype == np.int32 and worker.corpus.ids.nbytes == 4 * size
+    rows_in, d_in, _, _ = worker.train_round(0, size // 2, 0.0, float(size), 1.0)
+    assert len(rows_in) > 0 and d_in.shape == (len(rows_in), TOY.dim)
