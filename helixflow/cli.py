@@ -479,7 +479,6 @@ def deploy(
     name: Annotated[list[str] | None, typer.Option(
         "--name", help="Deployment to create (genomics-pipeline, embed-refresh, md-campaign). "
         "Repeatable; default all.")] = None,
-    pool: Annotated[str, typer.Option(help="Process work pool.")] = "helixflow-process",
     concurrency: Annotated[int | None, typer.Option(
         min=1, help="Work pool concurrency limit: flow runs at once (the rest queue).")] = 2,
 ) -> None:
@@ -489,17 +488,15 @@ def deploy(
         from helixflow.deploy import POOL, ensure_work_pool, prefect_deploy
         from helixflow.launch import connect_prefect, ui_base
 
-        if pool != POOL:
-            raise HelixflowError(f"prefect.yaml deploys to the {POOL!r} pool",
-                                 hint="edit prefect.yaml's work_pool to use another")
         api_url = connect_prefect()
         register_blocks()
-        action = ensure_work_pool(pool, concurrency)
-        out.print(f"work pool {pool}: {action} (concurrency limit {concurrency})")
+        action = ensure_work_pool(POOL, concurrency)
+        out.print(f"work pool {POOL} (the one prefect.yaml names): {action} "
+                  f"(concurrency limit {concurrency})")
         with out.status("prefect deploy …", spinner="dots"):
             prefect_deploy(api_url, name)
         out.print(f"deployed {', '.join(name or ['all'])}: {ui_base(api_url)}/deployments")
-        out.print(f"start a worker: helixflow worker --pool {pool}")
+        out.print(f"start a worker: helixflow worker --pool {POOL}")
     except HelixflowError as exc:
         _fail(exc)
 
@@ -554,7 +551,6 @@ def watch(
     R1/R2, exactly once per object version; the genomics-pipeline deployment's trigger
     starts a run for each."""
     import logging
-    import threading
 
     from pydantic import ValidationError
 
@@ -579,12 +575,8 @@ def watch(
         source = config.queue_url or f"s3://{config.bucket}/{config.prefix}"
         out.print(f"watching {source} ({config.mode}); events to {api_url}; "
                   f"ledger {config.ledger_path}")
-        stop = threading.Event()
         try:
-            stats = watcher.run(stop, until_idle=once)
-        except KeyboardInterrupt:
-            stop.set()
-            raise
+            stats = watcher.run(until_idle=once)
         finally:
             watcher.close()
         out.print(f"announced {stats.announced}, duplicates {stats.duplicates}, ignored "

@@ -24,6 +24,16 @@ def missing(what: str) -> None:
     pytest.skip(f"{what} is missing")
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
@@ -108,8 +118,7 @@ def moto_endpoint() -> Iterator[str]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    proc.terminate()
-    proc.wait(timeout=10)
+    stop_process(proc)
 
 
 _AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")

@@ -22,6 +22,7 @@ from helixflow.cli import app
 from helixflow.demo import DemoSpec, write_demo
 from helixflow.lineage import LineageGraph, LineageNode, load_records
 from helixflow.store import Store
+from tests.conftest import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -49,15 +50,21 @@ def _post(api: str, path: str, body: dict) -> list[dict]:
     return _api("POST", f"{api}{path}", body)
 
 
+def deployment_runs(api: str, deployment_id: str, name_prefix: str = "") -> list[dict]:
+    """The deployment's flow runs (those whose name starts with `name_prefix`)."""
+    runs = _post(api, "/flow_runs/filter",
+                 {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}})
+    return [r for r in runs if r["name"].startswith(name_prefix)]
+
+
 def wait_for_runs(api: str, deployment_id: str, count: int, timeout: float,
-                  states: tuple[str, ...] = ("COMPLETED",)) -> list[dict]:
-    """The deployment's flow runs once `count` of them are in `states` (or fail early on a
-    failed or crashed one)."""
+                  states: tuple[str, ...] = ("COMPLETED",), name_prefix: str = "") -> list[dict]:
+    """The deployment's flow runs (named `name_prefix…`) once `count` of them are in
+    `states` (or fail early on a failed or crashed one)."""
     deadline = time.monotonic() + timeout
     runs: list[dict] = []
     while time.monotonic() < deadline:
-        runs = _post(api, "/flow_runs/filter",
-                     {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}})
+        runs = deployment_runs(api, deployment_id, name_prefix)
         bad = [r for r in runs if r["state_type"] in ("FAILED", "CRASHED")]
         assert not bad, [(r["name"], r["state"]["message"]) for r in bad]
         if sum(r["state_type"] in states for r in runs) >= count:
@@ -72,15 +79,6 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "helixflow.cli", "worker", "--limit", "2"], cwd=REPO,
         env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-
-
-def stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +135,7 @@ def test_deployment_run_with_custom_parameters_on_a_worker(
     try:
         runs = wait_for_runs(prefect_api, dep["id"], 1, timeout=300)
     finally:
-        stop_worker(worker)
+        stop_process(worker, timeout=30)
     (run,) = [r for r in runs if r["id"] == run_id]
     assert run["name"] == "pipeline demo"
     assert {"helixflow", "pipeline"} <= set(run["tags"])
@@ -162,26 +160,6 @@ def _leaves(node: LineageNode) -> set[str]:
     if not node.children:
         return {node.uri}
     return {uri for child in node.children for uri in _leaves(child)}
-
-
-def _s3_runs(api: str, deployment_id: str) -> list[dict]:
-    runs = _post(api, "/flow_runs/filter",
-                 {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}})
-    return [r for r in runs if r["name"].startswith("s3 ")]
-
-
-def _wait_s3_runs(api: str, deployment_id: str, count: int, timeout: float) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    runs: list[dict] = []
-    while time.monotonic() < deadline:
-        runs = _s3_runs(api, deployment_id)
-        bad = [r for r in runs if r["state_type"] in ("FAILED", "CRASHED")]
-        assert not bad, [(r["name"], r["state"]["message"]) for r in bad]
-        if sum(r["state_type"] == "COMPLETED" for r in runs) >= count:
-            return runs
-        time.sleep(2)
-    pytest.fail(f"{count} S3-triggered run(s) not completed after {timeout} s: "
-                f"{[(r['name'], r['state_type']) for r in runs]}")
 
 
 def test_s3_uploads_start_runs_exactly_once(
@@ -223,7 +201,7 @@ def test_s3_uploads_start_runs_exactly_once(
     try:
         stats = watcher.run(until_idle=True)
         assert (stats.announced, stats.duplicates, stats.errors) == (3, 0, 0), stats
-        runs = _wait_s3_runs(prefect_api, dep["id"], 3, timeout=600)
+        runs = wait_for_runs(prefect_api, dep["id"], 3, timeout=600, name_prefix="s3 ")
         assert len(runs) == 3
         by_sample = {r["parameters"]["inputs"][0].split("/")[-1].split("_")[0]: r
                      for r in runs}
@@ -246,7 +224,7 @@ def test_s3_uploads_start_runs_exactly_once(
         again = watcher.run(until_idle=True)
         assert (again.announced, again.duplicates) == (0, 6), again
         time.sleep(10)  # give the trigger service a chance to (wrongly) start something
-        assert len(_s3_runs(prefect_api, dep["id"])) == 3
+        assert len(deployment_runs(prefect_api, dep["id"], "s3 ")) == 3
 
         # A new version of one object (new ETag) is a new announcement: one more run.
         r1 = uploads["s0"][0]
@@ -254,11 +232,11 @@ def test_s3_uploads_start_runs_exactly_once(
         newer.write_bytes(gzip.compress(gzip.decompress(r1.read_bytes())[:-1] + b"\n"))
         s3.upload_file(str(newer), "incoming", "run 7/s0_R1.fastq.gz")
         assert watcher.run(until_idle=True).announced == 1
-        runs = _wait_s3_runs(prefect_api, dep["id"], 4, timeout=300)
+        runs = wait_for_runs(prefect_api, dep["id"], 4, timeout=300, name_prefix="s3 ")
         assert len(runs) == 4
     finally:
         watcher.close()
-        stop_worker(worker)
+        stop_process(worker, timeout=30)
         _api("PATCH", f"{prefect_api}/deployments/{dep['id']}", {"parameters": dep["parameters"]})
 
 

@@ -22,7 +22,7 @@ from blocks.slurm import SlurmCluster
 from flows.slurm import run_jobs, run_slurm_jobs
 from helixflow.slurm import JobSpec, SlurmJobFailed, parse_scontrol
 from helixflow.store import Store
-from tests.conftest import free_port, missing, require_tool
+from tests.conftest import free_port, missing, require_tool, stop_process
 from tests.flows.test_slurm import cancel_and_wait
 
 pytestmark = pytest.mark.integration
@@ -123,12 +123,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
                         f"{log.read_text(errors='replace')[-3000:]}")
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
 
 
 @pytest.fixture
