@@ -26,14 +26,15 @@ Steps, each run as the pipeline's task runs it (but in process, without Prefect 
   -> `canonical_kmer_spectra` (k = 5) -> `EmbeddingWriter`.
 - lsh-tokenize: `tokenize_shard` -- per shard, batches -> `tokenize` -> Parquet token shard
   (hash fitted once beforehand on 20,000 reads of the first shards, as `fit_lsh_hash`).
-- lshvec-train-input: what `train_lshvec` hands the trainer: every token shard loaded
-  whole (`_load_tokens_remote` / `read_tokens`; in the pipeline these sit in the Ray
-  object store for the whole training), then what one `_RayWorker` actor does with its
-  share (here one worker = the whole list, i.e. lshvec_workers = 1; with W workers each
-  actor holds 1/W of it plus the object store the rest): `counts`, `setup` (the int32
-  `_Corpus`; the raw shards are dropped), and the first `train_round`, which takes its
-  slice of the shuffled read order and trains --train-tokens tokens. Full training time
-  is not measured.
+- lshvec-train-input: what one `_RayWorker` actor of `train_lshvec` does, in process, with
+  `TokenSource`s of the token shards (here one worker gets them all, i.e.
+  lshvec_workers = 1): `counts` (streamed, a vocabulary-sized table), `setup` (the model;
+  one streaming pass counts the in-vocabulary tokens) and the first `train_round`, which
+  streams the sources in a random order through the bounded read-shuffle buffer and
+  trains --train-tokens tokens. Nothing is loaded whole (the pipeline no longer puts
+  token shards in the Ray object store), so what may still grow with the shards is the
+  model: its vocabulary. Full training time is not measured; "hwm_after_each_MB" is the
+  high-water mark after counts, setup and the round.
 - lshvec-embed: `embed_lshvec_shard` -- per token shard, load the model, then
   `write_lshvec_embeddings` (50k-read batches, SIF), `EmbeddingWriter` (model trained once
   beforehand, 1 epoch on the first 20,000 reads).
@@ -274,33 +275,24 @@ def step_tokenize(scale: int, marks: list[float], args: argparse.Namespace) -> d
     return {"rows": rows, "tokens": tokens}
 
 
-def _read_tokens(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """tasks.lshvec.read_tokens on a local file (read_table memory-maps local artifacts)."""
-    from tasks.lshvec import token_arrays
-
-    return token_arrays(pq.read_table(path, columns=["tokens"], memory_map=True)
-                        .column("tokens"))
-
-
 def step_train_input(scale: int, marks: list[float],
                      args: argparse.Namespace) -> dict[str, Any]:
-    from tasks.lshvec import SkipGramConfig, _RayWorker, build_vocab
+    from tasks.lshvec import SkipGramConfig, TokenSource, _RayWorker, build_vocab
 
-    # _load_tokens_remote per token shard (parts = 1 when workers <= shards); in the
-    # pipeline the results live in the Ray object store while the actors train.
-    shards = []
-    for i in range(scale):
-        shards.append(_read_tokens(token_shard(scale, i)))
-        marks.append(hwm_mb())
+    # what train_lshvec hands an actor: TokenSources of the token shards (parts = 1 when
+    # workers <= shards), here local paths (a local store's artifacts are the same files)
+    sources = [TokenSource(str(token_shard(scale, i))) for i in range(scale)]
     config = SkipGramConfig(dim=LSH_DIM, epochs=1)
-    worker = _RayWorker(config, 0, *shards)  # the actor's __init__
-    vocab = build_vocab([worker.counts()], config.min_count)
-    size = worker.setup(vocab.buckets, vocab.counts)  # builds the _Corpus
+    worker = _RayWorker(config, 0, *sources)  # the actor's __init__
+    vocab = build_vocab([worker.counts()], config.min_count)  # streamed
+    marks.append(hwm_mb())
+    size = worker.setup(vocab.buckets, vocab.counts)  # model; in-vocab total, streamed
+    marks.append(hwm_mb())
     t = time.perf_counter()
     worker.train_round(0, min(size, args.train_tokens), 0.0, float(size), 1.0)
     marks.append(hwm_mb())
     return {"corpus_tokens": int(size), "vocab": len(vocab),
-            "held_MB": round(sum(t.nbytes + o.nbytes for t, o in shards) / 2**20, 1),
+            "model_MB": round(2 * len(vocab) * LSH_DIM * 4 / 2**20, 1),
             "first_round_s": round(time.perf_counter() - t, 2)}
 
 

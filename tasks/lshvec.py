@@ -39,8 +39,9 @@ Skip-gram (`SkipGramConfig`, `build_vocab`, `train_skipgram`)
 Distributed training (`train_skipgram_ray`) -- design choice
     Synchronous all-reduce of the touched rows, every `sync_tokens` tokens per worker,
     with the driver as the reducer ("sparse model averaging"). Each Ray actor holds the
-    full model, trains plain SGNS on its own shard (shards are passed as ObjectRefs, so
-    workers on other nodes get them through Ray's object store: no shared file system)
+    full model, trains plain SGNS on its own token shards, which it streams from the store
+    itself every epoch (`TokenSource`; sources in a random order, reads shuffled within
+    bounded blocks) rather than holding them, so its memory does not grow with the input,
     and at the end of a round returns only the rows it changed with their deltas
     (W - W_round_start). The driver combines the deltas row by row -- the mean over the
     workers that touched the row (default) or their sum (`mode="sum"`) -- puts the result
@@ -74,7 +75,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -406,82 +407,188 @@ def build_vocab(tokens: np.ndarray | Sequence[tuple[np.ndarray, np.ndarray]],
     return Vocab(buckets=ids[keep], counts=cnt[keep])
 
 
-_BUILD_TOKENS = 1 << 22  # tokens looked up at a time while building a corpus
+# --------------------------------------------------------------------------------------
+# Training input: token sources streamed batch by batch, one epoch at a time
 
 
-class _Corpus:
-    """The training corpus: in-vocabulary ids (int32, input order) of the reads that keep
-    at least one token, and each such read's start (int64, n_reads + 1). About 4 bytes per
-    token plus a few words per read -- the raw tokens are not kept.
+_SOURCE_READS = 1 << 13  # reads per batch read from a token source (~1.1 M tokens at 150 bp)
+# Reads are shuffled within blocks of about this many in-vocabulary tokens (~8 MB of int32
+# ids, ~15,000 reads of 150 bp). A full permutation of the reads needs the whole corpus in
+# memory on every worker (what made training memory grow with the number of shards);
+# `train_tokens` already shuffles its pairs within `chunk_tokens` (2^19), so a block a few
+# chunks long still mixes reads across chunks and rounds, and sources are visited in a
+# random order on top of it. Memory: one block plus one source batch, whatever the input.
+_SHUFFLE_TOKENS = 1 << 21
 
-    An epoch's order is a permutation of the reads (`shuffle`), applied lazily: `take`
-    gathers only the requested token range, so no shuffled copy of the corpus is made.
-    Why shuffle: inputs are often sorted (by sample, genome or position); a chunk drawn
-    from one genome would fill whole batches with the same frequent tokens and tie the
-    learning rate schedule to the file order. The sequence ids returned by `take` are the
-    read's index in the corpus (only their equality matters: contexts stay in a read).
-    """
 
-    def __init__(self, ids: np.ndarray, starts: np.ndarray) -> None:
-        self.ids = ids
-        self.starts = starts
-        self.lengths = np.diff(starts)
-        self.order: np.ndarray | None = None  # None: input order
-        self.cum = starts
+@dataclass(frozen=True, eq=False)
+class TokenSource:
+    """Part `part` of `parts` (by reads) of a Parquet token shard (TOKENS_SCHEMA), read a
+    batch at a time: a store artifact (`store` given) or a local path / URI (`store` None).
+    Picklable, so a Ray actor reads its share itself, on its own node."""
 
-    def __len__(self) -> int:
-        return len(self.ids)
+    art: Any
+    store: Any = None
+    part: int = 0
+    parts: int = 1
 
-    @classmethod
-    def build(cls, shards: Sequence[tuple[np.ndarray, np.ndarray]], vocab: Vocab) -> _Corpus:
-        """From (tokens, offsets) shards, a bounded batch of reads at a time (the ids are
-        written into one preallocated int32 array; no concatenated copy of the tokens)."""
-        ids = np.empty(sum(len(t) for t, _ in shards), np.int32)
-        lengths, n = [], 0
-        for tokens, offsets in shards:
-            offsets = np.asarray(offsets, np.int64)
-            offsets = offsets - offsets[0]
-            n_reads = len(offsets) - 1
-            cuts = np.searchsorted(offsets, np.arange(0, offsets[-1], _BUILD_TOKENS))
-            cuts = np.unique(np.concatenate([cuts, [n_reads]]))
-            a = 0
-            for b in cuts[cuts > 0]:
-                lo, hi = offsets[a], offsets[b]
-                look = vocab.lookup(np.asarray(tokens[lo:hi]))
-                keep = look >= 0
-                kept = look[keep]
-                ids[n:n + len(kept)] = kept
-                n += len(kept)
-                ck = np.concatenate([[0], np.cumsum(keep)])
-                lengths.append(ck[offsets[a + 1:b + 1] - lo] - ck[offsets[a:b] - lo])
-                a = b
-        if n < len(ids):
-            ids.resize(n, refcheck=False)
-        lens = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
-        lens = lens[lens > 0]
-        return cls(ids, np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
+    def batches(self, reads: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(tokens int32, offsets int64 from 0) of at most `reads` reads at a time; only
+        the row groups overlapping this part are read."""
+        from helixflow.tables import parquet_file
 
-    def shuffle(self, rng: np.random.Generator, shuffle: bool = True) -> None:
-        """Start an epoch: reads in a random order (`shuffle`) or in input order."""
-        if not shuffle or len(self.ids) == 0:
-            self.order, self.cum = None, self.starts
-            return
-        self.order = rng.permutation(len(self.lengths))
-        self.cum = np.concatenate([[0], np.cumsum(self.lengths[self.order])])
+        with parquet_file(self.store, self.art) as pf:
+            md = pf.metadata
+            lo = md.num_rows * self.part // self.parts
+            hi = md.num_rows * (self.part + 1) // self.parts
+            starts = np.cumsum([0] + [md.row_group(g).num_rows
+                                      for g in range(md.num_row_groups)])
+            groups = [g for g in range(md.num_row_groups)
+                      if starts[g] < hi and starts[g + 1] > lo]
+            if not groups:
+                return
+            row = int(starts[groups[0]])
+            for batch in pf.iter_batches(batch_size=reads, row_groups=groups,
+                                         columns=["tokens"]):
+                a, b = max(lo - row, 0), min(hi - row, batch.num_rows)
+                row += batch.num_rows
+                if b > a:
+                    yield token_arrays(batch.column("tokens").slice(a, b - a))
 
-    def take(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, sequence ids) of tokens [lo, hi) of this epoch's order."""
-        hi = min(hi, len(self.ids))
-        if hi <= lo:
+
+Source = TokenSource | tuple[np.ndarray, np.ndarray]
+"""Training input: a token shard (part) read from storage, or in-memory (tokens, offsets)."""
+
+
+def _source_batches(source: Source) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(tokens, offsets from 0) of `_SOURCE_READS` reads at a time of a source."""
+    if isinstance(source, TokenSource):
+        yield from source.batches(_SOURCE_READS)
+        return
+    tokens, offsets = source
+    offsets = np.asarray(offsets, np.int64)
+    if len(offsets) < 2:
+        return
+    offsets = offsets - offsets[0]
+    for a in range(0, len(offsets) - 1, _SOURCE_READS):
+        b = min(a + _SOURCE_READS, len(offsets) - 1)
+        lo, hi = offsets[a], offsets[b]
+        yield np.asarray(tokens[lo:hi]), offsets[a:b + 1] - lo
+
+
+def _source_counts(sources: Sequence[Source]) -> tuple[np.ndarray, np.ndarray]:
+    """(bucket ids, counts) over the sources, streamed: batch tables are merged once they
+    outgrow the running one (amortised; memory a few vocabulary-sized tables)."""
+    parts = [(np.zeros(0, np.int64), np.zeros(0, np.int64))]
+    pending = 0
+    for source in sources:
+        for tokens, _ in _source_batches(source):
+            parts.append(count_tokens(tokens))
+            pending += len(parts[-1][0])
+            if pending > len(parts[0][0]) + (1 << 20):
+                parts, pending = [merge_counts(parts)], 0
+    return merge_counts(parts)
+
+
+def _in_vocab(tokens: np.ndarray, offsets: np.ndarray,
+              vocab: Vocab) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's in-vocabulary ids (int32, read order) and the lengths of the reads that
+    keep at least one token (out-of-vocabulary tokens and empty reads are dropped)."""
+    look = vocab.lookup(tokens)
+    keep = look >= 0
+    ck = np.concatenate([[0], np.cumsum(keep)])
+    lens = ck[offsets[1:]] - ck[offsets[:-1]]
+    return look[keep].astype(np.int32), lens[lens > 0]
+
+
+def _in_vocab_total(sources: Sequence[Source], vocab: Vocab) -> int:
+    """In-vocabulary tokens of the sources: the tokens of one epoch (one streaming pass)."""
+    return sum(int((vocab.lookup(tokens) >= 0).sum())
+               for source in sources for tokens, _ in _source_batches(source))
+
+
+def _shuffle_block(ids: list[np.ndarray], lens: list[np.ndarray], rng: np.random.Generator,
+                   shuffle: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated (ids, read lengths), reads permuted when `shuffle`."""
+    flat, lengths = np.concatenate(ids), np.concatenate(lens)
+    if not shuffle or len(lengths) < 2:
+        return flat, lengths
+    perm = rng.permutation(len(lengths))
+    starts = np.concatenate([[0], np.cumsum(lengths)])[:-1]
+    new = lengths[perm]
+    new_starts = np.concatenate([[0], np.cumsum(new)])[:-1]
+    return flat[np.repeat(starts[perm] - new_starts, new) + np.arange(len(flat))], new
+
+
+def _epoch_blocks(sources: Sequence[Source], vocab: Vocab, rng: np.random.Generator,
+                  shuffle: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One epoch as blocks of (in-vocabulary ids, read lengths): the sources in a random
+    order, reads shuffled within blocks of ~`_SHUFFLE_TOKENS` tokens (input order when not
+    `shuffle`). Why shuffle: inputs are often sorted (by sample, genome or position); a
+    chunk drawn from one genome would fill whole batches with the same frequent tokens."""
+    order = rng.permutation(len(sources)) if shuffle else range(len(sources))
+    ids: list[np.ndarray] = []
+    lens: list[np.ndarray] = []
+    n = 0
+    for i in order:
+        for tokens, offsets in _source_batches(sources[i]):
+            a, b = _in_vocab(tokens, offsets, vocab)
+            ids.append(a)
+            lens.append(b)
+            n += len(a)
+            if n >= _SHUFFLE_TOKENS:
+                yield _shuffle_block(ids, lens, rng, shuffle)
+                ids, lens, n = [], [], 0
+    if n:
+        yield _shuffle_block(ids, lens, rng, shuffle)
+
+
+class _EpochStream:
+    """The tokens of one epoch of some sources, taken in order a range at a time."""
+
+    def __init__(self, sources: Sequence[Source], vocab: Vocab, rng: np.random.Generator,
+                 shuffle: bool = True) -> None:
+        self.blocks = _epoch_blocks(sources, vocab, rng, shuffle)
+        self.ids = np.zeros(0, np.int32)  # what is left of the current block
+        self.lens = np.zeros(0, np.int64)
+
+    def take(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, sequence ids) of the next `n` tokens (fewer at the end of the epoch).
+
+        Sequence ids number the reads within this take, so contexts never cross reads; a
+        read cut by `n` goes on in the next take.
+        """
+        ids: list[np.ndarray] = []
+        lens: list[np.ndarray] = []
+        have = 0
+        while have < n:
+            if len(self.ids) == 0:
+                block = next(self.blocks, None)
+                if block is None:
+                    break
+                self.ids, self.lens = block
+                continue
+            need = n - have
+            if len(self.ids) <= need:
+                ids.append(self.ids)
+                lens.append(self.lens)
+                have += len(self.ids)
+                self.ids, self.lens = self.ids[:0], self.lens[:0]
+                continue
+            cum = np.cumsum(self.lens)
+            r = int(np.searchsorted(cum, need))  # the read holding token need - 1
+            head = need - (int(cum[r - 1]) if r else 0)
+            ids.append(self.ids[:need])
+            lens.append(np.append(self.lens[:r], head))
+            rest = self.lens[r:].copy()
+            rest[0] -= head
+            self.ids, self.lens = self.ids[need:], rest[1:] if rest[0] == 0 else rest
+            have = n
+        if not ids:
             return np.zeros(0, np.int32), np.zeros(0, np.int32)
-        r0 = int(np.searchsorted(self.cum, lo, "right")) - 1
-        r1 = int(np.searchsorted(self.cum, hi, "left"))
-        reads = (np.arange(r0, r1) if self.order is None else self.order[r0:r1])
-        lens = self.lengths[reads]
-        base = self.cum[r0:r1]
-        idx = np.repeat(self.starts[reads] - base, lens) + np.arange(base[0], self.cum[r1])
-        cut = slice(lo - base[0], hi - base[0])
-        return self.ids[idx[cut]], np.repeat(reads.astype(np.int32), lens)[cut]
+        lengths = np.concatenate(lens)
+        return (np.concatenate(ids),
+                np.repeat(np.arange(len(lengths), dtype=np.int32), lengths))
 
 
 def _keep_prob(counts: np.ndarray, t: float) -> np.ndarray:
@@ -633,29 +740,32 @@ class SkipGramModel:
                        stats=meta.get("stats", {}))
 
 
-def train_skipgram(token_seqs: Sequence[tuple[np.ndarray, np.ndarray]] | tuple[np.ndarray,
-                                                                               np.ndarray],
+def train_skipgram(token_seqs: Source | Sequence[Source],
                    config: SkipGramConfig = SkipGramConfig(),
                    vocab: Vocab | None = None) -> SkipGramModel:
-    """Train SGNS token vectors in this process on (tokens, offsets) shards."""
-    shards = [token_seqs] if isinstance(token_seqs, tuple) else list(token_seqs)
+    """Train SGNS token vectors in this process on token sources ((tokens, offsets) or
+    `TokenSource`), streamed every epoch as the Ray workers do (`_EpochStream`)."""
+    sources = ([token_seqs] if isinstance(token_seqs, tuple | TokenSource)
+               else list(token_seqs))
     if vocab is None:
-        vocab = build_vocab([count_tokens(t) for t, _ in shards], config.min_count)
+        vocab = build_vocab([_source_counts(sources)], config.min_count)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(max(config.threads, 1))
     try:
         t0 = time.perf_counter()
         model = _SGNS(len(vocab), config, vocab.counts)
-        corpus = _Corpus.build(shards, vocab)
+        size = _in_vocab_total(sources, vocab)
         rng = np.random.default_rng(config.seed)
-        total = float(len(corpus) * config.epochs)
+        total = float(size * config.epochs)
         done = 0.0
         for _ in range(config.epochs):
-            corpus.shuffle(rng, config.shuffle)
-            for lo in range(0, len(corpus), config.chunk_tokens):  # train_tokens' chunks
-                ids, seq = corpus.take(lo, lo + config.chunk_tokens)
+            stream = _EpochStream(sources, vocab, rng, config.shuffle)
+            while True:
+                ids, seq = stream.take(config.chunk_tokens)  # train_tokens' chunks
+                if len(ids) == 0:
+                    break
                 done = model.train_tokens(ids, seq, rng, done, total)
-        stats = {"tokens": len(corpus), "train_s": time.perf_counter() - t0,
+        stats = {"tokens": size, "train_s": time.perf_counter() - t0,
                  "loss": model.loss_sum / max(model.loss_n, 1)}
     finally:
         torch.set_num_threads(old_threads)
@@ -671,36 +781,45 @@ _DELTA_ROWS = 1 << 15  # rows compared with the round-start snapshot at a time
 
 
 class _RayWorker:
-    """One replica of the model training on one shard (run as a Ray actor)."""
+    """One replica of the model training on its token sources (run as a Ray actor).
 
-    def __init__(self, config: SkipGramConfig, rank: int,
-                 *shards: tuple[np.ndarray, np.ndarray]) -> None:
+    The sources (`TokenSource`s, or (tokens, offsets) resolved from ObjectRefs) are
+    streamed again every epoch rather than held: memory is the model plus one shuffle
+    block, whatever the number and size of the shards.
+    """
+
+    def __init__(self, config: SkipGramConfig, rank: int, *sources: Source) -> None:
         self.cfg = config
         self.rank = rank
-        self.shards: list[tuple[np.ndarray, np.ndarray]] | None = list(shards)  # until setup
+        self.sources = list(sources)
+        self.stream: _EpochStream | None = None
+        self.epoch_tokens = 0  # tokens trained so far in this epoch
         torch.set_num_threads(max(config.threads, 1))
 
     def counts(self) -> tuple[np.ndarray, np.ndarray]:
-        return merge_counts([count_tokens(np.asarray(t)) for t, _ in self.shards or []])
+        return _source_counts(self.sources)
 
     def setup(self, buckets: np.ndarray, counts: np.ndarray) -> int:
-        """Build the shared vocabulary and identical initial weights (same seed)."""
-        vocab = Vocab(buckets, counts)
-        self.model = _SGNS(len(vocab), self.cfg, counts)
+        """Build the shared vocabulary and identical initial weights (same seed); -> this
+        worker's in-vocabulary tokens per epoch (counted in one pass, not kept)."""
+        self.vocab = Vocab(buckets, counts)
+        self.model = _SGNS(len(self.vocab), self.cfg, counts)
         self.model.gen.manual_seed(self.cfg.seed + 1 + 1000 * self.rank)
-        self.corpus = _Corpus.build(self.shards or [], vocab)
-        self.shards = None  # the int32 corpus replaces the raw tokens
         self.rng = np.random.default_rng(self.cfg.seed + 7919 * (self.rank + 1))
         self.snap_in = self.model.w_in.clone()
         self.snap_out = self.model.w_out.clone()
-        return len(self.corpus)
+        return _in_vocab_total(self.sources, self.vocab)
 
     def train_round(self, lo: int, hi: int, done: float, total: float,
                     scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Train on tokens [lo, hi) of this shard; -> rows and deltas of w_in and w_out."""
-        if lo == 0:  # a new epoch: reshuffle this shard's sequences
-            self.corpus.shuffle(self.rng, self.cfg.shuffle)
-        ids, seq = self.corpus.take(lo, hi)
+        """Train on tokens [lo, hi) of this epoch's stream (the next hi - lo tokens; lo == 0
+        starts an epoch: a new order of the sources and reads); -> rows and deltas of w_in
+        and w_out."""
+        if lo == 0 or self.stream is None:
+            self.stream = _EpochStream(self.sources, self.vocab, self.rng, self.cfg.shuffle)
+            self.epoch_tokens = 0
+        ids, seq = self.stream.take(hi - lo)
+        self.epoch_tokens += len(ids)
         self.model.train_tokens(ids, seq, self.rng, done, total, scale)
         out = []
         for w, snap in ((self.model.w_in, self.snap_in), (self.model.w_out, self.snap_out)):
@@ -758,8 +877,9 @@ def train_skipgram_ray(token_shards: Sequence[Any], config: SkipGramConfig = Ski
                        ) -> SkipGramModel:
     """Train one SGNS model with `num_workers` Ray actors (Ray must be initialised).
 
-    token_shards: (tokens, offsets) tuples or ObjectRefs to them; they are dealt to the
-    workers round-robin (a worker concatenates its shards). Every `sync_tokens` tokens per
+    token_shards: token sources -- `TokenSource`s (each actor reads them from storage
+    itself), (tokens, offsets) tuples or ObjectRefs to them -- dealt to the workers
+    round-robin; a worker streams its sources every epoch. Every `sync_tokens` tokens per
     worker, the touched rows' deltas are combined through the driver -- mean over the
     workers that touched a row (`mode="mean"`) or sum (`"sum"`); see the module docstring.
     """
@@ -771,7 +891,7 @@ def train_skipgram_ray(token_shards: Sequence[Any], config: SkipGramConfig = Ski
         groups[i % num_workers].append(s)
     opts = {"num_cpus": max(config.threads, 1), **(worker_options or {})}
     actor_cls = ray.remote(_RayWorker).options(**opts)
-    # shards are top-level arguments: Ray resolves ObjectRefs on the worker's node
+    # sources are top-level arguments: Ray resolves ObjectRefs on the worker's node
     workers = [actor_cls.remote(config, r, *g) for r, g in enumerate(groups)]
     tables = ray.get([w.counts.remote() for w in workers])
     vocab = build_vocab(tables, config.min_count)
@@ -851,7 +971,7 @@ def sif_component(x: np.ndarray) -> np.ndarray:
 
 # --- Prefect tasks: the store edge -------------------------------------------------------
 
-LSHVEC_TASKS_VERSION = "2"
+LSHVEC_TASKS_VERSION = "3"
 _EMBED_BATCH = 50_000  # reads per batch of embed_lshvec_shard: memory set by this, not the shard
 TOKENS_SCHEMA = pa.schema([pa.field("sequence_id", pa.string()), pa.field("row", pa.int64()),
                            pa.field("tokens", pa.list_(pa.int32()))])
@@ -967,30 +1087,19 @@ def tokenize_shard(shard: Any, lsh_art: Any, store: Any, run_id: str) -> Any:
                             metadata={"lsh_digest": lsh_art.metadata.get("lsh_digest")})
 
 
-def _load_tokens_remote(store: Any, art: Any, part: int, parts: int
-                        ) -> tuple[np.ndarray, np.ndarray]:
-    """Part `part` of `parts` (by reads) of a token shard, loaded where Ray runs this."""
-    tokens, offsets = read_tokens(store, art)
-    n = len(offsets) - 1
-    lo, hi = n * part // parts, n * (part + 1) // parts
-    return tokens[offsets[lo]:offsets[hi]], offsets[lo:hi + 1] - offsets[lo]
-
-
 @materialize("helixflow://embed/lshvec-model", name="train-lshvec",
              task_run_name="train-lshvec", **stage_options(LSHVEC_TASKS_VERSION))
 def train_lshvec(token_shards: list[Any], lsh_art: Any, config: SkipGramConfig,
                  workers: int, store: Any, run_id: str) -> Any:
     """Skip-gram over the token shards on `workers` Ray actors (one model, synchronised
-    every round) → the model artifact. Token shards are loaded by Ray tasks straight into
-    the object store, so this coordinator never holds the corpus."""
-    import ray
-
+    every round) → the model artifact. Each actor streams its token shards (or parts of
+    them) from the store every epoch: neither this coordinator, the object store nor the
+    actors hold the corpus, so memory does not grow with the number of shards."""
     from helixflow.tables import pack_files, publish_file
 
-    loader = ray.remote(_load_tokens_remote).options(num_cpus=0.25)
     parts = -(-workers // max(len(token_shards), 1))  # every worker gets some reads
-    refs = [loader.remote(store, art, i, parts) for art in token_shards for i in range(parts)]
-    model = train_skipgram_ray(refs, config, num_workers=workers,
+    sources = [TokenSource(art, store, i, parts) for art in token_shards for i in range(parts)]
+    model = train_skipgram_ray(sources, config, num_workers=workers,
                                worker_options={"scheduling_strategy": "SPREAD"})
     with store.scratch() as scratch:
         path = model.save(scratch / "model.npz", lsh_digest=lsh_art.metadata.get("lsh_digest",

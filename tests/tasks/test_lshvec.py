@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -186,37 +189,70 @@ def test_sequence_vectors_weights() -> None:
     assert np.allclose(removed @ pc, 0, atol=1e-6)
 
 
-def test_ray_two_workers_match_single_process(tmp_path: Path) -> None:
+def publish_token_shard(root: Path, tok: np.ndarray, off: np.ndarray,
+                        url: str | None = None, row_group: int = 40) -> tuple[Any, Any]:
+    """(store, artifact) of a token shard (TOKENS_SCHEMA, small row groups) in a new store
+    at `url` (default: a local store under `root`)."""
+    import pyarrow.parquet as pq
+
+    from helixflow.store import Store
+    from tasks.lshvec import TOKENS_SCHEMA
+
+    n = len(off) - 1
+    column = pa.ListArray.from_arrays(pa.array(off.astype(np.int32)),
+                                      pa.array(tok.astype(np.int32)))
+    table = pa.table([pa.array([f"r{i}" for i in range(n)]), pa.array(np.arange(n)), column],
+                     schema=TOKENS_SCHEMA)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "shard.tokens.parquet"
+    pq.write_table(table, path, row_group_size=row_group)
+    store = Store(url or str(root / "store"))
+    art = store.publish(path, run_id="r", stage="embed", rows=n, producer="test",
+                        media_type="application/vnd.apache.parquet")
+    return store, art
+
+
+def test_ray_two_workers_deterministic_and_sources_agree(tmp_path: Path) -> None:
     # A clean process: in the full suite, Ray state left by earlier in-process Ray sessions
     # made this actor's creation get cancelled (not reproducible alone).
     script = textwrap.dedent("""
         import os, pickle, sys, ray
+        from pathlib import Path
         sys.path.insert(0, os.getcwd())
-        from tests.tasks.test_lshvec import TOY, topic_corpus
-        from tasks.lshvec import train_skipgram_ray
+        from tests.tasks.test_lshvec import TOY, publish_token_shard, topic_corpus
+        from tasks.lshvec import TokenSource, train_skipgram_ray
         tok, off = topic_corpus()
         half = 300 * 30
         shards = [(tok[:half], off[:301]), (tok[half:], off[300:] - half)]
+        store, art = publish_token_shard(Path(sys.argv[2]), tok, off)
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
-            model = train_skipgram_ray([ray.put(s) for s in shards], TOY, num_workers=2,
-                                       sync_tokens=3000)
+            models = [train_skipgram_ray([ray.put(s) for s in shards], TOY, num_workers=2,
+                                         sync_tokens=3000) for _ in range(2)]
+            # the same halves, read by each actor from the store (parts of one shard)
+            sources = [TokenSource(art, store, i, 2) for i in range(2)]
+            models.append(train_skipgram_ray(sources, TOY, num_workers=2, sync_tokens=3000))
         finally:
             ray.shutdown()
         with open(sys.argv[1], "wb") as fh:
-            pickle.dump(model, fh)
+            pickle.dump(models, fh)
     """)
     out = tmp_path / "model.pkl"
-    proc = subprocess.run([sys.executable, "-c", script, str(out)], cwd=REPO,
-                          env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    proc = subprocess.run([sys.executable, "-c", script, str(out), str(tmp_path / "shard")],
+                          cwd=REPO, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    model = pickle.loads(out.read_bytes())
+    model, again, from_store = pickle.loads(out.read_bytes())
     tok, off = topic_corpus()
     single = train_skipgram((tok, off), TOY)
     assert model.vectors.shape == single.vectors.shape
     assert np.array_equal(model.vocab.buckets, single.vocab.buckets)
+    assert np.array_equal(model.vocab.counts, single.vocab.counts)
     assert model.stats["workers"] == 2 and model.stats["rounds"] >= 3 * 3
+    assert model.stats["tokens"] == len(tok)  # every token is in the vocabulary here
+    # deterministic for a seed; a store source streams the same reads as the arrays
+    assert np.array_equal(again.vectors, model.vectors)
+    assert np.array_equal(from_store.vectors, model.vectors)
     assert topic_margin(model) > 0.3
     assert topic_margin(model) > 0.7 * topic_margin(single)
 
@@ -229,45 +265,124 @@ def ragged_corpus(n_seq: int = 300, seed: int = 2) -> tuple[np.ndarray, np.ndarr
     return tok, np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
 
 
-def test_corpus_int32_lazy_shuffle_matches_full_copy(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lshvec_mod, "_BUILD_TOKENS", 50)  # many build batches per shard
-    tok, off = ragged_corpus()
-    vocab = build_vocab(tok, min_count=40)  # some tokens (and some whole reads) drop out
-    half = int(off[150])
-    shards = [(tok[:half].astype(np.int32), off[:151]), (tok[half:], off[150:] - half)]
-    corpus = lshvec_mod._Corpus.build(shards, vocab)
-    # reference: the in-vocabulary ids in input order, with their read numbers
-    look = vocab.lookup(tok)
-    seq = np.repeat(np.arange(len(off) - 1), np.diff(off))
-    keep = look >= 0
-    ref_ids, ref_seq = look[keep], seq[keep]
-    assert corpus.ids.dtype == np.int32 and corpus.ids.nbytes == 4 * len(ref_ids)
-    assert np.array_equal(corpus.ids, ref_ids)
-    # one epoch's order: whole reads permuted (rng.permutation of the non-empty reads),
-    # the same as gathering a full shuffled copy
-    reads = np.unique(ref_seq)
-    perm = np.random.default_rng(9).permutation(len(reads))
-    full_idx = np.concatenate([np.flatnonzero(ref_seq == reads[r]) for r in perm])
-    corpus.shuffle(np.random.default_rng(9))
-    ids, sq = corpus.take(0, len(corpus))
-    assert np.array_equal(ids, ref_ids[full_idx])
-    assert np.array_equal(np.diff(sq) == 0, np.diff(ref_seq[full_idx]) == 0)
-    for lo, hi in [(0, 1), (17, 400), (399, 401), (len(ids) - 5, len(ids) + 10), (50, 50)]:
-        part, pseq = corpus.take(lo, hi)
-        assert np.array_equal(part, ids[lo:hi]) and np.array_equal(pseq, sq[lo:hi])
-    corpus.shuffle(np.random.default_rng(9), shuffle=False)
-    assert np.array_equal(corpus.take(0, len(corpus))[0], ref_ids)
+def _batches(source: Any) -> tuple[np.ndarray, np.ndarray]:
+    """All batches of a token source joined again into (tokens, offsets)."""
+    toks, lens = [], []
+    for t, o in lshvec_mod._source_batches(source):
+        assert o[0] == 0 and o[-1] == len(t) and len(o) - 1 <= lshvec_mod._SOURCE_READS
+        toks.append(t)
+        lens.append(np.diff(o))
+    n = np.concatenate(lens) if lens else np.zeros(0, np.int64)
+    return np.concatenate(toks), np.concatenate([[0], np.cumsum(n)])
 
 
-def test_ray_worker_keeps_only_int32_corpus() -> None:
+@pytest.mark.parametrize("memory", [False, True])
+def test_token_sources_parts_cover_the_shard(tmp_path: Path, memory: bool,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lshvec_mod, "_SOURCE_READS", 13)  # batches cut row groups of 40
     tok, off = ragged_corpus()
+    url = f"memory://lshvec-test-{os.getpid()}" if memory else None  # memory: not mmap
+    store, art = publish_token_shard(tmp_path, tok, off, url=url)
+    whole = _batches(lshvec_mod.TokenSource(art, store))
+    assert whole[0].dtype == np.int32
+    assert np.array_equal(whole[0], tok) and np.array_equal(whole[1], off)
+    for parts in (2, 3, 7):
+        got = [_batches(lshvec_mod.TokenSource(art, store, i, parts)) for i in range(parts)]
+        sizes = [len(o) - 1 for _, o in got]
+        assert sum(sizes) == len(off) - 1 and max(sizes) - min(sizes) <= 1  # by reads
+        assert np.array_equal(np.concatenate([t for t, _ in got]), tok)
+        assert np.array_equal(np.concatenate([np.diff(o) for _, o in got]), np.diff(off))
+    # in-memory (tokens, offsets), offsets not starting at 0 (reads 5.. of a bigger shard)
+    mem = _batches((tok[off[5]:], off[5:]))
+    assert np.array_equal(mem[0], tok[off[5]:]) and np.array_equal(mem[1], off[5:] - off[5])
+
+
+def read_tagged_corpus(n_seq: int = 200, seed: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Reads of 0..29 tokens; token j of read r is r * 100 + j (each token says where from)."""
+    lens = np.random.default_rng(seed).integers(0, 30, n_seq)
+    tok = np.concatenate([r * 100 + np.arange(n) for r, n in enumerate(lens)])
+    return tok.astype(np.int64), np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+
+
+def test_epoch_stream_every_token_once_per_epoch_never_across_reads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lshvec_mod, "_SOURCE_READS", 7)
+    monkeypatch.setattr(lshvec_mod, "_SHUFFLE_TOKENS", 120)  # many blocks per epoch
+    tok, off = read_tagged_corpus()
+    # out of vocabulary: every 4th token, and all tokens of reads 10-19 (reads left empty)
+    oov = (np.arange(len(tok)) % 4 == 0) | ((tok // 100 >= 10) & (tok // 100 < 20))
+    vocab = Vocab(np.unique(tok[~oov]), np.ones(int((~oov).sum()), np.int64))
+    cuts = [0, 70, 71, 200]  # three sources, one with a single read
+    sources = [(tok[off[a]:off[b]], off[a:b + 1]) for a, b in itertools.pairwise(cuts)]
+    size = lshvec_mod._in_vocab_total(sources, vocab)
+    assert size == int((~oov).sum())
+    ref = tok[~oov]  # input order
+    rng = np.random.default_rng(0)
+    orders = []
+    for epoch in range(3):
+        shuffle = epoch < 2
+        blocks = list(lshvec_mod._epoch_blocks(sources, vocab, np.random.default_rng(epoch),
+                                               shuffle))
+        # bounded buffer: a block ends once it holds _SHUFFLE_TOKENS tokens (+ one batch)
+        assert len(blocks) > 3 and max(len(b[0]) for b in blocks) < 120 + 7 * 30
+        stream = lshvec_mod._EpochStream(sources, vocab, rng, shuffle)
+        got = []
+        while True:
+            ids, seq = stream.take(int(rng.integers(1, 90)))
+            if len(ids) == 0:
+                break
+            tokens = vocab.buckets[ids]
+            read = tokens // 100
+            # a sequence id is one read, and a read's tokens are contiguous, in order
+            same = np.diff(seq) == 0
+            assert np.array_equal(same, np.diff(read) == 0)
+            assert np.all(np.diff(tokens)[same] > 0)
+            assert len(np.unique(seq)) == len(np.unique(read)) == int((~same).sum()) + 1
+            got.append(tokens)
+        epoch_tokens = np.concatenate(got)
+        assert len(epoch_tokens) == size
+        assert np.array_equal(np.sort(epoch_tokens), np.sort(ref))  # each token once
+        read = epoch_tokens // 100
+        starts = np.flatnonzero(np.diff(np.concatenate([[-1], read])) != 0)
+        assert len(starts) == len(np.unique(read))  # reads stay whole within the epoch
+        assert not np.isin(np.arange(10, 20), read).any()  # empty reads dropped
+        orders.append(read[starts])
+        if not shuffle:
+            assert np.array_equal(epoch_tokens, ref)
+    assert not np.array_equal(orders[0], orders[2])  # reads are shuffled...
+    assert not np.array_equal(orders[0], orders[1])  # ...differently every epoch
+
+
+def test_ray_worker_streams_its_sources(tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lshvec_mod, "_SHUFFLE_TOKENS", 500)
+    tok, off = ragged_corpus()
+    store, art = publish_token_shard(tmp_path, tok, off)
     half = int(off[150])
-    worker = lshvec_mod._RayWorker(TOY, 0, (tok[:half], off[:151]), (tok[half:],
-                                                                     off[150:] - half))
-    vocab = build_vocab([worker.counts()], 1)
-    assert np.array_equal(vocab.counts, build_vocab(tok).counts)
+    # part 0 of 2 of the store shard (reads 0-149) and reads 150-299 in memory
+    worker = lshvec_mod._RayWorker(TOY, 0, lshvec_mod.TokenSource(art, store, 0, 2),
+                                   (tok[half:], off[150:] - half))
+    counts = worker.counts()
+    assert np.array_equal(counts[1], build_vocab(tok).counts)
+    vocab = build_vocab([counts], min_count=60)  # some tokens drop out
     size = worker.setup(vocab.buckets, vocab.counts)
-    assert size == len(tok) and worker.shards is None  # raw tokens dropped
-    assert worker.corpus.ids.dtype == np.int32 and worker.corpus.ids.nbytes == 4 * size
-    rows_in, d_in, _, _ = worker.train_round(0, size // 2, 0.0, float(size), 1.0)
-    assert len(rows_in) > 0 and d_in.shape == (len(rows_in), TOY.dim)
+    assert size == int((vocab.lookup(tok) >= 0).sum()) and 0 < size < len(tok)
+    assert not hasattr(worker, "corpus")  # nothing but the sources is kept
+    n_rounds = 4
+    for _ in range(2):  # two epochs of synchronised-size rounds, as the driver runs them
+        for r in range(n_rounds):
+            lo, hi = size * r // n_rounds, size * (r + 1) // n_rounds
+            rows_in, d_in, rows_out, _ = worker.train_round(lo, hi, 0.0, 2.0 * size, 1.0)
+            assert len(rows_in) > 0 and d_in.shape == (len(rows_in), TOY.dim)
+            assert rows_in.max() < len(vocab) and len(rows_out) > 0
+            worker.apply((rows_in, d_in, rows_out, np.zeros((len(rows_out), TOY.dim),
+                                                            np.float32)))
+        assert worker.epoch_tokens == size  # every in-vocabulary token, once per epoch
+
+
+def test_skipgram_loss_decreases_over_epochs() -> None:
+    tok, off = topic_corpus()
+    one = train_skipgram((tok, off), replace(TOY, epochs=1))
+    assert one.stats["tokens"] == len(tok)
+    # same first epoch (seeded), then more: the mean loss over all epochs must go down
+    assert train_skipgram((tok, off), TOY).stats["loss"] < 0.95 * one.stats["loss"]
