@@ -9,8 +9,13 @@ on the training part, LogisticRegression(max_iter=3000) and KNeighborsClassifier
 accuracy on the test part; ARI of KMeans(n_clusters=#genomes, random_state=0, n_init=4) on
 the standardised vectors of all reads against the labels.
 
+The reads are simulated genome by genome; like reads off a sequencer, the training input
+is them in one seeded random order (the evaluation keeps the order above).
+
 Rows:
-- helixflow LSHvec, one process (tasks.lshvec.train_skipgram);
+- helixflow LSHvec, one process (tasks.lshvec.train_skipgram), with `--levels` (default
+  14,8: each token's input vector also averages the rows of its 14- and 8-bit prefixes,
+  see `tasks.lshvec.level_rows`) and, with `--plain`, also without levels (LSHVec's model);
 - helixflow LSHvec, 2 Ray workers on a local Ray (ray.init(num_cpus=2)), train_skipgram_ray;
 - fastText skip-gram (fasttext-modern) on the same LSH token sentences, same dim / window /
   negatives / epochs / minCount / subsampling / lr, thread=2, minn=maxn=0; read vector =
@@ -165,15 +170,17 @@ def get_lsh(seqs: list[str], k: int, hash_size: int, seed: int) -> tuple[LshFunc
     return lsh, False
 
 
-def run_fasttext(tok: np.ndarray, off: np.ndarray, cfg: SkipGramConfig,
+def run_fasttext(train_tok: np.ndarray, train_off: np.ndarray, tok: np.ndarray,
+                 off: np.ndarray, cfg: SkipGramConfig,
                  threads: int) -> tuple[np.ndarray, float, float]:
-    """fastText skip-gram on the token sentences; -> read vectors, train s, embed s."""
+    """fastText skip-gram on the training order's token sentences; -> read vectors (of
+    tok/off), train s, embed s."""
     import fasttext
 
     with tempfile.TemporaryDirectory(dir=OUT) as tmp:
         path = Path(tmp) / "sentences.txt"
-        words = tok.astype(str)
-        lines = np.split(words, off[1:-1])
+        words = train_tok.astype(str)
+        lines = np.split(words, train_off[1:-1])
         path.write_text("\n".join(" ".join(w) for w in lines) + "\n")
         t0 = time.perf_counter()
         model = fasttext.train_unsupervised(
@@ -196,6 +203,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="6-genome subset, 2 epochs")
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--levels", default="14,8", help="coarser token levels (bits); '' = none")
+    ap.add_argument("--plain", action="store_true", help="also train without levels")
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--subsample", type=float, default=1e-5)
     ap.add_argument("--min-count", type=int, default=1)
@@ -211,9 +220,11 @@ def main() -> None:
     names = QUICK if args.quick else all_names
     seqs, y = simulate(names)
     print(f"{len(names)} genomes, {len(seqs)} reads; {load()}", flush=True)
-    epochs = args.epochs or (2 if args.quick else 5)
+    epochs = args.epochs or (1 if args.quick else 2)
+    levels = tuple(int(b) for b in args.levels.split(",") if b)
     cfg = SkipGramConfig(dim=100, window=5, negatives=5, epochs=epochs, lr=args.lr,
-                         subsample=args.subsample, min_count=args.min_count, threads=1)
+                         subsample=args.subsample, min_count=args.min_count, threads=1,
+                         levels=levels, hash_size=20)
     rows: list[tuple[str, float, float, float, str]] = []
 
     t0 = time.perf_counter()
@@ -223,6 +234,8 @@ def main() -> None:
     tok, off = tokenize(seqs, lsh)
     tok_s = time.perf_counter() - t0
     hash_txt = f"hash {fit_s:.2f}{' (loaded)' if reused else ''} + tokenize {tok_s:.1f}"
+    order = np.random.default_rng(0).permutation(len(seqs))
+    train_tok, train_off = take_reads(tok, off, order)  # sequencer-like order for training
     print(f"hash {lsh.digest()[:12]} {hash_txt}; {len(tok)} tokens, "
           f"{len(np.unique(tok))} buckets used; {load()}", flush=True)
 
@@ -234,7 +247,7 @@ def main() -> None:
         after = load()
         t0 = time.perf_counter()
         x = sequence_vectors(tok, off, model.vectors, model.vocab, weighting=args.weighting,
-                             a=args.sif_a)
+                             a=args.sif_a, backoff=model.backoff)
         embed_s = time.perf_counter() - t0
         if args.save_models:
             model.save(OUT / f"model_{tag}.npz", lsh_digest=lsh.digest())
@@ -244,26 +257,30 @@ def main() -> None:
         print(f"{name}: LR {lr:.3f} kNN {knn:.3f} ARI {ari:.3f}; {times}; "
               f"stats {model.stats}; {before} -> {after}", flush=True)
 
+    tag = f"levels {','.join(map(str, levels))}, " if levels else ""
     if "single" not in skip:
-        lshvec_row(f"helixflow LSHvec, 1 process ({epochs} ep)", "single",
-                   lambda: train_skipgram((tok, off), cfg))
+        lshvec_row(f"helixflow LSHvec, {tag}1 process ({epochs} ep)", "single",
+                   lambda: train_skipgram((train_tok, train_off), cfg))
+    if args.plain and levels and "single" not in skip:
+        lshvec_row(f"helixflow LSHvec, no levels, 1 process ({epochs} ep)", "plain",
+                   lambda: train_skipgram((train_tok, train_off), replace(cfg, levels=())))
     if "ray" not in skip:
         import ray
 
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
         try:
-            # shards of interleaved reads, so both workers see every genome
-            shards = [ray.put(take_reads(tok, off, np.arange(w, len(seqs), args.workers)))
+            shards = [ray.put(take_reads(train_tok, train_off,
+                                         np.arange(w, len(seqs), args.workers)))
                       for w in range(args.workers)]
-            lshvec_row(f"helixflow LSHvec, {args.workers} Ray workers ({epochs} ep)", "ray",
+            lshvec_row(f"helixflow LSHvec, {tag}{args.workers} Ray workers ({epochs} ep)", "ray",
                        lambda: train_skipgram_ray(shards, replace(cfg, threads=1),
                                                   num_workers=args.workers))
         finally:
             ray.shutdown()
     if "fasttext" not in skip:
         before = load()
-        x, train_s, embed_s = run_fasttext(tok, off, cfg, threads=2)
+        x, train_s, embed_s = run_fasttext(train_tok, train_off, tok, off, cfg, threads=2)
         lr, knn, ari = evaluate(x, y)
         times = f"{hash_txt} + train {train_s:.1f} + embed {embed_s:.2f}"
         rows.append((f"fastText skipgram, LSH tokens ({epochs} ep)", lr, knn, ari, times))
@@ -280,6 +297,7 @@ def main() -> None:
 
     print(f"\nBenchmark C{' (quick: 6 genomes)' if args.quick else ''}: {len(seqs)} reads, "
           f"k=15, hash 20 bits, dim 100, window 5, 5 negatives, {epochs} epochs, "
+          f"levels {levels or 'none'}, "
           f"lr {args.lr}, subsample {args.subsample}, min_count {args.min_count}, "
           f"{args.weighting} read vectors; {load()}")
     print(f"| {'method':44s} | LR acc | kNN-15 | ARI   | time s (2 cores) |")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from helixflow.artifacts import Artifact
 from helixflow.recorder import RunRecorder
@@ -53,7 +53,10 @@ class EmbedParams(BaseModel):
     lshvec_k: int = Field(15, ge=5, le=31)
     lshvec_hash_size: int = Field(20, ge=4, le=30)
     lshvec_dim: int = Field(100, ge=2)
-    lshvec_epochs: int = Field(5, ge=1)
+    lshvec_epochs: int = Field(2, ge=1)
+    lshvec_levels: list[int] = Field(default_factory=lambda: [14, 8])
+    """Coarser token resolutions (bits, each below lshvec_hash_size) averaged into every
+    token's vector (`tasks.lshvec.level_rows`); [] = LSHVec's plain model."""
     lshvec_workers: int = Field(2, ge=1)
     """Ray actors training one model together (synchronised every round)."""
     lshvec_weighting: Literal["sif", "mean"] = "sif"
@@ -68,6 +71,14 @@ class EmbedParams(BaseModel):
     dnabert_batch: int = Field(16, ge=1)
     dnabert_actors: int = Field(1, ge=1)
     """Ray Data actors for inference (model loaded once per actor)."""
+
+    @model_validator(mode="after")
+    def _levels_below_hash_size(self) -> EmbedParams:
+        bad = [b for b in self.lshvec_levels if not 0 < b < self.lshvec_hash_size]
+        if bad:
+            raise ValueError(f"lshvec_levels must be between 1 and lshvec_hash_size - 1 "
+                             f"({self.lshvec_hash_size - 1}), not {bad}")
+        return self
 
     def pretrain_config(self) -> PretrainConfig:
         heads = 2 if self.dnabert_hidden % 2 == 0 else 1
@@ -138,7 +149,9 @@ def run_lshvec(
         token_futures = [tokenize_shard.submit(s, lsh, store, run_id) for s in shards]
     tokens = [recorder.record(f, [f.result()])[0] for f in token_futures]
     if pinned is None:
-        config = SkipGramConfig(dim=params.lshvec_dim, epochs=params.lshvec_epochs)
+        config = SkipGramConfig(dim=params.lshvec_dim, epochs=params.lshvec_epochs,
+                                levels=tuple(params.lshvec_levels),
+                                hash_size=params.lshvec_hash_size)
         with profile("light", num_cpus=0):  # coordinates; the training actors hold the CPUs
             model_future = train_lshvec.with_options(
                 assets=[store.asset_uri(run_id, "models", "lshvec")]

@@ -24,6 +24,7 @@ from tasks.lshvec import (
     Vocab,
     build_vocab,
     fit_lsh,
+    level_rows,
     sequence_vectors,
     sif_component,
     tokenize,
@@ -165,6 +166,70 @@ def test_skipgram_model_save_load(tmp_path: Path) -> None:
     assert back.config == model.config
 
 
+def test_level_rows_share_rows_by_token_prefix() -> None:
+    buckets = np.array([0b01000, 0b10110, 0b10111])
+    rows = level_rows(buckets, (3, 1), hash_size=5)
+    # own rows 0-2; 3-bit prefixes 010, 101 -> rows 3, 4; 1-bit prefixes 0, 1 -> rows 5, 6
+    assert rows.tolist() == [[0, 3, 5], [1, 4, 6], [2, 4, 6]]
+    with pytest.raises(ValueError, match="levels"):
+        SkipGramConfig(levels=(5,), hash_size=5)
+
+
+def rare_token_corpus(n_seq: int = 400, length: int = 30, bits: int = 12,
+                      seed: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`bits`-bit tokens whose top bit is the topic; at 12 bits each token is seen about
+    3 times (2,048 per topic), too rarely to learn its topic from its own contexts."""
+    rng = np.random.default_rng(seed)
+    topic = rng.integers(0, 2, n_seq)
+    half = 1 << (bits - 1)
+    tok = rng.integers(0, half, (n_seq, length)) + half * topic[:, None]
+    return tok.reshape(-1), np.arange(n_seq + 1, dtype=np.int64) * length, topic
+
+
+def centroid_accuracy(vecs: np.ndarray, topic: np.ndarray) -> float:
+    """Held-out accuracy of a nearest-centroid rule fitted on the first half."""
+    half = len(vecs) // 2
+    c = np.stack([vecs[:half][topic[:half] == t].mean(0) for t in (0, 1)])
+    pred = np.argmin(((vecs[half:, None, :] - c[None]) ** 2).sum(-1), axis=1)
+    return float(np.mean(pred == topic[half:]))
+
+
+def test_levels_let_rare_tokens_share_their_prefix() -> None:
+    tok, off, topic = rare_token_corpus()
+    cfg = replace(TOY, epochs=1, lr=0.025, hash_size=12)
+    plain = train_skipgram((tok, off), cfg)
+    multi = train_skipgram((tok, off), replace(cfg, levels=(1,)))
+    assert multi.vectors.shape == plain.vectors.shape == (len(np.unique(tok)), 16)
+    (prefixes, table), = multi.levels
+    assert prefixes.tolist() == [0, 1] and table.shape == (2, 16)
+    acc = {name: centroid_accuracy(sequence_vectors(tok, off, m.vectors, m.vocab,
+                                                    weighting="mean"), topic)
+           for name, m in (("plain", plain), ("multi", multi))}
+    assert acc["multi"] > 0.95
+    assert acc["multi"] > acc["plain"] + 0.1, acc
+
+
+def test_backoff_vectors_for_unseen_tokens(tmp_path: Path) -> None:
+    tok, off, _ = rare_token_corpus(100, bits=8)
+    cfg = replace(TOY, epochs=1, hash_size=8, levels=(4, 1))
+    model = train_skipgram((tok, off), cfg)
+    back = SkipGramModel.load(model.save(tmp_path / "m.npz"))
+    assert back.config.levels == (4, 1)
+    for (b1, v1), (b2, v2) in zip(model.levels, back.levels, strict=True):
+        assert np.array_equal(b1, b2) and np.array_equal(v1, v2)
+    # a vocabulary without token 5: its vector comes from its prefixes 0000 and 0
+    keep = model.vocab.buckets != 5
+    small = Vocab(model.vocab.buckets[keep], model.vocab.counts[keep])
+    known, vec = back.backoff(np.array([5, 1 << 20]))
+    assert known.tolist() == [True, False]  # 1 << 20 has no known prefix
+    expect = (model.levels[0][1][0] + model.levels[1][1][0]) / 2
+    assert np.allclose(vec[0], expect, atol=1e-6)
+    one = np.array([5, 5]), np.array([0, 1, 2])
+    with_backoff = sequence_vectors(*one, model.vectors[keep], small, backoff=back.backoff)
+    assert np.allclose(with_backoff, expect, atol=1e-6)
+    assert not sequence_vectors(*one, model.vectors[keep], small).any()  # skipped: zeros
+
+
 def test_min_count_vocab() -> None:
     vocab = build_vocab(np.array([5, 5, 7, 9, 9, 9]), min_count=2)
     assert list(vocab.buckets) == [5, 9] and list(vocab.counts) == [2, 3]
@@ -217,6 +282,7 @@ def test_ray_two_workers_deterministic_and_sources_agree(tmp_path: Path) -> None
     # made this actor's creation get cancelled (not reproducible alone).
     script = textwrap.dedent("""
         import os, pickle, sys, ray
+        from dataclasses import replace
         from pathlib import Path
         sys.path.insert(0, os.getcwd())
         from tests.tasks.test_lshvec import TOY, publish_token_shard, topic_corpus
@@ -232,6 +298,9 @@ def test_ray_two_workers_deterministic_and_sources_agree(tmp_path: Path) -> None
             # the same halves, read by each actor from the store (parts of one shard)
             sources = [TokenSource(art, store, i, 2) for i in range(2)]
             models.append(train_skipgram_ray(sources, TOY, num_workers=2, sync_tokens=3000))
+            # with a coarser level (topic A's tokens 0-19 and B's 100-119 differ in bit 6)
+            multi = replace(TOY, hash_size=7, levels=(3,))
+            models.append(train_skipgram_ray(sources, multi, num_workers=2, sync_tokens=3000))
         finally:
             ray.shutdown()
         with open(sys.argv[1], "wb") as fh:
@@ -242,7 +311,7 @@ def test_ray_two_workers_deterministic_and_sources_agree(tmp_path: Path) -> None
                           cwd=REPO, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    model, again, from_store = pickle.loads(out.read_bytes())
+    model, again, from_store, multi = pickle.loads(out.read_bytes())
     tok, off = topic_corpus()
     single = train_skipgram((tok, off), TOY)
     assert model.vectors.shape == single.vectors.shape
@@ -255,6 +324,11 @@ def test_ray_two_workers_deterministic_and_sources_agree(tmp_path: Path) -> None
     assert np.array_equal(from_store.vectors, model.vectors)
     assert topic_margin(model) > 0.3
     assert topic_margin(model) > 0.7 * topic_margin(single)
+    # levels: each replica exports the same coarse table (the actors' w_in are identical)
+    (prefixes, table), = multi.levels
+    assert prefixes.tolist() == np.unique(single.vocab.buckets >> 4).tolist()
+    assert table.shape == (len(prefixes), TOY.dim) and np.isfinite(table).all()
+    assert topic_margin(multi) > 0.3
 
 
 def ragged_corpus(n_seq: int = 300, seed: int = 2) -> tuple[np.ndarray, np.ndarray]:
