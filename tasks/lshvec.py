@@ -1232,6 +1232,11 @@ def train_lshvec(token_shards: list[Any], lsh_art: Any, config: SkipGramConfig,
     actors hold the corpus, so memory does not grow with the number of shards."""
     from helixflow.tables import pack_files, publish_file
 
+    bits = lsh_art.params.get("hash_size")
+    if config.levels and bits is not None and int(bits) != config.hash_size:
+        raise HelixflowError(f"LSHvec levels {list(config.levels)} are prefixes of "
+                             f"{config.hash_size}-bit tokens, but the hash {lsh_art.uri} "
+                             f"has hash_size {bits}")
     parts = -(-workers // max(len(token_shards), 1))  # every worker gets some reads
     sources = [TokenSource(art, store, i, parts) for art in token_shards for i in range(parts)]
     model = train_skipgram_ray(sources, config, num_workers=workers,

@@ -460,3 +460,13 @@ def test_skipgram_loss_decreases_over_epochs() -> None:
     assert one.stats["tokens"] == len(tok)
     # same first epoch (seeded), then more: the mean loss over all epochs must go down
     assert train_skipgram((tok, off), TOY).stats["loss"] < 0.95 * one.stats["loss"]
+
+
+def test_train_lshvec_rejects_levels_of_another_hash_size() -> None:
+    from types import SimpleNamespace
+
+    from helixflow.errors import HelixflowError
+
+    lsh_art = SimpleNamespace(params={"hash_size": 16}, uri="file:///store/lsh-k15-h16.tar")
+    with pytest.raises(HelixflowError, match="hash_size 16"):
+        lshvec_mod.train_lshvec.fn([], lsh_art, SkipGramConfig(levels=(14, 8)), 1, None, "r")
