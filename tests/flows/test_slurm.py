@@ -62,6 +62,32 @@ def cancel_and_wait(flow_run_name: str, job_id: str) -> float:
     return latency
 
 
+def start_sleeper(name: str, cluster: SlurmCluster, store: Store
+                  ) -> tuple[threading.Thread, dict[str, object], str]:
+    """Run the Slurm sub-flow `name` with one `sleep 300` job in a thread; -> the thread,
+    its outcome ("state" once it returns) and the job id once the job is RUNNING."""
+    jobs = [JobSpec(name="sleeper", commands=[["sleep", "300"]])]
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        outcome["state"] = run_slurm_jobs.with_options(flow_run_name=name)(
+            jobs, cluster=cluster, store=store.url, run_id=name, return_state=True)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    job_id = ""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not job_id:
+        proc = subprocess.run(
+            ["squeue", "--noheader", "--format=%i|%T", f"--name=hf-{name}-sleeper"],
+            capture_output=True, text=True, check=False, timeout=30)
+        if "RUNNING" in proc.stdout:
+            job_id = proc.stdout.split("|")[0].strip()
+        time.sleep(0.2)
+    assert job_id, "the job did not start"
+    return thread, outcome, job_id
+
+
 def copy_jobs(src: Path, n: int) -> list[JobSpec]:
     return [JobSpec(name=f"copy-{i}",
                     commands=[["bash", "-c", f"cat in.txt > out.txt; echo task {i} >> out.txt"]],
@@ -127,27 +153,7 @@ def test_cancelling_the_flow_run_scancels_its_jobs(
 ) -> None:
 
     name = f"cancel-{uuid.uuid4().hex[:8]}"
-    run_id = name
-    jobs = [JobSpec(name="sleeper", commands=[["sleep", "300"]])]
-    outcome: dict[str, object] = {}
-
-    def target() -> None:
-        outcome["state"] = run_slurm_jobs.with_options(flow_run_name=name)(
-            jobs, cluster=make_cluster(tmp_path), store=store.url, run_id=run_id,
-            return_state=True)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    job_id = ""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not job_id:
-        proc = subprocess.run(
-            ["squeue", "--noheader", "--format=%i|%T", f"--name=hf-{run_id}-sleeper"],
-            capture_output=True, text=True, check=False)
-        if "RUNNING" in proc.stdout:
-            job_id = proc.stdout.split("|")[0].strip()
-        time.sleep(0.2)
-    assert job_id, "the job did not start"
+    thread, outcome, job_id = start_sleeper(name, make_cluster(tmp_path), store)
     latency = cancel_and_wait(name, job_id)
     thread.join(timeout=60)
     state = outcome["state"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from flows.slurm import run_jobs, run_slurm_jobs
 from helixflow.slurm import JobSpec, SlurmJobFailed, parse_scontrol
 from helixflow.store import Store
 from tests.conftest import free_port, missing, require_tool, stop_process
-from tests.flows.test_slurm import cancel_and_wait
+from tests.flows.test_slurm import cancel_and_wait, start_sleeper
 
 pytestmark = pytest.mark.integration
 
@@ -289,26 +288,7 @@ def test_cancelling_the_flow_run_scancels_over_ssh(
 ) -> None:
 
     name = f"ssh-cancel-{uuid.uuid4().hex[:8]}"
-    jobs = [JobSpec(name="sleeper", commands=[["sleep", "300"]])]
-    cluster = ssh_cluster(slurm_over_ssh, tmp_path)
-    outcome: dict[str, object] = {}
-
-    def target() -> None:
-        outcome["state"] = run_slurm_jobs.with_options(flow_run_name=name)(
-            jobs, cluster=cluster, store=store.url, run_id=name, return_state=True)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    job_id = ""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not job_id:
-        proc = subprocess.run(
-            ["squeue", "--noheader", "--format=%i|%T", f"--name=hf-{name}-sleeper"],
-            capture_output=True, text=True, check=False, timeout=30)
-        if "RUNNING" in proc.stdout:
-            job_id = proc.stdout.split("|")[0].strip()
-        time.sleep(0.2)
-    assert job_id, "the job did not start"
+    thread, outcome, job_id = start_sleeper(name, ssh_cluster(slurm_over_ssh, tmp_path), store)
     logins_before = slurm_over_ssh.logins()
     latency = cancel_and_wait(name, job_id)
     thread.join(timeout=60)
