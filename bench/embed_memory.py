@@ -286,7 +286,7 @@ def step_train_input(scale: int, marks: list[float],
     worker = _RayWorker(config, 0, *sources)  # the actor's __init__
     vocab = build_vocab([worker.counts()], config.min_count)  # streamed
     marks.append(hwm_mb())
-    size = worker.setup(vocab.buckets, vocab.counts)  # model; in-vocab total, streamed
+    size = worker.setup(vocab.buckets, vocab.counts)  # model; in-vocab total from the counts
     marks.append(hwm_mb())
     t = time.perf_counter()
     worker.train_round(0, min(size, args.train_tokens), 0.0, float(size), 1.0)

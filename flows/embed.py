@@ -74,10 +74,8 @@ class EmbedParams(BaseModel):
 
     @model_validator(mode="after")
     def _levels_below_hash_size(self) -> EmbedParams:
-        bad = [b for b in self.lshvec_levels if not 0 < b < self.lshvec_hash_size]
-        if bad:
-            raise ValueError(f"lshvec_levels must be between 1 and lshvec_hash_size - 1 "
-                             f"({self.lshvec_hash_size - 1}), not {bad}")
+        """lshvec_levels are checked when the parameters are read, not at training."""
+        SkipGramConfig(levels=tuple(self.lshvec_levels), hash_size=self.lshvec_hash_size)
         return self
 
     def pretrain_config(self) -> PretrainConfig:

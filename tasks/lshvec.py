@@ -526,10 +526,11 @@ def _in_vocab(tokens: np.ndarray, offsets: np.ndarray,
     return look[keep].astype(np.int32), lens[lens > 0]
 
 
-def _in_vocab_total(sources: Sequence[Source], vocab: Vocab) -> int:
-    """In-vocabulary tokens of the sources: the tokens of one epoch (one streaming pass)."""
-    return sum(int((vocab.lookup(tokens) >= 0).sum())
-               for source in sources for tokens, _ in _source_batches(source))
+def _in_vocab_total(counts: tuple[np.ndarray, np.ndarray], vocab: Vocab) -> int:
+    """Tokens of one epoch: the in-vocabulary entries of the sources' count table (no
+    second pass over the data)."""
+    ids, cnt = counts
+    return int(cnt[vocab.lookup(ids) >= 0].sum())
 
 
 def _shuffle_block(ids: list[np.ndarray], lens: list[np.ndarray], rng: np.random.Generator,
@@ -853,8 +854,9 @@ def train_skipgram(token_seqs: Source | Sequence[Source],
     `TokenSource`), streamed every epoch as the Ray workers do (`_EpochStream`)."""
     sources = ([token_seqs] if isinstance(token_seqs, tuple | TokenSource)
                else list(token_seqs))
+    counts = _source_counts(sources)
     if vocab is None:
-        vocab = build_vocab([_source_counts(sources)], config.min_count)
+        vocab = build_vocab([counts], config.min_count)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(max(config.threads, 1))
     try:
@@ -862,7 +864,7 @@ def train_skipgram(token_seqs: Source | Sequence[Source],
         model = _SGNS(len(vocab), config, vocab.counts,
                       level_rows(vocab.buckets, config.levels, config.hash_size)
                       if config.levels else None)
-        size = _in_vocab_total(sources, vocab)
+        size = _in_vocab_total(counts, vocab)
         rng = np.random.default_rng(config.seed)
         total = float(size * config.epochs)
         done = 0.0
@@ -904,11 +906,13 @@ class _RayWorker:
         torch.set_num_threads(max(config.threads, 1))
 
     def counts(self) -> tuple[np.ndarray, np.ndarray]:
-        return _source_counts(self.sources)
+        """This worker's token counts (kept: `setup` derives its epoch size from them)."""
+        self.local_counts = _source_counts(self.sources)
+        return self.local_counts
 
     def setup(self, buckets: np.ndarray, counts: np.ndarray) -> int:
         """Build the shared vocabulary and identical initial weights (same seed); -> this
-        worker's in-vocabulary tokens per epoch (counted in one pass, not kept)."""
+        worker's in-vocabulary tokens per epoch (from the counts of `counts`)."""
         self.vocab = Vocab(buckets, counts)
         self.model = _SGNS(len(self.vocab), self.cfg, counts,
                            level_rows(buckets, self.cfg.levels, self.cfg.hash_size)
@@ -917,7 +921,7 @@ class _RayWorker:
         self.rng = np.random.default_rng(self.cfg.seed + 7919 * (self.rank + 1))
         self.snap_in = self.model.w_in.clone()
         self.snap_out = self.model.w_out.clone()
-        return _in_vocab_total(self.sources, self.vocab)
+        return _in_vocab_total(self.local_counts, self.vocab)
 
     def train_round(self, lo: int, hi: int, done: float, total: float,
                     scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -1023,7 +1027,7 @@ def train_skipgram_ray(token_shards: Sequence[Any], config: SkipGramConfig = Ski
             # level rows are shared by design (each gathers many tokens' gradients, capped
             # per batch): the workers' deltas add up, as in one process; see module doc
             summed_in = _reduce([(p[0], p[1]) for p in parts], len(vocab), config.dim, mode,
-                                sum_from=len(vocab) if config.levels else None)
+                                sum_from=len(vocab))
             summed_out = _reduce([(p[2], p[3]) for p in parts], len(vocab), config.dim, mode)
             ref = ray.put((*summed_in, *summed_out))
             ray.get([w.apply.remote(ref) for w in workers])

@@ -388,7 +388,7 @@ def test_epoch_stream_every_token_once_per_epoch_never_across_reads(
     vocab = Vocab(np.unique(tok[~oov]), np.ones(int((~oov).sum()), np.int64))
     cuts = [0, 70, 71, 200]  # three sources, one with a single read
     sources = [(tok[off[a]:off[b]], off[a:b + 1]) for a, b in itertools.pairwise(cuts)]
-    size = lshvec_mod._in_vocab_total(sources, vocab)
+    size = lshvec_mod._in_vocab_total(lshvec_mod._source_counts(sources), vocab)
     assert size == int((~oov).sum())
     ref = tok[~oov]  # input order
     rng = np.random.default_rng(0)
@@ -470,3 +470,13 @@ def test_train_lshvec_rejects_levels_of_another_hash_size() -> None:
     lsh_art = SimpleNamespace(params={"hash_size": 16}, uri="file:///store/lsh-k15-h16.tar")
     with pytest.raises(HelixflowError, match="hash_size 16"):
         lshvec_mod.train_lshvec.fn([], lsh_art, SkipGramConfig(levels=(14, 8)), 1, None, "r")
+
+
+def test_embed_params_check_levels_when_read() -> None:
+    from pydantic import ValidationError
+
+    from flows.embed import EmbedParams
+
+    assert EmbedParams(lshvec_levels=["10", "6"]).lshvec_levels == [10, 6]  # CLI form
+    with pytest.raises(ValidationError, match=r"hash_size - 1 \(11\), not \[14\]"):
+        EmbedParams(lshvec_hash_size=12)  # the default levels (14, 8) need 15+ bits
