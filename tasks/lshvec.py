@@ -1160,13 +1160,6 @@ def write_token_shard(source: Any, lsh: LshFunction, path: Path) -> tuple[int, i
     return rows, n_tokens
 
 
-def read_tokens(store: Any, art: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens int32, offsets int64) of a token shard, flat (no per-read objects)."""
-    from helixflow.tables import read_table
-
-    return token_arrays(read_table(store, art, columns=["tokens"]).column("tokens"))
-
-
 def token_arrays(column: pa.ListArray | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """A `tokens` column as (tokens int32, offsets int64 from 0): stored int32, no copy."""
     if isinstance(column, pa.ChunkedArray):
