@@ -16,12 +16,16 @@ Rows:
 - helixflow LSHvec, one process (tasks.lshvec.train_skipgram), with `--levels` (default
   14,8: each token's input vector also averages the rows of its 14- and 8-bit prefixes,
   see `tasks.lshvec.level_rows`) and, with `--plain`, also without levels (LSHVec's model);
-- helixflow LSHvec, 2 Ray workers on a local Ray (ray.init(num_cpus=2)), train_skipgram_ray;
+  then the same model after `--smooth` rounds (default 8) of read-token smoothing
+  (`tasks.lshvec.smooth_model`; its time is added to the training time);
+- helixflow LSHvec, 2 Ray workers on a local Ray (ray.init(num_cpus=2)), train_skipgram_ray,
+  smoothing included (the pipeline's settings);
 - fastText skip-gram (fasttext-modern) on the same LSH token sentences, same dim / window /
   negatives / epochs / minCount / subsampling / lr, thread=2, minn=maxn=0; read vector =
   mean of its tokens' word vectors;
 - canonical 4-mer and 5-mer spectra (frequencies per read, no training);
 - lshvec-upcxx figures copied from ANCHORS.md (not measured here).
+helixflow's read vectors are SIF-weighted with a = `--sif-a` (default 1e-6, as the pipeline).
 Hash time = fitting the hash + tokenising all reads; train time = skip-gram training
 (vocabulary included; for Ray also actor start-up and synchronisation); embed time =
 read vectors. The hash is saved as an artifact (bench/out/lshvec/lsh_k15_h20_s0.npz) and
@@ -56,6 +60,7 @@ from tasks.lshvec import (  # noqa: E402
     Vocab,
     fit_lsh,
     sequence_vectors,
+    smooth_model,
     tokenize,
     train_skipgram,
     train_skipgram_ray,
@@ -205,11 +210,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--levels", default="14,8", help="coarser token levels (bits); '' = none")
     ap.add_argument("--plain", action="store_true", help="also train without levels")
+    ap.add_argument("--smooth", type=int, default=8,
+                    help="read-token smoothing rounds after training (0 = none)")
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--subsample", type=float, default=1e-5)
     ap.add_argument("--min-count", type=int, default=1)
     ap.add_argument("--weighting", default="sif", choices=["sif", "mean"])
-    ap.add_argument("--sif-a", type=float, default=1e-3)
+    ap.add_argument("--sif-a", type=float, default=1e-6)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--save-models", action="store_true", help="keep models in bench/out")
     ap.add_argument("--skip", default="", help="comma list of: single,ray,fasttext,kmers")
@@ -224,7 +231,7 @@ def main() -> None:
     levels = tuple(int(b) for b in args.levels.split(",") if b)
     cfg = SkipGramConfig(dim=100, window=5, negatives=5, epochs=epochs, lr=args.lr,
                          subsample=args.subsample, min_count=args.min_count, threads=1,
-                         levels=levels, hash_size=20)
+                         levels=levels, hash_size=20, sif_a=args.sif_a)
     rows: list[tuple[str, float, float, float, str]] = []
 
     t0 = time.perf_counter()
@@ -239,15 +246,15 @@ def main() -> None:
     print(f"hash {lsh.digest()[:12]} {hash_txt}; {len(tok)} tokens, "
           f"{len(np.unique(tok))} buckets used; {load()}", flush=True)
 
-    def lshvec_row(name: str, tag: str, model_fn) -> None:
+    def lshvec_row(name: str, tag: str, model_fn, before_s: float = 0.0):
         before = load()
         t0 = time.perf_counter()
         model = model_fn()
-        train_s = time.perf_counter() - t0
+        train_s = before_s + time.perf_counter() - t0
         after = load()
         t0 = time.perf_counter()
         x = sequence_vectors(tok, off, model.vectors, model.vocab, weighting=args.weighting,
-                             a=args.sif_a, backoff=model.backoff)
+                             a=model.config.sif_a, backoff=model.backoff)
         embed_s = time.perf_counter() - t0
         if args.save_models:
             model.save(OUT / f"model_{tag}.npz", lsh_digest=lsh.digest())
@@ -256,11 +263,18 @@ def main() -> None:
         rows.append((name, lr, knn, ari, times))
         print(f"{name}: LR {lr:.3f} kNN {knn:.3f} ARI {ari:.3f}; {times}; "
               f"stats {model.stats}; {before} -> {after}", flush=True)
+        return model, train_s
 
     tag = f"levels {','.join(map(str, levels))}, " if levels else ""
+    smooth_tag = f" + {args.smooth} smoothing rounds" if args.smooth else ""
     if "single" not in skip:
-        lshvec_row(f"helixflow LSHvec, {tag}1 process ({epochs} ep)", "single",
-                   lambda: train_skipgram((train_tok, train_off), cfg))
+        base, base_s = lshvec_row(f"helixflow LSHvec, {tag}1 process ({epochs} ep)", "single",
+                                  lambda: train_skipgram((train_tok, train_off), cfg))
+        if args.smooth:
+            lshvec_row(f"helixflow LSHvec, {tag}1 process ({epochs} ep){smooth_tag}",
+                       "single_smooth",
+                       lambda: smooth_model(base, [(train_tok, train_off)], args.smooth),
+                       before_s=base_s)
     if args.plain and levels and "single" not in skip:
         lshvec_row(f"helixflow LSHvec, no levels, 1 process ({epochs} ep)", "plain",
                    lambda: train_skipgram((train_tok, train_off), replace(cfg, levels=())))
@@ -273,8 +287,10 @@ def main() -> None:
             shards = [ray.put(take_reads(train_tok, train_off,
                                          np.arange(w, len(seqs), args.workers)))
                       for w in range(args.workers)]
-            lshvec_row(f"helixflow LSHvec, {tag}{args.workers} Ray workers ({epochs} ep)", "ray",
-                       lambda: train_skipgram_ray(shards, replace(cfg, threads=1),
+            lshvec_row(f"helixflow LSHvec, {tag}{args.workers} Ray workers ({epochs} ep)"
+                       f"{smooth_tag}", "ray",
+                       lambda: train_skipgram_ray(shards, replace(cfg, threads=1,
+                                                                  smooth_rounds=args.smooth),
                                                   num_workers=args.workers))
         finally:
             ray.shutdown()
@@ -297,8 +313,9 @@ def main() -> None:
 
     print(f"\nBenchmark C{' (quick: 6 genomes)' if args.quick else ''}: {len(seqs)} reads, "
           f"k=15, hash 20 bits, dim 100, window 5, 5 negatives, {epochs} epochs, "
-          f"levels {levels or 'none'}, "
-          f"lr {args.lr}, subsample {args.subsample}, min_count {args.min_count}, "
+          f"levels {levels or 'none'}, smoothing rounds {args.smooth}, "
+          f"SIF a {args.sif_a}, lr {args.lr}, subsample {args.subsample}, "
+          f"min_count {args.min_count}, "
           f"{args.weighting} read vectors; {load()}")
     print(f"| {'method':44s} | LR acc | kNN-15 | ARI   | time s (2 cores) |")
     print(f"|{'-' * 46}|--------|--------|-------|------------------|")

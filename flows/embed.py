@@ -57,9 +57,14 @@ class EmbedParams(BaseModel):
     lshvec_levels: list[int] = Field(default_factory=lambda: [14, 8])
     """Coarser token resolutions (bits, each below lshvec_hash_size) averaged into every
     token's vector (`tasks.lshvec.level_rows`); [] = LSHVec's plain model."""
+    lshvec_smooth_rounds: int = Field(8, ge=0)
+    """Rounds of read-token smoothing after training (`tasks.lshvec.smooth_model`): each
+    token's vector becomes the mean of its reads' vectors; 0 = none."""
     lshvec_workers: int = Field(2, ge=1)
     """Ray actors training one model together (synchronised every round)."""
     lshvec_weighting: Literal["sif", "mean"] = "sif"
+    lshvec_sif_a: float = Field(1e-6, gt=0)
+    """SIF weight a / (a + p(token)) of read vectors, in smoothing and embedding."""
     dnabert_model: str | None = None
     """A BERT checkpoint directory in DNABERT's layout (e.g. a DNABERT-6 download); None:
     pretrain a small one on the run's reads (the embedded default)."""
@@ -149,7 +154,9 @@ def run_lshvec(
     if pinned is None:
         config = SkipGramConfig(dim=params.lshvec_dim, epochs=params.lshvec_epochs,
                                 levels=tuple(params.lshvec_levels),
-                                hash_size=params.lshvec_hash_size)
+                                hash_size=params.lshvec_hash_size,
+                                smooth_rounds=params.lshvec_smooth_rounds,
+                                sif_a=params.lshvec_sif_a)
         with profile("light", num_cpus=0):  # coordinates; the training actors hold the CPUs
             model_future = train_lshvec.with_options(
                 assets=[store.asset_uri(run_id, "models", "lshvec")]

@@ -27,6 +27,9 @@ from tasks.lshvec import (
     level_rows,
     sequence_vectors,
     sif_component,
+    smooth_model,
+    smooth_sums,
+    smoothed_vectors,
     tokenize,
     train_skipgram,
 )
@@ -254,6 +257,105 @@ def test_sequence_vectors_weights() -> None:
     assert np.allclose(removed @ pc, 0, atol=1e-6)
 
 
+# ---------------------------------------------------------------------------------------
+# Read-token smoothing
+
+
+def test_smoothing_by_hand() -> None:
+    vocab = Vocab(np.array([10, 20, 30, 40]), np.array([1, 2, 1, 996]))
+    vectors = np.eye(4, dtype=np.float32)
+    a = 1e-3
+    w = {t: a / (a + c / 1000) for t, c in zip((10, 20, 30, 40), (1, 2, 1, 996), strict=True)}
+    read_a = (np.array([10, 20]), np.array([0, 2]))
+    read_b = (np.array([20, 30, 77]), np.array([0, 3]))  # 77: not in the vocabulary
+    r_a = (w[10] * vectors[0] + w[20] * vectors[1]) / (w[10] + w[20])
+    r_b = (w[20] * vectors[1] + w[30] * vectors[2]) / (w[20] + w[30])
+    rows, sums, occ = smooth_sums([read_a, read_b], vectors, vocab, a)
+    assert rows.tolist() == [0, 1, 2] and occ.tolist() == [1, 2, 1]
+    assert np.allclose(sums, [r_a, r_a + r_b, r_b], atol=1e-6)
+    new = smoothed_vectors(vectors, [smooth_sums([read_a], vectors, vocab, a),
+                                     smooth_sums([read_b], vectors, vocab, a)])
+    assert np.allclose(new, [r_a, (r_a + r_b) / 2, r_b, vectors[3]], atol=1e-6)
+    assert np.allclose(smoothed_vectors(vectors, [(rows, sums, occ)]), new, atol=1e-6)
+
+
+def test_smoothing_matches_sparse_graph_convolution() -> None:
+    import scipy.sparse as sp
+
+    tok, off = ragged_corpus()
+    vocab = build_vocab(tok)
+    vectors = np.random.default_rng(0).standard_normal((len(vocab), 8)).astype(np.float32)
+    # R: reads x tokens occurrence counts; read <- SIF mean of tokens, token <- mean of reads
+    seq = np.repeat(np.arange(len(off) - 1), np.diff(off))
+    r = sp.csr_matrix((np.ones(len(tok)), (seq, vocab.lookup(tok))),
+                      shape=(len(off) - 1, len(vocab)))
+    a = 1e-2  # tokens here are frequent: weights from 0.2 to 0.9
+    rw = r @ sp.diags(a / (a + vocab.counts / vocab.counts.sum()))
+    to_reads = sp.diags(1 / np.maximum(np.asarray(rw.sum(1)).ravel(), 1e-300)) @ rw
+    to_tokens = sp.diags(1 / np.asarray(r.sum(0)).ravel()) @ r.T
+    expect = vectors.astype(np.float64)
+    for _ in range(2):
+        expect = to_tokens @ (to_reads @ expect)
+    halves = [(tok[:off[150]], off[:151]), (tok[off[150]:], off[150:] - off[150])]
+    got = vectors
+    for _ in range(2):
+        got = smoothed_vectors(got, [smooth_sums([h], got, vocab, a) for h in halves])
+    assert np.allclose(got, expect, atol=1e-5)
+
+
+def test_smoothing_lifts_rare_tokens_and_keeps_levels_consistent(tmp_path: Path) -> None:
+    tok, off, topic = rare_token_corpus()
+    cfg = replace(TOY, epochs=1, lr=0.025, hash_size=12, levels=(4,))
+    plain = train_skipgram((tok, off), replace(cfg, levels=()))
+    smooth = smooth_model(plain, [(tok, off)], 2)
+    assert smooth_model(plain, [(tok, off)], 0) is plain
+    assert smooth.stats["smooth_rounds"] == smooth.config.smooth_rounds == 2
+    assert smooth.stats["train_s"] >= plain.stats["train_s"]
+    acc = {name: centroid_accuracy(sequence_vectors(tok, off, m.vectors, m.vocab), topic)
+           for name, m in (("plain", plain), ("smooth", smooth))}
+    assert acc["smooth"] > 0.95 and acc["smooth"] > acc["plain"] + 0.1, acc
+    # in train_skipgram, with levels: the same as smoothing afterwards; each level's
+    # backoff vector is the count-weighted mean of its tokens' smoothed vectors
+    multi = train_skipgram((tok, off), replace(cfg, smooth_rounds=2))
+    after = smooth_model(train_skipgram((tok, off), cfg), [(tok, off)], 2)
+    assert np.allclose(multi.vectors, after.vectors, atol=1e-6)
+    (prefixes, table), = multi.levels
+    group = multi.vocab.buckets >> 8
+    c = multi.vocab.counts[:, None]
+    for j, prefix in enumerate(prefixes[:3]):
+        sel = group == prefix
+        expect = (multi.vectors[sel] * c[sel]).sum(0) / c[sel].sum()
+        assert np.allclose(table[j], expect, atol=1e-5)
+    back = SkipGramModel.load(multi.save(tmp_path / "m.npz"))
+    assert back.config.smooth_rounds == 2 and np.array_equal(back.levels[0][1], table)
+    with pytest.raises(ValueError, match="smooth_rounds"):
+        SkipGramConfig(smooth_rounds=-1)
+    with pytest.raises(ValueError, match="sif_a"):
+        SkipGramConfig(sif_a=0.0)
+
+
+def test_embeddings_use_the_models_sif_a(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from tasks.embeddings import EmbeddingWriter
+
+    vocab = Vocab(np.array([10, 20]), np.array([1, 999]))
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    path = tmp_path / "tokens.parquet"
+    pq.write_table(pa.table([pa.array(["r0"]), pa.array([0]), pa.array([[10, 20]])],
+                            schema=lshvec_mod.TOKENS_SCHEMA), path)
+    got = {}
+    for a in (1e-6, 1e-2):
+        model = SkipGramModel(vocab, vectors, vectors, SkipGramConfig(dim=2, sif_a=a))
+        with EmbeddingWriter(tmp_path / f"e{a}.parquet", 2, method="lshvec",
+                             source_shard="s", model_id="0" * 64) as writer:
+            lshvec_mod.write_lshvec_embeddings(pq.ParquetFile(path), model, "sif", writer)
+        got[a] = np.array(pq.read_table(tmp_path / f"e{a}.parquet")["vector"][0].as_py())
+        w10, w20 = a / (a + 1e-3), a / (a + 0.999)
+        assert np.allclose(got[a], [w10 / (w10 + w20), w20 / (w10 + w20)], atol=1e-6)
+    assert got[1e-6][0] > 0.99 > got[1e-2][0]
+
+
 def publish_token_shard(root: Path, tok: np.ndarray, off: np.ndarray,
                         url: str | None = None, row_group: int = 40) -> tuple[Any, Any]:
     """(store, artifact) of a token shard (TOKENS_SCHEMA, small row groups) in a new store
@@ -301,6 +403,9 @@ def test_ray_two_workers_deterministic_and_sources_agree(tmp_path: Path) -> None
             # with a coarser level (topic A's tokens 0-19 and B's 100-119 differ in bit 6)
             multi = replace(TOY, hash_size=7, levels=(3,))
             models.append(train_skipgram_ray(sources, multi, num_workers=2, sync_tokens=3000))
+            # read-token smoothing by the actors, each over its own sources
+            models.append(train_skipgram_ray(sources, replace(TOY, smooth_rounds=2),
+                                             num_workers=2, sync_tokens=3000))
         finally:
             ray.shutdown()
         with open(sys.argv[1], "wb") as fh:
@@ -311,7 +416,7 @@ def test_ray_two_workers_deterministic_and_sources_agree(tmp_path: Path) -> None
                           cwd=REPO, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    model, again, from_store, multi = pickle.loads(out.read_bytes())
+    model, again, from_store, multi, smooth = pickle.loads(out.read_bytes())
     tok, off = topic_corpus()
     single = train_skipgram((tok, off), TOY)
     assert model.vectors.shape == single.vectors.shape
@@ -329,6 +434,11 @@ def test_ray_two_workers_deterministic_and_sources_agree(tmp_path: Path) -> None
     assert prefixes.tolist() == np.unique(single.vocab.buckets >> 4).tolist()
     assert table.shape == (len(prefixes), TOY.dim) and np.isfinite(table).all()
     assert topic_margin(multi) > 0.3
+    # the actors' smoothing sums add up to one process smoothing over the whole corpus
+    assert smooth.stats["smooth_rounds"] == 2
+    assert np.allclose(smooth.vectors, smooth_model(from_store, [(tok, off)], 2).vectors,
+                       atol=1e-5)
+    assert not np.allclose(smooth.vectors, from_store.vectors, atol=1e-3)
 
 
 def ragged_corpus(n_seq: int = 300, seed: int = 2) -> tuple[np.ndarray, np.ndarray]:
