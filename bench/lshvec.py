@@ -33,7 +33,8 @@ reused by later runs.
 
 Run:
     .venv/bin/python bench/lshvec.py             # 13 genomes (the headline benchmark)
-    .venv/bin/python bench/lshvec.py --quick     # 6-genome subset of ANCHORS, 2 epochs
+    .venv/bin/python bench/lshvec.py --quick     # 6-genome subset of ANCHORS, 1 epoch
+    .venv/bin/python bench/lshvec.py --art-seed 8  # new reads: settings not tuned on them
 """
 
 from __future__ import annotations
@@ -95,9 +96,10 @@ def genome_length(fasta: Path) -> int:
                if not line.startswith(">"))
 
 
-def simulate(names: list[str]) -> tuple[list[str], np.ndarray]:
-    """ART single-end reads per genome (cached), ANCHORS' fold; -> sequences, labels."""
-    reads_dir = OUT / "reads"
+def simulate(names: list[str], seed: int = 7) -> tuple[list[str], np.ndarray]:
+    """ART single-end reads per genome (cached), ANCHORS' fold and seed (-rs 7) unless
+    `seed` says otherwise; -> sequences, labels."""
+    reads_dir = OUT / ("reads" if seed == 7 else f"reads_rs{seed}")
     reads_dir.mkdir(parents=True, exist_ok=True)
     seqs: list[str] = []
     labels: list[np.ndarray] = []
@@ -107,7 +109,7 @@ def simulate(names: list[str]) -> tuple[list[str], np.ndarray]:
             fasta = shared_genomes() / f"{name}.fa"
             fold = round(3000 * 150 / genome_length(fasta), 3)
             art = shutil.which("art_illumina") or sys.exit("art_illumina not found")
-            cmd = [art, "-ss", "HS25", "-l", "150", "-f", f"{fold}", "-rs", "7", "-na",
+            cmd = [art, "-ss", "HS25", "-l", "150", "-f", f"{fold}", "-rs", str(seed), "-na",
                    "-i", str(fasta), "-o", str(reads_dir / name)]
             print("simulating:", " ".join(cmd), file=sys.stderr)
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -206,7 +208,7 @@ def run_fasttext(train_tok: np.ndarray, train_off: np.ndarray, tok: np.ndarray,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="6-genome subset, 2 epochs")
+    ap.add_argument("--quick", action="store_true", help="6-genome subset, 1 epoch")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--levels", default="14,8", help="coarser token levels (bits); '' = none")
     ap.add_argument("--plain", action="store_true", help="also train without levels")
@@ -218,6 +220,9 @@ def main() -> None:
     ap.add_argument("--weighting", default="sif", choices=["sif", "mean"])
     ap.add_argument("--sif-a", type=float, default=1e-6)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--art-seed", type=int, default=7,
+                    help="ART's -rs: another seed gives new reads of the same genomes (a "
+                         "check of settings chosen on ANCHORS' reads)")
     ap.add_argument("--save-models", action="store_true", help="keep models in bench/out")
     ap.add_argument("--skip", default="", help="comma list of: single,ray,fasttext,kmers")
     args = ap.parse_args()
@@ -225,7 +230,7 @@ def main() -> None:
 
     all_names = sorted(p.stem for p in shared_genomes().glob("*.fa"))
     names = QUICK if args.quick else all_names
-    seqs, y = simulate(names)
+    seqs, y = simulate(names, args.art_seed)
     print(f"{len(names)} genomes, {len(seqs)} reads; {load()}", flush=True)
     epochs = args.epochs or (1 if args.quick else 2)
     levels = tuple(int(b) for b in args.levels.split(",") if b)
@@ -311,7 +316,8 @@ def main() -> None:
             rows.append((f"canonical {k}-mer spectra", lr, knn, ari, f"spectra {s:.1f}"))
             print(f"{k}-mers: LR {lr:.3f} kNN {knn:.3f} ARI {ari:.3f}", flush=True)
 
-    print(f"\nBenchmark C{' (quick: 6 genomes)' if args.quick else ''}: {len(seqs)} reads, "
+    print(f"\nBenchmark C{' (quick: 6 genomes)' if args.quick else ''}: {len(seqs)} reads "
+          f"(ART -rs {args.art_seed}), "
           f"k=15, hash 20 bits, dim 100, window 5, 5 negatives, {epochs} epochs, "
           f"levels {levels or 'none'}, smoothing rounds {args.smooth}, "
           f"SIF a {args.sif_a}, lr {args.lr}, subsample {args.subsample}, "
