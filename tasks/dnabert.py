@@ -958,10 +958,14 @@ def pretrain_dnabert(sample: str, shards: list[Any], config: PretrainConfig, sto
 @materialize("helixflow://embed/dnabert", name="dnabert-embed",
               task_run_name="dnabert-{shard.name}", **stage_options(DNABERT_VERSION))
 def embed_dnabert_shard(shard: Any, model: Any, actors: int, batch_size: int, store: Any,
-                        run_id: str) -> list[Any]:
+                        run_id: str, precision: str = "float32") -> list[Any]:
     """DNABERT embeddings (mean-pooled and [CLS]) of one read shard through a Ray Data
-    actor pool (model loaded once per actor) → two embedding shards, streamed back."""
+    actor pool (model loaded once per actor) → two embedding shards, streamed back.
+    `precision` is one of PRECISIONS."""
     import ray.data
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
     from helixflow.tables import PARQUET, parquet_file, publish_file
     from tasks.embeddings import EmbeddingWriter, iter_read_sequences
@@ -982,7 +986,7 @@ def embed_dnabert_shard(shard: Any, model: Any, actors: int, batch_size: int, st
             for ids, sequences, rows in iter_read_sequences(source, batch_rows=200_000):
                 ds = ray.data.from_arrow(pa.table({"sequence": sequences}))
                 out = embed_dataset(ds, model_dir, actors=actors, batch_size=batch_size,
-                                    rows_per_batch=1024)
+                                    rows_per_batch=1024, precision=precision)
                 start = 0
                 for batch in out.iter_batches(batch_size=4096, batch_format="pyarrow"):
                     n = batch.num_rows
@@ -1002,7 +1006,8 @@ def embed_dnabert_shard(shard: Any, model: Any, actors: int, batch_size: int, st
         return [
             publish_file(store, w.path, run_id=run_id, stage="embed", media_type=PARQUET,
                          producer="dnabert-embed", rows=w.rows,
-                         params={"pooling": pool, "batch_size": batch_size},
+                         params={"pooling": pool, "batch_size": batch_size,
+                                 "precision": precision},
                          upstream=[shard.ref(), model.ref()],
                          metadata={"method": f"dnabert-{pool}", "dim": dim,
                                    "model_id": model.sha256})

@@ -120,7 +120,8 @@ def test_annotation_and_caller_options_reach_the_tasks(prefect_api: str, tmp_pat
         [str(demo.r1), str(demo.r2)], store=str(store_dir), reference=str(demo.genomes),
         motifs={"GATC": "GATC"}, motif_files=[str(motif_file)], motif_p_value=0.1,
         orf_options={"start_codons": ["ATG", "GTG", "TTG"], "table": 4, "min_length_nt": 120},
-        variant_options={"min_depth": 4}, embed_methods=["protein"], simulate=False,
+        variant_options={"min_depth": 4}, embed_methods=["protein", "dnabert"], simulate=False,
+        embed_options={"dnabert_precision": "bfloat16", "dnabert_steps": 5},
     )
     assert launched.error is None, launched.error
     run = store_dir / "runs" / launched.summary.run_id
@@ -135,7 +136,13 @@ def test_annotation_and_caller_options_reach_the_tasks(prefect_api: str, tmp_pat
     motif_rec = next(r for r in records if r.uri.endswith(".motifs.parquet"))
     assert motif_file.resolve().as_uri() in {u.uri for u in motif_rec.upstream}
     assert any(r.parameters.get("min_depth") == 4 for r in records if r.stage == "variants")
+    dnabert = [r for r in records if r.stage == "embed" and r.task_name == "dnabert-embed"]
+    assert len(dnabert) == 2 * len(launched.summary.embeddings["dnabert-mean"]) > 0
+    assert {r.parameters["precision"] for r in dnabert} == {"bfloat16"}
 
     bad = launch_pipeline([str(demo.r1), str(demo.r2)], store=str(store_dir), simulate=False,
                           reference=str(demo.genomes), orf_options={"table": 99})
     assert bad.error is not None and "invalid orf options" in str(bad.error)
+    bad = launch_pipeline([str(demo.r1), str(demo.r2)], store=str(store_dir), simulate=False,
+                          embed_methods=["dnabert"], embed_options={"dnabert_precision": "int8"})
+    assert bad.error is not None and "dnabert_precision" in str(bad.error)
