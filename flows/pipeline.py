@@ -59,6 +59,8 @@ class RunSummary(BaseModel):
     report_uri: str
     bams: dict[str, str] = {}
     vcfs: dict[str, str] = {}
+    assemblies: dict[str, dict[str, Any]] = {}
+    """sample → {"fasta": contigs uri, and the contig stats: contigs, n50, total_length, …}"""
     embeddings: dict[str, list[str]] = {}
     analysis: dict[str, Any] = {}
     trajectories: list[str] = []
@@ -278,6 +280,7 @@ def genomics_pipeline(
         report_uri=report_art.uri,
         bams={s: b.bam.uri for s, b in bams.items()},
         vcfs={s: v.vcf.uri for s, v in calls.items()},
+        assemblies={s: {**a.stats, "fasta": a.contigs.uri} for s, a in assemblies.items()},
         embeddings={m: [a.uri for a in arts] for m, arts in embeddings.items()},
         analysis=analysis.metrics if analysis else {},
         trajectories=[t.uri for t in trajectories],

@@ -82,7 +82,9 @@ def run(
     reference: Annotated[
         str | None, typer.Option(help="Reference FASTA (path or s3://) to align and annotate.")
     ] = None,
-    assemble: Annotated[bool, typer.Option(help="Assemble each sample with MEGAHIT.")] = False,
+    assemble: Annotated[bool | None, typer.Option(
+        "--assemble/--no-assemble", help="Assemble each sample with MEGAHIT (contigs are "
+        "annotated and their ORFs embedded). Default: on for the demo, off otherwise.")] = None,
     qc: Annotated[list[str] | None, typer.Option(
         "--qc", metavar="KEY=VALUE", help="Quality-filter setting (tasks.qc.QcParams field), "
         "e.g. --qc length_required=50 --qc cut_tail=true. Repeatable.")] = None,
@@ -149,6 +151,7 @@ def run(
             inputs, demo_reference, demo_truth = _demo_inputs()
             reference = reference or demo_reference
             options["truth"] = options["truth"] or demo_truth
+            assemble = True if assemble is None else assemble  # every stage on the demo
         api_url = connect_prefect()
         out.print(f"Prefect UI: [link]{ui_base(api_url)}[/link]")
         started = time.perf_counter()
@@ -156,7 +159,7 @@ def run(
             launched = launch_pipeline(
                 inputs, store=store, store_block=store_block, ray_address=ray_address,
                 shard_size=shard_size, interleaved=interleaved, reference=reference,
-                assemble=assemble, debug=_state["debug"], **options,
+                assemble=bool(assemble), debug=_state["debug"], **options,
             )
         elapsed = time.perf_counter() - started
         if launched.error is not None:
@@ -238,6 +241,9 @@ def _print_summary(summary: Any, elapsed: float) -> None:
     )
     out.print(f"run folder: {summary.run_uri}")
     out.print(f"QC report: {summary.report_uri}")
+    for sample, asm in summary.assemblies.items():
+        out.print(f"assembly {sample}: {asm['contigs']:,} contigs, N50 {asm['n50']:,} bp: "
+                  f"{asm['fasta']}")
     for method, shards in summary.embeddings.items():
         out.print(f"embeddings {method}: {len(shards)} shard(s)")
     if summary.analysis:

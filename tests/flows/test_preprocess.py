@@ -121,7 +121,7 @@ def test_annotation_and_caller_options_reach_the_tasks(prefect_api: str, tmp_pat
         motifs={"GATC": "GATC"}, motif_files=[str(motif_file)], motif_p_value=0.1,
         orf_options={"start_codons": ["ATG", "GTG", "TTG"], "table": 4, "min_length_nt": 120},
         variant_options={"min_depth": 4}, embed_methods=["protein", "dnabert"], simulate=False,
-        embed_options={"dnabert_precision": "bfloat16", "dnabert_steps": 5},
+        embed_options={"dnabert_precision": "bfloat16", "dnabert_steps": 5}, assemble=True,
     )
     assert launched.error is None, launched.error
     run = store_dir / "runs" / launched.summary.run_id
@@ -139,6 +139,17 @@ def test_annotation_and_caller_options_reach_the_tasks(prefect_api: str, tmp_pat
     dnabert = [r for r in records if r.stage == "embed" and r.task_name == "dnabert-embed"]
     assert len(dnabert) == 2 * len(launched.summary.embeddings["dnabert-mean"]) > 0
     assert {r.parameters["precision"] for r in dnabert} == {"bfloat16"}
+    # assembled contigs are annotated; their ORFs' protein k-mers lead back to the FASTQ
+    assert launched.summary.assemblies["demo"]["n50"] > 10_000
+    (contig_protein,) = [u for u in launched.summary.embeddings["protein-murphy10-k3"]
+                         if "contigs" in u]
+    graph = LineageGraph(records)
+    inputs = _upstream_inputs(graph.upstream(graph.resolve(contig_protein)))
+    assert demo.r1.resolve().as_uri() in {uri for uri, _ in inputs}
+    import duckdb
+
+    sql = f"select count(*) from read_parquet('{local_path(contig_protein)}')"
+    assert duckdb.sql(sql).fetchall()[0][0] > 0
 
     bad = launch_pipeline([str(demo.r1), str(demo.r2)], store=str(store_dir), simulate=False,
                           reference=str(demo.genomes), orf_options={"table": 99})
