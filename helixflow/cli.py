@@ -242,8 +242,8 @@ def _print_summary(summary: Any, elapsed: float) -> None:
     out.print(f"run folder: {summary.run_uri}")
     out.print(f"QC report: {summary.report_uri}")
     for sample, asm in summary.assemblies.items():
-        out.print(f"assembly {sample}: {asm['contigs']:,} contigs, N50 {asm['n50']:,} bp: "
-                  f"{asm['fasta']}")
+        out.print(f"assembly {sample}: {int(asm['contigs']):,} contigs, "
+                  f"N50 {int(asm['n50']):,} bp: {asm['fasta']}")
     for method, shards in summary.embeddings.items():
         out.print(f"embeddings {method}: {len(shards)} shard(s)")
     if summary.analysis:
