@@ -96,10 +96,13 @@ def genome_length(fasta: Path) -> int:
                if not line.startswith(">"))
 
 
-def simulate(names: list[str], seed: int = 7) -> tuple[list[str], np.ndarray]:
+ANCHORS_ART_SEED = 7  # ART -rs of ANCHORS C; its reads are cached in bench/out/lshvec/reads
+
+
+def simulate(names: list[str], seed: int = ANCHORS_ART_SEED) -> tuple[list[str], np.ndarray]:
     """ART single-end reads per genome (cached), ANCHORS' fold and seed (-rs 7) unless
     `seed` says otherwise; -> sequences, labels."""
-    reads_dir = OUT / ("reads" if seed == 7 else f"reads_rs{seed}")
+    reads_dir = OUT / ("reads" if seed == ANCHORS_ART_SEED else f"reads_rs{seed}")
     reads_dir.mkdir(parents=True, exist_ok=True)
     seqs: list[str] = []
     labels: list[np.ndarray] = []
@@ -220,7 +223,7 @@ def main() -> None:
     ap.add_argument("--weighting", default="sif", choices=["sif", "mean"])
     ap.add_argument("--sif-a", type=float, default=1e-6)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--art-seed", type=int, default=7,
+    ap.add_argument("--art-seed", type=int, default=ANCHORS_ART_SEED,
                     help="ART's -rs: another seed gives new reads of the same genomes (a "
                          "check of settings chosen on ANCHORS' reads)")
     ap.add_argument("--save-models", action="store_true", help="keep models in bench/out")

@@ -19,6 +19,7 @@ from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
 from helixflow.store import Store
 from tasks.dnabert import (
+    Precision,
     PretrainConfig,
     embed_dnabert_shard,
     import_dnabert_checkpoint,
@@ -76,7 +77,7 @@ class EmbedParams(BaseModel):
     dnabert_batch: int = Field(16, ge=1)
     dnabert_actors: int = Field(1, ge=1)
     """Ray Data actors for inference (model loaded once per actor)."""
-    dnabert_precision: Literal["float32", "bfloat16"] = "float32"
+    dnabert_precision: Precision = "float32"
     """Inference matmuls: bfloat16 autocast is about 1.5x faster a thread on a CPU with
     AVX512-BF16/AMX (vectors differ from float32 by ~1e-2; recorded in the lineage)."""
 
