@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.helixflow-installed
 
-.PHONY: run test setup system-deps slurm lint unit integration bench clean
+.PHONY: run test setup system-deps run-deps slurm lint unit integration bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -19,11 +19,16 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-run: setup system-deps
+run: setup run-deps
 	$(VENV)/bin/helixflow run
 
+# What `helixflow run` calls (samtools, bcftools, tabix, MEGAHIT, GROMACS); nothing test-only.
+run-deps:
+	@bash scripts/install-system-deps.sh run
+
+# The run's tools plus the tests' and benchmarks' (peer tools, ART, Chromium, openssh).
 system-deps:
-	@bash scripts/install-system-deps.sh
+	@bash scripts/install-system-deps.sh test
 
 # A one-node Slurm cluster (+ GROMACS) for the Slurm tests; only as root (CI is).
 slurm:

@@ -10,7 +10,6 @@ import itertools
 import json
 import math
 import re
-import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import pytest
 from helixflow import demo as demo_mod
 from helixflow.demo import ADAPTER_R1, ADAPTER_R2, Demo, DemoSpec, write_demo
 from helixflow.errors import HelixflowError
+from tests.conftest import require_tool
 
 SMALL = DemoSpec(seed=11, n_genomes=3, genome_length=8_000, n_pairs=2_000, n_variants=5)
 _COMP = str.maketrans("ACGTN", "TGCAN")
@@ -567,13 +567,12 @@ def test_planted_variants_are_in_the_reads(
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(shutil.which("fastp") is None, reason="fastp not on PATH")
 def test_fastp_accepts_reads_and_detects_adapters(default_demo: Demo, tmp_path: Path) -> None:
     """fastp reads the files, finds both TruSeq adapters, duplicates and polyG."""
     report = tmp_path / "fastp.json"
     done = subprocess.run(
         [
-            "fastp",
+            require_tool("fastp"),
             "-i", str(default_demo.r1),
             "-I", str(default_demo.r2),
             "-o", str(tmp_path / "o1.fq.gz"),

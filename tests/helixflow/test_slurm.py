@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -87,11 +88,13 @@ def test_sentinel_records_a_failure_and_stderr_stays(tmp_path: Path) -> None:
 
 
 def test_sigterm_is_forwarded_and_recorded(tmp_path: Path) -> None:
-    spec = JobSpec(name="j", commands=[["sleep", "30"]])
+    spec = JobSpec(name="j", commands=[["touch", "started"], ["sleep", "30"]])
     (tmp_path / "job.sh").write_text(render_job_script(spec, str(tmp_path), None))
     proc = subprocess.Popen(["bash", str(tmp_path / "job.sh")])
-    import time
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30  # the trap is set before the first command runs
+    while not (tmp_path / "started").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "job did not start"
+        time.sleep(0.01)
     proc.terminate()
     assert proc.wait(timeout=10) == 143
     assert (tmp_path / EXITCODE_FILE).read_text().strip() == "143"

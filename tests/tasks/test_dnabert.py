@@ -319,7 +319,7 @@ def test_embedder_callable_numpy_and_arrow(tiny_model: Path) -> None:
 
 
 def test_ray_data_matches_in_process(tiny_model: Path) -> None:
-    ray = pytest.importorskip("ray")
+    import ray
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     seqs = [random_dna(int(n), int(n)) for n in np.linspace(8, 90, 40)]

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import functools
 import gzip
-import os
 import re
-import shutil
 import subprocess
 import threading
 import zlib
@@ -35,8 +33,7 @@ from tasks.fastq import (
     open_fastq,
     write_read_shard,
 )
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import require_tool
 
 Record = tuple[str, str, str]  # header line without '@', sequence, quality
 
@@ -129,18 +126,6 @@ def raises_input_error(*args: object, **kwargs: object) -> InputError:
         for _ in iter_read_batches(*args, **kwargs):  # type: ignore[arg-type]
             pass
     return info.value
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The shared real-data directory; skip without it, except in CI where it must exist."""
-    root = Path(os.environ.get("HELIXFLOW_SHARED_DATA") or REPO.parent / "shared" / "data")
-    if not (root / "reads").is_dir():
-        reason = f"shared data not found at {root} (set HELIXFLOW_SHARED_DATA)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI=true requires it")
-        pytest.skip(reason)
-    return root
 
 
 @pytest.fixture
@@ -283,9 +268,7 @@ def test_gzip_bgzip_multimember_and_plain_give_identical_tables(tmp_path: Path) 
     assert expected.num_rows == 5000
     assert collect(str(gzipped)).equals(expected)
     assert collect(str(multi)).equals(expected)
-    bgzip = shutil.which("bgzip")
-    if bgzip is None:
-        pytest.skip("bgzip (Debian tabix) not installed")
+    bgzip = require_tool("bgzip")
     bg = tmp_path / "bg.fq.gz"
     with bg.open("wb") as out:
         subprocess.run([bgzip, "-c"], input=text, stdout=out, check=True)

@@ -31,7 +31,7 @@ from tasks.variants import (
     read_fasta,
 )
 from tests.conftest import require_tool
-from tests.tasks.test_bam import RG, random_genome, simulate_pairs, write_fasta
+from tests.tasks.test_bam import RG, random_genome, write_fasta
 
 Variant = tuple[str, int, str, str]  # contig, 1-based POS, REF, ALT
 CONTIG = "chrV"
@@ -76,20 +76,13 @@ def with_homopolymers(genome: str, rng: np.random.Generator) -> str:
     return "".join(seq)
 
 
-def simulate(mutated: Path, genome: str, out: Path, rng: np.random.Generator) -> list[Path]:
-    """2x150 pairs at ~30x: ART HS25 when installed, else NumPy pairs in FASTQ files."""
+def simulate(mutated: Path, out: Path) -> list[Path]:
+    """2x150 pairs at ~30x from ART HS25 (real Illumina error profiles)."""
     prefix = out / "reads_"
-    if shutil.which("art_illumina"):
-        subprocess.run(["art_illumina", "-ss", "HS25", "-p", "-l", "150", "-f", "30", "-m", "300",
-                        "-s", "20", "-rs", "7", "-na", "-q", "-i", str(mutated), "-o",
-                        str(prefix)], check=True, stdout=subprocess.DEVNULL)
-        return [Path(f"{prefix}1.fq"), Path(f"{prefix}2.fq")]
-    rows, _ = simulate_pairs(genome, len(genome) * 30 // 300, rng, error=0.003)
-    paths = [Path(f"{prefix}1.fq"), Path(f"{prefix}2.fq")]
-    for mate, path in enumerate(paths):
-        path.write_text("".join(f"@{r[0]}/{mate + 1}\n{r[1 + 2 * mate]}\n+\n{r[2 + 2 * mate]}\n"
-                                for r in rows))
-    return paths
+    subprocess.run([require_tool("art_illumina"), "-ss", "HS25", "-p", "-l", "150", "-f", "30",
+                    "-m", "300", "-s", "20", "-rs", "7", "-na", "-q", "-i", str(mutated), "-o",
+                    str(prefix)], check=True, stdout=subprocess.DEVNULL)
+    return [Path(f"{prefix}1.fq"), Path(f"{prefix}2.fq")]
 
 
 def align(reference: Path, r1: Path, r2: Path, out: Path) -> Path:
@@ -126,7 +119,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory
     reference = write_fasta(work / "ref.fa", {CONTIG: genome})
     mutated_seq, truth = plant(genome, rng)
     mutated = write_fasta(work / "mutated.fa", {CONTIG: mutated_seq})
-    r1, r2 = simulate(mutated, mutated_seq, work, rng)
+    r1, r2 = simulate(mutated, work)
     bam = align(reference, r1, r2, work / "sample.bam")
     vcf = work / "sample.vcf.gz"
     counts = call_variants(bam, reference, vcf, VariantParams())
