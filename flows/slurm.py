@@ -566,7 +566,8 @@ class SlurmRun:
             if state != task.state or entry.reason != task.reason:
                 task.state, task.reason = state, entry.reason
                 changed = True
-                self._report(task)
+                if not self._resubmittable(task):  # else _resubmit reports it
+                    self._report(task)
             if state_rule(task.state).final:
                 self._finish(task, now)
         return changed
@@ -593,10 +594,12 @@ class SlurmRun:
             return True
         return False
 
+    def _resubmittable(self, task: _Task) -> bool:
+        return state_rule(task.state).resubmit and task.attempts <= self.cluster.max_resubmits
+
     def _finish(self, task: _Task, now: float) -> None:
-        rule = state_rule(task.state)
-        if rule.resubmit and task.attempts <= self.cluster.max_resubmits:
-            self._resubmit(task, rule.grow_memory)
+        if self._resubmittable(task):
+            self._resubmit(task, state_rule(task.state).grow_memory)
             if task.state == "PENDING":
                 return
         task.finished = now
@@ -612,8 +615,9 @@ class SlurmRun:
         (more than any node has), the task keeps its OUT_OF_MEMORY end."""
         mem = grown_memory(task.mem_mb) if grow_memory else task.mem_mb
         more = f", --mem {task.mem_mb} → {mem} MB" if grow_memory else ""
-        self._warn(f"job {task.spec.name} ({task.job_id}) ended {task.state}: "
-                   f"resubmitting (attempt {task.attempts + 1}{more})")
+        what = f"ended {task.state}: resubmitting (attempt {task.attempts + 1}{more})"
+        self._warn(f"job {task.spec.name} ({task.job_id}) {what}")
+        self._report(task, resubmitting=f"Slurm job {task.job_id} {what}")
         self.files.remove(task.local_dir, EXITCODE_FILE)
         try:
             self._submit(task.script, [task], array=False,
@@ -623,6 +627,7 @@ class SlurmRun:
                 raise
             self._warn(f"job {task.spec.name}: {mem} MB refused ({exc}); not resubmitted")
             task.reason = f"{task.mem_mb} MB was not enough; sbatch refused {mem} MB"
+            self._report(task)
             return
         task.attempts += 1
         task.mem_mb = mem
@@ -715,7 +720,9 @@ class SlurmRun:
         for task in self.tasks:
             self._report(task)
 
-    def _report(self, task: _Task) -> None:
+    def _report(self, task: _Task, resubmitting: str = "") -> None:
+        """Log the job's state and mirror it on its Prefect task run; `resubmitting` (the
+        message) marks a state helixflow resubmits after: `AwaitingRetry`, not a failure."""
         self._info(f"job {task.spec.name} ({task.job_id}): {task.state}"
                    + (f" [{task.reason}]" if task.reason not in ("", "None") else ""))
         if not self.flow_run_ids:
@@ -732,11 +739,13 @@ class SlurmRun:
                         name=f"slurm-job-{task.spec.name}", extra_tags=["slurm"],
                     )
                     task.task_run_id = run.id
-                message = f"Slurm job {task.job_id}: {normalise_state(task.state)}"
+                message = resubmitting or f"Slurm job {task.job_id}: {normalise_state(task.state)}"
                 if task.state == "VANISHED":
                     message = f"Slurm job {task.job_id}: {task.reason}"
-                client.set_task_run_state(task.task_run_id, prefect_state(task.state, message),
-                                          force=True)
+                client.set_task_run_state(
+                    task.task_run_id,
+                    prefect_state(task.state, message, resubmitting=bool(resubmitting)),
+                    force=True)
         except Exception as exc:  # reporting must never break the run
             self._warn(f"could not report job state to Prefect: {exc}")
 

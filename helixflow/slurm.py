@@ -259,11 +259,17 @@ def grown_memory(mem_mb: int, factor: float = OOM_MEMORY_FACTOR) -> int:
     return max(mem_mb + 1, int(mem_mb * factor))
 
 
-def prefect_state(slurm_state: str, message: str | None = None) -> Any:
-    """A Prefect `State` for a Slurm job state (for display and task-run reporting)."""
-    from prefect.states import State
+def prefect_state(slurm_state: str, message: str | None = None, *,
+                  resubmitting: bool = False) -> Any:
+    """A Prefect `State` for a Slurm job state (for display and task-run reporting).
+
+    A state helixflow is resubmitting after (NODE_FAIL, PREEMPTED, OUT_OF_MEMORY within
+    `max_resubmits`) is Prefect's own `AwaitingRetry`, never a failure."""
+    from prefect.states import AwaitingRetry, State
 
     state = normalise_state(slurm_state)
+    if resubmitting:
+        return AwaitingRetry(message=message or f"Slurm: {state}; resubmitting")
     rule = state_rule(state)
     name = state.replace("_", " ").title().replace(" ", "")
     if state == "PENDING":

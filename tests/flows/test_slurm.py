@@ -249,8 +249,8 @@ def test_local_backend_time_limit_and_cancel(tmp_path: Path) -> None:
         job_dir = tmp_path / name
         job_dir.mkdir()
         (job_dir / "job.sh").write_text("sleep 30\n")
-    [slow] = backend.submit(str(tmp_path / "a" / "job.sh"), 1, False, [0.5])
-    [queued] = backend.submit(str(tmp_path / "b" / "job.sh"), 1, False, [None])
+    [slow] = backend.submit(str(tmp_path / "a" / "job.sh"), 1, False, time_limits=[0.5])
+    [queued] = backend.submit(str(tmp_path / "b" / "job.sh"), 1, False, time_limits=[None])
     assert backend.poll([slow, queued]) is not None
     assert backend.jobs[queued].state == "PENDING"  # max_concurrent=1
     deadline = time.monotonic() + 10
@@ -517,10 +517,15 @@ def test_preempted_job_is_resubmitted_once_and_reported_once(
     assert result.state == "COMPLETED" and result.attempts == 2
     assert result.job_id == second != first
     assert store.read_bytes(result.outputs["out.txt"].uri) == b"ok\n"
-    # One Prefect task run for the job, whatever Slurm did to it; it ends Completed.
+    # One Prefect task run for the job, whatever Slurm did to it; it ends Completed, and the
+    # preemption shows as AwaitingRetry, never as a failure.
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
             id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
-    job_runs = [r for r in runs if r.name == "slurm-job-keeper"]
-    assert len(job_runs) == 1
+        job_runs = [r for r in runs if r.name == "slurm-job-keeper"]
+        assert len(job_runs) == 1
+        history = client.read_task_run_states(job_runs[0].id)
     assert job_runs[0].state is not None and job_runs[0].state.is_completed()
+    assert not [s for s in history if s.is_failed() or s.is_crashed()]
+    [retry] = [s for s in history if s.name == "AwaitingRetry"]
+    assert f"Slurm job {first} ended PREEMPTED" in (retry.message or "")

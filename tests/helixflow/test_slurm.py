@@ -199,6 +199,12 @@ def test_state_table(slurm_state: str) -> None:
     assert slurm_state in (state.message or "")
 
 
+def test_a_state_being_resubmitted_is_awaiting_retry_not_failed() -> None:
+    state = prefect_state("PREEMPTED", "Slurm job 7 ended PREEMPTED", resubmitting=True)
+    assert state.type == StateType.SCHEDULED and state.name == "AwaitingRetry"
+    assert not state.is_failed() and state.message == "Slurm job 7 ended PREEMPTED"
+
+
 def test_unknown_is_never_success() -> None:
     for text in ("UNKNOWN", "", "SOMETHING_NEW", "completed?"):
         assert normalise_state(text) == "UNKNOWN"
