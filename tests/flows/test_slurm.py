@@ -437,17 +437,21 @@ def test_node_set_down_gives_node_fail_and_the_job_is_resubmitted(
     print(f"node DOWN → NODE_FAIL → resubmitted in {resubmitted_after:.1f} s")
 
 
-HOG = ("import sys, time; n = int(sys.argv[1]); print(f'allocating {n} MB', file=sys.stderr, "
-       "flush=True); b = b'x' * (n << 20); time.sleep(3); open('out.txt', 'w').write(str(len(b)))")
+def hog(name: str, megabytes: int, mem_mb: int) -> JobSpec:
+    """A job that says on stderr what it allocates, then holds `megabytes` of touched memory
+    for 3 s (the memory sampler looks every second) and writes out.txt."""
+    code = ("import sys, time; n = int(sys.argv[1]); print(f'allocating {n} MB', "
+            "file=sys.stderr, flush=True); b = b'x' * (n << 20); time.sleep(3); "
+            "open('out.txt', 'w').write(str(len(b)))")
+    return JobSpec(name=name, commands=[["python3", "-c", code, str(megabytes)]],
+                   mem_mb=mem_mb, outputs=["out.txt"])
 
 
 def test_out_of_memory_is_retried_with_twice_the_memory(
     slurm_faults: str, tmp_path: Path, store: Store
 ) -> None:
     run_id = f"r-oom-{uuid.uuid4().hex[:6]}"
-    jobs = [JobSpec(name="hog", commands=[["python3", "-c", HOG, "300"]], mem_mb=200,
-                    outputs=["out.txt"])]
-    [result] = run_jobs(jobs, make_cluster(tmp_path), store, run_id)
+    [result] = run_jobs([hog("hog", 300, mem_mb=200)], make_cluster(tmp_path), store, run_id)
     assert result.state == "COMPLETED"
     assert (result.attempts, result.mem_mb) == (2, 400)
     assert store.read_bytes(result.outputs["out.txt"].uri) == str(300 << 20).encode()
@@ -464,10 +468,9 @@ def test_out_of_memory_surfaces_with_the_jobs_stderr(
     slurm_faults: str, tmp_path: Path, store: Store
 ) -> None:
     run_id = f"r-oom-{uuid.uuid4().hex[:6]}"
-    jobs = [JobSpec(name="glutton", commands=[["python3", "-c", HOG, "1000"]], mem_mb=100,
-                    outputs=["out.txt"])]
     with pytest.raises(SlurmJobFailed) as info:
-        run_jobs(jobs, make_cluster(tmp_path, max_resubmits=1), store, run_id)
+        run_jobs([hog("glutton", 1000, mem_mb=100)], make_cluster(tmp_path, max_resubmits=1),
+                 store, run_id)
     err = info.value
     assert err.state == "OUT_OF_MEMORY" and err.exit_code == 137  # SIGKILL
     assert "allocating 1000 MB" in err.stderr_tail  # the job's own stderr
