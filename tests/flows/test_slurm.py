@@ -520,6 +520,10 @@ def test_preempted_job_is_resubmitted_once_and_reported_once(
     assert result.state == "COMPLETED" and result.attempts == 2
     assert result.job_id == second != first
     assert store.read_bytes(result.outputs["out.txt"].uri) == b"ok\n"
+    # Published once, by the attempt that completed: one file in the run's folder.
+    art = result.outputs["out.txt"]
+    assert store.glob(store.run_uri(run_id, "**", "*.txt")) == [art.uri]
+    assert art.metadata["attempts"] == 2 and art.params["job_id"] == second
     # One Prefect task run for the job, whatever Slurm did to it; it ends Completed, and the
     # preemption shows as AwaitingRetry, never as a failure.
     with get_client(sync_client=True) as client:
