@@ -1,6 +1,7 @@
 """The Slurm sub-flow: stage inputs, submit (arrays for many similar jobs), poll with one
-batched `squeue` per cycle, resubmit NODE_FAIL/PREEMPTED, surface failures with the job's
-stderr, publish outputs to the store, and `scancel` everything if the flow run is cancelled.
+batched `squeue` per cycle, resubmit NODE_FAIL/PREEMPTED (and OUT_OF_MEMORY with twice the
+memory), surface failures with the job's stderr, publish outputs to the store, and
+`scancel` everything if the flow run is cancelled.
 
 With no Slurm (`mode="none"` or no block) the very same job scripts run here with bash.
 
