@@ -1,6 +1,7 @@
 """The Slurm sub-flow: stage inputs, submit (arrays for many similar jobs), poll with one
-batched `squeue` per cycle, resubmit NODE_FAIL/PREEMPTED, surface failures with the job's
-stderr, publish outputs to the store, and `scancel` everything if the flow run is cancelled.
+batched `squeue` per cycle, resubmit NODE_FAIL/PREEMPTED (and OUT_OF_MEMORY with twice the
+memory), surface failures with the job's stderr, publish outputs to the store, and
+`scancel` everything if the flow run is cancelled.
 
 With no Slurm (`mode="none"` or no block) the very same job scripts run here with bash.
 
@@ -59,6 +60,8 @@ from helixflow.slurm import (
     SlurmJobFailed,
     array_spec,
     backoff,
+    exit_status,
+    grown_memory,
     job_name,
     normalise_state,
     parse_sbatch_id,
@@ -66,6 +69,7 @@ from helixflow.slurm import (
     parse_squeue,
     posix_join,
     prefect_state,
+    refine_state,
     render_array_script,
     render_job_script,
     state_rule,
@@ -87,7 +91,8 @@ class RunCancelled(HelixflowError):
 class Backend(Protocol):
     """Submit, poll, cancel: Slurm through its CLI (here or over SSH), or bash here."""
 
-    def submit(self, script: str, task_count: int, array: bool) -> list[str]: ...
+    def submit(self, script: str, task_count: int, array: bool,
+               sbatch_args: Sequence[str] = ()) -> list[str]: ...
     def poll(self, job_ids: Sequence[str]) -> dict[str, QueueEntry] | None: ...
     def cancel(self, job_ids: Sequence[str]) -> None: ...
     def details(self, job_id: str) -> dict[str, str]: ...
@@ -109,8 +114,10 @@ class SlurmCli:
     def __init__(self, runner: Runner = run_local) -> None:
         self.run = runner
 
-    def submit(self, script: str, task_count: int, array: bool) -> list[str]:
-        proc = self.run(["sbatch", "--parsable", script])
+    def submit(self, script: str, task_count: int, array: bool,
+               sbatch_args: Sequence[str] = ()) -> list[str]:
+        """`sbatch` the script; `sbatch_args` override its #SBATCH lines (e.g. `--mem`)."""
+        proc = self.run(["sbatch", "--parsable", *sbatch_args, script])
         if proc.returncode != 0:
             raise HelixflowError(
                 f"sbatch {script} failed: {proc.stderr.strip() or proc.stdout.strip()}",
@@ -170,7 +177,9 @@ class LocalBackend:
         self._next = 1
 
     def submit(self, script: str, task_count: int, array: bool,
+               sbatch_args: Sequence[str] = (),
                time_limits: Sequence[float | None] = ()) -> list[str]:
+        """Queue the job scripts; `sbatch_args` are ignored (no memory enforcement here)."""
         ids = []
         base = Path(script).parent
         with self._lock:
@@ -321,6 +330,7 @@ class _Task:
     state: str = "PENDING"
     reason: str = ""
     attempts: int = 1
+    mem_mb: int = 0  # what the current attempt asked for (grows after OUT_OF_MEMORY)
     exit_code: int | None = None
     missing_since: float | None = None
     submitted: float = 0.0
@@ -485,7 +495,8 @@ class SlurmRun:
                 header = self._header(spec.name, remote_dir, self._resources(spec))
                 (job_dir / JOB_SCRIPT).write_text(render_job_script(
                     spec, remote_dir, header, setup_lines=self.cluster.setup_lines))
-                task = _Task(spec, i, job_dir, posix_join(remote_dir, JOB_SCRIPT))
+                task = _Task(spec, i, job_dir, posix_join(remote_dir, JOB_SCRIPT),
+                             mem_mb=self._resources(spec)[1])
                 tasks.append(task)
                 self.tasks.append(task)
             if array:
@@ -501,12 +512,14 @@ class SlurmRun:
 
     # -- submission and polling -----------------------------------------------------------
 
-    def _submit(self, script: str, tasks: Sequence[_Task], array: bool) -> None:
+    def _submit(self, script: str, tasks: Sequence[_Task], array: bool,
+                sbatch_args: Sequence[str] = ()) -> None:
         if isinstance(self.backend, LocalBackend):
             limits = [60.0 * self._resources(t.spec)[2] for t in tasks]
-            ids = self.backend.submit(script, len(tasks), array, limits)
+            ids = self.backend.submit(script, len(tasks), array, sbatch_args,
+                                      time_limits=limits)
         else:
-            ids = self.backend.submit(script, len(tasks), array)
+            ids = self.backend.submit(script, len(tasks), array, sbatch_args)
         now = time.monotonic()
         for task, job_id in zip(tasks, ids, strict=True):
             task.job_id, task.state, task.submitted = job_id, "PENDING", now
@@ -547,10 +560,15 @@ class SlurmRun:
                 changed |= self._missing(task, now)
                 continue
             task.missing_since = None
-            if entry.state != task.state or entry.reason != task.reason:
-                task.state, task.reason = entry.state, entry.reason
+            state = entry.state
+            if state_rule(state).error:  # e.g. FAILED that was a memory kill
+                state = refine_state(state, self.files.read_text(task.local_dir, STDERR_FILE)
+                                     or "")
+            if state != task.state or entry.reason != task.reason:
+                task.state, task.reason = state, entry.reason
                 changed = True
-                self._report(task)
+                if not self._resubmittable(task):  # else _resubmit reports it
+                    self._report(task)
             if state_rule(task.state).final:
                 self._finish(task, now)
         return changed
@@ -577,24 +595,44 @@ class SlurmRun:
             return True
         return False
 
+    def _resubmittable(self, task: _Task) -> bool:
+        return state_rule(task.state).resubmit and task.attempts <= self.cluster.max_resubmits
+
     def _finish(self, task: _Task, now: float) -> None:
-        rule = state_rule(task.state)
-        if rule.resubmit and task.attempts <= self.cluster.max_resubmits:
-            self._warn(f"job {task.spec.name} ({task.job_id}) ended {task.state}: "
-                       f"resubmitting (attempt {task.attempts + 1})")
-            self.files.remove(task.local_dir, EXITCODE_FILE)
-            task.attempts += 1
-            self._submit(task.script, [task], array=False)
-            self._report(task)
-            return
+        if self._resubmittable(task):
+            self._resubmit(task, state_rule(task.state).grow_memory)
+            if task.state == "PENDING":
+                return
         task.finished = now
         text = self.files.read_text(task.local_dir, EXITCODE_FILE)
         if text is not None and text.strip().lstrip("-").isdigit():
             task.exit_code = int(text.strip())
         elif task.state != "COMPLETED":
-            code = self.backend.details(task.job_id).get("ExitCode", "")
-            if code.split(":", 1)[0].isdigit():
-                task.exit_code = int(code.split(":", 1)[0])
+            task.exit_code = exit_status(self.backend.details(task.job_id).get("ExitCode", ""))
+
+    def _resubmit(self, task: _Task, grow_memory: bool) -> None:
+        """Submit a task's own job.sh again (after NODE_FAIL, PREEMPTED, OUT_OF_MEMORY),
+        with twice the memory after OUT_OF_MEMORY. If sbatch refuses the larger request
+        (more than any node has), the task keeps its OUT_OF_MEMORY end."""
+        mem = grown_memory(task.mem_mb) if grow_memory else task.mem_mb
+        more = f", --mem {task.mem_mb} → {mem} MB" if grow_memory else ""
+        what = f"ended {task.state}: resubmitting (attempt {task.attempts + 1}{more})"
+        self._warn(f"job {task.spec.name} ({task.job_id}) {what}")
+        self._report(task, resubmitting=f"Slurm job {task.job_id} {what}")
+        self.files.remove(task.local_dir, EXITCODE_FILE)
+        try:
+            self._submit(task.script, [task], array=False,
+                         sbatch_args=[f"--mem={mem}M"] if grow_memory else ())
+        except HelixflowError as exc:
+            if not grow_memory:
+                raise
+            self._warn(f"job {task.spec.name}: {mem} MB refused ({exc}); not resubmitted")
+            task.reason = f"{task.mem_mb} MB was not enough; sbatch refused {mem} MB"
+            self._report(task)
+            return
+        task.attempts += 1
+        task.mem_mb = mem
+        self._report(task)
 
     def poll_until_done(self, check_cancel: Callable[[], bool]) -> None:
         """Poll until every task is final: one backend call per cycle, interval backing
@@ -629,9 +667,15 @@ class SlurmRun:
         out = []
         for task in self.tasks:
             if state_rule(task.state).error:
+                why = [task.reason]
+                if task.attempts > 1:
+                    why.append(f"attempt {task.attempts}")
+                if state_rule(task.state).grow_memory:
+                    why.append(f"--mem {task.mem_mb} MB")
                 out.append(SlurmJobFailed(
                     task.spec.name, task.job_id, task.state, exit_code=task.exit_code,
-                    stderr_tail=self.stderr_tail(task), reason=task.reason,
+                    stderr_tail=self.stderr_tail(task),
+                    reason=", ".join(w for w in why if w and w != "None"),
                 ))
         return out
 
@@ -659,12 +703,13 @@ class SlurmRun:
                     upstream=[FileRef(uri=ref.uri, size=ref.size, sha256=ref.sha256,
                                       etag=ref.etag)
                               for ref in spec.inputs.values() if isinstance(ref, FileRef)],
-                    metadata={"slurm_state": task.state, "attempts": task.attempts},
+                    metadata={"slurm_state": task.state, "attempts": task.attempts,
+                              "mem_mb": task.mem_mb},
                 )
             results.append(JobResult(
                 name=spec.name, job_id=task.job_id, state=task.state, exit_code=task.exit_code,
-                outputs=outputs, attempts=task.attempts, job_dir=self.files.to_remote(
-                    task.local_dir),
+                outputs=outputs, attempts=task.attempts, mem_mb=task.mem_mb,
+                job_dir=self.files.to_remote(task.local_dir),
                 stdout_tail=tail(self.files.read_text(task.local_dir, STDOUT_FILE) or ""),
                 seconds=round(task.finished - task.submitted, 3),
             ))
@@ -676,7 +721,9 @@ class SlurmRun:
         for task in self.tasks:
             self._report(task)
 
-    def _report(self, task: _Task) -> None:
+    def _report(self, task: _Task, resubmitting: str = "") -> None:
+        """Log the job's state and mirror it on its Prefect task run; `resubmitting` (the
+        message) marks a state helixflow resubmits after: `AwaitingRetry`, not a failure."""
         self._info(f"job {task.spec.name} ({task.job_id}): {task.state}"
                    + (f" [{task.reason}]" if task.reason not in ("", "None") else ""))
         if not self.flow_run_ids:
@@ -693,11 +740,13 @@ class SlurmRun:
                         name=f"slurm-job-{task.spec.name}", extra_tags=["slurm"],
                     )
                     task.task_run_id = run.id
-                message = f"Slurm job {task.job_id}: {normalise_state(task.state)}"
+                message = resubmitting or f"Slurm job {task.job_id}: {normalise_state(task.state)}"
                 if task.state == "VANISHED":
                     message = f"Slurm job {task.job_id}: {task.reason}"
-                client.set_task_run_state(task.task_run_id, prefect_state(task.state, message),
-                                          force=True)
+                client.set_task_run_state(
+                    task.task_run_id,
+                    prefect_state(task.state, message, resubmitting=bool(resubmitting)),
+                    force=True)
         except Exception as exc:  # reporting must never break the run
             self._warn(f"could not report job state to Prefect: {exc}")
 
@@ -753,8 +802,11 @@ def _ancestor_flow_runs(flow_run_id: UUID) -> list[UUID]:
     return ids
 
 
-def _cancel_checker(flow_run_ids: Sequence[UUID]) -> Callable[[], bool]:
-    """One API call per poll cycle: is this flow run (or a parent) cancelling?"""
+def _cancel_checker(flow_run_ids: Sequence[UUID], logger: Any = None) -> Callable[[], bool]:
+    """One API call per poll cycle: is this flow run (or a parent) cancelling?
+
+    An API error counts as "not cancelling" for this cycle (the jobs keep running; the
+    next cycle asks again) and is logged as a warning, never dropped silently."""
     if not flow_run_ids:
         return lambda: False
     from prefect.client.orchestration import get_client
@@ -765,7 +817,9 @@ def _cancel_checker(flow_run_ids: Sequence[UUID]) -> Callable[[], bool]:
             with get_client(sync_client=True) as client:
                 runs = client.read_flow_runs(
                     flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(flow_run_ids))))
-        except Exception:
+        except Exception as exc:  # a busy or restarting API must not kill the jobs
+            if logger is not None:
+                logger.warning(f"could not read the flow run's state (cancel check): {exc!r}")
             return False
         return any(r.state is not None and (r.state.is_cancelling() or r.state.is_cancelled())
                    for r in runs)
@@ -830,7 +884,7 @@ def run_jobs(
         run.prepare()
         try:
             run.submit()
-            run.poll_until_done(_cancel_checker(flow_run_ids))
+            run.poll_until_done(_cancel_checker(flow_run_ids, logger))
         except BaseException:
             # Cancellation (API or SIGTERM from a runner), a crash, Ctrl-C: no orphan jobs.
             run.cancel_outstanding()
@@ -886,7 +940,9 @@ def run_slurm_jobs(
     if ctx is not None and ctx.flow_run is not None:
         try:
             flow_run_ids = _ancestor_flow_runs(ctx.flow_run.id)
-        except Exception:
+        except Exception as exc:  # only the parents' cancellation is lost: say so
+            logger.warning(f"could not read the parent flow runs ({exc!r}): only cancelling "
+                           "this flow run scancels its jobs")
             flow_run_ids = [ctx.flow_run.id]
     rid = run_id or (str(flow_run_ids[-1]) if flow_run_ids else uuid.uuid4().hex)
     st = resolve_store(store, store_block)

@@ -105,7 +105,10 @@ class JobSpec(BaseModel):
 
 
 class JobResult(BaseModel):
-    """What became of one job: its final Slurm state, exit code and published outputs."""
+    """What became of one job: its final Slurm state, exit code and published outputs.
+
+    `attempts` counts helixflow's submissions (1 + resubmissions after NODE_FAIL,
+    PREEMPTED or OUT_OF_MEMORY); `mem_mb` is the memory the last attempt asked for."""
 
     name: str
     job_id: str
@@ -113,6 +116,7 @@ class JobResult(BaseModel):
     exit_code: int | None = None
     outputs: dict[str, Artifact] = Field(default_factory=dict)
     attempts: int = 1
+    mem_mb: int | None = None
     job_dir: str
     stdout_tail: str = ""
     seconds: float = 0.0
@@ -147,7 +151,8 @@ class SlurmJobFailed(HelixflowError):
 
 _HINTS = {
     "TIMEOUT": "raise the job's time_limit (minutes) or the block's default_time_limit",
-    "OUT_OF_MEMORY": "raise the job's mem_mb or the block's default_mem_mb",
+    "OUT_OF_MEMORY": "raise the job's mem_mb or the block's default_mem_mb (each of the "
+    "block's max_resubmits already doubled it)",
     "VANISHED": "the job left the queue without writing its exit code: check the node and "
     "that the scratch directory is shared; raise sentinel_timeout on slow file systems",
     "CANCELLED": "the job was cancelled outside this flow (scancel, an administrator, a limit)",
@@ -159,12 +164,14 @@ _HINTS = {
 
 @dataclass(frozen=True)
 class StateRule:
-    """How a Slurm job state maps to Prefect: state type, final?, resubmit?, raise?"""
+    """How a Slurm job state maps to Prefect: state type, final?, resubmit?, raise?, and
+    whether a resubmission asks for more memory (`grow_memory`, after OUT_OF_MEMORY)."""
 
     prefect: StateType
     final: bool
     resubmit: bool = False
     error: bool = False
+    grow_memory: bool = False
 
 
 STATE_TABLE: dict[str, StateRule] = {
@@ -184,7 +191,8 @@ STATE_TABLE: dict[str, StateRule] = {
     "COMPLETED": StateRule(StateType.COMPLETED, final=True),
     "FAILED": StateRule(StateType.FAILED, final=True, error=True),
     "TIMEOUT": StateRule(StateType.FAILED, final=True, error=True),
-    "OUT_OF_MEMORY": StateRule(StateType.FAILED, final=True, error=True),
+    "OUT_OF_MEMORY": StateRule(StateType.FAILED, final=True, resubmit=True, error=True,
+                                grow_memory=True),
     "DEADLINE": StateRule(StateType.FAILED, final=True, error=True),
     "BOOT_FAIL": StateRule(StateType.FAILED, final=True, error=True),
     "NODE_FAIL": StateRule(StateType.FAILED, final=True, resubmit=True, error=True),
@@ -210,11 +218,58 @@ def normalise_state(slurm_state: str) -> str:
     return word if word in STATE_TABLE else "UNKNOWN"
 
 
-def prefect_state(slurm_state: str, message: str | None = None) -> Any:
-    """A Prefect `State` for a Slurm job state (for display and task-run reporting)."""
-    from prefect.states import State
+# slurmstepd's own words when it kills a job for memory: jobacct_gather's OverMemoryKill
+# ("StepId=7.batch exceeded memory limit (303157248 > 104857600), being killed", then
+# "Exceeded job memory limit"; Slurm 22.05 then calls the job FAILED, reason
+# JobLaunchFailure) and the cgroup plugin ("Detected 1 oom_kill event in StepId=7.batch").
+_MEMORY_KILL = re.compile(
+    r"^slurmstepd[^:\n]*: error: .*(exceeded (job |step )?memory limit|oom[-_]kill event)",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def refine_state(slurm_state: str, stderr: str) -> str:
+    """The job's real end: FAILED (or CANCELLED) with slurmstepd's memory-kill message in
+    the job's stderr is OUT_OF_MEMORY, whichever enforcement the cluster uses (the cgroup
+    plugin says OUT_OF_MEMORY itself; jobacct_gather's OverMemoryKill says FAILED)."""
+    state = normalise_state(slurm_state)
+    if state in ("FAILED", "CANCELLED") and _MEMORY_KILL.search(stderr):
+        return "OUT_OF_MEMORY"
+    return state
+
+
+def exit_status(slurm_exit_code: str) -> int | None:
+    """`scontrol`'s `ExitCode=code:signal` as a shell would report it: `3:0` → 3, a death
+    by signal `0:9` → 137 (128 + signal), anything else → None."""
+    code, _, sig = slurm_exit_code.partition(":")
+    if not code.isdigit():
+        return None
+    if sig.isdigit() and int(sig) > 0 and int(code) == 0:
+        return 128 + int(sig)
+    return int(code)
+
+
+OOM_MEMORY_FACTOR = 2.0
+
+
+def grown_memory(mem_mb: int, factor: float = OOM_MEMORY_FACTOR) -> int:
+    """The `--mem` (MB) of the attempt after an OUT_OF_MEMORY: `factor` times the last one."""
+    if factor <= 1:
+        raise ValueError("the memory factor must be > 1")
+    return max(mem_mb + 1, int(mem_mb * factor))
+
+
+def prefect_state(slurm_state: str, message: str | None = None, *,
+                  resubmitting: bool = False) -> Any:
+    """A Prefect `State` for a Slurm job state (for display and task-run reporting).
+
+    A state helixflow is resubmitting after (NODE_FAIL, PREEMPTED, OUT_OF_MEMORY within
+    `max_resubmits`) is Prefect's own `AwaitingRetry`, never a failure."""
+    from prefect.states import AwaitingRetry, State
 
     state = normalise_state(slurm_state)
+    if resubmitting:
+        return AwaitingRetry(message=message or f"Slurm: {state}; resubmitting")
     rule = state_rule(state)
     name = state.replace("_", " ").title().replace(" ", "")
     if state == "PENDING":

@@ -133,8 +133,10 @@ def slurm_cluster() -> str:
             return False
         proc = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True,
                               check=False)
-        return proc.returncode == 0 and proc.stdout.strip().rstrip("*~#") in (
-            "idle", "mixed", "allocated", "completing")
+        # One line per partition of the node (a test may add a partition for a while).
+        states = {line.rstrip("*~#") for line in proc.stdout.split()}
+        return proc.returncode == 0 and bool(states) and states <= {
+            "idle", "mixed", "allocated", "completing"}
 
     if not up() and os.geteuid() == 0:
         subprocess.run(["bash", str(REPO / "deployments" / "slurm" / "local-cluster.sh")],

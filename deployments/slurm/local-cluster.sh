@@ -3,8 +3,17 @@
 #
 # Installs munge, slurm-wlm and gromacs from Debian when missing, writes a munge key and a
 # slurm.conf for this host (name, CPUs, memory), starts munged, slurmctld and slurmd, and
-# waits until `sinfo` reports the node idle. Idempotent: when the daemons are up and the
-# node is usable it exits at once. No accounting database: read states from squeue/scontrol.
+# waits until `sinfo` reports the node idle. Idempotent: when the daemons are up, the node
+# is usable and slurm.conf is what this script writes, it exits at once; a slurm.conf
+# written by an older version of this script is rewritten and the daemons restarted
+# (running jobs survive). No accounting database: read states from squeue/scontrol.
+#
+# Fault enforcement the tests rely on (tests/flows/test_slurm.py):
+# - memory: jobacct_gather/linux samples each job's RSS every second and OverMemoryKill
+#   kills a job over its --mem (state OUT_OF_MEMORY, "exceeded memory limit" in its stderr);
+# - preemption: preempt/partition_prio; the one partition `debug` (PriorityTier 2) is never
+#   preempted. A lower-tier partition added at run time (the preemption test creates one
+#   with `scontrol create` and deletes it) is preempted (CANCEL) by jobs of `debug`.
 #
 # Usage: sudo bash deployments/slurm/local-cluster.sh      (HELIXFLOW_SLURM_TIMEOUT=60)
 set -euo pipefail
@@ -17,13 +26,73 @@ log() { echo "local-cluster: $*" >&2; }
 node_state() { sinfo -h -N -o '%T' 2>/dev/null | head -n1 | tr -d '*~#!%$@^-' || true; }
 usable() { case "$(node_state)" in idle|mixed|allocated|completing) return 0 ;; *) return 1 ;; esac; }
 
+host="$(hostname -s)"
+
+# The slurm.conf this script wants, on stdout (needs slurmd for `slurmd -C`).
+render_conf() {
+  # The node line as slurmd itself measures it (CPUs, sockets, cores, RealMemory).
+  local nodeline mem
+  nodeline="$(slurmd -C 2>/dev/null | head -n1 || true)"
+  case "$nodeline" in
+    NodeName=*) ;;
+    *) mem=$(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo)
+       nodeline="NodeName=$host CPUs=$(nproc) RealMemory=$mem" ;;
+  esac
+  # Leave some memory to the OS, and make the node name this host's short name.
+  nodeline="$(echo "$nodeline" | sed -E "s/^NodeName=[^ ]+/NodeName=$host/" \
+    | awk '{for (i=1;i<=NF;i++) if ($i ~ /^RealMemory=/) {split($i,a,"="); m=int(a[2]*0.9); $i="RealMemory=" m} print}')"
+  cat <<CONF
+$MARKER
+ClusterName=helixflow
+SlurmctldHost=$host
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+MpiDefault=none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+SchedulerType=sched/backfill
+# Memory enforcement without cgroups: sample every task's memory each second and kill a
+# job over its --mem (OUT_OF_MEMORY).
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=OverMemoryKill
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+# Jobs of a higher-tier partition preempt (cancel) jobs of a lower one; only debug here.
+PreemptType=preempt/partition_prio
+PreemptMode=CANCEL
+ReturnToService=2
+# Finished jobs stay visible to squeue/scontrol this long (no accounting database).
+MinJobAge=300
+KillWait=5
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd
+SlurmctldPidFile=/run/slurm/slurmctld.pid
+SlurmdPidFile=/run/slurm/slurmd.pid
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd.log
+$nodeline State=UNKNOWN
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
+CONF
+}
+
+# 0: slurm.conf is ours and current, or not ours (kept as it is); 1: ours but outdated.
+conf_current() {
+  [ -e "$CONF" ] && ! grep -qF "$MARKER" "$CONF" && return 0
+  [ -e "$CONF" ] && command -v slurmd >/dev/null 2>&1 && cmp -s <(render_conf) "$CONF"
+}
+
 if command -v sinfo >/dev/null 2>&1 && pgrep -x slurmctld >/dev/null && pgrep -x slurmd >/dev/null \
-   && usable; then
+   && usable && conf_current; then
   exit 0
 fi
 
 if [ "$(id -u)" -ne 0 ]; then
-  log "must run as root to install and start Slurm (it is not up)"; exit 1
+  log "must run as root to install, configure and start Slurm (it is not up, or its slurm.conf is outdated)"; exit 1
 fi
 
 # -- packages ------------------------------------------------------------------------------
@@ -62,53 +131,23 @@ for _ in $(seq 50); do munge -n </dev/null >/dev/null 2>&1 && break; sleep 0.1; 
 munge -n </dev/null | unmunge >/dev/null
 
 # -- slurm.conf ----------------------------------------------------------------------------
-host="$(hostname -s)"
 getent hosts "$host" >/dev/null 2>&1 || echo "127.0.1.1 $host" >>/etc/hosts
 install -d -m 0755 /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/slurm
 if [ -e "$CONF" ] && ! grep -qF "$MARKER" "$CONF"; then
   log "keeping the existing $CONF (not written by this script)"
-else
-  # The node line as slurmd itself measures it (CPUs, sockets, cores, RealMemory).
-  nodeline="$(slurmd -C 2>/dev/null | head -n1 || true)"
-  case "$nodeline" in
-    NodeName=*) ;;
-    *) mem=$(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo)
-       nodeline="NodeName=$host CPUs=$(nproc) RealMemory=$mem" ;;
-  esac
-  # Leave some memory to the OS, and make the node name this host's short name.
-  nodeline="$(echo "$nodeline" | sed -E "s/^NodeName=[^ ]+/NodeName=$host/" \
-    | awk '{for (i=1;i<=NF;i++) if ($i ~ /^RealMemory=/) {split($i,a,"="); m=int(a[2]*0.9); $i="RealMemory=" m} print}')"
-  cat >"$CONF.tmp" <<CONF
-$MARKER
-ClusterName=helixflow
-SlurmctldHost=$host
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-CredType=cred/munge
-MpiDefault=none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-SchedulerType=sched/backfill
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-ReturnToService=2
-# Finished jobs stay visible to squeue/scontrol this long (no accounting database).
-MinJobAge=300
-KillWait=5
-StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
-SlurmctldPidFile=/run/slurm/slurmctld.pid
-SlurmdPidFile=/run/slurm/slurmd.pid
-SlurmctldLogFile=/var/log/slurm/slurmctld.log
-SlurmdLogFile=/var/log/slurm/slurmd.log
-$nodeline State=UNKNOWN
-PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
-CONF
+elif ! conf_current; then
+  render_conf >"$CONF.tmp"
   mv "$CONF.tmp" "$CONF"
+  # New plugins (accounting gather, preemption) need the daemons restarted, not
+  # `scontrol reconfigure`; jobs keep running (slurmstepd outlives slurmd) and slurmctld
+  # reloads its state from StateSaveLocation.
+  for daemon in slurmctld slurmd; do
+    pid="$(pgrep -x "$daemon" || true)"
+    [ -n "$pid" ] || continue
+    log "restarting $daemon for the new $CONF"
+    kill $pid
+    for _ in $(seq 100); do pgrep -x "$daemon" >/dev/null || break; sleep 0.1; done
+  done
 fi
 
 # -- daemons -------------------------------------------------------------------------------

@@ -3,12 +3,14 @@ and the same scripts through the local fallback."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -16,7 +18,7 @@ from blocks.slurm import SlurmCluster
 from flows.slurm import LocalBackend, SlurmCli, run_jobs, run_slurm_jobs
 from helixflow.slurm import JobSpec, QueueEntry, SlurmJobFailed
 from helixflow.store import Store, local_path
-from tests.conftest import require_tool
+from tests.conftest import REPO, missing, require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -161,7 +163,9 @@ def test_cancelling_the_flow_run_scancels_its_jobs(
 
 
 class HidingSlurm(SlurmCli):
-    """Real Slurm, but the queue never shows the jobs: as if they vanished."""
+    """Real Slurm, but the queue never shows the jobs: as if slurmctld had purged their
+    records (MinJobAge) while nobody polled. The one double left: the one-node cluster
+    cannot lose a job record short of wiping slurmctld's state."""
 
     def poll(self, job_ids: Sequence[str]) -> dict[str, QueueEntry] | None:
         super().poll(job_ids)
@@ -180,38 +184,6 @@ def test_a_job_that_vanished_without_its_sentinel_is_an_error(
     assert "wrote no .exitcode" in str(info.value)
     time.sleep(1)
     assert squeue_state(info.value.job_id) in ("CANCELLED", "GONE", "COMPLETING")
-
-
-class FlakyNode(SlurmCli):
-    """Real Slurm; the first job seen running is killed and reported as NODE_FAIL."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.failed: set[str] = set()
-
-    def poll(self, job_ids: Sequence[str]) -> dict[str, QueueEntry] | None:
-        entries = super().poll(job_ids)
-        if entries and not self.failed:
-            for job_id, entry in entries.items():
-                if entry.state in ("RUNNING", "PENDING"):
-                    self.cancel([job_id])
-                    self.failed.add(job_id)
-                    entries[job_id] = QueueEntry(job_id, "NODE_FAIL", "None")
-                    break
-        for job_id in self.failed:
-            if entries is not None and job_id in entries:
-                entries[job_id] = QueueEntry(job_id, "NODE_FAIL", "None")
-        return entries
-
-
-def test_node_fail_is_resubmitted(slurm_cluster: str, tmp_path: Path, store: Store) -> None:
-    jobs = [JobSpec(name="retry", commands=[["bash", "-c", "sleep 1; echo ok > out.txt"]],
-                    outputs=["out.txt"])]
-    backend = FlakyNode()
-    [result] = run_jobs(jobs, make_cluster(tmp_path), store, "r-retry", backend=backend)
-    assert result.state == "COMPLETED" and result.attempts == 2
-    assert result.job_id not in backend.failed
-    assert store.read_bytes(result.outputs["out.txt"].uri) == b"ok\n"
 
 
 def test_gromacs_runs_inside_a_slurm_job(
@@ -276,8 +248,8 @@ def test_local_backend_time_limit_and_cancel(tmp_path: Path) -> None:
         job_dir = tmp_path / name
         job_dir.mkdir()
         (job_dir / "job.sh").write_text("sleep 30\n")
-    [slow] = backend.submit(str(tmp_path / "a" / "job.sh"), 1, False, [0.5])
-    [queued] = backend.submit(str(tmp_path / "b" / "job.sh"), 1, False, [None])
+    [slow] = backend.submit(str(tmp_path / "a" / "job.sh"), 1, False, time_limits=[0.5])
+    [queued] = backend.submit(str(tmp_path / "b" / "job.sh"), 1, False, time_limits=[None])
     assert backend.poll([slow, queued]) is not None
     assert backend.jobs[queued].state == "PENDING"  # max_concurrent=1
     deadline = time.monotonic() + 10
@@ -333,3 +305,233 @@ def test_ssh_mode_argv_without_a_server(
     [script] = scripts
     assert "__hf_dir=/remote/scratch/r-ssh/" in script
     assert "__hf_run echo '$(whoami)'" in script
+
+
+# -- faults produced by the real cluster ----------------------------------------------------
+# deployments/slurm/local-cluster.sh configures them: jobacct_gather/linux + OverMemoryKill
+# (memory), preempt/partition_prio (a low-tier partition created for the test is preempted
+# by `debug`); a node set DOWN is Slurm's own NODE_FAIL. Each test waits on squeue states
+# with deadlines, never a sleep.
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], what: str, timeout: float = 90.0) -> T:
+    """Poll `condition` until it returns something truthy; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def slurm(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=60)
+
+
+def jobs_named(run_id: str, name: str) -> list[tuple[str, str]]:
+    """(job id, state) of every Slurm job of this run's job `name`, oldest first."""
+    out = slurm("squeue", "--noheader", "--states=all", "--format=%i|%T",
+                f"--name=hf-{run_id}-{name}").stdout
+    rows = [tuple(line.split("|", 1)) for line in out.split() if "|" in line]
+    return sorted(((j, st) for j, st in rows), key=lambda row: int(row[0]))  # type: ignore[misc]
+
+
+def attempt(run_id: str, name: str, n: int, state: str | None = None) -> Callable[[], str]:
+    """A condition: the id of attempt `n` (1-based) of the job, once it is in `state`."""
+    def check() -> str:
+        rows = jobs_named(run_id, name)
+        if len(rows) >= n and (state is None or rows[n - 1][1] == state):
+            return rows[n - 1][0]
+        return ""
+    return check
+
+
+def node_state(node: str) -> str:
+    return slurm("sinfo", "--noheader", "-N", "-n", node, "-o", "%T").stdout.strip()
+
+
+def resume_node(node: str) -> None:
+    """Bring the node back if it is still down or drained (ReturnToService=2 may already
+    have: slurmd re-registers at once), and wait until it takes jobs again."""
+    if any(word in node_state(node) for word in ("down", "drain", "fail")):
+        slurm("scontrol", "update", f"nodename={node}", "state=resume")
+    wait_for(lambda: node_state(node).rstrip("*~#") in ("idle", "mixed", "allocated"),
+             f"node {node} to take jobs again", timeout=60)
+
+
+class Background:
+    """`fn(*args)` in a thread (the sub-flow keeps polling while the test injects a fault)."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+        def target() -> None:
+            try:
+                self.result = fn(*args, **kw)
+            except BaseException as exc:  # handed to the test by outcome()
+                self.error = exc
+
+        self.thread = threading.Thread(target=target, daemon=True)
+        self.thread.start()
+
+    def outcome(self, timeout: float = 120.0) -> Any:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"the sub-flow did not return within {timeout:g} s"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def waiting_job(name: str, go: Path) -> JobSpec:
+    """A job that runs until the test creates `go`, then writes out.txt: no attempt can
+    finish before the fault is injected."""
+    return JobSpec(name=name, outputs=["out.txt"], commands=[[
+        "bash", "-c", 'while [ ! -e "$1" ]; do sleep 0.2; done; echo ok > out.txt', "wait",
+        str(go)]])
+
+
+@pytest.fixture(scope="module")
+def slurm_faults(slurm_cluster: str) -> str:
+    """The local cluster with its fault enforcement configured; -> the node's name."""
+    if os.geteuid() == 0:  # idempotent: upgrades a slurm.conf written by an older version
+        subprocess.run(["bash", str(REPO / "deployments" / "slurm" / "local-cluster.sh")],
+                       check=False, timeout=900)
+    config = slurm("scontrol", "show", "config").stdout
+    if "OverMemoryKill" not in config or "preempt/partition_prio" not in config:
+        missing("Slurm memory enforcement and preemption "
+                "(run deployments/slurm/local-cluster.sh as root)")
+    return slurm("sinfo", "--noheader", "-N", "-o", "%N").stdout.split()[0]
+
+
+def test_node_set_down_gives_node_fail_and_the_job_is_resubmitted(
+    slurm_faults: str, tmp_path: Path, store: Store
+) -> None:
+    node, run_id, go = slurm_faults, f"r-node-{uuid.uuid4().hex[:6]}", tmp_path / "go"
+    run = Background(run_jobs, [waiting_job("survivor", go)], make_cluster(tmp_path), store,
+                     run_id)
+    try:
+        first = wait_for(attempt(run_id, "survivor", 1, "RUNNING"), "attempt 1 to run")
+        # helixflow jobs are --no-requeue (helixflow owns retries): Slurm refuses a requeue.
+        refused = slurm("scontrol", "requeue", first)
+        assert refused.returncode != 0 and "disabled" in refused.stderr
+        t0 = time.monotonic()
+        down = slurm("scontrol", "update", f"nodename={node}", "state=down",
+                     "reason=helixflow-node-fail-test")
+        assert down.returncode == 0, down.stderr
+        wait_for(attempt(run_id, "survivor", 1, "NODE_FAIL"), "Slurm to call it NODE_FAIL")
+        second = wait_for(attempt(run_id, "survivor", 2), "the resubmission")
+        resubmitted_after = time.monotonic() - t0
+    finally:
+        resume_node(node)
+        go.touch()
+    [result] = run.outcome()
+    assert result.state == "COMPLETED" and result.attempts == 2
+    assert result.job_id == second != first
+    assert store.read_bytes(result.outputs["out.txt"].uri) == b"ok\n"
+    assert [st for _, st in jobs_named(run_id, "survivor")] == ["NODE_FAIL", "COMPLETED"]
+    print(f"node DOWN → NODE_FAIL → resubmitted in {resubmitted_after:.1f} s")
+
+
+def hog(name: str, megabytes: int, mem_mb: int) -> JobSpec:
+    """A job that says on stderr what it allocates, then holds `megabytes` of touched memory
+    for 3 s (the memory sampler looks every second) and writes out.txt."""
+    code = ("import sys, time; n = int(sys.argv[1]); print(f'allocating {n} MB', "
+            "file=sys.stderr, flush=True); b = b'x' * (n << 20); time.sleep(3); "
+            "open('out.txt', 'w').write(str(len(b)))")
+    return JobSpec(name=name, commands=[["python3", "-c", code, str(megabytes)]],
+                   mem_mb=mem_mb, outputs=["out.txt"])
+
+
+def test_out_of_memory_is_retried_with_twice_the_memory(
+    slurm_faults: str, tmp_path: Path, store: Store
+) -> None:
+    run_id = f"r-oom-{uuid.uuid4().hex[:6]}"
+    [result] = run_jobs([hog("hog", 300, mem_mb=200)], make_cluster(tmp_path), store, run_id)
+    assert result.state == "COMPLETED"
+    assert (result.attempts, result.mem_mb) == (2, 400)
+    assert store.read_bytes(result.outputs["out.txt"].uri) == str(300 << 20).encode()
+    [(first, slurm_said), (second, _)] = jobs_named(run_id, "hog")
+    assert second == result.job_id
+    # Slurm 22.05's OverMemoryKill ends the job FAILED; slurmstepd's message makes it OOM.
+    assert slurm_said in ("FAILED", "OUT_OF_MEMORY")
+    # What each attempt asked Slurm for: 200 MB, then twice that.
+    assert "MinMemoryNode=200M" in slurm("scontrol", "show", "job", first).stdout
+    assert "MinMemoryNode=400M" in slurm("scontrol", "show", "job", second).stdout
+
+
+def test_out_of_memory_surfaces_with_the_jobs_stderr(
+    slurm_faults: str, tmp_path: Path, store: Store
+) -> None:
+    run_id = f"r-oom-{uuid.uuid4().hex[:6]}"
+    with pytest.raises(SlurmJobFailed) as info:
+        run_jobs([hog("glutton", 1000, mem_mb=100)], make_cluster(tmp_path, max_resubmits=1),
+                 store, run_id)
+    err = info.value
+    assert err.state == "OUT_OF_MEMORY" and err.exit_code == 137  # SIGKILL
+    assert "allocating 1000 MB" in err.stderr_tail  # the job's own stderr
+    assert "exceeded memory limit" in err.stderr_tail  # and slurmstepd's verdict
+    assert "attempt 2" in str(err) and "--mem 200 MB" in str(err)  # 100 MB, then 200 MB
+    assert "mem_mb" in (err.hint or "")
+    assert len(jobs_named(run_id, "glutton")) == 2  # max_resubmits=1: two attempts, no more
+    assert not store.exists(store.run_uri(run_id, "slurm", "glutton", "out.txt"))
+
+
+def test_preempted_job_is_resubmitted_once_and_reported_once(
+    prefect_api: str, slurm_faults: str, tmp_path: Path, store: Store
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    node, run_id, go = slurm_faults, f"r-preempt-{uuid.uuid4().hex[:6]}", tmp_path / "go"
+    scavenger = f"hf-scavenger-{uuid.uuid4().hex[:6]}"
+    made = slurm("scontrol", "create", f"PartitionName={scavenger}", f"Nodes={node}",
+                 "PriorityTier=1", "PreemptMode=CANCEL", "Hidden=YES", "State=UP")
+    assert made.returncode == 0, made.stderr
+    preemptor = ""
+    try:
+        cluster = make_cluster(tmp_path, partition=scavenger)
+        run = Background(run_slurm_jobs, [waiting_job("keeper", go)], cluster=cluster,
+                         store=store.url, run_id=run_id, return_state=True)
+        first = wait_for(attempt(run_id, "keeper", 1, "RUNNING"), "attempt 1 to run")
+        # A job of the higher-tier partition that needs the whole node preempts it.
+        proc = slurm("sbatch", "--parsable", "--partition=debug", "--exclusive",
+                     f"--job-name=hf-{run_id}-preemptor", "--output=/dev/null", "--wrap=true")
+        assert proc.returncode == 0, proc.stderr
+        preemptor = proc.stdout.strip()
+        wait_for(attempt(run_id, "keeper", 1, "PREEMPTED"), "Slurm to preempt attempt 1")
+        second = wait_for(attempt(run_id, "keeper", 2), "the resubmission")
+        go.touch()
+        state = run.outcome()
+    finally:
+        go.touch()
+        slurm("scancel", f"--partition={scavenger}")
+        if preemptor:
+            slurm("scancel", preemptor)
+        wait_for(lambda: not jobs_named(run_id, "keeper") or all(
+            st not in ("PENDING", "RUNNING", "COMPLETING") for _, st in jobs_named(
+                run_id, "keeper")), "the test's jobs to end")
+        slurm("scontrol", "delete", f"PartitionName={scavenger}")
+    [result] = state.result()
+    assert result.state == "COMPLETED" and result.attempts == 2
+    assert result.job_id == second != first
+    assert store.read_bytes(result.outputs["out.txt"].uri) == b"ok\n"
+    # Published once, by the attempt that completed: one file in the run's folder.
+    art = result.outputs["out.txt"]
+    assert store.glob(store.run_uri(run_id, "**", "*.txt")) == [art.uri]
+    assert art.metadata["attempts"] == 2 and art.params["job_id"] == second
+    # One Prefect task run for the job, whatever Slurm did to it; it ends Completed, and the
+    # preemption shows as AwaitingRetry, never as a failure.
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+        job_runs = [r for r in runs if r.name == "slurm-job-keeper"]
+        assert len(job_runs) == 1
+        history = client.read_task_run_states(job_runs[0].id)
+    assert job_runs[0].state is not None and job_runs[0].state.is_completed()
+    assert not [s for s in history if s.is_failed() or s.is_crashed()]
+    [retry] = [s for s in history if s.name == "AwaitingRetry"]
+    assert f"Slurm job {first} ended PREEMPTED" in (retry.message or "")

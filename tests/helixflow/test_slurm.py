@@ -20,13 +20,16 @@ from helixflow.slurm import (
     SshTarget,
     array_spec,
     backoff,
+    exit_status,
     format_minutes,
+    grown_memory,
     job_name,
     normalise_state,
     parse_sbatch_id,
     parse_scontrol,
     parse_squeue,
     prefect_state,
+    refine_state,
     render_array_script,
     render_job_script,
     state_rule,
@@ -180,7 +183,7 @@ EXPECTED = {
     "COMPLETED": (StateType.COMPLETED, True, False, False),
     "FAILED": (StateType.FAILED, True, False, True),
     "TIMEOUT": (StateType.FAILED, True, False, True),
-    "OUT_OF_MEMORY": (StateType.FAILED, True, False, True),
+    "OUT_OF_MEMORY": (StateType.FAILED, True, True, True),
     "NODE_FAIL": (StateType.FAILED, True, True, True),
     "PREEMPTED": (StateType.FAILED, True, True, True),
     "CANCELLED": (StateType.CANCELLED, True, False, True),
@@ -197,6 +200,12 @@ def test_state_table(slurm_state: str) -> None:
     state = prefect_state(slurm_state)
     assert state.type == EXPECTED[slurm_state][0]
     assert slurm_state in (state.message or "")
+
+
+def test_a_state_being_resubmitted_is_awaiting_retry_not_failed() -> None:
+    state = prefect_state("PREEMPTED", "Slurm job 7 ended PREEMPTED", resubmitting=True)
+    assert state.type == StateType.SCHEDULED and state.name == "AwaitingRetry"
+    assert not state.is_failed() and state.message == "Slurm job 7 ended PREEMPTED"
 
 
 def test_unknown_is_never_success() -> None:
@@ -240,3 +249,35 @@ def test_ssh_argv_quotes_the_remote_command() -> None:
     assert push[-2:] == ["/tmp/stage/", "ana@login.hpc:/scratch/run 1/"]  # -s: no quoting
     pull = target.rsync_pull("/scratch/run 1/0/out.txt", "/tmp/out.txt")
     assert pull[-2:] == ["ana@login.hpc:/scratch/run 1/0/out.txt", "/tmp/out.txt"]
+
+
+# What slurmstepd wrote to a job's stderr on the local cluster (Slurm 22.05, jobacct_gather
+# OverMemoryKill; squeue said FAILED, reason JobLaunchFailure, ExitCode 0:9).
+OVER_MEMORY_STDERR = """allocating
+slurmstepd-vm: error: StepId=1.batch exceeded memory limit (303157248 > 104857600), being killed
+slurmstepd-vm: error: Exceeded job memory limit
+slurmstepd-vm: error: *** JOB 1 ON vm CANCELLED AT 2026-12-02T16:52:59 ***
+"""
+CGROUP_OOM_STDERR = ("slurmstepd: error: Detected 1 oom_kill event in StepId=9.batch. "
+                     "Some of the step tasks have been OOM Killed.\n")
+
+
+def test_a_memory_kill_is_out_of_memory_whatever_the_enforcement() -> None:
+    assert refine_state("FAILED", OVER_MEMORY_STDERR) == "OUT_OF_MEMORY"
+    assert refine_state("CANCELLED by 0", CGROUP_OOM_STDERR) == "OUT_OF_MEMORY"
+    assert refine_state("OUT_OF_MEMORY", "") == "OUT_OF_MEMORY"
+    # The job's own words are not slurmstepd's; other failures stay what they were.
+    assert refine_state("FAILED", "my tool: error: exceeded memory limit\n") == "FAILED"
+    assert refine_state("FAILED", "disk full\n") == "FAILED"
+    assert refine_state("TIMEOUT", OVER_MEMORY_STDERR) == "TIMEOUT"
+    assert refine_state("COMPLETED", OVER_MEMORY_STDERR) == "COMPLETED"
+
+
+def test_exit_status_and_grown_memory() -> None:
+    assert exit_status("3:0") == 3
+    assert exit_status("0:9") == 137  # killed by SIGKILL, as a shell reports it
+    assert exit_status("0:0") == 0
+    assert exit_status("") is None
+    assert [grown_memory(100), grown_memory(1), grown_memory(100, 1.5)] == [200, 2, 150]
+    with pytest.raises(ValueError):
+        grown_memory(100, 1.0)
