@@ -45,6 +45,7 @@ from prefect.states import Cancelled
 from blocks.slurm import SlurmCluster
 from helixflow.artifacts import Artifact, FileRef
 from helixflow.errors import HelixflowError
+from helixflow.retries import transient_reason
 from helixflow.slurm import (
     ARRAY_SCRIPT,
     EXITCODE_FILE,
@@ -753,8 +754,9 @@ def _ancestor_flow_runs(flow_run_id: UUID) -> list[UUID]:
     return ids
 
 
-def _cancel_checker(flow_run_ids: Sequence[UUID]) -> Callable[[], bool]:
-    """One API call per poll cycle: is this flow run (or a parent) cancelling?"""
+def _cancel_checker(flow_run_ids: Sequence[UUID], logger: Any = None) -> Callable[[], bool]:
+    """One API call per poll cycle: is this flow run (or a parent) cancelling? An API
+    hiccup (a transient error) is logged and asked again next cycle; anything else raises."""
     if not flow_run_ids:
         return lambda: False
     from prefect.client.orchestration import get_client
@@ -765,7 +767,12 @@ def _cancel_checker(flow_run_ids: Sequence[UUID]) -> Callable[[], bool]:
             with get_client(sync_client=True) as client:
                 runs = client.read_flow_runs(
                     flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(flow_run_ids))))
-        except Exception:
+        except Exception as exc:
+            if transient_reason(exc) is None:
+                raise
+            if logger is not None:
+                logger.warning("could not ask the Prefect API whether the run is cancelled "
+                               "(%s); asking again at the next poll", exc)
             return False
         return any(r.state is not None and (r.state.is_cancelling() or r.state.is_cancelled())
                    for r in runs)
@@ -830,7 +837,7 @@ def run_jobs(
         run.prepare()
         try:
             run.submit()
-            run.poll_until_done(_cancel_checker(flow_run_ids))
+            run.poll_until_done(_cancel_checker(flow_run_ids, logger))
         except BaseException:
             # Cancellation (API or SIGTERM from a runner), a crash, Ctrl-C: no orphan jobs.
             run.cancel_outstanding()
@@ -886,7 +893,11 @@ def run_slurm_jobs(
     if ctx is not None and ctx.flow_run is not None:
         try:
             flow_run_ids = _ancestor_flow_runs(ctx.flow_run.id)
-        except Exception:
+        except Exception as exc:
+            if transient_reason(exc) is None:
+                raise
+            logger.warning("could not read the parent flow runs (%s): cancelling a parent "
+                           "will not cancel these jobs, cancelling this flow run will", exc)
             flow_run_ids = [ctx.flow_run.id]
     rid = run_id or (str(flow_run_ids[-1]) if flow_run_ids else uuid.uuid4().hex)
     st = resolve_store(store, store_block)
