@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
+import time
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
 import pytest
 from botocore import exceptions as bex
+from prefect import flow, task
 from prefect.exceptions import PrefectHTTPStatusError
 from prefect.tasks import Task
 from ray import exceptions as rex
 from s3fs.errors import translate_boto_error
 
 from helixflow.errors import HelixflowError, InputError, exception_chain
-from helixflow.retries import is_transient, transient_reason
+from helixflow.retries import is_transient, retry_options, transient_reason
 
 
 def client_error(code: str, status: int, operation: str = "PutObject") -> bex.ClientError:
@@ -194,3 +199,116 @@ def test_every_task_uses_the_one_classifier() -> None:
     wrong = {name: (t.retries, t.retry_condition_fn) for name, t in found.items()
              if t.retry_condition_fn is not is_transient or t.retries < 1}
     assert not wrong, wrong
+
+
+# -- against the real Prefect server (and real Ray) ---------------------------------------
+
+@task(name="buggy-task", **retry_options())
+def buggy_task() -> None:
+    """A bug: retrying cannot fix it."""
+    raise ValueError("k must be an integer in 1..N-1 = 5, got 30")
+
+
+@task(name="flaky-task", **retry_options())
+def flaky_task(marker: str) -> str:
+    """The first attempt meets a connection reset, the next one succeeds."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("attempt 1")
+        raise ConnectionResetError(104, "Connection reset by peer")
+    return "ok"
+
+
+@task(name="worker-crash-task", **retry_options())
+def worker_crash_task(marker: str) -> str:
+    """Runs a Ray task whose worker process dies the first time (a real WorkerCrashedError;
+    Ray's own retry is off so that the Prefect task sees it)."""
+    import ray
+
+    @ray.remote(max_retries=0)
+    def crash_once(marker: str) -> str:
+        path = Path(marker)
+        if not path.exists():
+            path.write_text("crashed")
+            os._exit(1)
+        return "ok"
+
+    return str(ray.get(crash_once.remote(marker)))
+
+
+@flow(name="retry-classifier-check")
+def retry_check_flow(marker: str, crash_marker: str | None) -> dict[str, Any]:
+    futures = {"flaky": flaky_task.submit(marker), "buggy": buggy_task.submit()}
+    if crash_marker:
+        futures["crash"] = worker_crash_task.submit(crash_marker)
+    for future in futures.values():
+        future.wait()
+    return {name: future.state.type.value for name, future in futures.items()}
+
+
+def task_runs_of(flow_run_id: Any) -> dict[str, Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        return {run.name.rsplit("-", 1)[0]: (run, client.read_task_run_states(run.id))
+                for run in runs}
+
+
+def logs_of(task_run_id: Any, needle: str, deadline_s: float = 30) -> str:
+    """The task run's logs once one contains `needle` (logs reach the API asynchronously)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    deadline = time.monotonic() + deadline_s
+    text = ""
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=LogFilter(
+                task_run_id=LogFilterTaskRunId(any_=[task_run_id])))
+        text = "\n".join(log.message for log in logs)
+        if needle in text:
+            return text
+        time.sleep(0.5)
+    return text
+
+
+@pytest.mark.integration
+def test_bug_fails_in_one_attempt_transient_error_succeeds_on_retry(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    import ray
+
+    ray.init(num_cpus=1, include_dashboard=False, namespace="test-retries",
+             runtime_env={"env_vars": {"PREFECT_API_URL": prefect_api}})
+    try:
+        state = retry_check_flow(str(tmp_path / "flaky"), str(tmp_path / "crash"),
+                                 return_state=True)
+    finally:
+        ray.shutdown()
+    runs = task_runs_of(state.state_details.flow_run_id)
+
+    buggy, buggy_states = runs["buggy-task"]
+    assert buggy.state.is_failed()
+    assert buggy.run_count == 1
+    assert [s.type.value for s in buggy_states].count("RUNNING") == 1
+    logs = logs_of(buggy.id, "Traceback")
+    assert "not retried (not a transient error): ValueError" in logs
+    assert "Traceback (most recent call last)" in logs and "got 30" in logs
+
+    flaky, flaky_states = runs["flaky-task"]
+    assert flaky.state.is_completed()
+    assert flaky.run_count == 2
+    assert [s.type.value for s in flaky_states].count("RUNNING") == 2
+    assert "transient error (connection: ConnectionResetError)" in \
+        logs_of(flaky.id, "transient error")
+
+    crash, crash_states = runs["worker-crash-task"]
+    assert crash.state.is_completed()
+    assert crash.run_count == 2
+    assert [s.type.value for s in crash_states].count("RUNNING") == 2
+    assert "transient error (ray: WorkerCrashedError)" in logs_of(crash.id, "transient error")
