@@ -256,12 +256,15 @@ class Store:
         return s3_errors(uri) if self.scheme == "s3" else contextlib.nullcontext()
 
     def check_access(self) -> None:
-        """Fail now, naming the store, if its bucket is missing or denied (one HEAD of the
-        bucket; nothing is written)."""
+        """Fail now, naming the store, if its bucket is missing or denied: one listing of
+        at most one key under the store's prefix (what a prefix-scoped policy allows, unlike
+        HeadBucket); nothing is written."""
         if self.scheme != "s3":
             return
+        bucket, _, prefix = self._path(self.url).partition("/")
         try:
-            self.fs.info(self._path(self.url).split("/", 1)[0])
+            self.fs.call_s3("list_objects_v2", Bucket=bucket, MaxKeys=1,
+                            Prefix=f"{prefix}/" if prefix else "")
         except (PermissionError, FileNotFoundError) as exc:
             problem = "access denied" if isinstance(exc, PermissionError) else "no such bucket"
             raise HelixflowError(f"{self.url}: {problem}", hint=_S3_HINTS[problem]) from exc
