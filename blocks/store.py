@@ -81,13 +81,17 @@ class HelixflowStore(Block):
 
 
 def resolve_store(url: str | None = None, block: str | None = None) -> Store:
-    """The store named by a saved block, else by URL, else the default local store."""
+    """The store named by a saved block, else by URL, else the default local store; an
+    S3 store whose bucket is missing or denied fails here, naming it, before any work."""
     if block:
         loaded = HelixflowStore.load(block)
         if url and url != loaded.url:
             loaded = loaded.model_copy(update={"url": url})
-        return loaded.get_store()
-    return Store(url or default_store_url())
+        store = loaded.get_store()
+    else:
+        store = Store(url or default_store_url())
+    store.check_access()
+    return store
 
 
 def result_storage(store: Store) -> Any:

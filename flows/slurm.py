@@ -46,6 +46,7 @@ from prefect.states import Cancelled
 from blocks.slurm import SlurmCluster
 from helixflow.artifacts import Artifact, FileRef
 from helixflow.errors import HelixflowError
+from helixflow.retries import transient_reason
 from helixflow.slurm import (
     ARRAY_SCRIPT,
     EXITCODE_FILE,
@@ -803,10 +804,8 @@ def _ancestor_flow_runs(flow_run_id: UUID) -> list[UUID]:
 
 
 def _cancel_checker(flow_run_ids: Sequence[UUID], logger: Any = None) -> Callable[[], bool]:
-    """One API call per poll cycle: is this flow run (or a parent) cancelling?
-
-    An API error counts as "not cancelling" for this cycle (the jobs keep running; the
-    next cycle asks again) and is logged as a warning, never dropped silently."""
+    """One API call per poll cycle: is this flow run (or a parent) cancelling? An API
+    hiccup (a transient error) is logged and asked again next cycle; anything else raises."""
     if not flow_run_ids:
         return lambda: False
     from prefect.client.orchestration import get_client
@@ -817,9 +816,12 @@ def _cancel_checker(flow_run_ids: Sequence[UUID], logger: Any = None) -> Callabl
             with get_client(sync_client=True) as client:
                 runs = client.read_flow_runs(
                     flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(flow_run_ids))))
-        except Exception as exc:  # a busy or restarting API must not kill the jobs
+        except Exception as exc:
+            if transient_reason(exc) is None:
+                raise
             if logger is not None:
-                logger.warning(f"could not read the flow run's state (cancel check): {exc!r}")
+                logger.warning("could not ask the Prefect API whether the run is cancelled "
+                               "(%s); asking again at the next poll", exc)
             return False
         return any(r.state is not None and (r.state.is_cancelling() or r.state.is_cancelled())
                    for r in runs)
@@ -940,9 +942,11 @@ def run_slurm_jobs(
     if ctx is not None and ctx.flow_run is not None:
         try:
             flow_run_ids = _ancestor_flow_runs(ctx.flow_run.id)
-        except Exception as exc:  # only the parents' cancellation is lost: say so
-            logger.warning(f"could not read the parent flow runs ({exc!r}): only cancelling "
-                           "this flow run scancels its jobs")
+        except Exception as exc:
+            if transient_reason(exc) is None:
+                raise
+            logger.warning("could not read the parent flow runs (%s): cancelling a parent "
+                           "will not cancel these jobs, cancelling this flow run will", exc)
             flow_run_ids = [ctx.flow_run.id]
     rid = run_id or (str(flow_run_ids[-1]) if flow_run_ids else uuid.uuid4().hex)
     st = resolve_store(store, store_block)

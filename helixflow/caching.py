@@ -109,13 +109,11 @@ def stage_options(version: str, *, tools: tuple[str, ...] = ()) -> dict[str, Any
         >>> @task(name="sort-bam", **stage_options("1", tools=("samtools",)))  # doctest: +SKIP
         ... def sort_bam(bam: FileRef) -> FileRef: ...
     """
-    from helixflow.retries import RETRIES, RETRY_DELAYS, is_transient
+    from helixflow.retries import retry_options
 
     return {
         "version": version,
         "cache_policy": ContentInputs(tools=tools),
         "persist_result": True,
-        "retries": RETRIES,
-        "retry_delay_seconds": RETRY_DELAYS,
-        "retry_condition_fn": is_transient,
+        **retry_options(),
     }

@@ -7,6 +7,7 @@ its traceback.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from os import PathLike
@@ -74,3 +75,31 @@ def naming_sources(local_to_uri: Mapping[str | PathLike[str], str]) -> Iterator[
                 setattr(exc, attr, text)
         exc.args = (exc.message,)
         raise
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what it was raised from or while handling (`__cause__`, else an
+    unsuppressed `__context__`; a Ray `RayTaskError`'s `cause`), outermost first.
+
+    Example:
+        >>> try:
+        ...     try:
+        ...         raise ConnectionResetError("reset")
+        ...     except ConnectionResetError as inner:
+        ...         raise OSError("read failed") from inner
+        ... except OSError as outer:
+        ...     [type(e).__name__ for e in exception_chain(outer)]
+        ['OSError', 'ConnectionResetError']
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        ray_exceptions = sys.modules.get("ray.exceptions")  # no Ray error exists without it
+        if ray_exceptions is not None and isinstance(current, ray_exceptions.RayTaskError):
+            current = current.cause  # the exception the remote code raised
+        elif current.__cause__ is not None:
+            current = current.__cause__
+        else:
+            current = None if current.__suppress_context__ else current.__context__

@@ -35,12 +35,9 @@ def profile(name: str, **overrides: Any) -> Iterator[None]:
 def where_am_i() -> str:
     """The Ray node id executing this code (or the host name outside Ray), for lineage."""
     import socket
+    import sys
 
-    try:
-        import ray
-
-        if ray.is_initialized():
-            return f"ray:{ray.get_runtime_context().get_node_id()}"
-    except Exception:
-        pass
+    ray = sys.modules.get("ray")  # not imported: this process is not on Ray
+    if ray is not None and ray.is_initialized():
+        return f"ray:{ray.get_runtime_context().get_node_id()}"
     return f"host:{socket.gethostname()}"

@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 import fsspec
 
 from helixflow.artifacts import Artifact, FileRef
-from helixflow.errors import HelixflowError, InputError
+from helixflow.errors import HelixflowError, InputError, exception_chain
 from helixflow.settings import helixflow_home
 
 _CHUNK = 8 << 20
@@ -137,6 +137,44 @@ def s3_storage_options_from_env() -> dict[str, Any]:
 
 
 
+def s3_problem(exc: BaseException) -> str | None:
+    """What a permanent S3 error means (`access denied`, `no such bucket`, `no such
+    object`), from the exception s3fs raises; None for anything else (transient errors
+    among them: those are retried, see `helixflow.retries`)."""
+    if isinstance(exc, PermissionError):
+        return "access denied"
+    if isinstance(exc, FileNotFoundError):
+        codes = {getattr(e, "response", {}).get("Error", {}).get("Code")
+                 for e in exception_chain(exc)}
+        return "no such bucket" if "NoSuchBucket" in codes else "no such object"
+    return None
+
+
+_S3_HINTS = {
+    "access denied": "check the credentials and the bucket's policy (s3:GetObject, "
+                     "s3:PutObject, s3:ListBucket)",
+    "no such bucket": "check the bucket name and the endpoint, or create the bucket",
+    "no such object": "check the bucket and key",
+}
+
+
+@contextlib.contextmanager
+def s3_errors(uri: str) -> Iterator[None]:
+    """Permanent S3 errors as one `HelixflowError` naming `uri` (no retry can fix them);
+    anything else passes through unchanged.
+
+    Example:
+        >>> with s3_errors("s3://locked/hf/runs/r1/x.parquet"):  # doctest: +SKIP
+        ...     store.fs.put_file(src, "locked/hf/runs/r1/x.parquet")
+        HelixflowError: s3://locked/hf/runs/r1/x.parquet: access denied
+    """
+    try:
+        yield
+    except (PermissionError, FileNotFoundError) as exc:
+        problem = s3_problem(exc)
+        raise HelixflowError(f"{uri}: {problem}", hint=_S3_HINTS.get(problem or "")) from exc
+
+
 # Characters Prefect refuses in asset keys (prefect.types.names); `%` among them, so keys
 # cannot be percent-encoded.
 _ASSET_UNSAFE = re.compile(r"[\s#?&%\"'<>\[\]{}|\\^`]")
@@ -213,13 +251,33 @@ class Store:
 
     # -- reading ------------------------------------------------------------------------
 
+    def _errors(self, uri: str) -> contextlib.AbstractContextManager[None]:
+        """Around every remote call: permanent S3 errors name `uri` (see `s3_errors`)."""
+        return s3_errors(uri) if self.scheme == "s3" else contextlib.nullcontext()
+
+    def check_access(self) -> None:
+        """Fail now, naming the store, if its bucket is missing or denied: one listing of
+        at most one key under the store's prefix (what a prefix-scoped policy allows, unlike
+        HeadBucket); nothing is written."""
+        if self.scheme != "s3":
+            return
+        bucket, _, prefix = self._path(self.url).partition("/")
+        try:
+            self.fs.call_s3("list_objects_v2", Bucket=bucket, MaxKeys=1,
+                            Prefix=f"{prefix}/" if prefix else "")
+        except (PermissionError, FileNotFoundError) as exc:
+            problem = "access denied" if isinstance(exc, PermissionError) else "no such bucket"
+            raise HelixflowError(f"{self.url}: {problem}", hint=_S3_HINTS[problem]) from exc
+
     def exists(self, uri: str) -> bool:
         if self.scheme == "file":
             return local_path(uri).exists()
-        return bool(self.fs.exists(self._path(uri)))
+        with self._errors(uri):
+            return bool(self.fs.exists(self._path(uri)))
 
     def open(self, uri: str, mode: str = "rb") -> Any:
-        return self.fs.open(self._path(uri), mode)
+        with self._errors(uri):
+            return self.fs.open(self._path(uri), mode)
 
     def read_bytes(self, uri: str) -> bytes:
         with self.open(uri, "rb") as handle:
@@ -227,7 +285,8 @@ class Store:
 
     def glob(self, pattern_uri: str) -> list[str]:
         """URIs matching a glob inside the store, sorted."""
-        paths = sorted(self.fs.glob(self._path(pattern_uri)))
+        with self._errors(pattern_uri):
+            paths = sorted(self.fs.glob(self._path(pattern_uri)))
         if self.scheme == "file":
             return [Path(p).as_uri() for p in paths]
         return [f"{self.scheme}://{p}" for p in paths]
@@ -270,7 +329,8 @@ class Store:
             os.replace(tmp, dest)
         else:
             # S3: the key becomes visible only when PutObject / CompleteMultipartUpload succeeds.
-            self.fs.put_file(str(src), self._path(uri))
+            with self._errors(uri):
+                self.fs.put_file(str(src), self._path(uri))
 
     def _link_view(self, cas: str, view: str) -> None:
         """Expose a CAS object at a run-folder path without storing the bytes again locally."""
@@ -285,7 +345,8 @@ class Store:
             os.replace(tmp, dest)
         else:
             # S3 has no links: a server-side copy (no transfer through this machine).
-            self.fs.copy(self._path(cas), self._path(view))
+            with self._errors(view):
+                self.fs.copy(self._path(cas), self._path(view))
 
     def publish(
         self,
@@ -351,8 +412,9 @@ def identify(uri: str, storage_options: dict[str, Any] | None = None) -> FileRef
     fs, path = fsspec.core.url_to_fs(uri, **(options or {}))
     try:
         info = fs.info(path)
-    except FileNotFoundError:
-        raise InputError(uri, "no such object", hint="check the bucket and key") from None
+    except (PermissionError, FileNotFoundError) as exc:
+        problem = s3_problem(exc) or "unreadable"
+        raise InputError(uri, problem, hint=_S3_HINTS.get(problem)) from None
     etag = str(info.get("ETag") or info.get("etag") or "").strip('"') or None
     size = int(info.get("size") or info.get("Size") or 0)
     if etag is None:

@@ -73,6 +73,7 @@ from prefect.assets import materialize
 
 from helixflow.caching import stage_options
 from helixflow.errors import InputError
+from helixflow.retries import retry_options
 
 if TYPE_CHECKING:  # heavy imports stay lazy: Prefect tasks import this module cheaply
     import ray.data
@@ -1020,7 +1021,7 @@ def embed_dnabert_shard(shard: Any, model: Any, actors: int, batch_size: int, st
         ]
 
 
-@task(name="import-dnabert", task_run_name="import-dnabert")
+@task(name="import-dnabert", task_run_name="import-dnabert", **retry_options())
 def import_dnabert_checkpoint(model_dir: str, store: Any, run_id: str) -> Any:
     """A checkpoint directory given by the user (e.g. a DNABERT-6 download), checked by
     loading it, then packed into the store so workers and lineage see one artifact."""

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from helixflow.artifacts import Artifact, FileRef
 from helixflow.caching import stage_options
 from helixflow.resources import where_am_i
-from helixflow.retries import RETRIES, RETRY_DELAYS, is_transient
+from helixflow.retries import retry_options
 from helixflow.samples import Sample
 from helixflow.store import Store, is_local, local_path
 from tasks.fastq import ReadStats, batch_stats, iter_read_batches, write_read_shard
@@ -170,9 +170,7 @@ def ingest_fastq(
 @task(
     name="identify-input",
     task_run_name="identify-{uri}",
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=is_transient,
+    **retry_options(),
 )
 def identify_input(uri: str, storage_options: dict[str, Any] | None = None) -> FileRef:
     """Content identity of one input file: sha256 (local) or ETag+size (S3)."""

@@ -50,11 +50,11 @@ AMBER_CONVENTION_VERSION = "1.0"
 
 
 def _program_version() -> str:
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         return version("helixflow")
-    except Exception:  # not installed as a distribution (e.g. a bare checkout)
+    except PackageNotFoundError:  # not installed as a distribution (e.g. a bare checkout)
         return "unknown"
 
 

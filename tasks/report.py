@@ -22,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
 from helixflow.artifacts import Artifact, FileRef
+from helixflow.retries import retry_options
 from helixflow.store import Store
 from helixflow.tables import publish_file
 
@@ -209,7 +210,7 @@ def render_markdown(data: ReportData, html_uri: str | None = None) -> str:
     return "\n".join(parts)
 
 
-@task(name="write-qc-report", task_run_name="qc-report")
+@task(name="write-qc-report", task_run_name="qc-report", **retry_options())
 def publish_qc_report(
     data: ReportData, upstream: list[FileRef], store: Store, run_id: str
 ) -> Artifact:
