@@ -17,12 +17,17 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tasks.fastq import READS_SCHEMA, iter_read_batches
+from flows.preprocess import qc_totals
+from helixflow.store import Store
+from helixflow.tables import as_batch, read_table
+from tasks.fastq import READS_SCHEMA, iter_read_batches, write_read_shard
 from tasks.qc import (
     QcCounts,
     QcParams,
     detect_adapter,
+    detect_sample_adapters,
     filter_batch,
+    filter_reads,
     is_two_color,
     match_known_adapter,
     resolved_for,
@@ -529,3 +534,42 @@ def test_adapter_detection_agrees_with_fastp_on_generated_reads(tmp_path: Path, 
     used = _assert_same_as_fastp(tmp_path, fq, None, QcParams())
     found = used.detected_adapter_r1
     assert found is not None and ADAPTER_CASES[case].check(found), found
+
+
+@pytest.mark.integration
+def test_adapter_is_detected_once_per_sample_for_all_its_shards(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """The shard tasks of a sample trim the adapter detected in the sample's first reads
+    (a shard alone, 2,500 reads, is too small for fastp's detection), carry it in their
+    parameters (cache key, lineage) and results, and together keep what fastp keeps."""
+    in1 = shared_data / "reads" / "ecoli_dsm30083_SRR3927310_R1.fq.gz"
+    theirs, report = _run_fastp(tmp_path, in1, None)
+    adapter = report["adapter_cutting"]["read1_adapter_sequence"]
+    store = Store(str(tmp_path / "store"))
+    shards = []
+    for i, batch in enumerate(iter_read_batches(str(in1), batch_size=2500)):
+        path = tmp_path / f"ecoli.reads.{i:05d}.parquet"
+        write_read_shard(pa.Table.from_batches([batch]), path)
+        shards.append(store.publish(path, run_id="r", stage="ingest", rows=batch.num_rows,
+                                    media_type="application/vnd.apache.parquet",
+                                    producer="test"))
+    assert len(shards) == 4
+    alone = resolved_for(as_batch(read_table(store, shards[0])), QcParams())
+    assert alone.detected_adapter_r1 == ""
+    params = detect_sample_adapters.fn("ecoli", shards, QcParams().resolved("SRR3927310.1"),
+                                       store)
+    assert params.detected_adapter_r1 == adapter == "GCATCCGGCA"
+    results = [filter_reads.fn(s, params, store, "r") for s in shards]
+    ours: dict[str, list[int]] = {}
+    for result in results:
+        assert result.adapters == {"read1_adapter_sequence": adapter}
+        assert result.shard.params["detected_adapter_r1"] == adapter
+        kept = read_table(store, result.shard, columns=["read_id", "sequence"])
+        for name, seq in zip(*(kept.column(k).to_pylist() for k in ("read_id", "sequence")),
+                             strict=True):
+            ours.setdefault(name, []).append(len(seq))
+    assert ours == theirs[1]
+    totals = qc_totals(results)
+    assert totals["read1_adapter_sequence"] == adapter
+    assert totals["adapter_trimmed_reads"] == report["adapter_cutting"]["adapter_trimmed_reads"]
