@@ -788,28 +788,33 @@ def _key_string(key: int) -> str:
     return bytes(_FASTP_BASES[(key >> s) & 3] for s in shifts).decode()
 
 
-def _chunk_keys(offsets: np.ndarray, data: np.ndarray, shift: int) -> tuple[np.ndarray, np.ndarray]:
-    """(read matrix, 10-mer keys) of one chunk: keys[i, p] is the key of read i at p, or -1
-    outside the counted range or where the 10-mer holds a base other than ACGT."""
-    width = max(int(np.diff(offsets).max(initial=0)), _KEY_LEN)
+def _chunk_keys(offsets: np.ndarray, data: np.ndarray, shift: int) -> np.ndarray:
+    """10-mer keys of one chunk of reads: keys[i, j] is the key of read i at position
+    _SEED_START + j, or -1 outside the counted range or where the 10-mer holds a base other
+    than ACGT. Built by doubling (1, 2, 4, 8 then 10 bases per word): four passes, not ten."""
+    width = max(int(np.diff(offsets).max(initial=0)), _SEED_START + _KEY_LEN)
     seq, length = _padded(offsets, data, width)
-    codes = _KEY_CODE[seq]
-    span = width - _KEY_LEN + 1
-    keys = np.zeros((len(length), span), np.int32)
-    bad = np.zeros((len(length), span), bool)
-    for i in range(_KEY_LEN):
-        keys <<= 2
-        keys |= codes[:, i : i + span] & 3
-        bad |= codes[:, i : i + span] > 3
-    pos = np.arange(span)
-    bad |= (pos < _SEED_START) | (pos[None, :] > (length - _KEY_LEN - shift)[:, None])
+    codes = _KEY_CODE[seq[:, _SEED_START:]]
+    k1 = (codes & 3).astype(np.uint32)
+    k2 = k1[:, :-1] << 2 | k1[:, 1:]
+    k4 = k2[:, :-2] << 4 | k2[:, 2:]
+    k8 = k4[:, :-4] << 8 | k4[:, 4:]
+    span = codes.shape[1] - _KEY_LEN + 1
+    keys = (k8[:, :span] << 4 | k2[:, 8:]).astype(np.int32)
+    others = np.zeros((len(length), codes.shape[1] + 1), np.int16)
+    np.cumsum(codes > 3, axis=1, dtype=np.int16, out=others[:, 1:])
+    bad = others[:, _KEY_LEN:] > others[:, :span]
+    bad |= np.arange(span) > (length - _SEED_START - _KEY_LEN - shift)[:, None]
     keys[bad] = -1
-    return seq, keys
+    return keys
 
 
-def _chunks(sequences: pa.Array, n: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _chunks(
+    sequences: pa.Array, n: int
+) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray]]]:
+    """(first read, string parts) of the first n reads, a chunk at a time."""
     for lo in range(0, n, _DETECT_CHUNK):
-        yield string_parts(sequences.slice(lo, min(_DETECT_CHUNK, n - lo)))
+        yield lo, string_parts(sequences.slice(lo, min(_DETECT_CHUNK, n - lo)))
 
 
 def _dominant_path(seqs: np.ndarray) -> tuple[bytes, bool]:
@@ -832,32 +837,35 @@ def _dominant_path(seqs: np.ndarray) -> tuple[bytes, bool]:
     return bytes(path), True
 
 
-def _stacked(parts: list[np.ndarray]) -> np.ndarray:
-    """Byte matrices of different widths stacked as one, zero-padded on the right."""
-    width = max(p.shape[1] for p in parts)
-    return np.concatenate([_padded_right(p.astype(np.uint8), width - p.shape[1]) for p in parts])
+def _seed_occurrences(
+    sequences: pa.Array, n: int, seeds: np.ndarray, shift: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(key, read, position) of every counted occurrence of the seeds in the first n reads."""
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for lo, (offsets, data) in _chunks(sequences, n):
+        keys = _chunk_keys(offsets, data, shift)
+        rows, cols = np.nonzero(np.isin(keys, seeds))
+        found.append((keys[rows, cols], rows + lo, cols + _SEED_START))
+    key, read, pos = (np.concatenate(parts) for parts in zip(*found, strict=True))
+    return key, read, pos
 
 
-def _extend_seed(sequences: pa.Array, n: int, seed: int, shift: int) -> str:
-    """fastp getAdapterWithSeed: the seed extended both ways (or "" when rejected)."""
-    after: list[np.ndarray] = []
-    before: list[np.ndarray] = []
-    for offsets, data in _chunks(sequences, n):
-        seq, keys = _chunk_keys(offsets, data, shift)
-        rows, pos = np.nonzero(keys == seed)
-        if not len(rows):
-            continue
-        length = np.diff(offsets).astype(np.int64)[rows]
-        cols = np.arange(seq.shape[1])
-        fwd = pos[:, None] + _KEY_LEN + cols  # up to length - shift
-        fwd_ok = fwd < (length - shift)[:, None]
-        after.append(np.where(fwd_ok, seq[rows[:, None], np.minimum(fwd, seq.shape[1] - 1)], 0))
-        bwd = pos[:, None] - 1 - cols  # read[:pos] reversed
-        before.append(np.where(bwd >= 0, seq[rows[:, None], np.maximum(bwd, 0)], 0))
-    if not after:
-        return ""
-    forward, leaf_f = _dominant_path(_stacked(after))
-    backward, leaf_b = _dominant_path(_stacked(before))
+def _extend_seed(
+    sequences: pa.Array, read: np.ndarray, pos: np.ndarray, seed: int, shift: int
+) -> str:
+    """fastp getAdapterWithSeed, given the seed's occurrences (read, position): the seed
+    extended both ways, or "" when rejected."""
+    offsets, data = string_parts(sequences)
+    start, length = offsets[read].astype(np.int64), np.diff(offsets)[read].astype(np.int64)
+    steps = np.arange(int(length.max(initial=0)))
+    ahead = pos[:, None] + _KEY_LEN + steps  # what follows, up to length - shift
+    behind = pos[:, None] - 1 - steps  # what precedes, reversed
+    last = len(data) - 1
+    after = np.where(ahead < (length - shift)[:, None],
+                     data[np.minimum(start[:, None] + ahead, last)], 0).astype(np.uint8)
+    before = np.where(behind >= 0, data[np.clip(start[:, None] + behind, 0, last)], 0)
+    forward, leaf_f = _dominant_path(after)
+    backward, leaf_b = _dominant_path(before.astype(np.uint8))
     adapter = (backward[::-1].decode() + _key_string(seed) + forward.decode())[:_ADAPTER_MAX]
     known = match_known_adapter(adapter)
     if known:
@@ -895,14 +903,15 @@ def detect_adapter(sequences: pa.Array | pa.ChunkedArray, trim_tail1: int = 0) -
         return ""
     shift = max(1, trim_tail1)
     counts = np.zeros(_KEY_SPACE, np.int64)
-    for chunk_offsets, data in _chunks(sequences, n):
-        keys = _chunk_keys(chunk_offsets, data, shift)[1]
+    for _, (chunk_offsets, data) in _chunks(sequences, n):
+        keys = _chunk_keys(chunk_offsets, data, shift)
         counts += np.bincount(keys[keys >= 0], minlength=_KEY_SPACE)
     counts[0] = 0
     candidates = np.flatnonzero(_seed_candidates())
     total = int(counts[candidates].sum())
     # fastp keeps a top-10 by insertion: higher counts first, a later key before an equal one
     top = candidates[np.lexsort((-candidates, -counts[candidates]))[:_SEEDS]]
+    occurrences: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     for key in top.tolist():
         count = int(counts[key])
         if count < _SEED_MIN or count * _KEY_SPACE < total * _SEED_FOLD:
@@ -910,7 +919,11 @@ def detect_adapter(sequences: pa.Array | pa.ChunkedArray, trim_tail1: int = 0) -
         seed = _key_string(key)
         if sum(a != b for a, b in itertools.pairwise(seed)) < 3:
             continue
-        adapter = _extend_seed(sequences, n, key, shift)
+        if occurrences is None:  # one more pass over the reads, for all seeds at once
+            occurrences = _seed_occurrences(sequences, n, top, shift)
+        keys, read, pos = occurrences
+        mine = keys == key
+        adapter = _extend_seed(sequences, read[mine], pos[mine], key, shift)
         if adapter:
             return adapter
     return ""
