@@ -11,8 +11,10 @@ What it does, in fastp 0.23.2's order (its `PairEndProcessor::processPairEnd`):
 2. polyG tail trimming (`trim_poly_g`; fastp switches it on for NextSeq/NovaSeq reads);
 3. adapters: for pairs, overlap analysis first (R1 against reverse-complemented R2; an
    overlap with R2 starting before R1 means the insert is shorter than the reads, and both
-   mates are cut to the insert). Where the overlap did not trim, adapter sequences are
-   searched with mismatches (one allowed per 8 compared bases);
+   mates are cut to the insert). Where the overlap did not trim, the adapter sequence is
+   searched with mismatches (one allowed per 8 compared bases): the one given, or the one
+   detected from the sample's first reads as fastp's evaluator does (`detect_adapter`;
+   single-end reads by default, pairs with `detect_adapter_for_pe`), or none;
 4. polyX tail trimming (`trim_poly_x`);
 5. filters, in fastp's order: unqualified-base percentage (and mean quality), N count,
    length (`length_required`, `length_limit`), low complexity. A pair survives only if both

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from flows.preprocess import qc_totals
@@ -573,3 +574,38 @@ def test_adapter_is_detected_once_per_sample_for_all_its_shards(
     totals = qc_totals(results)
     assert totals["read1_adapter_sequence"] == adapter
     assert totals["adapter_trimmed_reads"] == report["adapter_cutting"]["adapter_trimmed_reads"]
+
+
+@pytest.mark.integration
+def test_pipeline_detects_the_adapter_once_per_sample(
+    prefect_api: str, shared_data: Path, tmp_path: Path
+) -> None:
+    """The flow's wiring: a single-end sample in 4 shards; the adapter fastp detects in the
+    whole file is in every QC shard's lineage parameters and in the QC report, the QC shards
+    keep what fastp keeps, and a second run takes detection and QC from the cache."""
+    from helixflow.launch import launch_pipeline
+    from helixflow.lineage import load_records
+    from helixflow.store import local_path
+
+    in1 = shared_data / "reads" / "ecoli_dsm30083_SRR3927310_R1.fq.gz"
+    theirs, report = _run_fastp(tmp_path, in1, None)
+    adapter = report["adapter_cutting"]["read1_adapter_sequence"]
+    store_dir = tmp_path / "store"
+    options = {"store": str(store_dir), "shard_size": 2500, "embed_methods": [],
+               "simulate": False}
+    first = launch_pipeline([str(in1)], **options)
+    assert first.error is None, first.error
+    qc = [r for r in load_records(Store(str(store_dir))) if r.stage == "qc"]
+    assert len(qc) == 4
+    assert {r.parameters["detected_adapter_r1"] for r in qc} == {adapter}
+    assert adapter in local_path(first.summary.report_uri).read_text()
+    kept = pq.read_table(sorted((store_dir / "runs" / first.summary.run_id / "qc").glob(
+        "*.parquet")), columns=["read_id", "sequence"])
+    ours: dict[str, list[int]] = {}
+    for name, seq in zip(*(kept.column(k).to_pylist() for k in ("read_id", "sequence")),
+                         strict=True):
+        ours.setdefault(name, []).append(len(seq))
+    assert ours == theirs[1]
+    second = launch_pipeline([str(in1)], **options)
+    assert second.error is None, second.error
+    assert second.summary.by_task["filter-reads"] == {"executed": 0, "cached": 4}
