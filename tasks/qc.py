@@ -74,6 +74,7 @@ __all__ = [
     "is_two_color",
     "match_known_adapter",
     "read_adapter_fasta",
+    "resolved_for",
 ]
 
 TWO_COLOR_PREFIXES: tuple[str, ...] = ("NS", "NB", "A0")
