@@ -31,7 +31,7 @@ from tasks.correct import (
 from tasks.dedup import choose_duplicates, hash_fragments, remove_duplicates
 from tasks.ingest import IngestResult
 from tasks.orfs import OrfParams
-from tasks.qc import QcParams, QcResult, filter_reads
+from tasks.qc import QcParams, QcResult, detect_sample_adapters, filter_reads
 from tasks.variants import SampleVariants, VariantParams, call_sample_variants
 
 T = TypeVar("T")
@@ -68,11 +68,24 @@ def run_qc(
     run_id: str,
     recorder: RunRecorder,
 ) -> dict[str, list[QcResult]]:
-    """Filter every shard of every sample in parallel; polyG decided once per sample."""
+    """Filter every shard of every sample in parallel. What fastp decides from the file
+    itself is decided once per sample: polyG from the first read name, the adapters by
+    detection on the sample's first reads (a task per sample, before its shards)."""
+    resolved: dict[str, QcParams | PrefectFuture[QcParams]] = {}
+    with profile("stream"):
+        for result in ingested:
+            sample_params = params.resolved(result.first_read_id)
+            paired = result.layout != "single"  # interleaved files hold pairs too
+            if result.shards and any(sample_params.detects(m, paired) for m in (1, 2)):
+                sample_params = detect_sample_adapters.submit(
+                    result.sample, result.shards, sample_params, store)
+            resolved[result.sample] = sample_params
     futures: list[tuple[str, PrefectFuture[QcResult]]] = []
     with profile("shard"):
         for result in ingested:
-            sample_params = params.resolved(result.first_read_id)
+            sample_params = resolved[result.sample]
+            if isinstance(sample_params, PrefectFuture):
+                sample_params = sample_params.result()
             task = filter_reads.with_options(assets=[store.asset_uri(run_id, "qc", result.sample)])
             for shard in result.shards:
                 futures.append((result.sample, task.submit(shard, sample_params, store, run_id)))
@@ -88,12 +101,14 @@ def run_qc(
     return out
 
 
-def qc_totals(results: list[QcResult]) -> dict[str, int]:
-    """Counts of a sample's shards added up."""
-    total: dict[str, int] = {}
+def qc_totals(results: list[QcResult]) -> dict[str, int | str]:
+    """Counts of a sample's shards added up, with the adapters searched (the same in every
+    shard of a sample: `read1_adapter_sequence`, ...)."""
+    total: dict[str, int | str] = {}
     for result in results:
         for key, value in result.counts.items():
-            total[key] = total.get(key, 0) + value
+            total[key] = int(total.get(key, 0)) + value
+        total.update(result.adapters)
     return total
 
 

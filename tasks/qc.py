@@ -11,8 +11,10 @@ What it does, in fastp 0.23.2's order (its `PairEndProcessor::processPairEnd`):
 2. polyG tail trimming (`trim_poly_g`; fastp switches it on for NextSeq/NovaSeq reads);
 3. adapters: for pairs, overlap analysis first (R1 against reverse-complemented R2; an
    overlap with R2 starting before R1 means the insert is shorter than the reads, and both
-   mates are cut to the insert). Where the overlap did not trim, adapter sequences are
-   searched with mismatches (one allowed per 8 compared bases);
+   mates are cut to the insert). Where the overlap did not trim, the adapter sequence is
+   searched with mismatches (one allowed per 8 compared bases): the one given, or the one
+   detected from the sample's first reads as fastp's evaluator does (`detect_adapter`;
+   single-end reads by default, pairs with `detect_adapter_for_pe`), or none;
 4. polyX tail trimming (`trim_poly_x`);
 5. filters, in fastp's order: unqualified-base percentage (and mean quality), N count,
    length (`length_required`, `length_limit`), low complexity. A pair survives only if both
@@ -46,11 +48,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from prefect import task
 from prefect.assets import materialize
 from pydantic import BaseModel
 
@@ -58,25 +63,19 @@ from helixflow.artifacts import Artifact
 from helixflow.caching import stage_options
 from helixflow.store import Store
 from helixflow.tables import as_batch, publish_table, read_table
+from tasks.fastp_adapters import KNOWN_ADAPTERS
 from tasks.fastq import string_parts
 
 __all__ = [
-    "BUILTIN_ADAPTERS",
     "QcCounts",
     "QcParams",
+    "detect_adapter",
     "filter_batch",
     "is_two_color",
+    "match_known_adapter",
     "read_adapter_fasta",
+    "resolved_for",
 ]
-
-BUILTIN_ADAPTERS: tuple[str, ...] = (
-    "AGATCGGAAGAGCACACGTCTGAACTCCAGTCA",  # Illumina TruSeq read 1 3' adapter
-    "AGATCGGAAGAGCGTCGTGTAGGGAAAGAGTGT",  # Illumina TruSeq read 2 3' adapter
-    "CTGTCTCTTATACACATCT",  # Nextera / Nextera XT transposase mosaic end
-)
-"""Adapters searched when none is given (single-end reads, or pairs with
-`detect_adapter_for_pe`). fastp 0.23.2 instead detects one adapter from the first reads
-and looks it up in its own known-adapter table, which holds these."""
 
 TWO_COLOR_PREFIXES: tuple[str, ...] = ("NS", "NB", "A0")
 """Read-name prefixes by which fastp 0.23.2 recognises NextSeq 500/550 and NovaSeq runs
@@ -105,14 +104,19 @@ class QcParams:
 
     Attributes:
         trim_adapters: any adapter trimming at all (False is fastp's `-A`).
-        adapter_r1: mate-1 (or single-end) 3' adapter. None: single-end reads are searched
-            for the BUILTIN_ADAPTERS; pairs rely on overlap analysis only, as fastp does
-            unless `--detect_adapter_for_pe` is given.
-        adapter_r2: mate-2 3' adapter (None: as adapter_r1's rule).
+        adapter_r1: mate-1 (or single-end) 3' adapter. None: detected from the reads as
+            fastp does (`detect_adapter`) for single-end reads; pairs rely on overlap
+            analysis only unless detect_adapter_for_pe.
+        adapter_r2: mate-2 3' adapter. None: detected from the mate-2 reads with
+            detect_adapter_for_pe, else adapter_r1 (fastp `--adapter_sequence_r2`).
         adapter_fasta: a FASTA of extra adapters, all searched in every read after the
             overlap/single-adapter step (fastp `--adapter_fasta`); read once per process.
-        detect_adapter_for_pe: also search pairs the overlap did not trim for the built-in
-            adapters (stands in for fastp's `--detect_adapter_for_pe`).
+        detect_adapter_for_pe: detect each mate's adapter from its reads and search it in
+            the pairs the overlap analysis did not trim (fastp `--detect_adapter_for_pe`).
+        detected_adapter_r1, detected_adapter_r2: what detection found in the sample's
+            first reads ("" = nothing), filled in once per sample by `with_detected` so
+            every shard trims the same adapter. None = not detected yet: filter_batch then
+            detects from the batch's own reads (fastp on a file holding only the batch).
         detect_pe_overlap: trim read-through in pairs by overlap analysis (fastp does this
             whenever adapter trimming is on; False is like `-A` for pairs).
         overlap_min: minimum overlap to trust (fastp `--overlap_len_require`).
@@ -151,6 +155,8 @@ class QcParams:
     adapter_r2: str | None = None
     adapter_fasta: str | None = None
     detect_adapter_for_pe: bool = False
+    detected_adapter_r1: str | None = None
+    detected_adapter_r2: str | None = None
     detect_pe_overlap: bool = True
     overlap_min: int = 30
     overlap_diff_limit: int = 5
@@ -182,6 +188,10 @@ class QcParams:
             value = getattr(self, name)
             if value is not None and (not value or set(value.upper()) - set("ACGTN")):
                 raise ValueError(f"{name} must be a non-empty ACGTN sequence, got {value!r}")
+        for name in ("detected_adapter_r1", "detected_adapter_r2"):
+            value = getattr(self, name)
+            if value is not None and set(value) - set("ACGTN"):
+                raise ValueError(f"{name} must be an ACGTN sequence or '', got {value!r}")
         checks = {
             "overlap_min": (1, 1000), "overlap_diff_limit": (0, 1000),
             "overlap_diff_percent_limit": (0, 100), "poly_g_min_len": (1, 1000),
@@ -204,6 +214,45 @@ class QcParams:
         if self.trim_poly_g is not None:
             return self
         return dataclasses.replace(self, trim_poly_g=is_two_color(first_read_id))
+
+
+    def detects(self, mate: int, paired: bool) -> bool:
+        """Whether fastp would detect this mate's adapter (`Options::shallDetectAdapter`;
+        mate 0 or 1 = single-end or mate 1)."""
+        if not self.trim_adapters:
+            return False
+        if mate == 2:
+            return paired and self.detect_adapter_for_pe and self.adapter_r2 is None
+        return self.adapter_r1 is None and (not paired or self.detect_adapter_for_pe)
+
+    def with_detected(self, read1: pa.Array | None, read2: pa.Array | None = None) -> QcParams:
+        """These settings with the adapters fastp detects in a sample's first reads filled
+        in (`read1`/`read2`: mate-1 or single-end and mate-2 sequences in file order; a
+        mate not to be detected, or already detected, is left alone)."""
+        paired = read2 is not None
+        found: dict[str, str] = {}
+        for mate, reads, name in ((1, read1, "detected_adapter_r1"),
+                                  (2, read2, "detected_adapter_r2")):
+            if reads is not None and self.detects(mate, paired) and getattr(self, name) is None:
+                found[name] = detect_adapter(reads, self.trim_tail1)
+        return dataclasses.replace(self, **found) if found else self
+
+    def adapter(self, mate: int, paired: bool) -> str | None:
+        """The single 3' adapter searched in this mate (mate 0 = single-end), if any."""
+        if not self.trim_adapters:
+            return None
+        if self.detects(mate, paired):
+            found = self.detected_adapter_r2 if mate == 2 else self.detected_adapter_r1
+            return found.upper() if found else None
+        given = (self.adapter_r2 or self.adapter_r1) if mate == 2 else self.adapter_r1
+        return given.upper() if given else None
+
+    def adapter_report(self, paired: bool) -> dict[str, str]:
+        """The adapters searched, as fastp's JSON names them (`adapter_cutting.
+        read1_adapter_sequence`, `read2_...`); "none" where no sequence is searched."""
+        mates = (1, 2) if paired else (0,)
+        return {f"read{max(m, 1)}_adapter_sequence": self.adapter(m, paired) or "none"
+                for m in mates}
 
 
 def is_two_color(read_id: str) -> bool:
@@ -683,6 +732,207 @@ def _trim_by_sequence(
 
 
 # --------------------------------------------------------------------------------------
+# Adapter detection (fastp 0.23.2 `Evaluator::evalAdapterAndReadNum` and `getAdapterWithSeed`)
+#
+# fastp loads the first reads of the file (up to 256Ki reads or until 151 x 256Ki bases are
+# read), needs at least 10,000 of them, and counts every 10-mer of ACGT starting at
+# position 20 or later and ending at least one base (max(1, trim_tail1)) before the 3' end.
+# Ten seeds are the most frequent 10-mers that are not low-complexity (no base 6 times or
+# more, fewer than 8 C/G, not starting GGGG); a seed must occur at least 10 times and 20x
+# more often than the mean 10-mer. The first seed with 3+ base changes is extended both
+# ways along the dominant path of a tree of the sequences that follow (and, reversed,
+# precede) its occurrences: a step needs 50 sequences and one base in >= 95 % of them. The
+# known-adapter table replaces the result when one of its entries is a prefix of it;
+# otherwise the result is kept only if both walks ended for lack of sequences.
+
+_DETECT_READS = 256 * 1024
+_DETECT_BASES = 151 * _DETECT_READS
+_DETECT_MIN_READS = 10_000
+_KEY_LEN = 10
+_KEY_SPACE = 1 << (2 * _KEY_LEN)
+_SEED_START = 20
+_SEEDS = 10
+_SEED_MIN = 10
+_SEED_FOLD = 20
+_TREE_MIN = 50
+_TREE_RATIO = 0.95
+_ADAPTER_MAX = 60
+_DETECT_CHUNK = 16384
+_FASTP_BASES = np.frombuffer(b"ATCG", np.uint8)  # fastp's 2-bit order for k-mer keys
+_KEY_CODE = np.full(256, 4, np.uint8)
+_KEY_CODE[_FASTP_BASES] = np.arange(4, dtype=np.uint8)
+
+
+def detection_reads(lengths: np.ndarray) -> int:
+    """How many of the first reads (of these lengths) fastp's evaluator loads."""
+    n = min(len(lengths), _DETECT_READS)
+    over = np.flatnonzero(np.cumsum(lengths[:n], dtype=np.int64) >= _DETECT_BASES)
+    return int(over[0]) + 1 if len(over) else n
+
+
+@functools.lru_cache(maxsize=1)
+def _seed_candidates() -> np.ndarray:
+    """Mask over all 10-mer keys: the ones fastp may take as seeds (not low-complexity)."""
+    keys = np.arange(_KEY_SPACE, dtype=np.int32)
+    per_base = np.zeros((4, _KEY_SPACE), np.int8)  # A, T, C, G
+    for i in range(_KEY_LEN):
+        digit = (keys >> (2 * i)) & 3
+        for b in range(4):
+            per_base[b] += digit == b
+    ok = (per_base < _KEY_LEN - 4).all(axis=0)
+    ok &= per_base[2] + per_base[3] < _KEY_LEN - 2
+    ok &= (keys >> 12) != 0xFF  # GGGG...
+    return ok
+
+
+def _key_string(key: int) -> str:
+    """The 10-mer of a key (first base in the highest bits)."""
+    shifts = range(2 * (_KEY_LEN - 1), -1, -2)
+    return bytes(_FASTP_BASES[(key >> s) & 3] for s in shifts).decode()
+
+
+def _chunk_keys(offsets: np.ndarray, data: np.ndarray, shift: int) -> np.ndarray:
+    """10-mer keys of one chunk of reads: keys[i, j] is the key of read i at position
+    _SEED_START + j, or -1 outside the counted range or where the 10-mer holds a base other
+    than ACGT. Built by doubling (1, 2, 4, 8 then 10 bases per word): four passes, not ten."""
+    width = max(int(np.diff(offsets).max(initial=0)), _SEED_START + _KEY_LEN)
+    seq, length = _padded(offsets, data, width)
+    codes = _KEY_CODE[seq[:, _SEED_START:]]
+    k1 = (codes & 3).astype(np.uint32)
+    k2 = k1[:, :-1] << 2 | k1[:, 1:]
+    k4 = k2[:, :-2] << 4 | k2[:, 2:]
+    k8 = k4[:, :-4] << 8 | k4[:, 4:]
+    span = codes.shape[1] - _KEY_LEN + 1
+    keys = (k8[:, :span] << 4 | k2[:, 8:]).astype(np.int32)
+    others = np.zeros((len(length), codes.shape[1] + 1), np.int16)
+    np.cumsum(codes > 3, axis=1, dtype=np.int16, out=others[:, 1:])
+    bad = others[:, _KEY_LEN:] > others[:, :span]
+    bad |= np.arange(span) > (length - _SEED_START - _KEY_LEN - shift)[:, None]
+    keys[bad] = -1
+    return keys
+
+
+def _chunks(
+    sequences: pa.Array, n: int
+) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray]]]:
+    """(first read, string parts) of the first n reads, a chunk at a time."""
+    for lo in range(0, n, _DETECT_CHUNK):
+        yield lo, string_parts(sequences.slice(lo, min(_DETECT_CHUNK, n - lo)))
+
+
+def _dominant_path(seqs: np.ndarray) -> tuple[bytes, bool]:
+    """fastp NucleotideTree::getDominantPath over byte rows (0 = end; a row stops at N):
+    (the path, whether it ended for lack of sequences rather than of a dominant base)."""
+    path = bytearray()
+    rows = np.arange(len(seqs))
+    for depth in range(seqs.shape[1]):
+        col = seqs[rows, depth]
+        live = (col != 0) & (col != _N)
+        total = int(np.count_nonzero(live))
+        if total < _TREE_MIN:
+            return bytes(path), True
+        values, counts = np.unique(col[live], return_counts=True)
+        best = int(counts.argmax())
+        if counts[best] / total < _TREE_RATIO:
+            return bytes(path), False
+        path.append(int(values[best]))
+        rows = rows[col == values[best]]
+    return bytes(path), True
+
+
+def _seed_occurrences(
+    sequences: pa.Array, n: int, seeds: np.ndarray, shift: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(key, read, position) of every counted occurrence of the seeds in the first n reads."""
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for lo, (offsets, data) in _chunks(sequences, n):
+        keys = _chunk_keys(offsets, data, shift)
+        rows, cols = np.nonzero(np.isin(keys, seeds))
+        found.append((keys[rows, cols], rows + lo, cols + _SEED_START))
+    key, read, pos = (np.concatenate(parts) for parts in zip(*found, strict=True))
+    return key, read, pos
+
+
+def _extend_seed(
+    sequences: pa.Array, read: np.ndarray, pos: np.ndarray, seed: int, shift: int
+) -> str:
+    """fastp getAdapterWithSeed, given the seed's occurrences (read, position): the seed
+    extended both ways, or "" when rejected."""
+    offsets, data = string_parts(sequences)
+    start, length = offsets[read].astype(np.int64), np.diff(offsets)[read].astype(np.int64)
+    steps = np.arange(int(length.max(initial=0)))
+    ahead = pos[:, None] + _KEY_LEN + steps  # what follows, up to length - shift
+    behind = pos[:, None] - 1 - steps  # what precedes, reversed
+    last = len(data) - 1
+    after = np.where(ahead < (length - shift)[:, None],
+                     data[np.minimum(start[:, None] + ahead, last)], 0).astype(np.uint8)
+    before = np.where(behind >= 0, data[np.clip(start[:, None] + behind, 0, last)], 0)
+    forward, leaf_f = _dominant_path(after)
+    backward, leaf_b = _dominant_path(before.astype(np.uint8))
+    adapter = (backward[::-1].decode() + _key_string(seed) + forward.decode())[:_ADAPTER_MAX]
+    known = match_known_adapter(adapter)
+    if known:
+        return known
+    return adapter if leaf_f and leaf_b else ""
+
+
+def match_known_adapter(seq: str) -> str:
+    """The first entry of fastp's known-adapter table (in byte order) that is a prefix of
+    `seq`, or ""."""
+    for adapter in KNOWN_ADAPTERS:
+        if len(adapter) <= len(seq) and seq.startswith(adapter):
+            return adapter
+    return ""
+
+
+def detect_adapter(sequences: pa.Array | pa.ChunkedArray, trim_tail1: int = 0) -> str:
+    """The 3' adapter fastp 0.23.2 detects from the first reads of a file, or "" for none.
+
+    Args:
+        sequences: the file's reads in order (at least its first 256Ki reads, or all of them;
+            later ones are ignored as fastp ignores them).
+        trim_tail1: fastp's `--trim_tail1`; the last max(1, trim_tail1) bases of each read
+            are left out of the counts (for read 2 too, as fastp does).
+
+    Example:
+        >>> detect_adapter(pa.array(reads))  # doctest: +SKIP
+        'AGATCGGAAGAGCACACGTCTGAACTCCAGTCA'
+    """
+    if isinstance(sequences, pa.ChunkedArray):
+        sequences = sequences.combine_chunks()
+    offsets, _ = string_parts(sequences)
+    n = detection_reads(np.diff(offsets).astype(np.int64))
+    if n < _DETECT_MIN_READS:
+        return ""
+    shift = max(1, trim_tail1)
+    counts = np.zeros(_KEY_SPACE, np.int64)
+    for _, (chunk_offsets, data) in _chunks(sequences, n):
+        keys = _chunk_keys(chunk_offsets, data, shift)
+        counts += np.bincount(keys[keys >= 0], minlength=_KEY_SPACE)
+    counts[0] = 0
+    candidates = np.flatnonzero(_seed_candidates())
+    total = int(counts[candidates].sum())
+    # fastp keeps a top-10 by insertion: higher counts first, a later key before an equal one
+    top = candidates[np.lexsort((-candidates, -counts[candidates]))[:_SEEDS]]
+    occurrences: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    for key in top.tolist():
+        count = int(counts[key])
+        if count < _SEED_MIN or count * _KEY_SPACE < total * _SEED_FOLD:
+            break
+        seed = _key_string(key)
+        if sum(a != b for a, b in itertools.pairwise(seed)) < 3:
+            continue
+        if occurrences is None:  # one more pass over the reads, for all seeds at once
+            occurrences = _seed_occurrences(sequences, n, top, shift)
+        keys, read, pos = occurrences
+        mine = keys == key
+        adapter = _extend_seed(sequences, read[mine], pos[mine], key, shift)
+        if adapter:
+            return adapter
+    return ""
+
+
+# --------------------------------------------------------------------------------------
 # Filters
 
 
@@ -763,22 +1013,13 @@ class _Out:
             self.qual.append(qual[inside])
 
 
-def _adapters_for(p: QcParams, mate: int, paired: bool) -> tuple[list[str], list[str], bool]:
-    """(single adapters, adapter list, whether the list is the built-in one) for a mate.
-
-    Mate 2 falls back to adapter_r1 as fastp's `--adapter_sequence_r2` does. The built-in
-    list stands in for fastp's adapter detection and, like a detected adapter, is only
-    searched in pairs the overlap analysis did not trim; a user FASTA is searched in all.
-    """
-    if not p.trim_adapters:
-        return [], [], False
-    given = (p.adapter_r2 or p.adapter_r1) if mate == 2 else p.adapter_r1
-    single: list[str] = [given.upper()] if given else []
-    if p.adapter_fasta:
-        return single, list(read_adapter_fasta(p.adapter_fasta)), False
-    if not single and (not paired or p.detect_adapter_for_pe):
-        return [], list(BUILTIN_ADAPTERS), True
-    return single, [], False
+def _adapters_for(p: QcParams, mate: int, paired: bool) -> tuple[str | None, list[str]]:
+    """(the single adapter, the FASTA's adapters) searched in a mate. The single adapter,
+    given or detected, is searched in pairs the overlap analysis did not trim; a user
+    FASTA in all, as fastp does."""
+    fasta = p.adapter_fasta if p.trim_adapters else None
+    listed = list(read_adapter_fasta(fasta)) if fasta else []
+    return p.adapter(mate, paired), listed
 
 
 def _process_chunk(
@@ -821,16 +1062,15 @@ def _process_chunk(
         for c in cut:
             counts._add("adapter_trimmed", by_overlap & (c > 0), c)
     for i, mate in enumerate(mates):
-        single, listed, builtin = _adapters_for(p, i + 1 if paired else 0, paired)
+        single, listed = _adapters_for(p, i + 1 if paired else 0, paired)
         if not single and not listed:
             continue
         before = mate.length.copy()
-        todo = both & ~by_overlap
-        for adapter in single:
-            _trim_by_sequence(mate, windows_of(i), adapter, todo)
+        if single:
+            _trim_by_sequence(mate, windows_of(i), single, both & ~by_overlap)
         req = 4 if len(listed) <= 16 else 5 if len(listed) <= 256 else 6
         for adapter in listed:
-            _trim_by_sequence(mate, windows_of(i), adapter, todo if builtin else both, req)
+            _trim_by_sequence(mate, windows_of(i), adapter, both, req)
         cut = before - mate.length
         counts._add("adapter_trimmed", cut > 0, cut)
     if p.trim_poly_x:
@@ -885,6 +1125,19 @@ def _assemble(batch: pa.RecordBatch, out: list[_Out]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
 
 
+def resolved_for(batch: pa.RecordBatch, params: QcParams) -> QcParams:
+    """Settings with what fastp decides from the file itself (polyG from the first read
+    name, adapters still to be detected) decided from this batch, as if it were the file."""
+    paired, fragments = _layout(batch)
+    if params.trim_poly_g is None:
+        first = batch.column("read_id")[0].as_py() if batch.num_rows else ""
+        params = params.resolved(first)
+    seqs = batch.column("sequence")
+    if paired:
+        return params.with_detected(seqs.slice(0, fragments), seqs.slice(fragments))
+    return params.with_detected(seqs)
+
+
 def filter_batch(
     batch: pa.RecordBatch, params: QcParams = QcParams()
 ) -> tuple[pa.RecordBatch, pa.RecordBatch | None, QcCounts]:
@@ -894,7 +1147,9 @@ def filter_batch(
         batch: single-end reads (mate 0) or pairs laid out as tasks.fastq.iter_read_batches
             makes them (mate-1 rows of the fragments, then their mate-2 rows).
         params: settings; trim_poly_g=None is decided from the batch's first read name
-            (see QcParams.resolved to decide once per file).
+            (see QcParams.resolved to decide once per file), and adapters still to be
+            detected are detected from the batch's reads (see QcParams.with_detected to
+            detect once per sample).
 
     Returns:
         (survivors in the same schema and pair layout, orphans or None, counts). Orphans are
@@ -910,9 +1165,7 @@ def filter_batch(
         132
     """
     paired, fragments = _layout(batch)
-    if params.trim_poly_g is None:
-        first = batch.column("read_id")[0].as_py() if batch.num_rows else ""
-        params = params.resolved(first)
+    params = resolved_for(batch, params)
     counts = QcCounts()
     seq_col, qual_col = batch.column("sequence"), batch.column("quality")
     n_mates = 2 if paired else 1
@@ -953,15 +1206,57 @@ def filter_batch(
 
 # --- Prefect task: the I/O edge around filter_batch ------------------------------------
 
-QC_VERSION = "1"
+QC_VERSION = "2"  # 2: adapters detected from the reads as fastp does (was: a fixed list)
 
 
 class QcResult(BaseModel):
-    """One filtered shard (plus orphans when kept) and its per-reason counts."""
+    """One filtered shard (plus orphans when kept), its per-reason counts and the adapters
+    searched (fastp's `read1_adapter_sequence`/`read2_adapter_sequence`, or "none")."""
 
     shard: Artifact
     orphans: Artifact | None = None
     counts: dict[str, int]
+    adapters: dict[str, str] = {}
+
+
+def sample_detection_reads(
+    shards: list[Artifact], store: Store
+) -> tuple[pa.Array | None, pa.Array | None]:
+    """The first reads of a sample that fastp's adapter detection looks at, per mate, in
+    file order: (mate-1 or single-end sequences, mate-2 sequences or None). Shards are
+    read in order only until both mates have enough."""
+    parts: dict[int, list[pa.Array]] = {}
+    have: dict[int, tuple[int, int]] = {}
+    for shard in shards:
+        table = read_table(store, shard, columns=["mate", "sequence"])
+        mates = table.column("mate").to_numpy()
+        for mate in np.unique(mates).tolist():
+            reads, bases = have.get(mate, (0, 0))
+            if reads >= _DETECT_READS or bases >= _DETECT_BASES:
+                continue
+            seqs = table.column("sequence").filter(pa.array(mates == mate)).combine_chunks()
+            parts.setdefault(mate, []).append(seqs)
+            lengths = np.diff(string_parts(seqs)[0])
+            have[mate] = (reads + len(lengths), bases + int(lengths.sum()))
+        if have and all(r >= _DETECT_READS or b >= _DETECT_BASES for r, b in have.values()):
+            break
+    joined = {m: pa.concat_arrays(p) for m, p in parts.items()}
+    return joined.get(1, joined.get(0)), joined.get(2)
+
+
+@task(name="detect-adapters", task_run_name="adapters-{sample}", **stage_options(QC_VERSION))
+def detect_sample_adapters(
+    sample: str, shards: list[Artifact], params: QcParams, store: Store
+) -> QcParams:
+    """`params` with the adapters fastp would detect in the sample's first reads filled in,
+    once per sample so that all its shards trim the same adapters.
+
+    Example:
+        >>> params = detect_sample_adapters("ecoli", shards, QcParams(), store)  # doctest: +SKIP
+        >>> params.detected_adapter_r1  # doctest: +SKIP
+        'GCATCCGGCA'
+    """
+    return params.with_detected(*sample_detection_reads(shards, store))
 
 
 @materialize(
@@ -976,6 +1271,7 @@ def filter_reads(shard: Artifact, params: QcParams, store: Store, run_id: str) -
     `params` should already be `resolved()` for the sample (polyG decided once per file).
     """
     batch = as_batch(read_table(store, shard))
+    params = resolved_for(batch, params)  # a no-op when the flow resolved them per sample
     kept, orphans, counts = filter_batch(batch, params)
     base = shard.name.removesuffix(".parquet").replace(".reads.", ".qc.")
     common = {"run_id": run_id, "stage": "qc", "producer": "filter-reads",
@@ -987,4 +1283,6 @@ def filter_reads(shard: Artifact, params: QcParams, store: Store, run_id: str) -
         if orphans is not None and orphans.num_rows:
             lone = publish_table(store, orphans, scratch, name=f"{base}.orphans.parquet",
                                  **common)
-    return QcResult(shard=out, orphans=lone, counts=counts.to_dict())
+    paired = _layout(batch)[0]
+    return QcResult(shard=out, orphans=lone, counts=counts.to_dict(),
+                    adapters=params.adapter_report(paired))

@@ -3,17 +3,36 @@ and agreement with fastp 0.23.2 on real reads from the shared data (integration)
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import random
 import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from tasks.fastq import READS_SCHEMA, iter_read_batches
-from tasks.qc import QcCounts, QcParams, filter_batch, is_two_color
+from flows.preprocess import qc_totals
+from helixflow.store import Store
+from helixflow.tables import as_batch, read_table
+from tasks.fastq import READS_SCHEMA, iter_read_batches, write_read_shard
+from tasks.qc import (
+    QcCounts,
+    QcParams,
+    detect_adapter,
+    detect_sample_adapters,
+    filter_batch,
+    filter_reads,
+    is_two_color,
+    match_known_adapter,
+    resolved_for,
+)
 from tests.conftest import require_tool
 
 TRUSEQ_R1 = "AGATCGGAAGAGCACACGTCTGAACTCCAGTCA"
@@ -68,6 +87,107 @@ def check_totals(counts: QcCounts) -> None:
         + sum(c[f"{t}_bases"] for t in trims)
         + sum(c[f"{r}_bases"] for r in reasons)
     )
+
+
+# --------------------------------------------------------------------------------------
+# Reads carrying an adapter (for adapter detection)
+
+NOVEL_ADAPTER = "CCGTCGTTGAGTGTATGGCAAGGCAGAGCGGAG"  # random: in no adapter table
+UPSTREAM = "GTTCAAGAACAAGAATGGCCTTTGTGTAAT"  # random: the constant 5' part of an amplicon
+DOWNSTREAM = "AAGTATGTTTCAATAGGTGACTAAAGACAGGCAACGC"  # ...and its constant 3' part
+
+
+@dataclass(frozen=True)
+class AdapterCase:
+    """12,000 random 100 bp reads, `carriers` of them (a share, or a count when >= 1)
+    holding `adapter` after an insert of 20-99 bases (or, when `upstream` is given, the
+    amplicon upstream + adapter + DOWNSTREAM); `check` judges the adapter fastp detects
+    ("" = none)."""
+
+    adapter: str
+    carriers: float
+    check: Callable[[str], bool]
+    upstream: str = ""
+
+
+ADAPTER_CASES = {
+    # extended both ways to the adapter's ends, then found in fastp's table
+    "known": AdapterCase(TRUSEQ_R1, 0.2, lambda a: a == TRUSEQ_R1),
+    # extended, but the walk back runs into the inserts: fastp rejects it
+    "novel_common": AdapterCase(NOVEL_ADAPTER, 0.5, lambda a: a == ""),
+    # in < 50 reads: the trees are too thin to extend, the 10-mer seed is kept
+    "novel_rare": AdapterCase(NOVEL_ADAPTER, 40, lambda a: len(a) == 10 and a in NOVEL_ADAPTER),
+    # constant up to the read's start and end: kept, cut to 60 bases
+    "novel_after_constant": AdapterCase(NOVEL_ADAPTER, 0.3,
+                                        lambda a: a == (UPSTREAM + NOVEL_ADAPTER)[:60], UPSTREAM),
+}
+
+
+def write_adapter_reads(path: Path, case: str, n: int = 12_000, seed: int = 5) -> None:
+    """The FASTQ of one ADAPTER_CASES case (names r0, r1, ...; all bases Phred 40)."""
+    spec = ADAPTER_CASES[case]
+    rng = np.random.default_rng(seed)
+    reads = np.frombuffer(b"ACGT", np.uint8)[rng.integers(0, 4, (n, 100))]
+    count = int(spec.carriers if spec.carriers >= 1 else spec.carriers * n)
+    amplicon = spec.upstream + spec.adapter + DOWNSTREAM
+    tail = np.frombuffer((amplicon[:100] if spec.upstream else spec.adapter).encode(), np.uint8)
+    for row in rng.choice(n, count, replace=False):
+        start = 0 if spec.upstream else int(rng.integers(20, 100))
+        piece = tail[: 100 - start]
+        reads[row, start : start + len(piece)] = piece
+    with path.open("w") as out:
+        for i, seq in enumerate(reads):
+            out.write(f"@r{i}\n{seq.tobytes().decode()}\n+\n{HIGH * 100}\n")
+
+
+def adapter_read_batch(case: str, n: int = 12_000) -> pa.RecordBatch:
+    """An ADAPTER_CASES case as one single-end batch (via a temporary FASTQ)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fq = Path(tmp) / "reads.fq"
+        write_adapter_reads(fq, case, n)
+        return next(iter_read_batches(str(fq), batch_size=n))
+
+
+def test_adapter_detection_kernel() -> None:
+    for case in ("known", "novel_common", "novel_rare", "novel_after_constant"):
+        found = detect_adapter(adapter_read_batch(case).column("sequence"))
+        assert ADAPTER_CASES[case].check(found), (case, found)
+    # fastp needs 10,000 reads: fewer (here the known adapter in 20 % of 9,999) give nothing
+    assert detect_adapter(adapter_read_batch("known", 9_999).column("sequence")) == ""
+    assert match_known_adapter(TRUSEQ_R1 + "ACGT") == TRUSEQ_R1
+    assert match_known_adapter(TRUSEQ_R1[:-1]) == ""
+
+
+def test_detected_adapter_is_trimmed_and_reported() -> None:
+    batch = adapter_read_batch("known")
+    kept, _, counts = filter_batch(batch, QcParams())
+    assert counts.adapter_trimmed_reads > 2000
+    assert TRUSEQ_R1[:12] not in "".join(sequences(kept))
+    used = resolved_for(batch, QcParams())
+    assert used.detected_adapter_r1 == TRUSEQ_R1
+    assert used.adapter_report(False) == {"read1_adapter_sequence": TRUSEQ_R1}
+    # settled once (per sample): a batch without the adapter keeps the sample's adapter
+    assert resolved_for(make_batch([good(random_seq(50, 30))]), used) == used
+    kept, _, counts = filter_batch(batch, QcParams(trim_adapters=False))
+    assert counts.adapter_trimmed_reads == 0
+
+
+def test_which_mates_are_detected_follows_fastp() -> None:
+    se, pe, pe_detect = QcParams(), QcParams(), QcParams(detect_adapter_for_pe=True)
+    assert se.detects(0, paired=False) and se.detects(1, paired=False)
+    assert not pe.detects(1, paired=True) and not pe.detects(2, paired=True)
+    assert pe_detect.detects(1, paired=True) and pe_detect.detects(2, paired=True)
+    given = QcParams(adapter_r1=TRUSEQ_R1, detect_adapter_for_pe=True)
+    assert not given.detects(1, paired=True) and given.detects(2, paired=True)
+    assert QcParams(adapter_r1=TRUSEQ_R1).adapter(2, paired=True) == TRUSEQ_R1
+    assert not QcParams(trim_adapters=False).detects(0, paired=False)
+    found = dataclasses.replace(pe_detect, detected_adapter_r1="", detected_adapter_r2="ACGTACGTAC")
+    assert found.adapter_report(True) == {"read1_adapter_sequence": "none",
+                                          "read2_adapter_sequence": "ACGTACGTAC"}
+    assert pe.adapter_report(True) == {"read1_adapter_sequence": "none",
+                                       "read2_adapter_sequence": "none"}
+    with pytest.raises(ValueError, match="detected_adapter_r1"):
+        QcParams(detected_adapter_r1="ACGU")
 
 
 # --------------------------------------------------------------------------------------
@@ -303,6 +423,62 @@ def _names_and_lengths(path: Path) -> dict[str, list[int]]:
     return out
 
 
+def _run_fastp(
+    tmp_path: Path, in1: Path, in2: Path | None, *args: str
+) -> tuple[dict[int, dict[str, list[int]]], dict]:
+    """fastp 0.23.2 on the files: (survivor lengths by mate and read name, JSON report)."""
+    fastp = require_tool("fastp")
+    outs = {1: tmp_path / "o1.fq", 2: tmp_path / "o2.fq"}
+    argv = [fastp, "-i", str(in1), "-o", str(outs[1]), "-w", "2", "-j", str(tmp_path / "f.json"),
+            "-h", str(tmp_path / "f.html"), *args]
+    if in2 is not None:
+        argv += ["-I", str(in2), "-O", str(outs[2])]
+    subprocess.run(argv, check=True, capture_output=True)
+    mates = (1, 2) if in2 is not None else (1,)
+    return ({m: _names_and_lengths(outs[m]) for m in mates},
+            json.loads((tmp_path / "f.json").read_text()))
+
+
+def _run_ours(
+    in1: Path, in2: Path | None, params: QcParams
+) -> tuple[dict[int, dict[str, list[int]]], QcCounts, QcParams]:
+    """helixflow's QC as the flow runs it: what fastp decides from the file (polyG, adapters)
+    decided once from its first reads, then batches of 4096 filtered with those settings.
+    Returns (survivor lengths by mate and read name, counts, the settings used)."""
+    r2 = str(in2) if in2 is not None else None
+    first = next(iter_read_batches(str(in1), r2, batch_size=256 * 1024))
+    params = resolved_for(first, params)
+    ours: dict[int, dict[str, list[int]]] = {}
+    counts = QcCounts()
+    for batch in iter_read_batches(str(in1), r2, batch_size=4096):
+        kept, _, c = filter_batch(batch, params)
+        counts = counts.merge(c)
+        for name, mate, seq in zip(*(kept.column(k).to_pylist() for k in
+                                      ("read_id", "mate", "sequence")), strict=True):
+            ours.setdefault(max(mate, 1), {}).setdefault(name, []).append(len(seq))
+    return ours, counts, params
+
+
+def _assert_same_as_fastp(
+    tmp_path: Path, in1: Path, in2: Path | None, params: QcParams, *args: str
+) -> QcParams:
+    """fastp and helixflow keep the same reads with the same trimmed lengths, report the same
+    adapters (fastp's JSON: the sequence; no adapter section or "unspecified" = "none") and
+    the same counts. Returns the settings helixflow used."""
+    theirs, report = _run_fastp(tmp_path, in1, in2, *args)
+    ours, counts, used = _run_ours(in1, in2, params)
+    for mate, survivors in theirs.items():
+        assert len(survivors) > 0
+        assert survivors == ours.get(mate, {}), f"mate {mate}: survivors or lengths differ"
+    cutting = report.get("adapter_cutting", {})
+    named = {k: "none" if v == "unspecified" else v for k, v in cutting.items()
+             if k.endswith("_adapter_sequence")}
+    assert used.adapter_report(in2 is not None) == (named or {"read1_adapter_sequence": "none"})
+    assert counts.reads_out == report["filtering_result"]["passed_filter_reads"]
+    assert counts.adapter_trimmed_reads == cutting.get("adapter_trimmed_reads", 0)
+    return used
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize(
     ("r1", "r2", "polyg"),
@@ -315,31 +491,121 @@ def _names_and_lengths(path: Path) -> dict[str, list[int]]:
 def test_agrees_with_fastp_at_defaults(
     shared_data: Path, tmp_path: Path, r1: str, r2: str, polyg: bool
 ) -> None:
-    fastp = require_tool("fastp")
+    """Pairs at defaults: overlap analysis, no adapter detection (fastp's default)."""
     in1, in2 = shared_data / "reads" / r1, shared_data / "reads" / r2
-    out1, out2 = tmp_path / "o1.fq", tmp_path / "o2.fq"
-    subprocess.run(
-        [fastp, "-i", str(in1), "-I", str(in2), "-o", str(out1), "-O", str(out2), "-w", "2",
-         "-j", str(tmp_path / "f.json"), "-h", str(tmp_path / "f.html")],
-        check=True, capture_output=True,
-    )
-    first = next(iter_read_batches(str(in1), str(in2), batch_size=1)).column("read_id")[0]
-    params = QcParams().resolved(first.as_py())
-    assert params.trim_poly_g is polyg
-    ours: dict[int, dict[str, list[int]]] = {1: {}, 2: {}}
-    counts = QcCounts()
-    for batch in iter_read_batches(str(in1), str(in2), batch_size=4096):
-        kept, _, c = filter_batch(batch, params)
-        counts = counts.merge(c)
-        for name, mate, seq in zip(*(kept.column(k).to_pylist() for k in
-                                      ("read_id", "mate", "sequence")), strict=True):
-            ours[mate].setdefault(name, []).append(len(seq))
-    for mate, out in ((1, out1), (2, out2)):
-        theirs = _names_and_lengths(out)
-        union, common = theirs.keys() | ours[mate].keys(), theirs.keys() & ours[mate].keys()
-        assert len(union - common) <= 0.01 * len(union)
-        same = sum(theirs[n] == ours[mate][n] for n in common)
-        assert same >= 0.99 * len(common)
-    report = json.loads((tmp_path / "f.json").read_text())
-    assert counts.reads_out == report["filtering_result"]["passed_filter_reads"]
-    assert counts.adapter_trimmed_reads == report["adapter_cutting"]["adapter_trimmed_reads"]
+    used = _assert_same_as_fastp(tmp_path, in1, in2, QcParams())
+    assert used.trim_poly_g is polyg
+    assert used.detected_adapter_r1 is None and used.detected_adapter_r2 is None
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("r1", "r2", "adapters"),
+    [
+        # 100 reads: fastp needs 10,000 to detect, so it neither detects nor trims
+        ("cutadapt_illumina_adapters.fastq.gz", None, ("none",)),
+        # a genomic 10-mer: a seed seen 10-49 times is kept without extension
+        ("ecoli_dsm30083_SRR3927310_R1.fq.gz", None, ("GCATCCGGCA",)),
+        ("lambda_simulated_R1.fq", None, ("CTCACCACGG",)),
+        ("ecoli_dsm30083_SRR3927310_R1.fq.gz", "ecoli_dsm30083_SRR3927310_R2.fq.gz",
+         ("GCATCCGGCA", "GGCGCTGGAA")),
+        ("lambda_simulated_R1.fq", "lambda_simulated_R2.fq", ("CTCACCACGG", "TTTTCATAAA")),
+        ("cheese_metagenome_plus_ecoli_R1.fq.gz", "cheese_metagenome_plus_ecoli_R2.fq.gz",
+         ("none", "none")),
+    ],
+)
+def test_adapter_detection_agrees_with_fastp_on_real_reads(
+    shared_data: Path, tmp_path: Path, r1: str, r2: str | None, adapters: tuple[str, ...]
+) -> None:
+    """Single-end reads at defaults; pairs with --detect_adapter_for_pe."""
+    in1 = shared_data / "reads" / r1
+    in2 = shared_data / "reads" / r2 if r2 else None
+    args = ("--detect_adapter_for_pe",) if r2 else ()
+    used = _assert_same_as_fastp(tmp_path, in1, in2, QcParams(detect_adapter_for_pe=True), *args)
+    assert tuple(used.adapter_report(r2 is not None).values()) == adapters
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("case", list(ADAPTER_CASES))
+def test_adapter_detection_agrees_with_fastp_on_generated_reads(tmp_path: Path, case: str) -> None:
+    """A random 33-mer adapter in neither fastp's table nor helixflow's, after inserts of
+    varied length (TruSeq read 1 for comparison): the same adapter and survivors as fastp."""
+    fq = tmp_path / "reads.fq"
+    write_adapter_reads(fq, case)
+    used = _assert_same_as_fastp(tmp_path, fq, None, QcParams())
+    found = used.detected_adapter_r1
+    assert found is not None and ADAPTER_CASES[case].check(found), found
+
+
+@pytest.mark.integration
+def test_adapter_is_detected_once_per_sample_for_all_its_shards(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """The shard tasks of a sample trim the adapter detected in the sample's first reads
+    (a shard alone, 2,500 reads, is too small for fastp's detection), carry it in their
+    parameters (cache key, lineage) and results, and together keep what fastp keeps."""
+    in1 = shared_data / "reads" / "ecoli_dsm30083_SRR3927310_R1.fq.gz"
+    theirs, report = _run_fastp(tmp_path, in1, None)
+    adapter = report["adapter_cutting"]["read1_adapter_sequence"]
+    store = Store(str(tmp_path / "store"))
+    shards = []
+    for i, batch in enumerate(iter_read_batches(str(in1), batch_size=2500)):
+        path = tmp_path / f"ecoli.reads.{i:05d}.parquet"
+        write_read_shard(pa.Table.from_batches([batch]), path)
+        shards.append(store.publish(path, run_id="r", stage="ingest", rows=batch.num_rows,
+                                    media_type="application/vnd.apache.parquet",
+                                    producer="test"))
+    assert len(shards) == 4
+    alone = resolved_for(as_batch(read_table(store, shards[0])), QcParams())
+    assert alone.detected_adapter_r1 == ""
+    params = detect_sample_adapters.fn("ecoli", shards, QcParams().resolved("SRR3927310.1"),
+                                       store)
+    assert params.detected_adapter_r1 == adapter == "GCATCCGGCA"
+    results = [filter_reads.fn(s, params, store, "r") for s in shards]
+    ours: dict[str, list[int]] = {}
+    for result in results:
+        assert result.adapters == {"read1_adapter_sequence": adapter}
+        assert result.shard.params["detected_adapter_r1"] == adapter
+        kept = read_table(store, result.shard, columns=["read_id", "sequence"])
+        for name, seq in zip(*(kept.column(k).to_pylist() for k in ("read_id", "sequence")),
+                             strict=True):
+            ours.setdefault(name, []).append(len(seq))
+    assert ours == theirs[1]
+    totals = qc_totals(results)
+    assert totals["read1_adapter_sequence"] == adapter
+    assert totals["adapter_trimmed_reads"] == report["adapter_cutting"]["adapter_trimmed_reads"]
+
+
+@pytest.mark.integration
+def test_pipeline_detects_the_adapter_once_per_sample(
+    prefect_api: str, shared_data: Path, tmp_path: Path
+) -> None:
+    """The flow's wiring: a single-end sample in 4 shards; the adapter fastp detects in the
+    whole file is in every QC shard's lineage parameters and in the QC report, the QC shards
+    keep what fastp keeps, and a second run takes detection and QC from the cache."""
+    from helixflow.launch import launch_pipeline
+    from helixflow.lineage import load_records
+    from helixflow.store import local_path
+
+    in1 = shared_data / "reads" / "ecoli_dsm30083_SRR3927310_R1.fq.gz"
+    theirs, report = _run_fastp(tmp_path, in1, None)
+    adapter = report["adapter_cutting"]["read1_adapter_sequence"]
+    store_dir = tmp_path / "store"
+    options = {"store": str(store_dir), "shard_size": 2500, "embed_methods": [],
+               "simulate": False}
+    first = launch_pipeline([str(in1)], **options)
+    assert first.error is None, first.error
+    qc = [r for r in load_records(Store(str(store_dir))) if r.stage == "qc"]
+    assert len(qc) == 4
+    assert {r.parameters["detected_adapter_r1"] for r in qc} == {adapter}
+    assert adapter in local_path(first.summary.report_uri).read_text()
+    kept = pq.read_table(sorted((store_dir / "runs" / first.summary.run_id / "qc").glob(
+        "*.parquet")), columns=["read_id", "sequence"])
+    ours: dict[str, list[int]] = {}
+    for name, seq in zip(*(kept.column(k).to_pylist() for k in ("read_id", "sequence")),
+                         strict=True):
+        ours.setdefault(name, []).append(len(seq))
+    assert ours == theirs[1]
+    second = launch_pipeline([str(in1)], **options)
+    assert second.error is None, second.error
+    assert second.summary.by_task["filter-reads"] == {"executed": 0, "cached": 4}
