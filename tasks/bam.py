@@ -33,7 +33,6 @@ import functools
 import gzip
 import hashlib
 import os
-import shlex
 import shutil
 import subprocess
 import tempfile
@@ -60,8 +59,9 @@ from helixflow.store import Store
 from helixflow.tables import as_batch, fetch, publish_file, read_table
 from helixflow.tools import tool_version
 
-ALIGN_VERSION = "2"
-"""Bump when the records written for the same input change (goes into cache keys)."""
+ALIGN_VERSION = "3"
+"""Bump when the bytes written for the same input change (goes into cache keys).
+3: headers carry no paths (no scratch, store or index path in @PG lines)."""
 
 PRESETS: dict[str, str] = {
     "illumina": "sr",
@@ -281,12 +281,24 @@ def _header(sq: list[tuple[str, int]], read_group: dict[str, str], program: str)
     return "\n".join(lines) + "\n"
 
 
+def _program_line(preset: str) -> str:
+    """The @PG line of an aligned BAM: program, version and preset, and no path.
+
+    The same reads aligned in any store, scratch folder or HELIXFLOW_HOME must give the
+    same bytes, so the header names no file (the index, the run folder): which reference
+    and inputs made the BAM is in its lineage record. samtools runs with --no-PG for the
+    same reason (its own @PG would hold its command line with temporary paths).
+    """
+    version = getattr(mappy, "__version__", "unknown")
+    return f"@PG\tID:mappy\tPN:mappy\tVN:{version}\tCL:helixflow-align --preset={preset}"
+
+
 def _sam_to_bam(sam: Path, out: Path, threads: int) -> None:
     """Convert a SAM file to BAM, atomically."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
     try:
-        pysam.view("-@", str(max(1, threads)), "-b", "-o", str(tmp), str(sam),
+        pysam.view("--no-PG", "-@", str(max(1, threads)), "-b", "-o", str(tmp), str(sam),
                    catch_stdout=False)
         os.replace(tmp, out)
     finally:
@@ -337,7 +349,8 @@ class _SortedBamSink:
         self.out = out
         out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-        self.args = ["sort", "-@", str(max(1, threads)), "-m", "256M", "-l", str(level),
+        self.args = ["sort", "--no-PG", "-@", str(max(1, threads)), "-m", "256M",
+                     "-l", str(level),
                      "-T", f"{self.tmp}.sort", "-O", "bam", "-o", str(self.tmp)]
         self.proc: subprocess.Popen[bytes] | None = None
         self.sam: Path | None = None
@@ -763,9 +776,7 @@ def align_batch(
     aligner = load_aligner(index, preset)
     reads = _split_batch(batch)
     sq = [(name, len(aligner.seq(name) or "")) for name in aligner.seq_names]
-    command = shlex.join(["helixflow-align", f"--preset={preset}", str(index)])
-    program = (f"@PG\tID:mappy\tPN:mappy\tVN:{getattr(mappy, '__version__', 'unknown')}"
-               f"\tCL:{command}")
+    program = _program_line(preset)
     header = _header(sq, read_group, program)
     if name_suffix not in _NAME_SUFFIXES:
         raise ValueError(f"name_suffix must be one of {_NAME_SUFFIXES}, got {name_suffix!r}")
@@ -796,7 +807,9 @@ def _sq_lines(path: Path) -> list[tuple[str, int]]:
 def merge_bams(parts: list[Path], out: Path, threads: int = 2, level: int = 6) -> Path:
     """Merge coordinate-sorted shard BAMs into one sorted BAM and index it (.bai).
 
-    Read groups and program lines of the shards are combined (`samtools merge -c -p`).
+    Read groups and program lines of the shards are combined (`samtools merge -c -p`);
+    samtools adds no @PG line of its own (`--no-PG`: it would hold temporary paths), so
+    the same parts give the same bytes wherever they are merged.
 
     Args:
         parts: sorted BAMs from align_batch, all against the same reference.
@@ -839,7 +852,8 @@ def merge_bams(parts: list[Path], out: Path, threads: int = 2, level: int = 6) -
                         catch_stdout=False)
         else:
             # The index is built while merging (--write-index), not by re-reading the BAM.
-            args = ["merge", "-f", "-c", "-p", "-l", str(level), "-@", str(max(1, threads)),
+            args = ["merge", "--no-PG", "-f", "-c", "-p", "-l", str(level),
+                    "-@", str(max(1, threads)),
                     "--write-index", "-o", f"{tmp}##idx##{tmp}.bai", *map(str, parts)]
             exe = samtools_cli()
             if exe is None:

@@ -48,9 +48,6 @@ from helixflow.errors import HelixflowError, InputError, naming_sources
 from helixflow.store import Store, display_name
 from helixflow.tables import fetch, publish_file
 
-VARIANTS_VERSION = 1
-"""Bump when the calls for the same input and parameters change (goes into cache keys)."""
-
 _BASES = "ACGT"
 _CODE = np.full(256, 4, dtype=np.uint8)  # A C G T -> 0..3, anything else -> 4
 for _i, _b in enumerate(b"ACGT"):
@@ -372,11 +369,11 @@ def _indel_calls(events: Counter[tuple[int, int, str]], depth: np.ndarray, ref: 
     return calls
 
 
-def _header(reference: dict[str, str], reference_path: Path, sample: str,
+def _header(reference: dict[str, str], reference_name: str, sample: str,
             params: VariantParams) -> pysam.VariantHeader:
     header = pysam.VariantHeader()
     header.add_line("##source=helixflow.tasks.variants")
-    header.add_line(f"##reference=file://{Path(reference_path).resolve()}")
+    header.add_line(f"##reference={reference_name}")
     header.add_line(f"##helixflowVariantParams={asdict(params)}".replace(" ", ""))
     for name, seq in reference.items():
         header.contigs.add(name, length=len(seq))
@@ -419,7 +416,8 @@ def _contig_calls(fh: pysam.AlignmentFile, contig: str, ref: str, params: Varian
 
 
 def call_variants(bam: Path, reference: Path, out_vcf_gz: Path,
-                  params: VariantParams = VariantParams()) -> VariantCounts:
+                  params: VariantParams = VariantParams(), *,
+                  reference_uri: str | None = None) -> VariantCounts:
     """Call SNVs and short indels from an aligned, indexed BAM into a bgzipped, indexed VCF.
 
     Args:
@@ -428,6 +426,9 @@ def call_variants(bam: Path, reference: Path, out_vcf_gz: Path,
         out_vcf_gz: VCF to write (bgzip); `out_vcf_gz` + ".tbi" is written too. Both
             appear atomically.
         params: thresholds.
+        reference_uri: the reference as the user named it, for the header's ##reference
+            (default: `reference` as a file:// URI). Pass it when `reference` is a
+            temporary copy: the same inputs must give the same bytes wherever they run.
 
     Returns:
         VariantCounts: contigs, positions with depth >= min_depth, SNV/indel records.
@@ -448,7 +449,8 @@ def call_variants(bam: Path, reference: Path, out_vcf_gz: Path,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp.vcf.gz")
     counts = VariantCounts()
-    header = _header(ref_seqs, Path(reference), sample, params)
+    header = _header(ref_seqs, reference_uri or Path(reference).resolve().as_uri(), sample,
+                     params)
     try:
         with pysam.AlignmentFile(str(bam), "rb") as fh, \
                 pysam.VariantFile(str(tmp), "wz", header=header) as vcf:
@@ -488,7 +490,9 @@ def call_variants(bam: Path, reference: Path, out_vcf_gz: Path,
 
 # --- Prefect task ----------------------------------------------------------------------
 
-VARIANTS_VERSION = "1"
+VARIANTS_VERSION = "2"
+"""Bump when the bytes written for the same input and parameters change (cache keys).
+2: the header's ##reference is the reference's URI as given, never a scratch copy's path."""
 
 
 class SampleVariants(BaseModel):
@@ -523,7 +527,7 @@ def call_sample_variants(
         out = scratch / f"{sample}.vcf.gz"
         with naming_sources({bam_path: display_name(bam.uri),
                              ref_path: display_name(reference.uri)}):
-            counts = call_variants(bam_path, ref_path, out, params)
+            counts = call_variants(bam_path, ref_path, out, params, reference_uri=reference.uri)
         common = {"run_id": run_id, "stage": "variants", "producer": "call-variants",
                   "params": dataclasses.asdict(params)}
         bam_ref = FileRef(uri=bam.uri, size=bam.size, sha256=bam.sha256, etag=bam.etag)

@@ -8,6 +8,7 @@ data is absent, except under CI=true, where they fail.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -389,6 +390,33 @@ def test_pysam_fallback_writes_the_same_records(tmp_path: Path, genome: str, ind
     assert len(outputs["pysam"]) == 600
     assert outputs["pysam"] == outputs["auto"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_same_reads_give_the_same_bytes_in_any_folder(tmp_path: Path, genome: str,
+                                                     reference: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """No path (scratch, index, run folder) reaches a header: the same reads aligned and
+    merged in two folders, with indexes built in two caches, give identical files."""
+    rows, _ = simulate_pairs(genome, 200, np.random.default_rng(8))
+    batches = [reads_batch(rows[:100]), reads_batch(rows[100:])]
+    for mode in ("auto", "pysam"):
+        monkeypatch.setenv("HELIXFLOW_SAMTOOLS", mode)
+        digests = []
+        for where in ("one", "two"):
+            folder = tmp_path / mode / where
+            mmi = build_index(reference, "sr", folder / "mmi")
+            parts = [folder / f"p{i}.bam" for i in range(2)]
+            for batch, part in zip(batches, parts, strict=True):
+                align_batch(batch, mmi, part, RG)
+            merged = merge_bams(parts, folder / "merged.bam")
+            ubam = folder / "u.bam"
+            unaligned_bam(batches[0], ubam, RG)
+            digests.append([hashlib.sha256(p.read_bytes()).hexdigest()
+                            for p in (*parts, merged, Path(f"{merged}.bai"), ubam)])
+            header = pysam.AlignmentFile(str(merged), "rb").header.to_dict()
+            assert str(tmp_path) not in str(header)
+            assert [pg["ID"] for pg in header["PG"]] == ["mappy"], header["PG"]
+        assert digests[0] == digests[1], mode
 
 
 @pytest.mark.integration
