@@ -59,7 +59,7 @@ class Sample(BaseModel):
     @field_validator("name")
     @classmethod
     def _safe(cls, value: str) -> str:
-        if safe_name(value, fallback="") != value:
+        if not value or safe_name(value, fallback="") != value:
             raise ValueError(
                 f"sample name {value!r} cannot be used in file names; use letters, digits and"
                 f" _ . + - (for example {safe_name(value)!r})"
