@@ -87,7 +87,9 @@ def loopback_node(address: str | None) -> Iterator[None]:
     `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` (its default on macOS and Windows), read once at
     import into `ray_constants.ENABLE_RAY_CLUSTER`; it is set here for the start only.
     """
-    if address != "local":
+    import ray  # prefect_ray imports it lazily: load it whole before its submodules
+
+    if address != "local" or ray.is_initialized():  # joining, or reusing this process's
         yield
         return
     from ray._private import ray_constants
