@@ -150,7 +150,8 @@ def run_annotation(
     with profile("shard"):
         for label, fasta in fastas.items():
             task = annotate_sequences.with_options(
-                assets=[store.asset_uri(run_id, "annotate", label)], asset_deps=[fasta.uri]
+                assets=[store.asset_uri(run_id, "annotate", label)],
+                asset_deps=[asset_key(fasta.uri)],
             )
             futures.append((label, task.submit(fasta, orf_params, motifs, store, run_id)))
     out: dict[str, AnnotationResult] = {}

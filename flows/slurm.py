@@ -64,6 +64,7 @@ from helixflow.slurm import (
     exit_status,
     grown_memory,
     job_name,
+    literal_filename,
     normalise_state,
     parse_sbatch_id,
     parse_scontrol,
@@ -451,8 +452,8 @@ class SlurmRun:
         pattern = "%a/" if per_task else ""
         return SbatchOptions(
             job_name=job_name(self.run_id, name),
-            output=posix_join(out_dir, pattern + STDOUT_FILE),
-            error=posix_join(out_dir, pattern + STDERR_FILE),
+            output=posix_join(literal_filename(out_dir), pattern + STDOUT_FILE),
+            error=posix_join(literal_filename(out_dir), pattern + STDERR_FILE),
             time_limit=minutes, cpus=cpus, mem_mb=mem,
             partition=self.cluster.partition, account=self.cluster.account,
             qos=self.cluster.qos, signal=_signal_for(self.cluster.signal, minutes), array=array,

@@ -19,7 +19,8 @@ from flows.preprocess import stage_params
 from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
 from helixflow.runner import DeferredRayTaskRunner
-from helixflow.store import display_name, is_local, local_path
+from helixflow.samples import safe_name
+from helixflow.store import display_name, is_local, local_path, uri_name
 from tasks.ingest import identify_input
 from tasks.reference import validate_reference
 from tasks.variants import VariantParams, call_sample_variants
@@ -56,7 +57,7 @@ def call_variants_flow(
     st = resolve_store(store, store_block)
     run_id = str(runtime.flow_run.id)
     params = stage_params(VariantParams, variant_options, "variant")
-    name = sample or display_name(bam).rsplit("/", 1)[-1].removesuffix(".bam")
+    name = safe_name(sample or uri_name(bam).removesuffix(".bam"))  # a file name, too
     opts = st.storage_options if st.scheme == "s3" else None
     bai_uri = f"{bam}.bai"
     with profile("light"):

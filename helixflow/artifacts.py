@@ -37,7 +37,10 @@ class FileRef(BaseModel):
 
     @property
     def name(self) -> str:
-        return self.uri.rstrip("/").rsplit("/", 1)[-1]
+        """The file's name as written (decoded from a `file://` URI)."""
+        from helixflow.store import uri_name  # the store imports this module
+
+        return uri_name(self.uri)
 
 
 class Artifact(FileRef):

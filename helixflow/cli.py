@@ -223,6 +223,8 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def _print_summary(summary: Any, elapsed: float) -> None:
+    from helixflow.store import display_name
+
     table = Table(title=f"run {summary.run_id}")
     for column in ("sample", "layout", "shards", "reads", "bases", "empty", "GC", "mean Q",
                    "after QC"):
@@ -239,8 +241,8 @@ def _print_summary(summary: Any, elapsed: float) -> None:
         f"{summary.tasks_executed} task(s) executed, {summary.tasks_cached} from cache, "
         f"{summary.artifacts} artifact(s) in {elapsed:.1f} s"
     )
-    out.print(f"run folder: {summary.run_uri}")
-    out.print(f"QC report: {summary.report_uri}")
+    out.print(f"run folder: {display_name(summary.run_uri)}")
+    out.print(f"QC report: {display_name(summary.report_uri)}")
     for sample, asm in summary.assemblies.items():
         out.print(f"assembly {sample}: {int(asm['contigs']):,} contigs, "
                   f"N50 {int(asm['n50']):,} bp: {asm['fasta']}")
@@ -360,7 +362,9 @@ def call_variants(
             err.print(f"flow run: {launched.ui_url}")
             _fail(launched.error)
         summary = launched.summary
-        out.print(f"VCF: {summary.vcf_uri}")
+        from helixflow.store import display_name
+
+        out.print(f"VCF: {display_name(summary.vcf_uri)}")
         out.print(", ".join(f"{k} {v:,}" for k, v in summary.counts.items()))
         out.print(f"Flow run in the UI: [link]{launched.ui_url}[/link]")
     except HelixflowError as exc:

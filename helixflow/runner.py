@@ -5,11 +5,17 @@ runs executed on workers report to the same server as the flow run (without it, 
 worker would start a temporary server of its own). When connecting to an existing
 cluster, helixflow's own packages are shipped with the job (`py_modules`), so workers
 that never had helixflow installed can still run its tasks.
+
+A new local cluster listens on 127.0.0.1 only (`loopback_node`): no dashboard, and GCS,
+raylet, object manager, workers and agents on the loopback interface, so nothing on the
+network can reach them. A cluster joined by address keeps its own configuration.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -68,7 +74,40 @@ def build_task_runner(
         # "local": a new cluster even when `ray start` left one on this machine (which a
         # bare ray.init() would join, with these num_cpus refused).
         address = "local"
-    return RayTaskRunner(address=address, init_kwargs=init_kwargs)
+    return LocalRayTaskRunner(address=address, init_kwargs=init_kwargs)
+
+
+@contextlib.contextmanager
+def loopback_node(address: str | None) -> Iterator[None]:
+    """While a new local cluster starts (`address == "local"`), make Ray take 127.0.0.1 as
+    this node's IP, so its servers bind the loopback interface, not every interface.
+
+    `ray.init(_node_ip_address="127.0.0.1")` does not do it: Ray swaps a loopback address
+    for the external one. Ray's own switch for a single-machine cluster is
+    `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` (its default on macOS and Windows), read once at
+    import into `ray_constants.ENABLE_RAY_CLUSTER`; it is set here for the start only.
+    """
+    import ray  # prefect_ray imports it lazily: load it whole before its submodules
+
+    if address != "local" or ray.is_initialized():  # joining, or reusing this process's
+        yield
+        return
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+class LocalRayTaskRunner(RayTaskRunner):
+    """A RayTaskRunner whose new local cluster listens on 127.0.0.1 only."""
+
+    def __enter__(self) -> LocalRayTaskRunner:
+        with loopback_node(self.address):
+            return super().__enter__()  # type: ignore[return-value]
 
 
 class DeferredRayTaskRunner(RayTaskRunner):
@@ -89,4 +128,5 @@ class DeferredRayTaskRunner(RayTaskRunner):
             wanted = self.address if self.address not in (None, "local") else ray_address()
             configured = build_task_runner(api_url, wanted)
             self.address, self.init_kwargs = configured.address, configured.init_kwargs
-        return super().__enter__()  # type: ignore[return-value]
+        with loopback_node(self.address):
+            return super().__enter__()  # type: ignore[return-value]

@@ -27,7 +27,8 @@ from urllib.parse import unquote_plus
 from pydantic import BaseModel, ConfigDict
 
 from helixflow.errors import HelixflowError
-from helixflow.samples import _basename, _mate_match, sample_name
+from helixflow.samples import _mate_match, sample_name
+from helixflow.store import uri_name
 
 DEFAULT_PATTERNS: tuple[str, ...] = ("*.fastq.gz", "*.fq.gz", "*.fastq", "*.fq")
 OBJECT_CREATED = "helixflow.s3.object.created"
@@ -175,7 +176,7 @@ def key_matches(key: str, patterns: Iterable[str] = DEFAULT_PATTERNS, prefix: st
     """
     if prefix and not key.startswith(prefix):
         return False
-    lower, base = key.lower(), _basename(key).lower()
+    lower, base = key.lower(), uri_name(key).lower()
     return any(fnmatchcase(lower, p.lower()) or fnmatchcase(base, p.lower()) for p in patterns)
 
 
@@ -201,7 +202,7 @@ def mate_of(key: str) -> Mate:
     match = _mate_match(key)
     if match is None:
         return Mate("single", None, sample)
-    base = _basename(key)
+    base = uri_name(key)
     other = "2" if match.group("mate") == "1" else "1"
     tail = match.group("tag") + other + match.group("rest")
     if base == match.string:  # `stem_R1.fq`: the match is on the file name itself
@@ -237,7 +238,7 @@ class EventSpec:
 def _resource(obj: ObjectCreated, role: str | None = None) -> dict[str, str]:
     res = {
         "prefect.resource.id": obj.uri,
-        "prefect.resource.name": _basename(obj.key),
+        "prefect.resource.name": uri_name(obj.key),
         "helixflow.etag": obj.etag,
     }
     if role is not None:

@@ -384,8 +384,8 @@ class SbatchOptions:
     extra: tuple[str, ...] = ()
 
     def lines(self) -> list[str]:
-        """`#SBATCH --opt=value` lines. sbatch parses these itself (no shell), so values
-        must be free of whitespace; `check_header_value` enforces it."""
+        """`#SBATCH --opt=value` lines, each value quoted for sbatch's own header parser
+        (`header_quote`); `output`/`error` are Slurm filename patterns (`literal_filename`)."""
         opts: list[tuple[str, str | None]] = [
             ("job-name", self.job_name),
             ("output", self.output),
@@ -408,20 +408,40 @@ class SbatchOptions:
             if value is None:
                 lines.append(f"#SBATCH --{key}")
             else:
-                lines.append(f"#SBATCH --{key}={check_header_value(value, key)}")
+                lines.append(f"#SBATCH --{key}={header_quote(value, key)}")
         for arg in self.extra:
-            lines.append(f"#SBATCH {check_header_value(arg, 'extra sbatch argument')}")
+            lines.append(f"#SBATCH {header_quote(arg, 'extra sbatch argument')}")
         return lines
 
 
 def check_header_value(value: str, what: str) -> str:
-    """Refuse values sbatch would misparse in a `#SBATCH` line (whitespace, quotes)."""
-    if not value or any(c.isspace() for c in value) or any(c in value for c in "\"'\\"):
+    """Refuse values no `#SBATCH` line can carry: empty, line breaks, NUL, or a backslash
+    (sbatch's header parser drops it even inside quotes). Spaces, quotes, `;` and `$`
+    are fine: `header_quote` quotes them."""
+    if not value or any(c in value for c in "\n\r\0\\"):
         raise HelixflowError(
-            f"{what} {value!r} cannot go in an #SBATCH line (whitespace or quotes)",
-            hint="use a scratch path and names without spaces or quotes",
+            f"{what} {value!r} cannot go in an #SBATCH line (empty, line break or backslash)",
+            hint="use a scratch path and names without line breaks or backslashes",
         )
     return value
+
+
+def header_quote(value: str, what: str) -> str:
+    """A value for an `#SBATCH` line. sbatch splits those lines itself, honouring single
+    and double quotes like a shell (no expansion), so `shlex.quote` keeps spaces, quotes,
+    `;`, `$()` and `#` literal.
+
+    Example:
+        >>> header_quote("/scratch/my run/slurm.out", "output")
+        "'/scratch/my run/slurm.out'"
+    """
+    return shlex.quote(check_header_value(value, what))
+
+
+def literal_filename(path: str) -> str:
+    """A path for `--output`/`--error`, whose `%` patterns (`%j`, `%a`) Slurm expands:
+    each literal `%` doubled (`%%`), so a folder named `50%20` stays that folder."""
+    return path.replace("%", "%%")
 
 
 def format_minutes(minutes: int) -> str:

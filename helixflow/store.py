@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, unquote
 
 import fsspec
 
@@ -37,18 +37,66 @@ from helixflow.settings import helixflow_home
 _CHUNK = 8 << 20
 
 
+# `scheme://…`: a URI. Anything else is a plain path, even with `:` or `;` in it.
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(?=//)")
+
+
+def scheme_of(uri: str) -> str:
+    """`file`, `s3`, … for a URI; "" for a plain path (`a:b.fq` is a path, not a URI)."""
+    match = _SCHEME.match(str(uri))
+    return match.group(1).lower() if match else ""
+
+
 def is_local(uri: str) -> bool:
-    return urlparse(uri).scheme in ("", "file")
+    return scheme_of(uri) in ("", "file")
 
 
-def local_path(uri: str) -> Path:
-    """The filesystem path of a local URI or plain path."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return Path(parsed.path)
-    if parsed.scheme:
-        raise ValueError(f"not a local URI: {uri}")
-    return Path(uri).expanduser()
+def file_uri(path: str | Path) -> str:
+    """The `file://` URI of a local path (absolute, symlinks resolved), percent-encoded as
+    RFC 8089 says: `my sample.fq` → `…/my%20sample.fq`, a literal `%20` → `%2520`.
+    `local_path` is its inverse.
+
+    Example:
+        >>> file_uri("/data/my sample+1%20.fq")
+        'file:///data/my%20sample%2B1%2520.fq'
+    """
+    return Path(path).expanduser().resolve().as_uri()
+
+
+def local_path(uri: str | Path) -> Path:
+    """The filesystem path of a `file://` URI (percent-decoded) or of a plain path (as is).
+
+    `file://localhost/p` and `file:///p` are local; a raw `file:///my sample.fq` typed by
+    hand decodes to itself. Other schemes (`s3://`) are a `ValueError`.
+
+    Example:
+        >>> local_path("file:///data/my%20sample%3B.fq"), local_path("/data/a%20b.fq")
+        (PosixPath('/data/my sample;.fq'), PosixPath('/data/a%20b.fq'))
+    """
+    text = str(uri)
+    scheme = scheme_of(text)
+    if scheme == "file":
+        rest = text[len("file://"):]
+        host, slash, path = rest.partition("/")
+        if host not in ("", "localhost"):
+            raise ValueError(f"not a local file URI (host {host!r}): {text}")
+        return Path(unquote(slash + path))
+    if scheme:
+        raise ValueError(f"not a local URI: {text}")
+    return Path(text).expanduser()
+
+
+def uri_name(uri: str) -> str:
+    """The last path segment of a URI or path, as the file is named (decoded for `file://`).
+
+    Example:
+        >>> uri_name("file:///d/my%20sample_R1.fq"), uri_name("s3://b/k/x%20y.fq")
+        ('my sample_R1.fq', 'x%20y.fq')
+    """
+    text = str(uri).rstrip("/")
+    if scheme_of(text) == "file":
+        return local_path(text).name
+    return text.rsplit("/", 1)[-1]
 
 
 def display_name(uri: str) -> str:
@@ -57,15 +105,13 @@ def display_name(uri: str) -> str:
 
 
 def to_uri(path_or_uri: str | Path) -> str:
-    """Normalise a plain path to an absolute `file://` URI; leave other URIs alone."""
+    """A plain path as its absolute `file://` URI, a `file://` URI in its canonical
+    encoding; other URIs (`s3://bucket/key`, keys raw as S3 stores them) as given."""
     text = str(path_or_uri)
-    if urlparse(text).scheme and not _looks_like_windows_drive(text):
-        return text.rstrip("/") if text.endswith("/") and len(text) > 8 else text
-    return Path(text).expanduser().resolve().as_uri()
-
-
-def _looks_like_windows_drive(text: str) -> bool:
-    return len(text) > 1 and text[1] == ":"
+    scheme = scheme_of(text)
+    if scheme in ("", "file"):
+        return file_uri(local_path(text))
+    return text.rstrip("/") if text.endswith("/") and len(text) > len(scheme) + 4 else text
 
 
 def suffix_of(name: str) -> str:
@@ -175,15 +221,40 @@ def s3_errors(uri: str) -> Iterator[None]:
         raise HelixflowError(f"{uri}: {problem}", hint=_S3_HINTS.get(problem or "")) from exc
 
 
+def store_key(key: str) -> str:
+    """`key` (a relative `/`-separated store path) checked to stay inside the store: no
+    `..` or `.` segment, no NUL or line break; outer slashes dropped, inner `//` folded.
+
+    Example:
+        >>> store_key("/runs/r1/ingest/my sample.reads.00000.parquet/")
+        'runs/r1/ingest/my sample.reads.00000.parquet'
+    """
+    segments = [seg for seg in key.split("/") if seg]
+    for seg in segments:
+        if seg in (".", "..") or any(c in seg for c in "\0\n\r"):
+            raise HelixflowError(
+                f"store key {key!r} would leave the store or break lines ({seg!r})",
+                hint="names in the store are plain file names: no '..', NUL or line breaks",
+            )
+    return "/".join(segments)
+
+
 # Characters Prefect refuses in asset keys (prefect.types.names); `%` among them, so keys
 # cannot be percent-encoded.
 _ASSET_UNSAFE = re.compile(r"[\s#?&%\"'<>\[\]{}|\\^`]")
 
 
 def asset_key(uri: str) -> str:
-    """A URI as a Prefect asset key: spaces become `+`, other characters Prefect refuses
-    become `_`. Asset keys are the UI's names; lineage records keep the exact URIs."""
-    key = _ASSET_UNSAFE.sub(lambda m: "+" if m.group() == " " else "_", uri)
+    """A URI as a Prefect asset key: a `file://` URI decoded (so names read as written),
+    then spaces become `+` and other characters Prefect refuses `_`. Asset keys are the
+    UI's names; lineage records keep the exact URIs.
+
+    Example:
+        >>> asset_key("file:///d/my%20sample%3B%25.fq")
+        'file:///d/my+sample;_.fq'
+    """
+    shown = f"file://{local_path(uri)}" if scheme_of(uri) == "file" else uri
+    key = _ASSET_UNSAFE.sub(lambda m: "+" if m.group() == " " else "_", shown)
     if len(key) > 512:
         key = key[:448] + "~" + hashlib.sha256(uri.encode()).hexdigest()[:16]
     return key
@@ -200,7 +271,7 @@ class Store:
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         url = to_uri(url)
-        scheme = urlparse(url).scheme
+        scheme = scheme_of(url)
         if scheme not in ("file", "s3", "memory"):
             raise HelixflowError(
                 f"unsupported store URL {url!r}", hint="use a local path, file://… or s3://bucket/prefix"
@@ -231,7 +302,15 @@ class Store:
         return self._fs
 
     def join(self, *parts: str) -> str:
-        return "/".join([self.url, *(p.strip("/") for p in parts if p)])
+        """The URI of `parts` (names as written, `/`-separated) under the store root.
+
+        Percent-encoded under a `file://` root, raw under `s3://` (keys as S3 stores them).
+        A `..` or `.` segment, a NUL or a line break is refused: no key leaves the store.
+        """
+        segments = [seg for p in parts if p for seg in store_key(p).split("/")]
+        if self.scheme == "file":
+            segments = [quote(seg) for seg in segments]
+        return "/".join([self.url, *segments])
 
     def _path(self, uri: str) -> str:
         """fsspec path for a URI inside this store (or any URI of the same scheme)."""
@@ -288,7 +367,7 @@ class Store:
         with self._errors(pattern_uri):
             paths = sorted(self.fs.glob(self._path(pattern_uri)))
         if self.scheme == "file":
-            return [Path(p).as_uri() for p in paths]
+            return [file_uri(p) for p in paths]
         return [f"{self.scheme}://{p}" for p in paths]
 
     # -- writing ------------------------------------------------------------------------
@@ -405,7 +484,7 @@ def identify(uri: str, storage_options: dict[str, Any] | None = None) -> FileRef
         if not path.is_file():
             raise InputError(str(path), "no such file", hint="check the path")
         digest = _HashCache(helixflow_home() / "hashcache.sqlite").sha256(path)
-        return FileRef(uri=path.resolve().as_uri(), size=path.stat().st_size, sha256=digest)
+        return FileRef(uri=file_uri(path), size=path.stat().st_size, sha256=digest)
     options = storage_options
     if options is None and uri.startswith("s3://"):
         options = s3_storage_options_from_env()

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, field_validator
 from helixflow.artifacts import Artifact, FileRef
 from helixflow.caching import stage_options
 from helixflow.errors import InputError, naming_sources
+from helixflow.samples import safe_name
 from helixflow.store import Store, display_name
 from helixflow.tables import fetch, publish_table
 from tasks.motifs import (
@@ -96,7 +97,7 @@ def _stem(ref: FileRef) -> str:
     name = ref.name
     for ext in (".gz", ".fasta", ".fa", ".fna"):
         name = name.removesuffix(ext)
-    return name or "sequences"
+    return safe_name(name, fallback="sequences")  # a file name in scratch and the store
 
 
 @materialize(

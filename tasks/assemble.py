@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -296,6 +297,26 @@ def megahit_command(
     return cmd
 
 
+_SHELL_PLAIN = re.compile(r"[A-Za-z0-9_./-]+")
+
+
+def megahit_safe_dir(preferred: Path) -> Path:
+    """Where MEGAHIT may run: `preferred` if its absolute path is plain (letters, digits,
+    `_ . / -`), else the system temp folder.
+
+    MEGAHIT pastes its absolute paths unquoted into shell commands (`gzip -cd … > fifo`,
+    `cat <dir>/*.fa | …`) and splits them at commas, so a folder named with a space, a
+    quote, `$()` or `,` would break the run or execute part of the name.
+    """
+    for candidate in (preferred.resolve(), Path(tempfile.gettempdir()).resolve()):
+        if _SHELL_PLAIN.fullmatch(str(candidate)):
+            return candidate
+    raise HelixflowError(
+        f"no folder to run MEGAHIT in whose path its shell commands can take: {preferred}",
+        hint="set TMPDIR to a path of letters, digits and _ . / - only",
+    )
+
+
 def assemble(
     batches_or_paths: Iterable[ReadSource], work_dir: Path, params: AssemblyParams
 ) -> AssemblyResult:
@@ -325,7 +346,7 @@ def assemble(
     version = tool_version("megahit")
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix="megahit-run.", dir=work_dir))
+    run_dir = Path(tempfile.mkdtemp(prefix="megahit-run.", dir=megahit_safe_dir(work_dir)))
     r1, r2, single = run_dir / "R1.fastq", run_dir / "R2.fastq", run_dir / "single.fastq"
     try:
         reads = write_fastq_inputs(batches_or_paths, r1, r2, single)

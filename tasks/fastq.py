@@ -120,12 +120,15 @@ class _GzipFault(Exception):
 def _open_raw(uri: str, storage_options: dict[str, Any] | None) -> BinaryIO:
     """Open the undecoded bytes of a local path or fsspec URI, mapping 'not there' to InputError."""
     try:
-        if "://" in uri and not uri.startswith("file://"):
-            import fsspec  # only for remote URIs: it costs 70 ms to import
+        if "://" in uri:  # the store module (and fsspec) costs 70 ms to import: only here
+            from helixflow.store import is_local, local_path
+
+            if is_local(uri):
+                return open(local_path(uri), "rb")  # the caller closes it
+            import fsspec
 
             return cast(BinaryIO, fsspec.open(uri, "rb", **(storage_options or {})).open())
-        path = uri.removeprefix("file://")
-        return open(path, "rb")  # the caller closes it
+        return open(uri, "rb")  # the caller closes it
     except FileNotFoundError:
         raise InputError(uri, "no such file", hint="check the path or URI") from None
     except IsADirectoryError:

@@ -33,9 +33,10 @@ def test_secret_key_is_not_shown() -> None:
     assert "PRIVATE" not in block.model_dump_json()
 
 
-def test_scratch_with_spaces_is_refused() -> None:
+def test_scratch_with_spaces_and_quotes_is_fine_but_a_line_break_is_refused() -> None:
+    assert SlurmCluster(scratch_dir="/shared/my scratch;'$(x)'").scratch_dir.endswith("'$(x)'")
     with pytest.raises(ValidationError, match="SBATCH"):
-        SlurmCluster(scratch_dir="/shared/my scratch")
+        SlurmCluster(scratch_dir="/shared/my\nscratch")
 
 
 def test_poll_settings_validated() -> None:

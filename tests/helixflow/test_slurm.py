@@ -24,6 +24,7 @@ from helixflow.slurm import (
     format_minutes,
     grown_memory,
     job_name,
+    literal_filename,
     normalise_state,
     parse_sbatch_id,
     parse_scontrol,
@@ -119,10 +120,17 @@ def test_array_script_dispatches_to_each_task() -> None:
     assert array_spec(4, None) == "0-3"
 
 
-@pytest.mark.parametrize("bad", ["/scratch/my dir", "a'b", 'a"b', "x\ny"])
-def test_header_values_that_sbatch_would_misparse_are_refused(bad: str) -> None:
+@pytest.mark.parametrize("bad", ["x\ny", "a\rb", "back\\slash", ""])
+def test_header_values_sbatch_cannot_carry_are_refused(bad: str) -> None:
     with pytest.raises(HelixflowError, match="#SBATCH"):
         header(output=bad).lines()
+
+
+def test_header_values_with_spaces_quotes_and_dollars_are_quoted() -> None:
+    path = "/scratch/my dir;$(touch /tmp/x)'q\"#1/50%/slurm.out"
+    lines = header(output=literal_filename(path), account="lab a").lines()
+    assert f"#SBATCH --output={shlex.quote(path.replace('%', '%%'))}" in lines
+    assert "#SBATCH --account='lab a'" in lines
 
 
 def test_job_spec_validation() -> None:
