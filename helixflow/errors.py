@@ -74,3 +74,8 @@ def naming_sources(local_to_uri: Mapping[str | PathLike[str], str]) -> Iterator[
                 setattr(exc, attr, text)
         exc.args = (exc.message,)
         raise
+
+
+class TooLittleInput(HelixflowError):
+    """Valid input too small for a kernel (e.g. reads shorter than k, fewer points than
+    neighbours): its task returns a `helixflow.artifacts.Skipped` instead of failing."""
