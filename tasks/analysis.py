@@ -15,7 +15,6 @@ from collections import defaultdict
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from prefect import get_run_logger
 from prefect.assets import materialize
 from pydantic import BaseModel, Field
 
@@ -154,10 +153,7 @@ def analyze_embeddings(
     adapted = small_input_params(params, X.shape[0])
     if isinstance(adapted, str):
         return Skipped(stage="analysis", sample=method, reason=adapted)
-    if adapted.k_neighbors < params.k_neighbors:
-        get_run_logger().warning("analysis of %s: %d vectors, k_neighbors %d → %d", method,
-                                 X.shape[0], params.k_neighbors, adapted.k_neighbors)
-    params = adapted
+    params = adapted  # metrics report the k used
     ids = meta.column("sequence_id").combine_chunks()
     original = X
     if params.hellinger and method.startswith(("kmer", "protein")):

@@ -160,29 +160,37 @@ def test_a_handful_of_real_pairs(prefect_api: str, shared_data: Path, tmp_path: 
 
 
 @pytest.mark.integration
-def test_every_read_filtered_out_by_qc(prefect_api: str, tmp_path: Path) -> None:
-    """All-N and all-low-quality pairs: QC removes them all; every later stage that needs
-    reads is skipped with a warning, the run completes, the BAM is valid and empty, and the
-    UI's `skipped` table lists what was skipped."""
+def test_every_read_filtered_out_by_qc(prefect_api: str, shared_data: Path,
+                                       tmp_path: Path) -> None:
+    """All-N and all-low-quality pairs against phiX174: QC removes them all; every later
+    stage that needs reads is skipped with a warning (the analysis asked for k-mer spectra,
+    which were skipped), the run completes, the aligned BAM is valid and empty, the VCF
+    valid, and the UI's `skipped` table lists what was skipped."""
     n_reads = [(f"n{i}", "N" * 100, "I" * 100) for i in range(3)]
     low_q = [(f"q{i}", "ACGT" * 25, "#" * 100) for i in range(3)]
     inputs = _write_pairs(tmp_path, "filtered", [
         [(f"{n}/1", s, q) for n, s, q in n_reads + low_q],
         [(f"{n}/2", s, q) for n, s, q in n_reads + low_q]])
     store = tmp_path / "store"
-    proc, manifest = _run(prefect_api, store, *inputs, *SMALL_MD)
+    proc, manifest = _run(prefect_api, store, *inputs, "--reference",
+                          str(shared_data / "genomes" / "phix174.fa"),
+                          "--analysis-method", "kmer5", *SMALL_MD)
     no_reads = "no reads left after QC"
     _assert_skipped(proc, manifest, {
-        **NO_REFERENCE,
         ("correction", "filtered"): no_reads,
         ("embedding", "kmer"): no_reads, ("embedding", "lshvec"): no_reads,
         ("embedding", "dnabert"): no_reads,
-        ("analysis", "run"): "every embedding was skipped",
+        ("analysis", "kmer5"): "its embedding was skipped",
         ("md", "run"): "no analysis",
     })
-    bams = sorted((_run_folder(store, manifest) / "unaligned").glob("*.bam"))
-    _quickcheck(bams)
-    assert sum(map(_records, bams)) == 0
+    run = _run_folder(store, manifest)
+    (bam,) = run.glob("align/*.bam")
+    _quickcheck([bam])
+    assert _records(bam) == 0
+    (vcf,) = run.glob("variants/*.vcf.gz")
+    subprocess.run([require_tool("bcftools"), "view", "-h", str(vcf)], check=True,
+                   capture_output=True)
+    assert "embeddings protein-murphy10-k3: 1 shard(s)" in proc.stdout, proc.stdout
 
     flow_run = proc.stdout.rsplit("/runs/flow-run/", 1)[1].split()[0]
     resp = httpx.post(f"{prefect_api}/artifacts/filter", timeout=30, json={
