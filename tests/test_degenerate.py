@@ -25,7 +25,9 @@ from tasks.lshvec import fit_lsh
 from tests.conftest import require_tool
 from tests.test_cli import cli
 
-SMALL_MD = ("--max-representatives", "1", "--md-steps", "200")
+# Every stage runs, with small settings: one short MD, a few DNABERT steps, one LSHvec epoch.
+SMALL = ("--max-representatives", "1", "--md-steps", "200", "--embed-option", "dnabert_steps=10",
+         "--embed-option", "lshvec_epochs=1", "--embed-option", "lshvec_smooth_rounds=1")
 
 
 # --- kernels: small inputs ---------------------------------------------------------------
@@ -79,7 +81,8 @@ def _write_pairs(tmp: Path, sample: str, mates: list[list]) -> list[str]:
 def _run(prefect_api: str, store: Path, *args: str) -> tuple[subprocess.CompletedProcess[str],
                                                              dict]:
     """`helixflow run` → (process, the run's manifest); asserts a clean exit 0."""
-    proc = cli("run", *args, "--store", str(store), env={"PREFECT_API_URL": prefect_api})
+    proc = cli("run", *args, "--store", str(store), env={"PREFECT_API_URL": prefect_api},
+               timeout=1500)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text
     assert "Traceback" not in text and "error:" not in text, text
@@ -138,12 +141,13 @@ def test_empty_fastq_stays_a_clear_error(prefect_api: str, tmp_path: Path) -> No
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(1800)
 def test_a_handful_of_real_pairs(prefect_api: str, shared_data: Path, tmp_path: Path) -> None:
     """5 real E. coli pairs: the analysis clamps its kNN k to N-1 = 9 and runs; correction
     finds no coverage valley and passes the reads through."""
     inputs = _write_pairs(tmp_path, "five", _real_pairs(shared_data, "ecoli_mg1655_1k", 5))
     store = tmp_path / "store"
-    proc, manifest = _run(prefect_api, store, *inputs, *SMALL_MD)
+    proc, manifest = _run(prefect_api, store, *inputs, *SMALL)
     _assert_skipped(proc, manifest, {**NO_REFERENCE,
                                      ("correction", "five"): "valley"})
     run = _run_folder(store, manifest)
@@ -160,6 +164,7 @@ def test_a_handful_of_real_pairs(prefect_api: str, shared_data: Path, tmp_path: 
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(1800)
 def test_every_read_filtered_out_by_qc(prefect_api: str, shared_data: Path,
                                        tmp_path: Path) -> None:
     """All-N and all-low-quality pairs against phiX174: QC removes them all; every later
@@ -174,7 +179,7 @@ def test_every_read_filtered_out_by_qc(prefect_api: str, shared_data: Path,
     store = tmp_path / "store"
     proc, manifest = _run(prefect_api, store, *inputs, "--reference",
                           str(shared_data / "genomes" / "phix174.fa"),
-                          "--analysis-method", "kmer5", *SMALL_MD)
+                          "--analysis-method", "kmer5", *SMALL)
     no_reads = "no reads left after QC"
     _assert_skipped(proc, manifest, {
         ("correction", "filtered"): no_reads,
@@ -208,6 +213,7 @@ def test_every_read_filtered_out_by_qc(prefect_api: str, shared_data: Path,
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(1800)
 def test_reads_shorter_than_k(prefect_api: str, shared_data: Path, tmp_path: Path) -> None:
     """20-bp real reads: shorter than correction's k = 21 and (set here) LSHvec's k = 25;
     k-mer spectra and DNABERT (k = 6) still embed them."""
@@ -215,7 +221,7 @@ def test_reads_shorter_than_k(prefect_api: str, shared_data: Path, tmp_path: Pat
                           _real_pairs(shared_data, "ecoli_mg1655_1k", 5, length=20))
     store = tmp_path / "store"
     proc, manifest = _run(prefect_api, store, *inputs, "--embed-option", "lshvec_k=25",
-                          *SMALL_MD)
+                          *SMALL)
     skipped = {(k["stage"], k["sample"]) for k in manifest["skipped"]}
     expected = {**NO_REFERENCE,
                 ("correction", "short"): "all shorter than k = 21",
@@ -232,6 +238,7 @@ def test_reads_shorter_than_k(prefect_api: str, shared_data: Path, tmp_path: Pat
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(1800)
 def test_one_pair_against_a_single_genome(prefect_api: str, shared_data: Path,
                                           tmp_path: Path) -> None:
     """One simulated lambda pair, the lambda genome as reference, and assembly on: the pair
@@ -241,7 +248,7 @@ def test_one_pair_against_a_single_genome(prefect_api: str, shared_data: Path,
     store = tmp_path / "store"
     reference = shared_data / "genomes" / "lambda.fa"
     proc, manifest = _run(prefect_api, store, *inputs, "--reference", str(reference),
-                          "--assemble", *SMALL_MD)
+                          "--assemble", *SMALL)
     _assert_skipped(proc, manifest, {
         ("correction", "one"): "",
         ("annotation", "one.contigs"): "no contig",
