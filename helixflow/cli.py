@@ -234,6 +234,7 @@ class _SkipsInSummary(logging.Filter):
 
 
 def _one_warning_per_skip() -> None:
+    import prefect.main  # noqa: F401  (sets up Prefect's console handlers, once)
     from prefect.logging.handlers import PrefectConsoleHandler
 
     for name in ("prefect", "prefect.flow_runs", ""):
@@ -271,7 +272,8 @@ def _print_summary(summary: Any, elapsed: float) -> None:
         m = summary.analysis
         ari = "" if m.get("ari_spectral") is None else (
             f", ARI spectral {m['ari_spectral']:.3f} / Leiden {m['ari_leiden']:.3f}")
-        out.print(f"analysis: {m['vectors']:,} vectors, {m['n_clusters']} clusters, "
+        k = "" if m.get("k_neighbors") is None else f" ({m['k_neighbors']} neighbours each)"
+        out.print(f"analysis: {m['vectors']:,} vectors{k}, {m['n_clusters']} clusters, "
                   f"{m['communities']} communities{ari}")
     for trajectory in summary.trajectories:
         out.print(f"MD trajectory: {trajectory}")

@@ -154,7 +154,7 @@ def test_a_handful_of_real_pairs(prefect_api: str, shared_data: Path, tmp_path: 
     bams = sorted((run / "unaligned").glob("*.bam"))
     _quickcheck(bams)
     assert sum(map(_records, bams)) == 10
-    assert "analysis: 10 vectors" in proc.stdout, proc.stdout
+    assert "analysis: 10 vectors (9 neighbours each)" in proc.stdout, proc.stdout
     (clusters,) = run.glob("analysis/*.clusters.parquet")
     import pyarrow.parquet as pq
 
