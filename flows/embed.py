@@ -14,7 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from helixflow.artifacts import Artifact
+from flows.preprocess import reads_in
+from helixflow.artifacts import Artifact, Skipped
 from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
 from helixflow.store import Store
@@ -142,16 +143,22 @@ def run_lshvec(
 ) -> list[Artifact]:
     """LSH hash fitted on the reads → token shards → one skip-gram model trained across Ray
     workers → SIF-weighted read vectors, one embedding shard per read shard. `pinned`
-    (LSH hash, model) from an earlier run skips fitting and training."""
+    (LSH hash, model) from an earlier run skips fitting and training. Reads without an
+    N-free k-mer to fit the hash on: skipped (recorded), no shards."""
     shards = [s for parts in shards_by_sample.values() for s in parts]
     if pinned is not None:
         (lsh,) = recorder.record_outputs([pinned[0]], None, cached=True)
         (model,) = recorder.record_outputs([pinned[1]], None, cached=True)
     else:
         with profile("stream"):
-            lsh_future = fit_lsh_hash.submit(shards[:2], params.lshvec_k,
-                                             params.lshvec_hash_size, 0, store, run_id)
-        (lsh,) = recorder.record(lsh_future, [lsh_future.result()])
+            lsh_future = fit_lsh_hash.submit([s for s in shards if s.rows][:2],
+                                             params.lshvec_k, params.lshvec_hash_size, 0,
+                                             store, run_id)
+        fitted = lsh_future.result()
+        if isinstance(fitted, Skipped):
+            recorder.skip(fitted.stage, fitted.sample, fitted.reason)
+            return []
+        (lsh,) = recorder.record(lsh_future, [fitted])
     with profile("shard"):
         token_futures = [tokenize_shard.submit(s, lsh, store, run_id) for s in shards]
     tokens = [recorder.record(f, [f.result()])[0] for f in token_futures]
@@ -178,9 +185,10 @@ def run_lshvec(
 def run_dnabert(
     shards_by_sample: dict[str, list[Artifact]], params: EmbedParams, store: Store,
     run_id: str, recorder: RunRecorder,
-) -> tuple[Artifact, dict[str, list[Artifact]]]:
+) -> tuple[Artifact | None, dict[str, list[Artifact]]]:
     """One DNABERT model per run (the user's checkpoint, or pretrained on the run's reads),
-    then mean-pooled and [CLS] embeddings of every read shard: (model, method → shards)."""
+    then mean-pooled and [CLS] embeddings of every read shard: (model, method → shards).
+    No read long enough to pretrain on: skipped (recorded), (None, {})."""
     shards = [s for parts in shards_by_sample.values() for s in parts]
     with profile("shard"):
         if params.dnabert_model:
@@ -189,7 +197,11 @@ def run_dnabert(
             model_future = pretrain_dnabert.with_options(
                 assets=[store.asset_uri(run_id, "models", "dnabert")]
             ).submit("run", shards, params.pretrain_config(), store, run_id)
-    (model,) = recorder.record(model_future, [model_future.result()])
+    trained = model_future.result()
+    if isinstance(trained, Skipped):
+        recorder.skip(trained.stage, trained.sample, trained.reason)
+        return None, {}
+    (model,) = recorder.record(model_future, [trained])
     # The task only coordinates: Ray Data's actors hold the CPUs.
     with profile("light", num_cpus=0):
         futures = [embed_dnabert_shard.with_options(
@@ -213,9 +225,22 @@ def run_embeddings(
     recorder: RunRecorder,
 ) -> dict[str, list[Artifact]]:
     """Every selected method over the run's final read shards (and ORF tables): method →
-    embedding shards."""
+    embedding shards. A method with nothing to embed is skipped (recorded in `recorder`)."""
     out: dict[str, list[Artifact]] = {}
-    if "kmer" in params.methods:
+    read_methods = [m for m in params.methods if m != "protein"]
+    if read_methods and not sum(map(reads_in, shards_by_sample.values())):
+        for method in read_methods:
+            recorder.skip("embedding", method, "no reads left after QC")
+        read_methods = []
+    if "protein" in params.methods:
+        empty = [label for label, orfs in orf_tables.items() if orfs.rows == 0]
+        for label in empty:
+            recorder.skip("embedding", f"protein of {label}", "no ORFs in it")
+        orf_tables = {k: v for k, v in orf_tables.items() if k not in empty}
+        if not orf_tables and not empty:
+            recorder.skip("embedding", "protein", "no ORF table (give --reference or "
+                                                  "--assemble)")
+    if "kmer" in read_methods:
         by_sample = run_kmer_embeddings(shards_by_sample, params.kmer_k, store, run_id,
                                         recorder)
         out[f"kmer{params.kmer_k}"] = [a for arts in by_sample.values() for a in arts]
@@ -223,9 +248,10 @@ def run_embeddings(
         tables = run_protein_embeddings(orf_tables, params.protein_k, params.protein_alphabet,
                                         store, run_id, recorder)
         out[f"protein-{params.protein_alphabet}-k{params.protein_k}"] = list(tables.values())
-    if "lshvec" in params.methods:
-        out["lshvec"] = run_lshvec(shards_by_sample, params, store, run_id, recorder)
-    if "dnabert" in params.methods:
+    if "lshvec" in read_methods and (lsh := run_lshvec(shards_by_sample, params, store, run_id,
+                                                        recorder)):
+        out["lshvec"] = lsh
+    if "dnabert" in read_methods:
         _model, by_method = run_dnabert(shards_by_sample, params, store, run_id, recorder)
         out.update(by_method)
     return out

@@ -30,7 +30,7 @@ from flows.preprocess import (
     stage_params,
 )
 from flows.simulate import SimulateParams, run_simulations
-from helixflow.artifacts import Artifact, FileRef
+from helixflow.artifacts import Artifact, FileRef, Skipped
 from helixflow.errors import HelixflowError
 from helixflow.lineage import LineageGraph, code_version, mermaid
 from helixflow.recorder import RunRecorder
@@ -65,6 +65,8 @@ class RunSummary(BaseModel):
     analysis: dict[str, Any] = {}
     trajectories: list[str] = []
     samples: list[dict[str, Any]]
+    skipped: list[Skipped] = []
+    """Stages left out for want of input (each also one warning line), in run order."""
     artifacts: int
     tasks_executed: int
     tasks_cached: int
@@ -147,9 +149,6 @@ def genomics_pipeline(
     sim_params = _simulate_params(simulate_options)
     logger.info("run %s: %d sample(s) → %s", run_id, len(samples), st.run_uri(run_id))
 
-    if not reference and not assemble:
-        logger.warning("no --reference and no --assemble: reads end as unaligned BAMs; "
-                       "no variants or annotation")
     s3_options = st.storage_options if st.scheme == "s3" else None
     with profile("light"):
         uris = [u for s in samples for u in (s.r1, s.r2) if u] + ([reference] if reference else [])
@@ -211,14 +210,23 @@ def genomics_pipeline(
     assemblies: dict[str, Any] = {}
     if assemble:
         assemblies = run_assembly(corrected, AssemblyParams(), st, run_id, recorder)
-        fastas.update({f"{s}.contigs": a.contigs for s, a in assemblies.items()})
+        for s, a in assemblies.items():
+            if a.stats.get("contigs"):
+                fastas[f"{s}.contigs"] = a.contigs
+            else:
+                recorder.skip("annotation", f"{s}.contigs", "MEGAHIT assembled no contig")
+    if not reference and not assemble:
+        recorder.skip("annotation", "run", "no --reference and no --assemble: nothing to "
+                                           "annotate; reads end as unaligned BAMs")
     annotations = run_annotation(fastas, orf_params, motif_params, st, run_id, recorder)
 
     embeddings = run_embeddings(corrected, {label: a.orfs for label, a in annotations.items()},
                                 embed_params, st, run_id, recorder)
 
     analysis, trajectories = None, []
-    if simulate and embeddings:
+    if simulate and not embed_params.methods:
+        recorder.skip("analysis", "run", "no embedding method selected (--embed none)")
+    elif simulate:
         analysis, trajectories = run_simulations(
             embeddings, sim_params, refs[truth].result() if truth else None, st, run_id,
             recorder, store_block)
@@ -231,15 +239,23 @@ def genomics_pipeline(
     (report_art,) = recorder.record(future, [future.result()])
     recorder.flush()
 
+    skipped = recorder.skipped
     tables = {
         "run-summary": (f"Run {run_id}: each sample from reads to outputs (QC report: "
-                        f"{report_art.uri})",
+                        f"{report_art.uri}); {len(skipped)} stage(s) skipped for want of "
+                        "input (table `skipped`)",
                         [{"sample": r.sample, "layout": r.layout, "shards": len(r.shards),
                           **summarize(r.stats),
                           "reads_after_qc": qc_counts[r.sample].get("reads_out"),
                           "bam": bams[r.sample].bam.uri if r.sample in bams else "",
-                          "vcf": calls[r.sample].vcf.uri if r.sample in calls else ""}
+                          "vcf": calls[r.sample].vcf.uri if r.sample in calls else "",
+                          "skipped": ", ".join(
+                              k.stage if k.sample == r.sample else f"{k.stage} ({k.sample})"
+                              for k in skipped if k.sample == r.sample
+                              or k.sample not in qc_counts)}
                          for r in results]),
+        "skipped": ("Stages skipped for want of input, and why (the run went on)",
+                    [k.model_dump() for k in skipped]),
         "qc-counts": ("Quality filtering: reads and bases in, out, trimmed and removed per reason",
                       [{"sample": sample, **counts} for sample, counts in qc_counts.items()]),
         "dedup": ("Exact duplicates removed (global per sample)",
@@ -285,6 +301,7 @@ def genomics_pipeline(
         analysis=analysis.metrics if analysis else {},
         trajectories=[t.uri for t in trajectories],
         run_uri=st.run_uri(run_id),
+        skipped=skipped,
         samples=[{"sample": r.sample, "layout": r.layout, "shards": len(r.shards),
                   **summarize(r.stats), "reads_after_qc": qc_counts[r.sample].get("reads_out")}
                  for r in results],
@@ -443,6 +460,7 @@ def _publish_reports(
             for r in recorder.log.records
         ],
         "lineage": recorder.log.uri,
+        "skipped": [k.model_dump() for k in recorder.skipped],
     }
     store.write_bytes_atomic(
         store.run_uri(run_id, "manifest.json"), json.dumps(manifest, indent=2).encode()

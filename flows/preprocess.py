@@ -119,10 +119,13 @@ def run_assembly(
     run_id: str,
     recorder: RunRecorder,
 ) -> dict[str, AssemblyOutput]:
-    """MEGAHIT per sample over its (filtered) shards."""
+    """MEGAHIT per sample over its (filtered) shards; a sample without reads is skipped."""
     futures = []
     with profile("stream"):
         for sample, shards in shards_by_sample.items():
+            if not reads_in(shards):
+                recorder.skip("assembly", sample, "no reads left after QC")
+                continue
             task = assemble_reads.with_options(
                 assets=[store.asset_uri(run_id, "assemble", sample)],
                 asset_deps=[asset_key(s.uri) for s in shards],
@@ -230,6 +233,8 @@ def run_correction(
         (kmers,) = recorder.record(solid_future, [solid.kmers])
         solid = solid.model_copy(update={"kmers": kmers})
         solids[sample] = solid
+        if solid.skipped:  # reads pass through uncorrected
+            recorder.skip("correction", sample, _correction_shortfall(shards, solid, sample))
         task = correct_reads.with_options(assets=[store.asset_uri(run_id, "correct", sample)])
         with profile("shard"):
             fixes = [task.submit(s, solid, params, store, run_id) for s in shards]
@@ -243,6 +248,20 @@ def run_correction(
         totals[sample] = total or {}
     recorder.flush()
     return out, solids, totals
+
+
+def reads_in(shards: list[Artifact]) -> int:
+    """Reads (rows) of a sample's read shards."""
+    return sum(s.rows or 0 for s in shards)
+
+
+def _correction_shortfall(shards: list[Artifact], solid: SolidSet, sample: str) -> str:
+    """Why a sample's reads could not be corrected, in the user's terms."""
+    if not reads_in(shards):
+        return "no reads left after QC"
+    if not solid.histogram:
+        return f"no {solid.k}-mer in its reads (all shorter than k = {solid.k})"
+    return (solid.skipped or "").removeprefix(f"{sample}: ")
 
 
 def run_alignment(

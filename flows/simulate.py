@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Sequence
 from typing import Any
 
 from prefect import get_run_logger
@@ -20,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from blocks.gromacs import GromacsSettings
 from flows.slurm import run_slurm_jobs
-from helixflow.artifacts import Artifact, FileRef
+from helixflow.artifacts import Artifact, FileRef, Skipped
 from helixflow.errors import HelixflowError
 from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
@@ -92,8 +93,16 @@ def _remember(store: Store, plan: MdPlan, outputs: dict[str, Artifact]) -> None:
         {k: a.model_dump(mode="json") for k, a in outputs.items()}).encode())
 
 
-def pick_method(available: list[str], wanted: str | None) -> str:
+def pick_method(available: list[str], wanted: str | None,
+                skipped: Sequence[Skipped] = ()) -> str | Skipped:
+    """The embedding method phase 2 analyses: `wanted`, else the first of kmer5, lshvec,
+    dnabert-mean; `Skipped` when there is none because the embedding stage was skipped."""
+    left_out = [s for s in skipped if s.stage == "embedding"]
     if wanted:
+        why = next((s for s in left_out if wanted.startswith(s.sample)), None)
+        if wanted not in available and why is not None:
+            return Skipped(stage="analysis", sample=wanted,
+                           reason=f"its embedding was skipped ({why.reason})")
         if wanted not in available:
             raise HelixflowError(f"no {wanted!r} embeddings in this run",
                                  hint=f"computed: {', '.join(available) or 'none'}")
@@ -101,6 +110,8 @@ def pick_method(available: list[str], wanted: str | None) -> str:
     for preferred in ("kmer5", "lshvec", "dnabert-mean"):
         if preferred in available:
             return preferred
+    if not available and left_out:
+        return Skipped(stage="analysis", sample="run", reason="every embedding was skipped")
     if not available:
         raise HelixflowError("phase 2 needs embeddings, and none were computed",
                              hint="keep at least one --embed method")
@@ -115,15 +126,20 @@ def run_simulations(
     run_id: str,
     recorder: RunRecorder,
     store_block: str | None = None,
-) -> tuple[AnalysisResult, list[Artifact]]:
-    """Analyse one method's embeddings, then simulate its representatives' peptides."""
+) -> tuple[AnalysisResult | None, list[Artifact]]:
+    """Analyse one method's embeddings, then simulate its representatives' peptides.
+    Too few vectors (or no embeddings left): analysis and MD skipped, (None, [])."""
     logger = get_run_logger()
-    method = pick_method(list(embeddings), params.method)
+    method = pick_method(list(embeddings), params.method, recorder.skipped)
+    if isinstance(method, Skipped):
+        return _analysis_skipped(method, params, recorder)
     with profile("shard"):
         future = analyze_embeddings.with_options(
             assets=[store.asset_uri(run_id, "analysis", method)]
         ).submit(method, embeddings[method], params.analysis, truth, "genome", store, run_id)
     analysis = future.result()
+    if isinstance(analysis, Skipped):
+        return _analysis_skipped(analysis, params, recorder)
     clusters, reps, plot = recorder.record(
         future, [analysis.clusters, analysis.representatives, analysis.projection])
     analysis = analysis.model_copy(update={"clusters": clusters, "representatives": reps,
@@ -137,6 +153,15 @@ def run_simulations(
     return analysis, trajectories
 
 
+def _analysis_skipped(outcome: Skipped, params: SimulateParams, recorder: RunRecorder
+                      ) -> tuple[None, list[Artifact]]:
+    """Record a skipped analysis, and the MD that had no representatives because of it."""
+    recorder.skip(outcome.stage, outcome.sample, outcome.reason)
+    if params.max_representatives:
+        recorder.skip("md", "run", "no analysis to take representatives from")
+    return None, []
+
+
 def simulate_representatives(
     method: str,
     reps: Artifact,
@@ -148,20 +173,20 @@ def simulate_representatives(
 ) -> list[Artifact]:
     """MD of the peptides of a representatives table's largest clusters (finished
     simulations reused by content) → NetCDF trajectories."""
-    logger = get_run_logger()
     settings = _settings(params)
     local = params.cluster_block is None
     if local and shutil.which(settings.gmx) is None:
-        logger.warning("no MD: GROMACS (%s) is not installed here and no Slurm cluster is "
-                       "configured (apt-get install gromacs, or set cluster_block)", settings.gmx)
+        recorder.skip("md", method, f"GROMACS ({settings.gmx}) is not installed here and no "
+                                    "Slurm cluster is configured (apt-get install gromacs, "
+                                    "or set cluster_block)")
         return []
     with profile("light"):
         prep = prepare_md.submit(method, reps, settings, params.max_representatives,
                                  params.peptide_min, params.peptide_max, local, store, run_id)
     plans, inputs_nc = prep.result()
     if inputs_nc is None:
-        logger.warning("no representative has an ORF long enough for a %d-residue peptide; "
-                       "no MD", params.peptide_min)
+        recorder.skip("md", method, f"no representative read has an ORF long enough for a "
+                                    f"{params.peptide_min}-residue peptide")
         return []
     recorder.record(prep, [inputs_nc, *(a for p in plans for n, a in p.inputs.items()
                                         if n != "inputs.nc")])

@@ -66,3 +66,25 @@ class Artifact(FileRef):
     def ref(self) -> FileRef:
         """This artifact as an upstream reference."""
         return FileRef(uri=self.uri, size=self.size, sha256=self.sha256)
+
+
+class Skipped(BaseModel):
+    """A stage that had too little input to mean anything for one sample, FASTA or
+    embedding method: the run goes on and says so (a warning, not an error).
+
+    Tasks return it instead of their artifact; flows collect it (`RunRecorder.skip`) and the
+    run summary, the CLI and the `skipped` UI table render it.
+
+    Example:
+        >>> Skipped(stage="analysis", sample="lshvec", reason="2 vectors, need at least 3").line
+        'analysis skipped for lshvec: 2 vectors, need at least 3'
+    """
+
+    stage: str
+    sample: str
+    """Whom it was skipped for: a sample, a FASTA label, an embedding method or `run`."""
+    reason: str
+
+    @property
+    def line(self) -> str:
+        return f"{self.stage} skipped for {self.sample}: {self.reason}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 import traceback
@@ -11,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from helixflow.errors import HelixflowError, InputError
@@ -153,6 +155,7 @@ def run(
             options["truth"] = options["truth"] or demo_truth
             assemble = True if assemble is None else assemble  # every stage on the demo
         api_url = connect_prefect()
+        _one_warning_per_skip()
         out.print(f"Prefect UI: [link]{ui_base(api_url)}[/link]")
         started = time.perf_counter()
         with out.status("running genomics-pipeline …", spinner="dots"):
@@ -222,6 +225,25 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+class _SkipsInSummary(logging.Filter):
+    """A skipped stage is one `warning:` line of the closing summary; its run-log record
+    (`RunRecorder.skip`) stays in the UI but is not printed on the console too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "skipped_stage", False)
+
+
+def _one_warning_per_skip() -> None:
+    import prefect.main  # noqa: F401  (sets up Prefect's console handlers, once)
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for name in ("prefect", "prefect.flow_runs", ""):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, PrefectConsoleHandler) and not any(
+                    isinstance(f, _SkipsInSummary) for f in handler.filters):
+                handler.addFilter(_SkipsInSummary())
+
+
 def _print_summary(summary: Any, elapsed: float) -> None:
     from helixflow.store import display_name
 
@@ -252,10 +274,14 @@ def _print_summary(summary: Any, elapsed: float) -> None:
         m = summary.analysis
         ari = "" if m.get("ari_spectral") is None else (
             f", ARI spectral {m['ari_spectral']:.3f} / Leiden {m['ari_leiden']:.3f}")
-        out.print(f"analysis: {m['vectors']:,} vectors, {m['n_clusters']} clusters, "
+        k = "" if m.get("k_neighbors") is None else f" ({m['k_neighbors']} neighbours each)"
+        out.print(f"analysis: {m['vectors']:,} vectors{k}, {m['n_clusters']} clusters, "
                   f"{m['communities']} communities{ari}")
     for trajectory in summary.trajectories:
         out.print(f"MD trajectory: {trajectory}")
+    for skipped in getattr(summary, "skipped", []):
+        err.print(f"[yellow]warning:[/] {escape(skipped.line)}", highlight=False,
+                  soft_wrap=True)
 
 
 @app.command()
@@ -277,6 +303,7 @@ def embed(
         from helixflow.launch import connect_prefect, launch_pipeline, ui_base
 
         api_url = connect_prefect()
+        _one_warning_per_skip()
         out.print(f"Prefect UI: [link]{ui_base(api_url)}[/link]")
         started = time.perf_counter()
         with out.status("embedding …", spinner="dots"):

@@ -103,3 +103,8 @@ def exception_chain(exc: BaseException) -> Iterator[BaseException]:
             current = current.__cause__
         else:
             current = None if current.__suppress_context__ else current.__context__
+
+
+class TooLittleInput(HelixflowError):
+    """Valid input too small for a kernel (e.g. reads shorter than k, fewer points than
+    neighbours): its task returns a `helixflow.artifacts.Skipped` instead of failing."""

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import runtime
+from prefect import get_run_logger, runtime
 from prefect.futures import PrefectFuture
 
-from helixflow.artifacts import Artifact
+from helixflow.artifacts import Artifact, Skipped
 from helixflow.lineage import LineageLog, LineageRecord
 from helixflow.store import Store
 
@@ -31,6 +31,7 @@ class RunRecorder:
         self.executed = 0
         self.cached = 0
         self.by_task: dict[str, dict[str, int]] = {}
+        self.skipped: list[Skipped] = []
 
     def record(self, future: PrefectFuture[Any], artifacts: list[Artifact]) -> list[Artifact]:
         """Lineage for one task's artifacts; returns them as seen from this run's folder."""
@@ -67,6 +68,15 @@ class RunRecorder:
                                           flow_run_id=self.flow_run_id,
                                           task_run_id=producer_run_id, cached=cached))
         return artifacts
+
+    def skip(self, stage: str, sample: str, reason: str) -> Skipped:
+        """A stage left out for want of input: one warning in the run's log and one entry
+        in the run summary (recorded once, however often it is reported)."""
+        outcome = Skipped(stage=stage, sample=sample, reason=reason)
+        if outcome not in self.skipped:
+            self.skipped.append(outcome)
+            get_run_logger().warning("%s", outcome.line, extra={"skipped_stage": True})
+        return outcome
 
     def flush(self) -> None:
         self.log.flush()

@@ -18,15 +18,17 @@ import pyarrow.compute as pc
 from prefect.assets import materialize
 from pydantic import BaseModel, Field
 
-from helixflow.artifacts import Artifact, FileRef
+from helixflow.artifacts import Artifact, FileRef, Skipped
 from helixflow.caching import stage_options
-from helixflow.errors import HelixflowError, InputError
+from helixflow.errors import InputError
 from helixflow.store import Store, display_name
 from helixflow.tables import fetch, parquet_file, publish_file, publish_table
 from tasks.graph import connected_components, knn_graph, leiden, representatives
 from tasks.spectral import adjusted_rand, plot_projection, projection_2d, spectral_clusters
 
-ANALYSIS_VERSION = "1"
+ANALYSIS_VERSION = "2"  # 2: k_neighbors clamped to N-1 (and reported) on small inputs
+MIN_VECTORS = 3
+"""Fewer vectors make no kNN graph worth clustering: the analysis is skipped."""
 
 
 class AnalysisParams(BaseModel):
@@ -66,8 +68,6 @@ def _load(store: Store, shards: list[Artifact], max_points: int, seed: int
     """(sequence_id, source_shard, row) and the N×D matrix of an even sample of the shards."""
     sizes = [s.rows or 0 for s in shards]
     total = sum(sizes)
-    if total == 0:
-        raise HelixflowError("no embedding vectors to analyse (every read was filtered out?)")
     keep = np.sort(np.random.default_rng(seed).choice(total, min(total, max_points),
                                                       replace=False))
     tables, mats, start = [], [], 0
@@ -82,7 +82,26 @@ def _load(store: Store, shards: list[Artifact], max_points: int, seed: int
         dim = vectors.type.list_size
         mats.append(vectors.flatten().to_numpy().reshape(len(vectors), dim))
         tables.append(table.drop_columns(["vector"]))
+    if not tables:
+        return pa.table({"sequence_id": pa.array([], pa.string())}), np.zeros((0, 0), np.float32)
     return pa.concat_tables(tables), np.vstack(mats).astype(np.float32, copy=False)
+
+
+def small_input_params(params: AnalysisParams, n: int) -> AnalysisParams | str:
+    """The analysis settings adapted to n vectors (k_neighbors at most n - 1, n_clusters at
+    most n), or why n vectors are too few to analyse.
+
+    Example:
+        >>> small_input_params(AnalysisParams(k_neighbors=30), 10).k_neighbors
+        9
+        >>> small_input_params(AnalysisParams(), 2)
+        '2 vectors, need at least 3 for a kNN graph'
+    """
+    if n < MIN_VECTORS:
+        return f"{n} vector{'' if n == 1 else 's'}, need at least {MIN_VECTORS} for a kNN graph"
+    clusters = None if params.n_clusters is None else min(params.n_clusters, n)
+    return params.model_copy(update={"k_neighbors": min(params.k_neighbors, n - 1),
+                                     "n_clusters": clusters})
 
 
 def _truth_labels(store: Store, truth: FileRef | None, ids: pa.Array, column: str
@@ -125,11 +144,16 @@ def _sequences(store: Store, table: pa.Table) -> list[str]:
 def analyze_embeddings(
     method: str, shards: list[Artifact], params: AnalysisParams, truth: FileRef | None,
     truth_column: str, store: Store, run_id: str,
-) -> AnalysisResult:
+) -> AnalysisResult | Skipped:
     """kNN graph → spectral clusters (eigengap), connected components and Leiden
     communities → per-cluster medoids as representatives, plus a 2-D projection plot and
-    the adjusted Rand index against the truth when one is given."""
+    the adjusted Rand index against the truth when one is given. On few vectors the kNN
+    k is clamped to N-1; fewer than MIN_VECTORS: `Skipped`."""
     meta, X = _load(store, shards, params.max_points, params.seed)
+    adapted = small_input_params(params, X.shape[0])
+    if isinstance(adapted, str):
+        return Skipped(stage="analysis", sample=method, reason=adapted)
+    params = adapted  # metrics report the k used
     ids = meta.column("sequence_id").combine_chunks()
     original = X
     if params.hellinger and method.startswith(("kmer", "protein")):
@@ -144,7 +168,8 @@ def analyze_embeddings(
     communities = leiden(graph, params.resolution, params.seed)
     labels = _truth_labels(store, truth, ids, truth_column)
     metrics: dict[str, float | int | None] = {
-        "vectors": int(X.shape[0]), "n_clusters": spectral.n_clusters,
+        "vectors": int(X.shape[0]), "k_neighbors": params.k_neighbors,
+        "n_clusters": spectral.n_clusters,
         "components": n_components, "communities": int(communities.max()) + 1,
         "ari_spectral": None if labels is None else adjusted_rand(spectral.labels, labels),
         "ari_leiden": None if labels is None else adjusted_rand(communities, labels),

@@ -72,7 +72,7 @@ from prefect import task
 from prefect.assets import materialize
 
 from helixflow.caching import stage_options
-from helixflow.errors import InputError
+from helixflow.errors import InputError, TooLittleInput
 from helixflow.retries import retry_options
 
 if TYPE_CHECKING:  # heavy imports stay lazy: Prefect tasks import this module cheaply
@@ -751,7 +751,7 @@ def train_mlm(
     ids_all = enc.input_ids[keep].astype(np.int32)
     n_all = enc.windows.n_kmers[keep]
     if len(n_all) == 0:
-        raise InputError("pretrain", f"no sequence of at least k = {config.k} bases to train on")
+        raise TooLittleInput(f"no read of at least k = {config.k} bases to pretrain DNABERT on")
     with _quiet_transformers():
         model = BertForMaskedLM(config.bert_config())
     model.train()
@@ -942,14 +942,19 @@ def _training_sequences(store: Any, shards: Sequence[Any], limit: int) -> pa.Arr
 def pretrain_dnabert(sample: str, shards: list[Any], config: PretrainConfig, store: Any,
                      run_id: str) -> Any:
     """Masked-LM pretraining of a small DNABERT on a sample's reads → the model artifact
-    (a tar of the checkpoint in DNABERT's layout; its sha256 is the model id)."""
+    (a tar of the checkpoint in DNABERT's layout; its sha256 is the model id); `Skipped`
+    when no read is long enough to train on."""
+    from helixflow.artifacts import Skipped
     from helixflow.tables import publish_file
 
     sequences = _training_sequences(store, shards, config.max_sequences)
-    if len(sequences) == 0:
-        raise InputError(sample, "no reads left to pretrain DNABERT on")
     with store.scratch() as scratch:
-        model_dir = pretrain(sequences, config, scratch / "model")
+        try:
+            if len(sequences) == 0:
+                raise TooLittleInput("no reads left to pretrain DNABERT on")
+            model_dir = pretrain(sequences, config, scratch / "model")
+        except TooLittleInput as exc:
+            return Skipped(stage="embedding", sample="dnabert", reason=str(exc))
         tar = pack_checkpoint(model_dir, scratch / f"dnabert{config.k}-{sample}.tar")
         meta = json.loads((model_dir / "helixflow.json").read_text())
         losses = meta.get("losses") or [None]

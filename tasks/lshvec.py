@@ -112,7 +112,7 @@ import torch
 from prefect.assets import materialize
 
 from helixflow.caching import stage_options
-from helixflow.errors import HelixflowError
+from helixflow.errors import HelixflowError, TooLittleInput
 
 LSH_VERSION = "helixflow-lshvec-hash/1"
 _QUANT_BITS = 24  # hyperplane coefficients are multiples of 2^-24: all float64 sums exact
@@ -279,13 +279,15 @@ def fit_lsh(sequences: pa.Array | Sequence[str], k: int = 15, hash_size: int = 2
     starts, _ = _valid_starts(codes, offsets, k)
     want = sample or 2 * k * hash_size
     if len(starts) < k:
-        raise ValueError(f"need at least {k} N-free {k}-mers to fit the hash")
+        raise TooLittleInput(f"{len(starts)} N-free {k}-mers in the reads, need at least {k} "
+                             f"to fit the LSH hash (reads shorter than k = {k}?)")
     pick = rng.choice(starts, size=min(len(starts), want * 4), replace=False)
     kmers = codes[pick[:, None] + np.arange(k)]
     _, first = np.unique(kmers, axis=0, return_index=True)  # distinct k-mers only
     kmers = kmers[np.sort(first)][:want]
     if len(kmers) < k:
-        raise ValueError("too few distinct k-mers to fit the hash")
+        raise TooLittleInput(f"{len(kmers)} distinct N-free {k}-mers in the reads, need at "
+                             f"least {k} to fit the LSH hash")
     pool = _ENC_RE[kmers] + 1j * _ENC_IM[kmers]
     normals = np.empty((hash_size, k), np.complex128)
     offs = np.empty(hash_size, np.complex128)
@@ -1324,13 +1326,18 @@ def write_lshvec_embeddings(source: Any, model: SkipGramModel, weighting: str,
 def fit_lsh_hash(shards: list[Any], k: int, hash_size: int, seed: int, store: Any,
                  run_id: str) -> Any:
     """The LSH function (hyperplanes through k-mers sampled from the reads) → a versioned
-    artifact, reused by tokenisation, training and later inference."""
+    artifact, reused by tokenisation, training and later inference; `Skipped` when the
+    reads hold too few k-mers to fit it (none left, or all shorter than k)."""
+    from helixflow.artifacts import Skipped
     from helixflow.tables import pack_files, publish_file
 
     sample = _sample_sequences(store, shards, 20_000)
-    if len(sample) == 0:
-        raise HelixflowError("no reads to sample k-mers from for the LSH hash")
-    lsh = fit_lsh(sample, k=k, hash_size=hash_size, seed=seed)
+    try:
+        if len(sample) == 0:
+            raise TooLittleInput("no reads to sample k-mers from for the LSH hash")
+        lsh = fit_lsh(sample, k=k, hash_size=hash_size, seed=seed)
+    except TooLittleInput as exc:
+        return Skipped(stage="embedding", sample="lshvec", reason=str(exc))
     with store.scratch() as scratch:
         path = lsh.save(scratch / "lsh.npz")
         tar = pack_files([path, _meta_path(path)], scratch / f"lsh-k{k}-h{hash_size}.tar")

@@ -13,8 +13,9 @@ import pytest
 HELIXFLOW = str(Path(sys.executable).with_name("helixflow"))
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([HELIXFLOW, *args], capture_output=True, text=True, timeout=600,
+def cli(*args: str, env: dict[str, str] | None = None,
+        timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([HELIXFLOW, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "COLUMNS": "200", **(env or {})})
 
 

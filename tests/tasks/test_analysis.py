@@ -43,3 +43,29 @@ def test_clusters_follow_genomes_and_representatives_are_real_reads(tmp_path: Pa
     for rep in reps:
         assert rep["sequence"] == reads[rep["source_shard"]][rep["row"]]
     assert Path(store._path(result.projection.uri)).read_bytes()[:4] == b"\x89PNG"
+
+
+def _kmer_shard(store: Store, tmp_path: Path, demo, n_pairs: int):
+    batch = next(iter_read_batches(str(demo.r1), str(demo.r2), batch_size=n_pairs))
+    path = tmp_path / f"few{n_pairs}.parquet"
+    write_read_shard(pa.Table.from_batches([batch]), path)
+    shard = store.publish(path, run_id="r", stage="correct", rows=batch.num_rows,
+                          media_type="application/vnd.apache.parquet", producer="test")
+    return embed_kmer_spectra.fn(shard, 4, store, "r")
+
+
+def test_few_vectors_clamp_k_and_too_few_are_skipped(tmp_path: Path) -> None:
+    from helixflow.artifacts import Skipped
+
+    demo = write_demo(tmp_path / "demo", DemoSpec(n_pairs=50, n_genomes=2, genome_length=5_000))
+    store = Store(str(tmp_path / "store"))
+    few = analyze_embeddings.fn("kmer4", [_kmer_shard(store, tmp_path, demo, 3)],
+                                AnalysisParams(k_neighbors=30, n_clusters=12), None, "genome",
+                                store, "r")
+    assert few.metrics["vectors"] == 6 and few.metrics["k_neighbors"] == 5, few.metrics
+    assert 1 <= few.metrics["n_clusters"] <= 6
+    assert sum(r["size"] for r in read_representatives(store, few.representatives)) == 6
+    one = analyze_embeddings.fn("kmer4", [_kmer_shard(store, tmp_path, demo, 1)],
+                                AnalysisParams(), None, "genome", store, "r")
+    assert one == Skipped(stage="analysis", sample="kmer4",
+                          reason="2 vectors, need at least 3 for a kNN graph")
