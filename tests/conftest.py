@@ -10,8 +10,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from deployments.postgres import LocalPostgres
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -142,3 +146,16 @@ def slurm_cluster() -> str:
     if not up():
         missing("slurm (run deployments/slurm/local-cluster.sh as root)")
     return "local-cli"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """The local PostgreSQL (deployments/postgres/local-postgres.sh, started here when root);
+    tests make a throwaway database each with `create_database`, dropped at the end."""
+    from deployments.postgres import LocalPostgres
+
+    pg = LocalPostgres.from_env()
+    if not pg.reachable() and not pg.start():
+        missing("postgresql on 127.0.0.1 (run deployments/postgres/local-postgres.sh as root)")
+    yield pg
+    pg.drop_created()
