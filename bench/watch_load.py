@@ -131,7 +131,7 @@ def main() -> None:
 
 def burst(args: argparse.Namespace, database: str) -> dict[str, Any]:
     """One burst on a fresh server on `database`; its report."""
-    from helixflow.server import stop_server
+    from helixflow.server import flush_prefect_workers, stop_server
 
     home = Path(tempfile.mkdtemp(prefix=f"hf-load-{database}-"))
     port = free_port()
@@ -156,6 +156,7 @@ def burst(args: argparse.Namespace, database: str) -> dict[str, Any]:
             server_database = pg.url(pg.create_database("hf_bench_watch_load"), password=True)
         return run(args, env, home, procs, database, server_database)
     finally:
+        flush_prefect_workers()  # bound to this server: the next burst gets new ones
         for proc in reversed(procs):
             stop(proc)
         stop_server(home)

@@ -314,8 +314,12 @@ def use_server(info: ServerInfo) -> None:
     `runtime_env` to an existing cluster).
 
     A `with temporary_settings(...)` block already open in the caller overrides the
-    global context and therefore this call, for its duration.
+    global context and therefore this call, for its duration. Switching from another
+    server first flushes this process's Prefect log and event workers, which stay bound
+    to the server they started with (see `flush_prefect_workers`).
     """
+    if os.environ.get("PREFECT_API_URL") not in (None, info.api_url):
+        flush_prefect_workers()
     os.environ["PREFECT_API_URL"] = info.api_url
     os.environ["PREFECT_UI_URL"] = info.ui_url
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -330,6 +334,19 @@ def use_server(info: ServerInfo) -> None:
     from prefect.context import refresh_global_settings_context
 
     refresh_global_settings_context()
+
+
+def flush_prefect_workers(timeout: float = 10.0) -> None:
+    """Send this process's pending Prefect logs and events, then stop their workers.
+
+    Both are per-process singletons bound to the server they first talked to; after this,
+    the next log or event starts a new one against the current settings (`use_server`).
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=timeout)
+    EventsWorker.drain_all(timeout=timeout)
 
 
 def flow_run_url(info_or_api_url: ServerInfo | str, flow_run_id: UUID | str) -> str:

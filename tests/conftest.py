@@ -76,16 +76,12 @@ def helixflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def prefect_api(helixflow_home: Path) -> Iterator[str]:
     """The one real Prefect server (SQLite) for the session; this process points at it."""
-    from helixflow.server import ensure_server, stop_server, use_server
+    from helixflow.server import ensure_server, flush_prefect_workers, stop_server, use_server
 
     info = ensure_server(helixflow_home)
     use_server(info)
     yield info.api_url
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    APILogWorker.drain_all(timeout=10)  # send pending logs and events before it goes away
-    EventsWorker.drain_all(timeout=10)
+    flush_prefect_workers()  # send pending logs and events before it goes away
     stop_server(helixflow_home)
 
 

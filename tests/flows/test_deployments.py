@@ -98,24 +98,17 @@ def pg_server(postgres: LocalPostgres, tmp_path_factory: pytest.TempPathFactory,
     """This module's server: a fresh one on PostgreSQL (in place of the session's SQLite
     one, which is given back afterwards); this process and its workers point at it."""
     from prefect.context import refresh_global_settings_context
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
     from pydantic import SecretStr
 
-    from helixflow.server import ensure_server, stop_server, use_server
-
-    def drain() -> None:  # event and log workers are bound to the server they started with
-        APILogWorker.drain_all(timeout=10)
-        EventsWorker.drain_all(timeout=10)
+    from helixflow.server import ensure_server, flush_prefect_workers, stop_server, use_server
 
     saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_UI_URL")}
     database = postgres.create_database(DATABASE)
     home = tmp_path_factory.mktemp("postgres-server")
-    drain()
     info = ensure_server(home, database=SecretStr(postgres.url(database, password=True)))
-    use_server(info)
+    use_server(info)  # flushes the event and log workers bound to the session's server
     yield info
-    drain()
+    flush_prefect_workers()
     stop_server(home)
     for key, value in saved.items():
         if value is None:
