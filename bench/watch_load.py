@@ -10,7 +10,8 @@ runs, which queue under the pool's limit. Then every notification is sent again:
 `--database sqlite,postgres` runs the whole burst once per database, one after the other
 (each with its own server, moto, worker and Ray), and prints them side by side: runs
 created and completed, lost and twice, the 503s the server answered (it logs each "try
-again" it sends: its database was busy) and those the worker's Prefect clients retried,
+again" it sends: its database was busy), the trigger actions that failed (a run never
+created: Prefect does not retry them) and the 429/503s the worker's Prefect clients retried,
 upload → run created and upload → run start latencies (median, p90), the highest number
 of runs seen running at once, and the makespan. `--timeout` caps the wait for completion
 per database; runs still queued then are counted as not completed. There is no peer tool
@@ -44,6 +45,9 @@ OUT = REPO / "bench" / "out" / "watch_load"
 DATABASES = ("sqlite", "postgres")
 #: What the server logs for each 503 it answers (PREFECT_SERVER_LOG_RETRYABLE_ERRORS).
 SERVER_503 = "Encountered retryable exception in request"
+#: What the server logs when an automation action (the trigger's run-deployment) fails:
+#: that run is never created (Prefect does not retry the action).
+ACTION_FAILED = "prefect.server.events.actions - Action failed"
 #: What a Prefect client logs for each 429/502/503 it retries.
 CLIENT_RETRY = "Received response with retryable status code"
 
@@ -303,6 +307,7 @@ def run(args: argparse.Namespace, env: dict[str, str], home: Path,
             started.append(stamp(r["start_time"]) - up)
             intervals.append((stamp(r["start_time"]), stamp(r["end_time"]) or t_done))
     peak = max(sum(s <= t < e for s, e in intervals) for t, _ in intervals) if intervals else 0
+    server_log = info.log_path.read_text(errors="replace")
     return {
         "database": database, "server_database": info.database,
         "uploads": args.uploads, "pairs_per_upload": args.pairs,
@@ -310,7 +315,8 @@ def run(args: argparse.Namespace, env: dict[str, str], home: Path,
         "runs": len(runs), "completed": states.get("COMPLETED", 0),
         "distinct_inputs": len(set(inputs)), "states": states,
         "lost": args.uploads - len(set(inputs)), "twice": len(inputs) - len(set(inputs)),
-        "server_503": info.log_path.read_text(errors="replace").count(SERVER_503),
+        "server_503": server_log.count(SERVER_503),
+        "trigger_actions_failed": server_log.count(ACTION_FAILED),
         "client_retries": worker_log.read_text(errors="replace").count(CLIENT_RETRY),
         "bench_retries": bench_retries,
         "announced": stats.announced, "watcher_again": again.announced,
@@ -336,6 +342,8 @@ def table(reports: list[dict[str, Any]]) -> str:
                                                             else "")),
         ("lost / twice", lambda r: f"{r['lost']} / {r['twice']}"),
         ("503s answered by the server", lambda r: str(r["server_503"])),
+        ("trigger actions failed (runs never made)",
+         lambda r: str(r.get("trigger_actions_failed", "-"))),
         ("429/503 retried by worker clients", lambda r: str(r["client_retries"])),
         ("upload → run created p50 / p90 (s)", lambda r: latency(r["upload_to_created_s"])),
         ("upload → run start p50 / p90 (s)", lambda r: latency(r["upload_to_start_s"])),
