@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.helixflow-installed
 
-.PHONY: run test setup system-deps run-deps slurm lint unit integration bench clean
+.PHONY: run test setup system-deps run-deps slurm postgres lint unit integration bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -35,14 +35,19 @@ slurm:
 	@if [ "$$(id -u)" -eq 0 ]; then bash deployments/slurm/local-cluster.sh; \
 	else echo "not root: no local Slurm cluster (its tests skip, or fail under CI=true)"; fi
 
-test: setup system-deps slurm
+# A local PostgreSQL on 127.0.0.1 for the server-on-PostgreSQL tests; only as root (CI is).
+postgres:
+	@if [ "$$(id -u)" -eq 0 ]; then bash deployments/postgres/local-postgres.sh; \
+	else echo "not root: no local PostgreSQL (its tests skip, or fail under CI=true)"; fi
+
+test: setup system-deps slurm postgres
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 unit: setup
 	$(PY) -m pytest -m "not integration"
 
-integration: setup system-deps
+integration: setup system-deps postgres
 	$(PY) -m pytest -m integration
 
 lint: setup

@@ -455,16 +455,42 @@ def demo_data(
     out.print(f"wrote {demo.dir}: {demo.r1.name}, {demo.r2.name}, truth in {demo.truth.name}")
 
 
+DatabaseOption = Annotated[str | None, typer.Option(
+    "--database", metavar="URL",
+    help="The server's database: postgresql+asyncpg://USER@HOST[:PORT]/DB (password in the URL "
+    "or HELIXFLOW_DATABASE_PASSWORD; never printed). Default: HELIXFLOW_DATABASE_URL, else "
+    "SQLite under HELIXFLOW_HOME.")]
+
+
+def _local_server(database: str | None) -> None:
+    """With `--database`: start (or reuse) the local server on that database and point this
+    process at it, before `connect_prefect` (which would otherwise take any server)."""
+    import os
+
+    from helixflow.server import ensure_server, use_server
+
+    if database is None:
+        return
+    if os.environ.get("PREFECT_API_URL"):
+        raise HelixflowError(
+            "--database configures the local helixflow server, but PREFECT_API_URL points at "
+            f"another one ({os.environ['PREFECT_API_URL']})",
+            hint="unset PREFECT_API_URL, or leave --database out")
+    use_server(ensure_server(database=database))
+
+
 @server_app.command("start")
-def server_start() -> None:
+def server_start(database: DatabaseOption = None) -> None:
     """Start (or reuse) the local Prefect server and print its UI URL."""
     from helixflow.server import ensure_server
 
     try:
-        info = ensure_server()
+        info = ensure_server(database=database)
     except HelixflowError as exc:
         _fail(exc)
-    out.print(f"Prefect server pid {info.pid}: UI {info.ui_url}  API {info.api_url}")
+    out.print(f"Prefect server pid {info.pid}: UI {info.ui_url}  API {info.api_url}",
+              soft_wrap=True)
+    out.print(f"database {info.database}", highlight=False, soft_wrap=True)
 
 
 @server_app.command("stop")
@@ -484,7 +510,8 @@ def server_status() -> None:
     if info is None:
         out.print("not running")
         raise typer.Exit(1)
-    out.print(f"running: pid {info.pid}, UI {info.ui_url}, API {info.api_url}, log {info.log_path}")
+    out.print(f"running: pid {info.pid}, UI {info.ui_url}, API {info.api_url}, "
+              f"log {info.log_path}, database {info.database}", highlight=False, soft_wrap=True)
 
 
 @blocks_app.command("register")
@@ -518,6 +545,7 @@ def deploy(
         "Repeatable; default all.")] = None,
     concurrency: Annotated[int | None, typer.Option(
         min=1, help="Work pool concurrency limit: flow runs at once (the rest queue).")] = 2,
+    database: DatabaseOption = None,
 ) -> None:
     """Register blocks, create the work pool, and `prefect deploy` prefect.yaml's deployments."""
     try:
@@ -525,6 +553,7 @@ def deploy(
         from helixflow.deploy import POOL, ensure_work_pool, prefect_deploy
         from helixflow.launch import connect_prefect, ui_base
 
+        _local_server(database)
         api_url = connect_prefect()
         register_blocks()
         action = ensure_work_pool(POOL, concurrency)
@@ -544,6 +573,7 @@ def worker(
     limit: Annotated[int | None, typer.Option(min=1, help="Flow runs at once.")] = None,
     run_once: Annotated[bool, typer.Option(help="Run what is scheduled now, then exit.")
                         ] = False,
+    database: DatabaseOption = None,
 ) -> None:
     """`prefect worker start` on the local server, with the store as result storage."""
     import os
@@ -552,6 +582,7 @@ def worker(
         from helixflow.deploy import worker_command, worker_env
         from helixflow.launch import connect_prefect
 
+        _local_server(database)
         env = worker_env(connect_prefect())
     except HelixflowError as exc:
         _fail(exc)

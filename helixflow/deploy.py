@@ -63,12 +63,16 @@ def prefect_deploy(api_url: str, names: list[str] | None = None) -> str:
 
 def worker_env(api_url: str) -> dict[str, str]:
     """The environment of a worker whose flow runs persist Prefect results in the default
-    store (as `helixflow run` does), so task caches are shared with CLI runs."""
+    store (as `helixflow run` does), so task caches are shared with CLI runs; without the
+    server's database URL and password."""
     from blocks.store import resolve_store, result_storage
+    from helixflow.server import DATABASE_ENV, PASSWORD_ENV
     from helixflow.settings import helixflow_home
 
-    env = {**os.environ, "PREFECT_API_URL": api_url, "HELIXFLOW_HOME": str(helixflow_home()),
-           "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true"}
+    # Flow runs talk to the API, never to its database: its URL and password stay here.
+    env = {k: v for k, v in os.environ.items() if k not in (DATABASE_ENV, PASSWORD_ENV)}
+    env.update({"PREFECT_API_URL": api_url, "HELIXFLOW_HOME": str(helixflow_home()),
+                "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true"})
     storage = result_storage(resolve_store())
     if isinstance(storage, Path):
         env["PREFECT_LOCAL_STORAGE_PATH"] = str(storage)

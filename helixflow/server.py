@@ -4,11 +4,16 @@ Without `PREFECT_API_URL`, Prefect starts a temporary server in each process tha
 needs one, and with Ray that means one per worker (slow, and the task runs end up in
 separate databases). So `helixflow run` starts, or reuses, one real server:
 
-- SQLite database and Prefect home under `HELIXFLOW_HOME` (default `~/.helixflow`);
+- Prefect home under `HELIXFLOW_HOME` (default `~/.helixflow`), and its database: SQLite
+  there (the embedded default), or PostgreSQL, as Prefect recommends beyond one user
+  (`database=` / `helixflow server start --database postgresql+asyncpg://USER@HOST/DB`,
+  or `HELIXFLOW_DATABASE_URL`; the password in the URL, in `HELIXFLOW_DATABASE_PASSWORD`
+  or a `SecretStr`, and only ever shown masked);
 - listening on 127.0.0.1 on a free port, with the UI;
 - detached (own session and process group, output to `HELIXFLOW_HOME/server.log`) so
   it outlives the run that started it and the next run reuses it;
-- described by `HELIXFLOW_HOME/server.json` (pid, port, started_at), written atomically;
+- described by `HELIXFLOW_HOME/server.json` (pid, port, started_at, the masked database
+  URL), written atomically;
 - started under an exclusive `flock` on `HELIXFLOW_HOME/server.lock`, so two runs
   starting at once end up with one server.
 
@@ -36,9 +41,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 from uuid import UUID
 
 import httpx
+from pydantic import SecretStr
 
 from helixflow.errors import HelixflowError
 from helixflow.settings import helixflow_home
@@ -50,6 +57,12 @@ LOG_FILE = "server.log"
 PREFECT_HOME_DIR = "prefect"
 DATABASE_FILE = "prefect.db"
 UI_STATIC_DIR = "ui"
+#: The server's database when none is given (else SQLite under HELIXFLOW_HOME).
+DATABASE_ENV = "HELIXFLOW_DATABASE_URL"
+#: The database password when the URL has none (never put on a command line).
+PASSWORD_ENV = "HELIXFLOW_DATABASE_PASSWORD"
+_DRIVERS = {"postgresql+asyncpg": "postgresql", "sqlite+aiosqlite": "sqlite"}
+_POSTGRES_ALIASES = ("postgresql", "postgres", "postgresql+asyncpg")
 
 #: Start attempts when the chosen port is taken between probing and binding.
 _PORT_ATTEMPTS = 5
@@ -73,35 +86,118 @@ class ServerInfo:
     port: int
     home: Path
     log_path: Path
+    database: str = ""  # its database URL, password masked
+
+
+@dataclass(frozen=True)
+class Database:
+    """The server's database: the full URL kept secret, and what may be shown of it.
+
+    Example:
+        >>> db = database_from("postgresql://hf:s3cret@127.0.0.1/prefect")
+        >>> db.kind, db.masked
+        ('postgresql', 'postgresql+asyncpg://hf:***@127.0.0.1/prefect')
+        >>> "s3cret" in repr(db)
+        False
+    """
+
+    url: SecretStr
+    masked: str
+    kind: Literal["sqlite", "postgresql"]
+
+    def scrub(self, text: str) -> str:
+        """`text` with the password (plain or URL-quoted) replaced by `***`."""
+        from urllib.parse import quote, quote_plus
+
+        from sqlalchemy.engine import make_url
+
+        password = make_url(self.url.get_secret_value()).password
+        if not password:
+            return text
+        for form in {password, quote(password, safe=""), quote_plus(password)}:
+            text = text.replace(form, "***")
+        return text
 
 
 @dataclass(frozen=True)
 class _State:
-    """What `server.json` records about the server process."""
+    """What `server.json` records about the server process (never a password)."""
 
     pid: int
     port: int
     started_at: str
+    database: str = ""
 
 
 # --------------------------------------------------------------------------- public API
 
 
-def server_env(home: Path, *, port: int | None = None) -> dict[str, str]:
+def database_from(database: str | SecretStr | None = None, home: Path | None = None) -> Database:
+    """The database a server should use: `database`, else `HELIXFLOW_DATABASE_URL`, else
+    SQLite under `home` (`HELIXFLOW_HOME`).
+
+    PostgreSQL URLs may be written `postgresql://` or `postgres://`; Prefect needs the
+    asyncpg driver, so they become `postgresql+asyncpg://`. A URL without a password
+    takes `HELIXFLOW_DATABASE_PASSWORD` when set (else asyncpg's own `PGPASSWORD` or
+    `~/.pgpass`).
+
+    Raises:
+        HelixflowError: the URL cannot be parsed or names another database; the message
+            shows the URL with its password masked.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if database is None:
+        database = os.environ.get(DATABASE_ENV) or None
+    if database is None:
+        text = _sqlite_url(_resolve_home(home) / PREFECT_HOME_DIR / DATABASE_FILE)
+    else:
+        text = database.get_secret_value() if isinstance(database, SecretStr) else database
+    try:
+        url = make_url(text)
+    except (ArgumentError, ValueError):
+        raise HelixflowError(
+            f"cannot parse the database URL {_mask_unparsed(text)!r}",
+            hint="write it as postgresql+asyncpg://USER[:PASSWORD]@HOST[:PORT]/DATABASE",
+        ) from None
+    if url.drivername in _POSTGRES_ALIASES:
+        url = url.set(drivername="postgresql+asyncpg")
+        if not url.password and os.environ.get(PASSWORD_ENV):
+            url = url.set(password=os.environ[PASSWORD_ENV])
+    if url.drivername not in _DRIVERS:
+        raise HelixflowError(
+            f"unsupported database {url.render_as_string(hide_password=True)!r}: the Prefect "
+            "server keeps its state in PostgreSQL or SQLite",
+            hint="use postgresql+asyncpg://USER@HOST[:PORT]/DATABASE, or nothing for SQLite",
+        )
+    return Database(
+        url=SecretStr(url.render_as_string(hide_password=False)),
+        masked=url.render_as_string(hide_password=True),
+        kind="postgresql" if _DRIVERS[url.drivername] == "postgresql" else "sqlite",
+    )
+
+
+def server_env(
+    home: Path, *, port: int | None = None, database: Database | None = None
+) -> dict[str, str]:
     """Environment for the server process: everything Prefect under `home`, no network.
 
     Every inherited `PREFECT_*` variable is dropped (an inherited `PREFECT_API_URL`,
     profile or database URL must not leak into the server), then the server is
-    configured from `home` alone. With `port`, the UI is told where its API is (Prefect
-    otherwise assumes the default port 4200 and the UI cannot reach the API).
+    configured from `home` alone, with `database` (default: SQLite under `home`). With
+    `port`, the UI is told where its API is (Prefect otherwise assumes the default port
+    4200 and the UI cannot reach the API).
     """
     home = Path(home).expanduser().absolute()
     prefect_home = home / PREFECT_HOME_DIR
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    database = database or database_from(_sqlite_url(prefect_home / DATABASE_FILE))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PREFECT_") and k not in (DATABASE_ENV, PASSWORD_ENV)}
     env.update(
         {
             "PREFECT_HOME": str(prefect_home),
-            "PREFECT_API_DATABASE_CONNECTION_URL": _sqlite_url(prefect_home / DATABASE_FILE),
+            "PREFECT_API_DATABASE_CONNECTION_URL": database.url.get_secret_value(),
             # No network here: telemetry would only log failures.
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
@@ -109,6 +205,8 @@ def server_env(home: Path, *, port: int | None = None) -> dict[str, str]:
             "PREFECT_UI_STATIC_DIRECTORY": str(home / UI_STATIC_DIR),
             "PREFECT_CLI_PROMPT": "false",
             "PREFECT_SERVER_API_HOST": HOST,
+            # A 503 ("try again": the database is busy) is logged, so load shows in the log.
+            "PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true",
         }
     )
     if port is not None:
@@ -136,23 +234,42 @@ def server_status(home: Path | None = None) -> ServerInfo | None:
     return info if _is_healthy(info.api_url) else None
 
 
-def ensure_server(home: Path | None = None, *, timeout: float = 90.0) -> ServerInfo:
+def ensure_server(
+    home: Path | None = None,
+    *,
+    timeout: float = 90.0,
+    database: str | SecretStr | None = None,
+) -> ServerInfo:
     """Reuse the server of `home`, or start one and wait until it is healthy.
+
+    `database` (or `HELIXFLOW_DATABASE_URL`) is the database a new server uses (default:
+    SQLite under `home`, see `database_from`); a running server is reused whatever its
+    database unless one is asked for and differs.
 
     Safe to call from several processes or threads at once: they serialise on an
     exclusive lock in `home`, so exactly one server results.
 
     Raises:
         HelixflowError: the server died while starting (with the end of its log), did
-            not become healthy within `timeout` seconds, or the lock was not obtained.
+            not become healthy within `timeout` seconds, runs on another database than
+            the one asked for, or the lock was not obtained.
     """
     home = _resolve_home(home)
+    asked = database is not None or bool(os.environ.get(DATABASE_ENV))
+    db = database_from(database, home)
     home.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout
     with _lock(home, deadline):
         state = _read_state(home)
         if state is not None and _is_server_process(state.pid, state.port):
             info = _info(home, state)
+            if asked and info.database != db.masked:
+                raise HelixflowError(
+                    f"the helixflow Prefect server of {home} (pid {state.pid}) runs on "
+                    f"{info.database}, not on {db.masked}",
+                    hint="stop it first (`helixflow server stop`), or leave --database out "
+                    "to use it",
+                )
             if _wait_healthy(info.api_url, deadline):
                 return info
             raise HelixflowError(
@@ -162,7 +279,7 @@ def ensure_server(home: Path | None = None, *, timeout: float = 90.0) -> ServerI
             )
         if state is not None:
             _remove_state(home)
-        return _start(home, deadline, timeout)
+        return _start(home, deadline, timeout, db)
 
 
 def stop_server(home: Path | None = None, *, timeout: float = 20.0) -> bool:
@@ -197,8 +314,12 @@ def use_server(info: ServerInfo) -> None:
     `runtime_env` to an existing cluster).
 
     A `with temporary_settings(...)` block already open in the caller overrides the
-    global context and therefore this call, for its duration.
+    global context and therefore this call, for its duration. Switching from another
+    server first flushes this process's Prefect log and event workers, which stay bound
+    to the server they started with (see `flush_prefect_workers`).
     """
+    if os.environ.get("PREFECT_API_URL") not in (None, info.api_url):
+        flush_prefect_workers()
     os.environ["PREFECT_API_URL"] = info.api_url
     os.environ["PREFECT_UI_URL"] = info.ui_url
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -213,6 +334,19 @@ def use_server(info: ServerInfo) -> None:
     from prefect.context import refresh_global_settings_context
 
     refresh_global_settings_context()
+
+
+def flush_prefect_workers(timeout: float = 10.0) -> None:
+    """Send this process's pending Prefect logs and events, then stop their workers.
+
+    Both are per-process singletons bound to the server they first talked to; after this,
+    the next log or event starts a new one against the current settings (`use_server`).
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=timeout)
+    EventsWorker.drain_all(timeout=timeout)
 
 
 def flow_run_url(info_or_api_url: ServerInfo | str, flow_run_id: UUID | str) -> str:
@@ -232,8 +366,10 @@ def flow_run_url(info_or_api_url: ServerInfo | str, flow_run_id: UUID | str) -> 
 # --------------------------------------------------------------------------- starting
 
 
-def _start(home: Path, deadline: float, timeout: float) -> ServerInfo:
-    """Start a server (retrying on another port if its port was taken); called locked."""
+def _start(home: Path, deadline: float, timeout: float, database: Database) -> ServerInfo:
+    """Start a server (retrying on another port if its port was taken); called locked.
+
+    Its log tail, quoted in errors, is scrubbed of the database password."""
     log_path = home / LOG_FILE
     _rotate_log(log_path)
     for attempt in range(1, _PORT_ATTEMPTS + 1):
@@ -241,13 +377,13 @@ def _start(home: Path, deadline: float, timeout: float) -> ServerInfo:
         with log_path.open("ab") as log:
             log.write(
                 f"\n--- helixflow: starting Prefect server on {HOST}:{port} at "
-                f"{_now()} (attempt {attempt}) ---\n".encode()
+                f"{_now()} (attempt {attempt}), database {database.masked} ---\n".encode()
             )
             log.flush()
             offset = log.tell()
             proc = subprocess.Popen(
                 _command(port),
-                env=server_env(home, port=port),
+                env=server_env(home, port=port, database=database),
                 cwd=home,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -257,7 +393,7 @@ def _start(home: Path, deadline: float, timeout: float) -> ServerInfo:
             )
         _CHILDREN[proc.pid] = proc
         # Recorded at once, so that a server left starting by a killed caller is found.
-        state = _State(pid=proc.pid, port=port, started_at=_now())
+        state = _State(pid=proc.pid, port=port, started_at=_now(), database=database.masked)
         _write_state(home, state)
         info = _info(home, state)
 
@@ -272,13 +408,14 @@ def _start(home: Path, deadline: float, timeout: float) -> ServerInfo:
             _remove_state(home)
             raise HelixflowError(
                 f"the Prefect server did not become healthy within {timeout:.0f} s "
-                f"(a first start migrates a new database).\n{_log_tail(log_path, offset)}",
+                f"(a first start migrates a new database).\n"
+                f"{database.scrub(_log_tail(log_path, offset))}",
                 hint=f"retry with a longer timeout, or read {log_path}",
             )
 
         _CHILDREN.pop(proc.pid, None)
         _remove_state(home)
-        tail = _log_tail(log_path, offset)
+        tail = database.scrub(_log_tail(log_path, offset))
         if "already in use" in tail or "address in use" in tail.lower():
             continue  # someone took the port between our probe and the server's bind
         raise HelixflowError(
@@ -472,6 +609,18 @@ def _sqlite_url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{quoted}"
 
 
+def _mask_unparsed(text: str) -> str:
+    """A URL SQLAlchemy could not parse, with whatever stands as its password masked.
+
+    Example:
+        >>> _mask_unparsed("postgresql://hf:p@ss@host:x/db")
+        'postgresql://hf:***@host:x/db'
+    """
+    import re
+
+    return re.sub(r"(://[^:/@]*:).*@", r"\1***@", text)
+
+
 def _info(home: Path, state: _State) -> ServerInfo:
     return ServerInfo(
         api_url=_api_url(state.port),
@@ -480,6 +629,8 @@ def _info(home: Path, state: _State) -> ServerInfo:
         port=state.port,
         home=home,
         log_path=home / LOG_FILE,
+        database=state.database
+        or _sqlite_url(home / PREFECT_HOME_DIR / DATABASE_FILE),  # older server.json
     )
 
 
@@ -491,7 +642,8 @@ def _read_state(home: Path) -> _State | None:
     """The state file, or None if it is missing or unreadable (treated as no server)."""
     try:
         data = json.loads((home / STATE_FILE).read_text())
-        return _State(pid=int(data["pid"]), port=int(data["port"]), started_at=data["started_at"])
+        return _State(pid=int(data["pid"]), port=int(data["port"]), started_at=data["started_at"],
+                      database=str(data.get("database", "")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -500,7 +652,8 @@ def _write_state(home: Path, state: _State) -> None:
     """Write the state file atomically (temporary file, fsync, rename)."""
     path = home / STATE_FILE
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    payload = {"pid": state.pid, "port": state.port, "started_at": state.started_at}
+    payload = {"pid": state.pid, "port": state.port, "started_at": state.started_at,
+               "database": state.database}
     with tmp.open("w") as fh:
         json.dump(payload, fh)
         fh.flush()

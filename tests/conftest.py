@@ -10,8 +10,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from deployments.postgres import LocalPostgres
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -72,16 +76,12 @@ def helixflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def prefect_api(helixflow_home: Path) -> Iterator[str]:
     """The one real Prefect server (SQLite) for the session; this process points at it."""
-    from helixflow.server import ensure_server, stop_server, use_server
+    from helixflow.server import ensure_server, flush_prefect_workers, stop_server, use_server
 
     info = ensure_server(helixflow_home)
     use_server(info)
     yield info.api_url
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    APILogWorker.drain_all(timeout=10)  # send pending logs and events before it goes away
-    EventsWorker.drain_all(timeout=10)
+    flush_prefect_workers()  # send pending logs and events before it goes away
     stop_server(helixflow_home)
 
 
@@ -144,3 +144,16 @@ def slurm_cluster() -> str:
     if not up():
         missing("slurm (run deployments/slurm/local-cluster.sh as root)")
     return "local-cli"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """The local PostgreSQL (deployments/postgres/local-postgres.sh, started here when root);
+    tests make a throwaway database each with `create_database`, dropped at the end."""
+    from deployments.postgres import LocalPostgres
+
+    pg = LocalPostgres.from_env()
+    if not pg.reachable() and not pg.start():
+        missing("postgresql on 127.0.0.1 (run deployments/postgres/local-postgres.sh as root)")
+    yield pg
+    pg.drop_created()

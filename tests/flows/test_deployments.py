@@ -1,5 +1,8 @@
 """Deployments on the real Prefect server: `helixflow deploy`, then flow runs picked up by a
-real process worker, with parameters given as the UI gives them."""
+real process worker, with parameters given as the UI gives them.
+
+This module's server keeps its state in PostgreSQL (as Prefect recommends beyond one user,
+and as an operator runs deployments); the rest of the suite's server runs on SQLite."""
 
 from __future__ import annotations
 
@@ -9,9 +12,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -23,6 +27,10 @@ from helixflow.demo import DemoSpec, write_demo
 from helixflow.lineage import LineageGraph, LineageNode, load_records
 from helixflow.store import Store
 from tests.conftest import stop_process
+
+if TYPE_CHECKING:
+    from deployments.postgres import LocalPostgres
+    from helixflow.server import ServerInfo
 
 pytestmark = pytest.mark.integration
 
@@ -81,6 +89,46 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
+DATABASE = "hf_test_deployments"
+
+
+@pytest.fixture(scope="module")
+def pg_server(postgres: LocalPostgres, tmp_path_factory: pytest.TempPathFactory,
+              helixflow_home: Path) -> Iterator[ServerInfo]:
+    """This module's server: a fresh one on PostgreSQL (in place of the session's SQLite
+    one, which is given back afterwards); this process and its workers point at it."""
+    from prefect.context import refresh_global_settings_context
+    from pydantic import SecretStr
+
+    from helixflow.server import ensure_server, flush_prefect_workers, stop_server, use_server
+
+    saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_UI_URL")}
+    database = postgres.create_database(DATABASE)
+    home = tmp_path_factory.mktemp("postgres-server")
+    info = ensure_server(home, database=SecretStr(postgres.url(database, password=True)))
+    use_server(info)  # flushes the event and log workers bound to the session's server
+    yield info
+    flush_prefect_workers()
+    stop_server(home)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    refresh_global_settings_context()
+    postgres.drop_database(database)
+
+
+@pytest.fixture(scope="module")
+def prefect_api(pg_server: ServerInfo) -> str:
+    return pg_server.api_url
+
+
+def retryable_errors(info: ServerInfo) -> int:
+    """503s the server answered so far ("try again": its database was busy), from its log."""
+    return info.log_path.read_text().count("Encountered retryable exception in request")
+
+
 @pytest.fixture(scope="module")
 def deployed(prefect_api: str) -> dict[str, dict]:
     """`helixflow deploy` once for the module: deployment name → deployment."""
@@ -91,9 +139,12 @@ def deployed(prefect_api: str) -> dict[str, dict]:
 
 
 def test_deploy_creates_deployments_schedule_trigger_pool_and_blocks(
-    prefect_api: str, deployed: dict[str, dict]
+    prefect_api: str, deployed: dict[str, dict], postgres: LocalPostgres
 ) -> None:
     assert {"genomics-pipeline", "embed-refresh", "md-campaign"} <= set(deployed)
+    # They are in PostgreSQL.
+    rows = postgres.fetch("select name from deployment", DATABASE)
+    assert {r["name"] for r in rows} == set(deployed)
     assert all(d["work_pool_name"] == "helixflow-process" for d in deployed.values())
     (schedule,) = deployed["embed-refresh"]["schedules"]
     assert schedule["schedule"]["cron"] == "0 2 * * *" and schedule["active"]
@@ -241,15 +292,17 @@ def test_s3_uploads_start_runs_exactly_once(
 
 
 def test_fifty_uploads_at_once_make_fifty_runs_none_twice(
-    prefect_api: str, deployed: dict[str, dict], moto_endpoint: str, tmp_path: Path
+    pg_server: ServerInfo, deployed: dict[str, dict], moto_endpoint: str, tmp_path: Path
 ) -> None:
     """50 pairs uploaded at once → 50 runs created by the trigger, each pair exactly once,
     queued on the pool (no worker here: bench/watch_load.py runs them all and measures);
-    every notification sent again → still 50."""
+    every notification sent again → still 50; the server on PostgreSQL answered no 503."""
     import boto3
 
     from helixflow.watch import WatchConfig, connect_bucket_to_queue, open_watcher
 
+    prefect_api = pg_server.api_url
+    busy_before = retryable_errors(pg_server)
     s3 = boto3.client("s3", endpoint_url=moto_endpoint)
     sqs = boto3.client("sqs", endpoint_url=moto_endpoint)
     s3.create_bucket(Bucket="burst")
@@ -290,6 +343,7 @@ def test_fifty_uploads_at_once_make_fifty_runs_none_twice(
         assert (again.announced, again.duplicates) == (0, 100), again
         time.sleep(10)
         assert len(burst_runs()) == 50
+        assert retryable_errors(pg_server) == busy_before
     finally:
         watcher.close()
         for run in burst_runs():  # not for the other tests' workers to pick up

@@ -18,12 +18,17 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from helixflow import server
 from helixflow.errors import HelixflowError
+
+if TYPE_CHECKING:
+    from deployments.postgres import LocalPostgres
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -368,3 +373,135 @@ def test_use_server_sends_in_process_flow_runs_to_it(home: Path) -> None:
     assert [t["state_type"] for t in task_runs] == ["COMPLETED"]
     page = httpx.get(server.flow_run_url(info, flow_run_id), timeout=5, trust_env=False)
     assert page.status_code == 200
+
+
+# --------------------------------------------------------------------------- database
+
+
+def test_database_default_is_sqlite_under_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(server.DATABASE_ENV, raising=False)
+    db = server.database_from(None, Path("/data/helix home"))
+    assert db.kind == "sqlite"
+    assert db.masked == db.url.get_secret_value() == (
+        "sqlite+aiosqlite:////data/helix home/prefect/prefect.db")
+
+
+def test_database_url_is_normalised_and_its_password_masked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(server.DATABASE_ENV, "postgres://hf:pa%40ss%2Fw0rd@db.example:6543/prefect")
+    db = server.database_from()
+    assert db.kind == "postgresql"
+    assert db.masked == "postgresql+asyncpg://hf:***@db.example:6543/prefect"
+    assert db.url.get_secret_value() == (
+        "postgresql+asyncpg://hf:pa%40ss%2Fw0rd@db.example:6543/prefect")
+    assert "w0rd" not in repr(db)
+    # Scrubbed in any form a log may quote it.
+    text = "auth failed for pa@ss/w0rd (pa%40ss%2Fw0rd)"
+    assert db.scrub(text) == "auth failed for *** (***)"
+    env = server.server_env(Path("/h"), port=1, database=db)
+    assert env["PREFECT_API_DATABASE_CONNECTION_URL"] == db.url.get_secret_value()
+    assert server.DATABASE_ENV not in env
+
+
+def test_database_password_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(server.PASSWORD_ENV, "s3cr:et@")
+    db = server.database_from("postgresql+asyncpg://hf@127.0.0.1/prefect")
+    assert db.masked == "postgresql+asyncpg://hf:***@127.0.0.1/prefect"
+    assert db.url.get_secret_value() == "postgresql+asyncpg://hf:s3cr%3Aet%40@127.0.0.1/prefect"
+    # A password in the URL wins; a SecretStr URL is accepted as it is.
+    explicit = server.database_from(SecretStr("postgresql://hf:other@127.0.0.1/prefect"))
+    assert explicit.url.get_secret_value().endswith("hf:other@127.0.0.1/prefect")
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("mysql+aiomysql://hf:topsecret@host/db", "unsupported database"),
+    ("postgresql://hf:topsecret@host:notaport/db", "cannot parse"),
+    ("postgresql://hf:top@secret@host:x/db", "cannot parse"),
+])
+def test_bad_database_url_is_one_error_without_the_password(url: str, message: str) -> None:
+    with pytest.raises(HelixflowError, match=message) as err:
+        server.database_from(url)
+    assert "secret" not in str(err.value) and "***" in str(err.value)
+    assert err.value.hint is not None
+
+
+def test_worker_env_keeps_the_database_secrets_out_of_flow_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from helixflow.deploy import worker_env
+
+    monkeypatch.setenv("HELIXFLOW_HOME", str(tmp_path))
+    monkeypatch.setenv("HELIXFLOW_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv(server.DATABASE_ENV, "postgresql://hf:topsecret@127.0.0.1/prefect")
+    monkeypatch.setenv(server.PASSWORD_ENV, "topsecret")
+    env = worker_env("http://127.0.0.1:1/api")
+    assert not [k for k, v in env.items() if "topsecret" in v]
+
+
+@pytest.mark.integration
+def test_server_start_on_postgresql_records_flow_runs_there_and_hides_the_password(
+    home: Path, postgres: LocalPostgres
+) -> None:
+    """`helixflow server start --database postgresql+asyncpg://…` (password in the URL): the
+    server runs on that database, a flow run lands in its `flow_run` table, and the password
+    is in neither the CLI's output nor the server's log or state file."""
+    database = postgres.create_database("hf_test_server_start")
+    url = postgres.url(database, password=True)
+    password = postgres.password.get_secret_value()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update({"PYTHONPATH": str(REPO), "HELIXFLOW_HOME": str(home), "COLUMNS": "200"})
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "helixflow.cli", *args], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=300, check=False)
+
+    started = cli("server", "start", "--database", url)
+    assert started.returncode == 0, started.stderr[-3000:]
+    masked = postgres.url(database).replace(f"{postgres.user}@", f"{postgres.user}:***@")
+    assert f"database {masked}" in started.stdout
+    status = cli("server", "status")
+    assert status.returncode == 0 and masked in status.stdout
+    info = server.server_status(home)
+    assert info is not None and info.database == masked
+
+    script = textwrap.dedent("""
+        from prefect import flow
+
+        @flow(name="pg-probe")
+        def probe() -> int:
+            return 7
+
+        assert probe() == 7
+    """)
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, env={**env, "PREFECT_API_URL": info.api_url}, check=False)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    rows = postgres.fetch("select f.name, r.state_type from flow_run r join flow f "
+                          "on f.id = r.flow_id", database)
+    assert [(r["name"], r["state_type"]) for r in rows] == [("pg-probe", "COMPLETED")]
+    assert not (home / "prefect" / "prefect.db").exists()  # no SQLite on the side
+
+    # Asking for another database while it runs is one clear error, still masked.
+    other = cli("server", "start", "--database", postgres.url("hf_other", password=True))
+    assert other.returncode == 1 and "runs on" in other.stderr and masked in other.stderr
+
+    stopped = cli("server", "stop")
+    assert stopped.returncode == 0
+    for text in (started.stdout, started.stderr, status.stdout, status.stderr, other.stdout,
+                 other.stderr, (home / server.LOG_FILE).read_text(), info.database):
+        assert password not in text
+
+
+@pytest.mark.integration
+def test_server_start_with_a_wrong_password_fails_without_showing_it(
+    home: Path, postgres: LocalPostgres
+) -> None:
+    database = postgres.create_database("hf_test_wrong_password")
+    wrong = "wrong-pw-5d1f"
+    with pytest.raises(HelixflowError, match="exited with code") as err:
+        server.ensure_server(home, database=postgres.url(database).replace(
+            f"{postgres.user}@", f"{postgres.user}:{wrong}@"))
+    assert "password authentication failed" in str(err.value)
+    assert wrong not in str(err.value) and wrong not in (home / server.LOG_FILE).read_text()
+    assert not (home / server.STATE_FILE).exists()
