@@ -44,7 +44,13 @@ def _main(
 
 
 def _fail(exc: BaseException) -> None:
-    """Print an error as one line (plus hint) and exit 1; full traceback only with --debug."""
+    """Print an error as one line (plus hint) and exit 1 (128 + the signal for a run stopped
+    by a signal); full traceback only with --debug."""
+    from helixflow.stop import RunStopped
+
+    if isinstance(exc, RunStopped):
+        err.print(f"[bold yellow]cancelled:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code)
     if _state["debug"]:
         traceback.print_exception(exc)
     if isinstance(exc, HelixflowError):
@@ -129,6 +135,7 @@ def run(
     """Run the genomics pipeline (on the demo community when no inputs are given)."""
     try:
         from helixflow.launch import connect_prefect, launch_pipeline, ui_base
+        from helixflow.stop import RunStopped
 
         options: dict[str, Any] = {
             "qc_options": _key_values(qc, "--qc"),
@@ -163,7 +170,8 @@ def run(
             )
         elapsed = time.perf_counter() - started
         if launched.error is not None:
-            err.print(f"flow run: {launched.ui_url}")
+            if launched.ui_url and not isinstance(launched.error, RunStopped):
+                err.print(f"flow run: {launched.ui_url}")
             _fail(launched.error)
         _print_summary(launched.summary, elapsed)
         out.print(f"Flow run in the UI: [link]{launched.ui_url}[/link]")
