@@ -219,6 +219,11 @@ def _ray_session(runner: RayTaskRunner) -> Iterator[None]:
             ray_utils.set_sigterm_handler = lambda handler: None
             try:
                 ray.init(address, **runner.init_kwargs)
+            except Exception as exc:  # no cluster, or one that did not come up in time
+                raise HelixflowError(
+                    f"Ray did not start ({address or 'a new local cluster'}): {exc}",
+                    hint="check the address, or the machine's load; --debug shows Ray's "
+                    "traceback") from exc
             finally:
                 ray_utils.set_sigterm_handler = set_sigterm_handler
         yield
