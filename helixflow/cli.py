@@ -68,6 +68,16 @@ def _fail(exc: BaseException) -> None:
     raise typer.Exit(1)
 
 
+def _fail_run(launched: Any) -> None:
+    """A launched run that did not complete: its UI page, then `_fail` (a stopped run's
+    one line names the page already)."""
+    from helixflow.stop import RunStopped
+
+    if launched.ui_url and not isinstance(launched.error, RunStopped):
+        err.print(f"flow run: {launched.ui_url}")
+    _fail(launched.error)
+
+
 @app.command()
 def run(
     inputs: Annotated[
@@ -135,7 +145,6 @@ def run(
     """Run the genomics pipeline (on the demo community when no inputs are given)."""
     try:
         from helixflow.launch import connect_prefect, launch_pipeline, ui_base
-        from helixflow.stop import RunStopped
 
         options: dict[str, Any] = {
             "qc_options": _key_values(qc, "--qc"),
@@ -170,9 +179,7 @@ def run(
             )
         elapsed = time.perf_counter() - started
         if launched.error is not None:
-            if launched.ui_url and not isinstance(launched.error, RunStopped):
-                err.print(f"flow run: {launched.ui_url}")
-            _fail(launched.error)
+            _fail_run(launched)
         _print_summary(launched.summary, elapsed)
         out.print(f"Flow run in the UI: [link]{launched.ui_url}[/link]")
     except HelixflowError as exc:
@@ -293,8 +300,7 @@ def embed(
                 debug=_state["debug"],
             )
         if launched.error is not None:
-            err.print(f"flow run: {launched.ui_url}")
-            _fail(launched.error)
+            _fail_run(launched)
         _print_summary(launched.summary, time.perf_counter() - started)
         out.print(f"Flow run in the UI: [link]{launched.ui_url}[/link]")
     except HelixflowError as exc:
@@ -365,8 +371,7 @@ def call_variants(
                 debug=_state["debug"],
             )
         if launched.error is not None:
-            err.print(f"flow run: {launched.ui_url}")
-            _fail(launched.error)
+            _fail_run(launched)
         summary = launched.summary
         out.print(f"VCF: {summary.vcf_uri}")
         out.print(", ".join(f"{k} {v:,}" for k, v in summary.counts.items()))
