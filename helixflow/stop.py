@@ -21,6 +21,7 @@ import _thread
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -71,7 +72,15 @@ class StopSignals:
 
     @property
     def stopping(self) -> bool:
-        return self.signum is not None
+        """A stop signal arrived, or (SIGTERM) Prefect's handler is turning one into a
+        `TerminationSignal` that reaches ours next (as it does in a sub-flow)."""
+        if self.signum is not None:
+            return True
+        if not self._active:
+            return False
+        from prefect.exceptions import TerminationSignal
+
+        return isinstance(sys.exc_info()[1], TerminationSignal)
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[StopSignals]:
