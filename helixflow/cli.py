@@ -46,7 +46,13 @@ def _main(
 
 
 def _fail(exc: BaseException) -> None:
-    """Print an error as one line (plus hint) and exit 1; full traceback only with --debug."""
+    """Print an error as one line (plus hint) and exit 1 (128 + the signal for a run stopped
+    by a signal); full traceback only with --debug."""
+    from helixflow.stop import RunStopped
+
+    if isinstance(exc, RunStopped):
+        err.print(f"[bold yellow]cancelled:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code)
     if _state["debug"]:
         traceback.print_exception(exc)
     if isinstance(exc, HelixflowError):
@@ -62,6 +68,16 @@ def _fail(exc: BaseException) -> None:
         if not _state["debug"]:
             err.print("[dim]hint: rerun with --debug for the traceback[/]")
     raise typer.Exit(1)
+
+
+def _fail_run(launched: Any) -> None:
+    """A launched run that did not complete: its UI page, then `_fail` (a stopped run's
+    one line names the page already)."""
+    from helixflow.stop import RunStopped
+
+    if launched.ui_url and not isinstance(launched.error, RunStopped):
+        err.print(f"flow run: {launched.ui_url}")
+    _fail(launched.error)
 
 
 @app.command()
@@ -166,8 +182,7 @@ def run(
             )
         elapsed = time.perf_counter() - started
         if launched.error is not None:
-            err.print(f"flow run: {launched.ui_url}")
-            _fail(launched.error)
+            _fail_run(launched)
         _print_summary(launched.summary, elapsed)
         out.print(f"Flow run in the UI: [link]{launched.ui_url}[/link]")
     except HelixflowError as exc:
@@ -314,8 +329,7 @@ def embed(
                 debug=_state["debug"],
             )
         if launched.error is not None:
-            err.print(f"flow run: {launched.ui_url}")
-            _fail(launched.error)
+            _fail_run(launched)
         _print_summary(launched.summary, time.perf_counter() - started)
         out.print(f"Flow run in the UI: [link]{launched.ui_url}[/link]")
     except HelixflowError as exc:
@@ -386,8 +400,7 @@ def call_variants(
                 debug=_state["debug"],
             )
         if launched.error is not None:
-            err.print(f"flow run: {launched.ui_url}")
-            _fail(launched.error)
+            _fail_run(launched)
         summary = launched.summary
         from helixflow.store import display_name
 

@@ -1,17 +1,28 @@
 """Starting a pipeline run: the one Prefect server, the Ray runner, the store's result storage.
 
-Used by the CLI and by tests, so both run the flow exactly the same way.
+Used by the CLI and by tests, so both run the flow exactly the same way. A run stops
+politely on SIGINT and SIGTERM (`helixflow.stop`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
+
+from prefect_ray.task_runners import RayTaskRunner
 
 from helixflow.errors import HelixflowError
 from helixflow.settings import ray_address as default_ray_address
+from helixflow.stop import RunStopped, StopSignals, cancel_flow_run
+
+#: The stop-signal handling of this process's run (one run at a time per process).
+STOP = StopSignals()
 
 
 @dataclass
@@ -35,12 +46,26 @@ class _HideUserErrorTracebacks(logging.Filter):
         return True
 
 
+class _QuietWhileStopping(logging.Filter):
+    """After a stop signal, Prefect's "Crash detected" lines would contradict the Cancelled
+    state the run ends in: the console gets the CLI's one line instead (the UI keeps all)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not STOP.stopping
+
+
 def quiet_user_errors() -> None:
-    """Attach the filter to Prefect's console handlers."""
+    """Attach the filters to Prefect's console handlers."""
+    from prefect.logging.handlers import APILogHandler
+
     for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", ""):
         for handler in logging.getLogger(name).handlers:
-            if not any(isinstance(f, _HideUserErrorTracebacks) for f in handler.filters):
-                handler.addFilter(_HideUserErrorTracebacks())
+            kinds = [_HideUserErrorTracebacks]
+            if not isinstance(handler, APILogHandler):
+                kinds.append(_QuietWhileStopping)
+            for kind in kinds:
+                if not any(isinstance(f, kind) for f in handler.filters):
+                    handler.addFilter(kind())
 
 
 def connect_prefect() -> str:
@@ -109,12 +134,40 @@ def launch_flow(
     quiet_user_errors()
     st = resolve_store(store, store_block)
     runner = build_task_runner(api_url, ray_address or default_ray_address(), debug=debug)
+    crashed: list[UUID] = []
+
+    def remember_crash(flow: Any, flow_run: Any, state: Any) -> None:
+        crashed.append(flow_run.id)  # a stop crashes the flow run first, then cancels it
+
     configured = flow.with_options(
-        task_runner=runner, result_storage=result_storage(st), persist_result=True
+        task_runner=_StoppableRayTaskRunner(address=runner.address,
+                                            init_kwargs=runner.init_kwargs),
+        result_storage=result_storage(st), persist_result=True,
+        on_crashed=[*flow.on_crashed_hooks, remember_crash],
     )
-    with tags("helixflow", "cli"):
-        state = configured(**parameters, store=st.url, store_block=store_block,
-                           return_state=True)
+    state = None
+    with STOP.scope():
+        try:
+            with _ray_session(runner):
+                try:
+                    with tags("helixflow", "cli"):
+                        state = configured(**parameters, store=st.url,
+                                           store_block=store_block, return_state=True)
+                finally:
+                    STOP.unwound.set()
+        except KeyboardInterrupt:  # ours, or Ray's rewording of ours (ray.get)
+            if STOP.signum is None:
+                raise
+        # Ray is shut down by now: the run's tasks have ended.
+        if STOP.signum is not None and (state is None or not state.is_completed()):
+            flow_run_id = crashed[0] if crashed else (
+                state.state_details.flow_run_id if state is not None else None)
+            url = f"{ui_base(api_url)}/runs/flow-run/{flow_run_id}" if flow_run_id else ""
+            if flow_run_id is not None:
+                cancel_flow_run(flow_run_id, f"stopped by {signal.Signals(STOP.signum).name}")
+            return Launched(flow_run_id=str(flow_run_id or ""), ui_url=url, api_url=api_url,
+                            summary=None, error=RunStopped(STOP.signum, url))
+    assert state is not None
     flow_run_id = str(state.state_details.flow_run_id)
     result = state.result(raise_on_failure=False)
     error = result if isinstance(result, BaseException) else None
@@ -127,3 +180,52 @@ def launch_flow(
         summary=None if error else result,
         error=error,
     )
+
+
+class _StoppableRayTaskRunner(RayTaskRunner):
+    """Sets the stop handlers again when the flow engine enters it: by then the engine
+    has put its own SIGTERM handler in place (which crashes the run without a way back)."""
+
+    def __enter__(self) -> _StoppableRayTaskRunner:
+        super().__enter__()
+        STOP.arm()
+        return self
+
+
+@contextlib.contextmanager
+def _ray_session(runner: RayTaskRunner) -> Iterator[None]:
+    """Start (or join) the runner's Ray cluster before the flow, shut it down after.
+
+    Before: connecting is not interrupted halfway (a stop signal is acted on once it is
+    done), and Ray's own SIGTERM handlers are not installed in this driver: its Python
+    one exits and its C++ failure handler dumps a stack and aborts. Both are switched off
+    by Ray's own knobs for this process only (`RAY_DISABLE_FAILURE_SIGNAL_HANDLER`, read
+    at import, and the handler `ray.init` sets): Ray's workers keep theirs. After:
+    shutting the driver down ends the run's Ray tasks (and a local cluster's processes),
+    also on a stop. The task runner then uses this connection rather than opening one.
+    """
+    import ray
+    from ray._private import ray_constants
+    from ray._private import utils as ray_utils
+
+    if ray.is_initialized():  # the caller's connection: theirs to shut down
+        yield
+        return
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+    address = None if runner.address in (None, "auto") else runner.address
+    set_sigterm_handler = ray_utils.set_sigterm_handler
+    try:
+        with STOP.deferred():
+            ray_utils.set_sigterm_handler = lambda handler: None
+            try:
+                ray.init(address, **runner.init_kwargs)
+            except Exception as exc:  # no cluster, or one that did not come up in time
+                raise HelixflowError(
+                    f"Ray did not start ({address or 'a new local cluster'}): {exc}",
+                    hint="check the address, or the machine's load; --debug shows Ray's "
+                    "traceback") from exc
+            finally:
+                ray_utils.set_sigterm_handler = set_sigterm_handler
+        yield
+    finally:
+        ray.shutdown()

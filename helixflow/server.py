@@ -52,6 +52,9 @@ from helixflow.settings import helixflow_home
 
 HOST = "127.0.0.1"
 STATE_FILE = "server.json"
+#: The port of the last server started, tried first by the next start: a restarted
+#: server keeps its URL, so running flows and Ray workers reconnect to it.
+PORT_FILE = "server.port"
 LOCK_FILE = "server.lock"
 LOG_FILE = "server.log"
 PREFECT_HOME_DIR = "prefect"
@@ -373,7 +376,7 @@ def _start(home: Path, deadline: float, timeout: float, database: Database) -> S
     log_path = home / LOG_FILE
     _rotate_log(log_path)
     for attempt in range(1, _PORT_ATTEMPTS + 1):
-        port = _free_port()
+        port = _free_port(_last_port(home) if attempt == 1 else None)
         with log_path.open("ab") as log:
             log.write(
                 f"\n--- helixflow: starting Prefect server on {HOST}:{port} at "
@@ -392,6 +395,7 @@ def _start(home: Path, deadline: float, timeout: float, database: Database) -> S
                 close_fds=True,
             )
         _CHILDREN[proc.pid] = proc
+        (home / PORT_FILE).write_text(f"{port}\n")
         # Recorded at once, so that a server left starting by a killed caller is found.
         state = _State(pid=proc.pid, port=port, started_at=_now(), database=database.masked)
         _write_state(home, state)
@@ -438,11 +442,25 @@ def _command(port: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _free_port() -> int:
-    """A port free on 127.0.0.1 now (the server may still lose it: `_start` retries)."""
+def _free_port(preferred: int | None = None) -> int:
+    """`preferred` if it is free on 127.0.0.1 now, else any free port (the server may
+    still lose it: `_start` retries)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
+        # As uvicorn binds: connections of a stopped server in TIME_WAIT do not block it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, preferred or 0))
+        except OSError:
+            sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+def _last_port(home: Path) -> int | None:
+    """The port the last server of `home` listened on, if recorded."""
+    try:
+        return int((home / PORT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _rotate_log(log_path: Path) -> None:
