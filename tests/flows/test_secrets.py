@@ -9,6 +9,7 @@ and the console."""
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -74,12 +75,14 @@ def _events(api: str, flow_run_ids: list[str]) -> list[dict]:
 def test_no_secret_in_logs_artifacts_lineage_parameters_or_ray(
     prefect_api: str, helixflow_home: Path, moto_endpoint: str, slurm_over_ssh: SshServer,
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
 ) -> None:
     aws_secret = f"hfFakeAwsSecret{uuid.uuid4().hex}"
     ssh_key = slurm_over_ssh.private_key
     secrets = [aws_secret, *key_fragments(ssh_key)]
     # Ray's session (its logs) in a folder of this test; short, for Ray's socket paths
     ray_tmp = Path(tempfile.mkdtemp(prefix="hfray-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(ray_tmp, ignore_errors=True))
     monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
     # The secret is the one in use: in the block and in this process's AWS environment.
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", aws_secret)
