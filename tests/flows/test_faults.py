@@ -378,7 +378,8 @@ def test_training_and_inference_actors_killed_stage_completes(demo, tmp_path: Pa
                            "--no-simulate"), tmp_path / "home", log)
     cleanup.append(proc)
     killed: dict[str, str] = {}
-    for prefix in ("ray::_RayWorker", "ray::MapWorker"):
+    # the training actor while it trains a round; the inference actor as soon as it exists
+    for prefix in ("ray::_RayWorker.train_round", "ray::MapWorker"):
         def actor(prefix: str = prefix) -> int | None:
             if proc.poll() is not None:
                 pytest.fail(f"the run ended before {prefix} was killed:\n{_tail(log)}")
