@@ -4,8 +4,9 @@ mid-run. Outcomes asserted: exit status, every artifact's sha256 against an undi
 run in another HELIXFLOW_HOME and store, cache hits read from the Prefect API, and what
 the store shows after a kill. Figures (attempts, time to recover) are printed (`-s`).
 
-Runs are phase 1 + k-mer embeddings on a small demo (3 shards of 1,000 pairs) except
-where the fault is in another stage. Every run is a `helixflow run` subprocess, so a
+Runs are phase 1 (aligned to the demo's genomes) + k-mer embeddings on a small demo (3
+shards of 1,000 pairs), the baseline with MEGAHIT too; the actor test embeds with LSHvec
+and DNABERT instead. Every run is a `helixflow run` subprocess, so a
 kill hits real processes; the Ray processes a killed driver leaves are waited for (and
 killed, failing the test) so nothing keeps running.
 """
@@ -280,7 +281,8 @@ def test_ray_worker_killed_mid_task_recovers_with_identical_outputs(
     """SIGKILL of the Ray worker running a correction (or QC) shard: Ray runs the task
     again, the run exits 0 and its artifacts equal the undisturbed run's."""
     store, log = tmp_path / "store", tmp_path / "run.log"
-    proc = _start(_command(demo, store, *PHASE1), tmp_path / "home", log)
+    proc = _start(_command(demo, store, *PHASE1, "--reference", str(demo.genomes)),
+                  tmp_path / "home", log)
     cleanup.append(proc)
 
     def running_worker() -> int | None:
@@ -321,7 +323,7 @@ def test_driver_killed_then_rerun_resumes_from_cache(baseline: Path, demo, tmp_p
     visible in the store, its Ray processes go away, and the same command again takes
     every task that had finished from the cache and ends with the undisturbed outputs."""
     store, home, log = tmp_path / "store", tmp_path / "home", tmp_path / "run.log"
-    command = _command(demo, store, *PHASE1)
+    command = _command(demo, store, *PHASE1, "--reference", str(demo.genomes))
     proc = _start(command, home, log)
     cleanup.append(proc)
 
@@ -376,7 +378,8 @@ def test_training_and_inference_actors_killed_stage_completes(demo, tmp_path: Pa
                            "--no-simulate"), tmp_path / "home", log)
     cleanup.append(proc)
     killed: dict[str, str] = {}
-    for prefix in ("ray::_RayWorker", "ray::MapWorker"):
+    # the training actor while it trains a round; the inference actor as soon as it exists
+    for prefix in ("ray::_RayWorker.train_round", "ray::MapWorker"):
         def actor(prefix: str = prefix) -> int | None:
             if proc.poll() is not None:
                 pytest.fail(f"the run ended before {prefix} was killed:\n{_tail(log)}")
