@@ -38,6 +38,27 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
         proc.wait(timeout=10)
 
 
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid`, not `pid` itself (from /proc/<pid>/stat parent
+    links: Ray's raylet, GCS, workers and actors under a `helixflow run`)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
 def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:

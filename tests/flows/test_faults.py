@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from helixflow.demo import DemoSpec, write_demo
-from tests.conftest import REPO
+from tests.conftest import REPO, descendants
 
 # a run takes minutes on a loaded 2-core machine; a test holds up to three
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -110,31 +110,6 @@ def _tail(log: Path, lines: int = 40) -> str:
 
 def _run(command: list[str], home: Path, log: Path) -> None:
     _finish(_start(command, home, log), log)
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid` (Ray's raylet, GCS, workers, actors...)."""
-    tree, out, todo = _children(), set(), [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            if child not in out:
-                out.add(child)
-                todo.append(child)
-    return out
 
 
 def title(pid: int) -> str:

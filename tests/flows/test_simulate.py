@@ -13,7 +13,7 @@ import pytest
 from netCDF4 import Dataset
 
 from blocks.slurm import SlurmCluster
-from helixflow.demo import DemoSpec, write_demo
+from helixflow.demo import Demo, DemoSpec, write_demo
 from helixflow.launch import launch_pipeline
 from helixflow.lineage import LineageGraph, load_records
 from helixflow.store import Store, local_path
@@ -32,15 +32,22 @@ def _leaves(node) -> set[str]:
     return found
 
 
-def test_md_of_representatives_through_slurm(
-    prefect_api: str, slurm_cluster: str, tmp_path: Path
-) -> None:
+def slurm_md_inputs(tmp_path: Path, prefix: str) -> tuple[str, Demo]:
+    """A saved local-cli SlurmCluster block (polling fast, scratch in `tmp_path`) and a
+    2-genome demo small enough for MD through Slurm in a test; -> (block name, demo)."""
     require_tool("gmx")
-    block = f"test-slurm-{uuid.uuid4().hex[:8]}"
+    block = f"{prefix}-{uuid.uuid4().hex[:8]}"
     SlurmCluster(mode="local-cli", scratch_dir=str(tmp_path / "scratch"), poll_interval=0.5,
                  poll_max_interval=2.0, default_time_limit=10).save(block)
     demo = write_demo(tmp_path / "demo", DemoSpec(n_pairs=1500, n_genomes=2,
                                                   genome_length=20_000))
+    return block, demo
+
+
+def test_md_of_representatives_through_slurm(
+    prefect_api: str, slurm_cluster: str, tmp_path: Path
+) -> None:
+    block, demo = slurm_md_inputs(tmp_path, "test-slurm")
     store_dir = tmp_path / "store"
     launched = launch_pipeline(
         [str(demo.r1), str(demo.r2)], store=str(store_dir), reference=str(demo.genomes),

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ from uuid import UUID
 import pytest
 
 from helixflow.demo import DemoSpec, write_demo
-from tests.conftest import require_tool
+from tests.conftest import descendants
+from tests.flows.test_simulate import slurm_md_inputs
 
 pytestmark = pytest.mark.integration
 
@@ -40,25 +40,6 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = 600,
             pytest.fail(f"the run ended (exit {proc.returncode}) before {what}")
         time.sleep(0.5)
     pytest.fail(f"timed out waiting for {what}")
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid` (read from /proc: Ray's raylet, GCS, workers)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
 
 
 def alive(pids: set[int]) -> set[int]:
@@ -202,14 +183,7 @@ def test_sigint_while_ray_tasks_run(prefect_api: str, tmp_path: Path) -> None:
 def test_sigterm_while_a_slurm_job_runs(
     prefect_api: str, slurm_cluster: str, tmp_path: Path
 ) -> None:
-    from blocks.slurm import SlurmCluster
-
-    require_tool("gmx")
-    block = f"test-stop-{uuid.uuid4().hex[:8]}"
-    SlurmCluster(mode="local-cli", scratch_dir=str(tmp_path / "scratch"), poll_interval=0.5,
-                 poll_max_interval=2.0, default_time_limit=10).save(block)
-    demo = write_demo(tmp_path / "demo", DemoSpec(n_pairs=1500, n_genomes=2,
-                                                  genome_length=20_000))
+    block, demo = slurm_md_inputs(tmp_path, "test-stop")
     args = [str(demo.r1), str(demo.r2), "--store", str(tmp_path / "store"), "--reference",
             str(demo.genomes), "--embed", "kmer", "--max-representatives", "1",
             "--md-steps", "2000", "--cluster-block", block]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prefect import flow, task
 
-from tests.conftest import missing
+from tests.conftest import descendants, missing
 
 pytestmark = pytest.mark.integration
 
@@ -39,25 +39,6 @@ def listening_sockets() -> dict[int, tuple[str, int]]:
             hex_ip, hex_port = fields[1].split(":")
             out[int(fields[9])] = (str(_address(hex_ip)), int(hex_port, 16))
     return out
-
-
-def descendants(pid: int) -> set[int]:
-    """`pid` and every process below it (from /proc/<pid>/stat parent links)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = {pid}, [pid]
-    while frontier:
-        current = frontier.pop()
-        children = [p for p, pp in parents.items() if pp == current and p not in found]
-        found.update(children)
-        frontier.extend(children)
-    return found
 
 
 def listening_of(pids: set[int]) -> list[tuple[str, str, int]]:
@@ -107,11 +88,12 @@ def test_prefect_server_and_local_ray_listen_on_loopback_only(
     @flow(task_runner=build_task_runner(prefect_api))
     def probe() -> int:
         worker = _pid.submit().result()
-        seen["ray"] = listening_of(descendants(os.getpid()) - descendants(server.pid))
+        ours = {os.getpid()} | descendants(os.getpid())
+        seen["ray"] = listening_of(ours - {server.pid} - descendants(server.pid))
         return worker
 
     worker_pid = probe()
-    seen["server"] = listening_of(descendants(server.pid))
+    seen["server"] = listening_of({server.pid} | descendants(server.pid))
 
     ray = seen["ray"]
     names = {name for name, _, _ in ray}
