@@ -240,7 +240,7 @@ def server_status(home: Path | None = None) -> ServerInfo | None:
 def ensure_server(
     home: Path | None = None,
     *,
-    timeout: float = 90.0,
+    timeout: float = 180.0,
     database: str | SecretStr | None = None,
 ) -> ServerInfo:
     """Reuse the server of `home`, or start one and wait until it is healthy.
