@@ -208,17 +208,22 @@ def _ray_session(runner: RayTaskRunner) -> Iterator[None]:
     from ray._private import ray_constants
     from ray._private import utils as ray_utils
 
+    from helixflow.runner import loopback_node, reap_orphaned_ray_agents
+
     if ray.is_initialized():  # the caller's connection: theirs to shut down
         yield
         return
     ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
     address = None if runner.address in (None, "auto") else runner.address
+    if address == "local":  # a new cluster: first clear what a killed run left behind
+        reap_orphaned_ray_agents()
     set_sigterm_handler = ray_utils.set_sigterm_handler
     try:
         with STOP.deferred():
             ray_utils.set_sigterm_handler = lambda handler: None
             try:
-                ray.init(address, **runner.init_kwargs)
+                with loopback_node(address):  # a new local cluster: 127.0.0.1 only
+                    ray.init(address, **runner.init_kwargs)
             except Exception as exc:  # no cluster, or one that did not come up in time
                 raise HelixflowError(
                     f"Ray did not start ({address or 'a new local cluster'}): {exc}",

@@ -14,8 +14,11 @@ network can reach them. A cluster joined by address keeps its own configuration.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import signal
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -100,6 +103,39 @@ def loopback_node(address: str | None) -> Iterator[None]:
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+# Ray's per-node agents: a SIGKILLed driver takes its raylet and GCS with it, but these
+# two stay (reparented, measured with Ray 2.60) until something stops them.
+_RAY_AGENTS = (b"ray::DashboardAgent", b"ray::RuntimeEnvAgent")
+
+
+def reap_orphaned_ray_agents(proc: Path = Path("/proc")) -> list[int]:
+    """SIGKILL this user's Ray agents whose raylet is gone (their parent is no raylet):
+    the leftovers of a local cluster whose driver was killed. Agents of a live node are
+    the raylet's children and are left alone. Returns the pids killed (Linux only)."""
+    killed: list[int] = []
+    uid = os.getuid()
+    for entry in proc.iterdir() if proc.is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+            if not (entry / "cmdline").read_bytes().startswith(_RAY_AGENTS):
+                continue
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            parent = (proc / str(ppid) / "comm").read_text().strip() if ppid > 1 else ""
+        except (OSError, ValueError, IndexError):  # exited meanwhile
+            continue
+        if parent != "raylet":
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+    if killed:
+        logging.getLogger(__name__).info(
+            "stopped %d Ray agent(s) left by a killed run: %s", len(killed), killed)
+    return killed
 
 
 class LocalRayTaskRunner(RayTaskRunner):

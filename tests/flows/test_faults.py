@@ -295,8 +295,9 @@ def _epoch(stamp: str) -> float:
 def test_driver_killed_then_rerun_resumes_from_cache(baseline: Path, demo, tmp_path: Path,
                                                      cleanup: list) -> None:
     """SIGKILL of `helixflow run` after some shards are corrected: nothing partial is
-    visible in the store, its Ray processes go away, and the same command again takes
-    every task that had finished from the cache and ends with the undisturbed outputs."""
+    visible in the store, its Ray processes go away (Ray's agents: at the rerun's start),
+    and the same command again takes every task that had finished from the cache and ends
+    with the undisturbed outputs."""
     store, home, log = tmp_path / "store", tmp_path / "home", tmp_path / "run.log"
     command = _command(demo, store, *PHASE1, "--reference", str(demo.genomes))
     proc = _start(command, home, log)
@@ -309,9 +310,11 @@ def test_driver_killed_then_rerun_resumes_from_cache(baseline: Path, demo, tmp_p
 
     wait_for(corrected, RUN_TIMEOUT, "a corrected shard in the store", interval=0.1)
     tree = descendants(proc.pid)
+    agents = {p for p in tree if title(p).startswith(("ray::DashboardAgent",
+                                                       "ray::RuntimeEnvAgent"))}
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    left = _stop_all(tree)
+    left = _stop_all(tree - agents)  # Ray's agents outlive a killed driver: the rerun reaps
     (killed_dir,) = _run_dirs(store)
 
     # nothing half-written under a published name; what is there is complete
@@ -339,6 +342,8 @@ def test_driver_killed_then_rerun_resumes_from_cache(baseline: Path, demo, tmp_p
           f"rerun; {len(executed)} executed; rerun {resumed:.1f} s; {compared} artifacts "
           f"identical; Ray processes left after 60 s: {left}")
     assert not left, f"Ray processes outlived the killed driver: {left}"
+    orphans = [title(p) for p in agents if _alive(p)]
+    assert not orphans, f"the rerun left the killed run's Ray agents running: {orphans}"
 
 
 def test_training_and_inference_actors_killed_stage_completes(demo, tmp_path: Path,

@@ -108,3 +108,15 @@ def test_prefect_server_and_local_ray_listen_on_loopback_only(
     for address in sorted(a for a in others if not is_loopback(a))[:1]:
         with pytest.raises(OSError), socket.create_connection((address, server.port), 2):
             pass
+
+
+def test_the_clis_ray_session_listens_on_loopback_only(prefect_api: str) -> None:
+    """`helixflow run` starts Ray before the flow (launch._ray_session): same rule."""
+    from helixflow.launch import _ray_session
+    from helixflow.runner import build_task_runner
+
+    with _ray_session(build_task_runner(prefect_api)):
+        ray = listening_of(descendants(os.getpid()) | {os.getpid()})
+    assert {"gcs_server", "raylet"} <= {name for name, _, _ in ray}, ray
+    open_doors = [s for s in ray if not is_loopback(s[1])]
+    assert not open_doors, f"listening beyond loopback: {open_doors}"

@@ -1,0 +1,62 @@
+"""helixflow.runner against a real local Ray cluster."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helixflow.runner import reap_orphaned_ray_agents
+from tests.conftest import descendants
+
+_DRIVER = ("import ray, time; ray.init(address='local', num_cpus=1, include_dashboard=False); "
+           "print('up', flush=True); time.sleep(600)")
+
+
+def _titles(pids: set[int]) -> dict[int, str]:
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        except OSError:
+            continue
+    return out
+
+
+@pytest.mark.integration
+def test_agents_of_a_killed_driver_are_reaped_and_live_ones_kept() -> None:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.Popen([sys.executable, "-c", _DRIVER], stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"up"
+        deadline = time.monotonic() + 60
+        while not any(t.startswith("ray::") and t.endswith("Agent")
+                      for t in _titles(descendants(proc.pid)).values()):
+            assert time.monotonic() < deadline, "the cluster's agents never started"
+            time.sleep(0.2)
+        tree = descendants(proc.pid)
+        agents = {p for p, t in _titles(tree).items() if t.startswith("ray::")
+                  and t.endswith("Agent")}
+        assert not set(reap_orphaned_ray_agents()) & tree  # a live node's agents stay
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 60  # the raylet dies with its driver; agents don't
+        while any("raylet" in t for t in _titles(tree).values()):
+            assert time.monotonic() < deadline, "the raylet outlived its driver"
+            time.sleep(0.2)
+        left = set(_titles(agents))  # mostly all of them (Ray 2.60 leaves them running)
+        assert set(reap_orphaned_ray_agents()) >= left
+        deadline = time.monotonic() + 30
+        while _titles(agents):
+            assert time.monotonic() < deadline, _titles(agents)
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        for pid in descendants(proc.pid):
+            os.kill(pid, signal.SIGKILL)
