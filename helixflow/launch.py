@@ -208,7 +208,11 @@ def _ray_session(runner: RayTaskRunner) -> Iterator[None]:
     from ray._private import ray_constants
     from ray._private import utils as ray_utils
 
-    from helixflow.runner import loopback_node, reap_orphaned_ray_agents
+    from helixflow.runner import (
+        loopback_node,
+        reap_orphaned_ray_agents,
+        without_server_secrets,
+    )
 
     if ray.is_initialized():  # the caller's connection: theirs to shut down
         yield
@@ -222,7 +226,8 @@ def _ray_session(runner: RayTaskRunner) -> Iterator[None]:
         with STOP.deferred():
             ray_utils.set_sigterm_handler = lambda handler: None
             try:
-                with loopback_node(address):  # a new local cluster: 127.0.0.1 only
+                # a new local cluster: 127.0.0.1 only, no database secret inherited
+                with loopback_node(address), without_server_secrets():
                     ray.init(address, **runner.init_kwargs)
             except Exception as exc:  # no cluster, or one that did not come up in time
                 raise HelixflowError(

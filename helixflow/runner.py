@@ -138,11 +138,33 @@ def reap_orphaned_ray_agents(proc: Path = Path("/proc")) -> list[int]:
     return killed
 
 
+# The server's database secrets: a run's driver may hold them (it can start the server),
+# Ray's processes never need them. Prefect's own names and helixflow's.
+_SERVER_SECRETS_ENV = (
+    "HELIXFLOW_DATABASE_URL",
+    "HELIXFLOW_DATABASE_PASSWORD",
+    "PGPASSWORD",
+    "PREFECT_API_DATABASE_CONNECTION_URL",
+    "PREFECT_API_DATABASE_PASSWORD",
+)
+
+
+@contextlib.contextmanager
+def without_server_secrets() -> Iterator[None]:
+    """While a new local cluster starts, keep the database URL and password out of the
+    environment its raylet, GCS and workers inherit; restored afterwards."""
+    saved = {k: os.environ.pop(k) for k in _SERVER_SECRETS_ENV if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
 class LocalRayTaskRunner(RayTaskRunner):
     """A RayTaskRunner whose new local cluster listens on 127.0.0.1 only."""
 
     def __enter__(self) -> LocalRayTaskRunner:
-        with loopback_node(self.address):
+        with loopback_node(self.address), without_server_secrets():
             return super().__enter__()  # type: ignore[return-value]
 
 
@@ -164,5 +186,5 @@ class DeferredRayTaskRunner(RayTaskRunner):
             wanted = self.address if self.address not in (None, "local") else ray_address()
             configured = build_task_runner(api_url, wanted)
             self.address, self.init_kwargs = configured.address, configured.init_kwargs
-        with loopback_node(self.address):
+        with loopback_node(self.address), without_server_secrets():
             return super().__enter__()  # type: ignore[return-value]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -60,3 +61,34 @@ def test_agents_of_a_killed_driver_are_reaped_and_live_ones_kept() -> None:
         proc.wait(timeout=30)
         for pid in descendants(proc.pid):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.integration
+def test_a_new_local_cluster_inherits_no_database_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The driver may hold the server's database password (it can start the server);
+    the Ray cluster it starts (raylet, workers) must not see it."""
+    import ray
+
+    from helixflow.launch import _ray_session
+    from helixflow.runner import build_task_runner
+
+    secret = f"hfFakePgPassword{os.getpid()}"
+    monkeypatch.setenv("HELIXFLOW_DATABASE_PASSWORD", secret)
+    monkeypatch.setenv("HELIXFLOW_DATABASE_URL", f"postgresql+asyncpg://hf:{secret}@db/p")
+    monkeypatch.setenv("PGPASSWORD", secret)
+
+    @ray.remote
+    def worker_env() -> dict[str, str]:
+        return dict(os.environ)
+
+    with _ray_session(build_task_runner("http://127.0.0.1:9/api")):
+        seen = ray.get(worker_env.remote())
+        environs = {}
+        for pid in descendants(os.getpid()):  # raylet, GCS, agents, workers
+            with contextlib.suppress(OSError):
+                environs[pid] = Path(f"/proc/{pid}/environ").read_bytes()
+    assert "PATH" in seen and not any(secret in v for v in seen.values())
+    assert environs and not [pid for pid, env in environs.items() if secret.encode() in env]
+    assert os.environ["PGPASSWORD"] == secret  # the driver's own environment is restored
