@@ -31,8 +31,10 @@ blocks_app = typer.Typer(help="helixflow's Prefect blocks (store, Slurm, GROMACS
                          no_args_is_help=True)
 app.add_typer(blocks_app, name="blocks")
 
-out = Console()
-err = Console(stderr=True)
+# soft_wrap: long lines (URLs, store paths) are never broken at the terminal's width, nor
+# at 80 columns when the output is a pipe or a file, so they can be copied whole.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 _state: dict[str, bool] = {"debug": False}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,10 +58,14 @@ def test_run_and_lineage_of_a_shard(prefect_api: str, tmp_path: Path) -> None:
     assert cli("demo-data", str(demo), "--pairs", "800", "--genomes", "2").returncode == 0
     store = tmp_path / "store"
     env = {"PREFECT_API_URL": prefect_api}
+    # a pipe at 80 columns (as in CI logs): the URL line longer than 80 stays one line
     proc = cli("run", str(demo / "R1.fastq.gz"), str(demo / "R2.fastq.gz"), "--store",
-               str(store), "--embed", "kmer", "--no-simulate", env=env)
+               str(store), "--embed", "kmer", "--no-simulate", env={**env, "COLUMNS": "80"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "/runs/flow-run/" in proc.stdout  # the UI URL at the end
+    ui = [line for line in proc.stdout.splitlines() if line.startswith("Flow run in the UI:")]
+    assert len(ui) == 1 and len(ui[0]) > 80, proc.stdout
+    assert re.fullmatch(r"Flow run in the UI: http://127\.0\.0\.1:\d+/runs/flow-run/[0-9a-f-]{36}",
+                        ui[0]), ui
     shard = next(store.glob("runs/*/ingest/*.parquet"))
     lin = cli("lineage", str(shard), "--store", str(store), env=env)
     assert lin.returncode == 0, lin.stderr
