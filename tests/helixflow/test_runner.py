@@ -50,8 +50,9 @@ def test_agents_of_a_killed_driver_are_reaped_and_live_ones_kept() -> None:
         while any("raylet" in t for t in _titles(tree).values()):
             assert time.monotonic() < deadline, "the raylet outlived its driver"
             time.sleep(0.2)
-        left = set(_titles(agents))  # mostly all of them (Ray 2.60 leaves them running)
-        assert set(reap_orphaned_ray_agents()) >= left
+        # Ray 2.60 leaves (mostly all of) them running: without the reap they outlive the
+        # deadline below. One may exit by itself meanwhile, so no exact set is asserted.
+        reap_orphaned_ray_agents()
         deadline = time.monotonic() + 30
         while _titles(agents):
             assert time.monotonic() < deadline, _titles(agents)

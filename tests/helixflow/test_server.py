@@ -296,7 +296,9 @@ def test_port_taken_before_bind_is_retried(home: Path, monkeypatch: pytest.Monke
         taken = squatter.getsockname()[1]
         ports = iter([taken])
         real_free_port = server._free_port
-        monkeypatch.setattr(server, "_free_port", lambda: next(ports, None) or real_free_port())
+        monkeypatch.setattr(
+            server, "_free_port", lambda preferred=None: next(ports, None) or real_free_port()
+        )
 
         info = server.ensure_server(home)
 
