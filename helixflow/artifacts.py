@@ -42,6 +42,18 @@ class FileRef(BaseModel):
 
         return uri_name(self.uri)
 
+    @property
+    def label(self) -> str:
+        """Name and content identity (`part-0.parquet@sha256:…`): how data written from
+        this file names it. Unlike the URI it is the same in every store and run, so
+        outputs stay byte-identical; lineage maps it back to URIs.
+
+        Example:
+            >>> FileRef(uri="s3://b/runs/r1/ingest/a.parquet", sha256="ab" * 32, size=1).label[:23]
+            'a.parquet@sha256:ababab'
+        """
+        return f"{self.name}@{self.identity}"
+
 
 class Artifact(FileRef):
     """A published output: content-addressed object plus its view in a run's folder.

@@ -902,7 +902,7 @@ __all__ = [
 
 # --- Prefect tasks: the store edge ---------------------------------------------------------
 
-DNABERT_VERSION = "1"
+DNABERT_VERSION = "2"  # 2: source_shard is the shard's label, not its URI
 MODEL_MEDIA_TYPE = "application/x-tar"
 
 
@@ -989,7 +989,7 @@ def embed_dnabert_shard(shard: Any, model: Any, actors: int, batch_size: int, st
         writers = {
             pool: EmbeddingWriter(scratch / shard.name.replace(".parquet", f".dnabert-{pool}"
                                                               ".parquet"),
-                                  dim, method=f"dnabert-{pool}", source_shard=shard.uri,
+                                  dim, method=f"dnabert-{pool}", source_shard=shard.label,
                                   model_id=model.sha256)
             for pool in POOLINGS
         }

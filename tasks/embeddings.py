@@ -4,8 +4,10 @@ Every embedding method (k-mer spectra, LSHvec, DNABERT) writes the same layout, 
 clustering and training read any of them the same way, with pyarrow, DuckDB or Ray Data.
 
 Layout (EMBEDDING columns, one row per sequence):
-- `sequence_id`: read or contig id; `source_shard`: URI of the input shard; `row`: the
-  sequence's 0-based row in that shard, so a vector leads back to its read.
+- `sequence_id`: read or contig id; `source_shard`: the input shard's name and content
+  identity (`FileRef.label`, e.g. `s1.part-00000.parquet@sha256:…`; not its URI, so the
+  bytes are the same in every store and run); `row`: the sequence's 0-based row in that
+  shard, so a vector leads back to its read.
 - `method`: what made the vector (see EMBEDDING_METHODS), e.g. "kmer5",
   "protein-murphy10-k3", "lshvec", "dnabert-mean", "dnabert-cls".
 - `model_id`: sha256 (or registry id) of the model or hash-function artifact; "" for
@@ -166,7 +168,7 @@ def embedding_table(
         sequence_ids: one id per vector (Arrow strings or a list of str), no nulls.
         vectors: N x dim float32 matrix, finite values. C-contiguous input is not copied
             (keep it unchanged while the table lives); other layouts are copied once.
-        source_shard: URI of the input shard the sequences were read from.
+        source_shard: the input shard's `FileRef.label` (name@sha256), the same in every store.
         method: a method name matching EMBEDDING_METHODS (e.g. "kmer5", "dnabert-cls").
         model_id: sha256 or id of the model artifact; must be "" for k-mer methods and
             non-empty for model-based ones, so every vector can be traced to its model.

@@ -401,7 +401,7 @@ def protein_kmer_spectra(
 
 # --- Prefect tasks: one embedding shard per input shard ----------------------------------
 
-KMERS_VERSION = "1"
+KMERS_VERSION = "2"  # 2: source_shard is the shard's label, not its URI
 
 
 @materialize("helixflow://embed/kmer", name="kmer-spectra",
@@ -413,7 +413,7 @@ def embed_kmer_spectra(shard: Artifact, k: int, store: Store, run_id: str) -> Ar
     with store.scratch() as scratch, parquet_file(store, shard) as source:
         path = scratch / name
         with EmbeddingWriter(path, canonical_kmer_count(k), method=method,
-                             source_shard=shard.uri) as writer:
+                             source_shard=shard.label) as writer:
             for ids, sequences, rows in iter_read_sequences(source):
                 vectors = canonical_kmer_spectra(sequences, k, ids=ids, source=shard.name)
                 writer.write(ids, vectors, rows)
@@ -434,7 +434,7 @@ def embed_protein_kmers(orfs: Artifact, k: int, alphabet: str, store: Store,
     name = orfs.name.replace(".parquet", f".{method}.parquet")
     with store.scratch() as scratch, parquet_file(store, orfs) as source:
         path = scratch / name
-        with EmbeddingWriter(path, dim, method=method, source_shard=orfs.uri) as writer:
+        with EmbeddingWriter(path, dim, method=method, source_shard=orfs.label) as writer:
             start = 0
             for batch in source.iter_batches(batch_size=32_768, columns=[
                     "seq_id", "start", "end", "strand", "protein"]):

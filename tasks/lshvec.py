@@ -1250,7 +1250,7 @@ def smooth_model(model: SkipGramModel, sources: Sequence[Source], rounds: int) -
 
 # --- Prefect tasks: the store edge -------------------------------------------------------
 
-LSHVEC_TASKS_VERSION = "4"
+LSHVEC_TASKS_VERSION = "5"  # 5: source_shard is the shard's label, not its URI
 _EMBED_BATCH = 50_000  # reads per batch of embed_lshvec_shard: memory set by this, not the shard
 TOKENS_SCHEMA = pa.schema([pa.field("sequence_id", pa.string()), pa.field("row", pa.int64()),
                            pa.field("tokens", pa.list_(pa.int32()))])
@@ -1407,7 +1407,7 @@ def embed_lshvec_shard(tokens: Any, model_art: Any, weighting: str, store: Any,
 
     model = load_model(store, model_art)
     dim = int(model.vectors.shape[1])
-    source = next((u.uri for u in tokens.upstream if u.uri.endswith(".parquet")), tokens.uri)
+    source = next((u for u in tokens.upstream if u.uri.endswith(".parquet")), tokens).label
     with store.scratch() as scratch, parquet_file(store, tokens) as pf:
         path = scratch / tokens.name.replace(".tokens.parquet", ".lshvec.parquet")
         with EmbeddingWriter(path, dim, method="lshvec", source_shard=source,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -366,6 +367,17 @@ def test_embed_kmer_spectra_task_writes_a_readable_shard(tmp_path: Path) -> None
                       f"read_parquet('{store._path(art.uri)}') order by row").fetchall()
     assert rows[1] == ("a/2", 1, "kmer3", 32)
     assert pq.read_schema(store._path(art.uri)).metadata[b"embedding.method"] == b"kmer3"
+    # The same shard embedded in another store and run gives the same bytes: the shard is
+    # named by its label (name@sha256), not by a store- or run-specific URI.
+    other = Store(str(tmp_path / "elsewhere" / "store"))
+    (tmp_path / "copy").mkdir()
+    copy = Path(shutil.copy(store._path(shard.uri), tmp_path / "copy" / "part-0.parquet"))
+    moved = other.publish(copy, run_id="r2", stage="correct",
+                          media_type="application/vnd.apache.parquet", rows=4, producer="test")
+    again = embed_kmer_spectra.fn(moved, 3, other, "r2")
+    assert again.sha256 == art.sha256 and again.uri != art.uri
+    source = pq.read_table(store._path(art.uri), columns=["source_shard"]).column(0)
+    assert set(source.to_pylist()) == {f"part-0.parquet@sha256:{shard.sha256}"}
 
 
 def test_embed_protein_kmers_task_one_vector_per_orf(tmp_path: Path) -> None:
