@@ -43,9 +43,6 @@ NAMES_THE_RUN = {
     "report/report.html": "the QC report names its run (id, run folder URIs)",
     "manifest.json": "the manifest lists the run id and the run folder's URIs",
 }
-# Embedding shards keep the URI of the read shard they embed (`source_shard`, a run
-# folder in the store): every other column and the metadata must be equal.
-EMBED_PREFIX = "embed/"
 
 
 @pytest.fixture(scope="module")
@@ -148,16 +145,6 @@ def run_files(run_dir: Path) -> dict[str, str]:
             for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
-def _same_embedding(a: Path, b: Path) -> bool:
-    """Equal embedding shards but for `source_shard` (the read shard's run-folder URI)."""
-    fa, fb = pq.ParquetFile(a), pq.ParquetFile(b)
-    if fa.schema_arrow.metadata != fb.schema_arrow.metadata:
-        return False
-    ta, tb = fa.read(), fb.read()
-    names = [n for n in ta.column_names if n != "source_shard"]
-    return ta.select(names).equals(tb.select(names))
-
-
 def assert_same_outputs(run_dir: Path, baseline: Path, *, complete: bool = True) -> int:
     """Every artifact of `run_dir` has the bytes of the same artifact of `baseline`
     (`complete`: and the same set of artifacts); returns how many were compared."""
@@ -169,8 +156,6 @@ def assert_same_outputs(run_dir: Path, baseline: Path, *, complete: bool = True)
     differ = []
     for name, digest in ours.items():
         if name in NAMES_THE_RUN or digest == theirs[name]:
-            continue
-        if name.startswith(EMBED_PREFIX) and _same_embedding(run_dir / name, baseline / name):
             continue
         differ.append(name)
     assert not differ, f"bytes differ from the undisturbed run: {differ}"
@@ -240,7 +225,7 @@ def test_outputs_are_byte_identical_across_homes_and_stores(baseline: Path, demo
                                                             tmp_path: Path) -> None:
     """The same inputs and parameters in another HELIXFLOW_HOME and store (no cache in
     common) give the same bytes: BAM/BAI (no scratch or index path in @PG), VCF/TBI,
-    contigs, Parquet shards; exceptions in NAMES_THE_RUN and EMBED_PREFIX."""
+    contigs, Parquet read and embedding shards; exceptions in NAMES_THE_RUN."""
     store = tmp_path / "store"
     _run(_command(demo, store, *PHASE1, "--reference", str(demo.genomes), "--assemble"),
          tmp_path / "home", tmp_path / "run.log")
