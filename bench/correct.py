@@ -84,21 +84,21 @@ SMALL_INPUT = 40_000  # reads; below this one process is faster than forking poo
 
 
 def _count(i: int, k: int) -> object:
-    from tasks.correct import count_kmers
+    from helixflow.tasks.correct import count_kmers
 
     return count_kmers(_BATCHES[i], k)
 
 
 def _merge(j: int, k: int) -> object:
     """Merge k-mer range j of every batch's table (the reduce of a partitioned merge)."""
-    from tasks.correct import merge_counts, partition_counts
+    from helixflow.tasks.correct import merge_counts, partition_counts
 
     return merge_counts(partition_counts(t, _WORKERS, k)[j] for t in _TABLES)
 
 
 def _correct(i: int, k: int, path: str) -> object:
-    from tasks.correct import correct_batch
-    from tasks.fastq import write_read_shard
+    from helixflow.tasks.correct import correct_batch
+    from helixflow.tasks.fastq import write_read_shard
 
     fixed, counts = correct_batch(_BATCHES[i], _SOLID, k)  # type: ignore[arg-type]
     write_read_shard(fixed, path)
@@ -120,8 +120,13 @@ def run_helixflow(r1: str, r2: str, out: str, k: int, batch_size: int) -> None:
     import numpy as np
     import pyarrow as pa
 
-    from tasks.correct import CorrectionCounts, SolidKmers, kmer_histogram, solid_threshold
-    from tasks.fastq import iter_read_batches
+    from helixflow.tasks.correct import (
+        CorrectionCounts,
+        SolidKmers,
+        kmer_histogram,
+        solid_threshold,
+    )
+    from helixflow.tasks.fastq import iter_read_batches
 
     clock = [time.perf_counter()]
 

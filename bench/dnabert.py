@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out" / "dnabert"
 sys.path.insert(0, str(REPO))
 
-from tasks.dnabert import (  # noqa: E402
+from helixflow.tasks.dnabert import (  # noqa: E402
     PretrainConfig,
     embed,
     embed_dataset,
@@ -56,7 +56,7 @@ from tasks.dnabert import (  # noqa: E402
     model_digest,
     pretrain,
 )
-from tasks.orfs import iter_fasta  # noqa: E402
+from helixflow.tasks.orfs import iter_fasta  # noqa: E402
 
 GENOMES = ("ecoli_k12_mg1655", "saureus_nctc8325", "lambda", "t7", "human_mito", "sarscov2")
 BENCH_MODEL = PretrainConfig(k=6, layers=2, hidden=128, heads=2, intermediate=512,

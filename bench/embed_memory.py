@@ -140,7 +140,7 @@ def _genome_codes(rng: np.random.Generator) -> np.ndarray:
 
 def _reads_table(genome: np.ndarray, n: int, first: int, rng: np.random.Generator) -> pa.Table:
     """n single-end reads in READS_SCHEMA (seeded positions, strands, errors, Ns)."""
-    from tasks.fastq import READS_SCHEMA
+    from helixflow.tasks.fastq import READS_SCHEMA
 
     comp = np.arange(256, dtype=np.uint8)
     for a, b in (b"AT", b"TA", b"CG", b"GC"):
@@ -165,7 +165,7 @@ def _reads_table(genome: np.ndarray, n: int, first: int, rng: np.random.Generato
 
 def make_shards(n_shards: int, reads: int, dnabert_reads: int) -> None:
     """Read shards (and the smaller DNABERT ones) under WORK, reused when present."""
-    from tasks.fastq import write_read_shard
+    from helixflow.tasks.fastq import write_read_shard
 
     spec = {"shards": n_shards, "reads": reads, "dnabert_reads": dnabert_reads, "v": 1}
     marker = WORK / "reads.json"
@@ -204,7 +204,7 @@ DNABERT_MODEL = WORK / "models" / "dnabert"
 
 def prepare_lsh() -> None:
     """The hash, as fit_lsh_hash: 20,000 reads sampled from the first two shards."""
-    from tasks.lshvec import fit_lsh
+    from helixflow.tasks.lshvec import fit_lsh
 
     if LSH_PATH.exists():
         return
@@ -214,7 +214,7 @@ def prepare_lsh() -> None:
 
 def prepare_lshvec_model() -> None:
     """A skip-gram model for the embedding step (1 epoch on 20,000 reads of shard 0)."""
-    from tasks.lshvec import LshFunction, SkipGramConfig, tokenize, train_skipgram
+    from helixflow.tasks.lshvec import LshFunction, SkipGramConfig, tokenize, train_skipgram
 
     if LSHVEC_MODEL.exists():
         return
@@ -227,7 +227,7 @@ def prepare_lshvec_model() -> None:
 
 def prepare_dnabert(steps: int) -> None:
     """A tiny DNABERT-6 pretrained with the project's `pretrain` (flow's default shape)."""
-    from tasks.dnabert import PretrainConfig, pretrain
+    from helixflow.tasks.dnabert import PretrainConfig, pretrain
 
     if (DNABERT_MODEL / "config.json").exists():
         return
@@ -243,8 +243,8 @@ def prepare_dnabert(steps: int) -> None:
 
 
 def step_kmer(scale: int, marks: list[float], args: argparse.Namespace) -> dict[str, Any]:
-    from tasks.embeddings import EmbeddingWriter, iter_read_sequences
-    from tasks.kmers import canonical_kmer_count, canonical_kmer_spectra
+    from helixflow.tasks.embeddings import EmbeddingWriter, iter_read_sequences
+    from helixflow.tasks.kmers import canonical_kmer_count, canonical_kmer_spectra
 
     out = WORK / f"kmer-{scale}x"
     rows = 0
@@ -260,7 +260,7 @@ def step_kmer(scale: int, marks: list[float], args: argparse.Namespace) -> dict[
 
 
 def step_tokenize(scale: int, marks: list[float], args: argparse.Namespace) -> dict[str, Any]:
-    from tasks.lshvec import LshFunction, write_token_shard
+    from helixflow.tasks.lshvec import LshFunction, write_token_shard
 
     rows = tokens = 0
     for i in range(scale):
@@ -277,7 +277,7 @@ def step_tokenize(scale: int, marks: list[float], args: argparse.Namespace) -> d
 
 def step_train_input(scale: int, marks: list[float],
                      args: argparse.Namespace) -> dict[str, Any]:
-    from tasks.lshvec import SkipGramConfig, TokenSource, _RayWorker, build_vocab
+    from helixflow.tasks.lshvec import SkipGramConfig, TokenSource, _RayWorker, build_vocab
 
     # what train_lshvec hands an actor: TokenSources of the token shards (parts = 1 when
     # workers <= shards), here local paths (a local store's artifacts are the same files)
@@ -298,8 +298,8 @@ def step_train_input(scale: int, marks: list[float],
 
 def step_lshvec_embed(scale: int, marks: list[float],
                       args: argparse.Namespace) -> dict[str, Any]:
-    from tasks.embeddings import EmbeddingWriter
-    from tasks.lshvec import SkipGramModel, write_lshvec_embeddings
+    from helixflow.tasks.embeddings import EmbeddingWriter
+    from helixflow.tasks.lshvec import SkipGramModel, write_lshvec_embeddings
 
     rows = 0
     for i in range(scale):
@@ -319,8 +319,8 @@ def step_lshvec_embed(scale: int, marks: list[float],
 def step_dnabert(scale: int, marks: list[float], args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from tasks.dnabert import POOLINGS, embed, load_model
-    from tasks.embeddings import EmbeddingWriter, iter_read_sequences
+    from helixflow.tasks.dnabert import POOLINGS, embed, load_model
+    from helixflow.tasks.embeddings import EmbeddingWriter, iter_read_sequences
 
     torch.set_num_threads(1)
     rows = 0
@@ -355,10 +355,10 @@ def worker(args: argparse.Namespace) -> None:
     """One (step, scale) measurement in this (fresh) process; prints one JSON line."""
     import torch  # imported up front by every step's module: part of the base
 
-    import tasks.dnabert
-    import tasks.embeddings
-    import tasks.kmers
-    import tasks.lshvec  # noqa: F401 (imported for the base, as the tasks import them)
+    import helixflow.tasks.dnabert
+    import helixflow.tasks.embeddings
+    import helixflow.tasks.kmers
+    import helixflow.tasks.lshvec  # noqa: F401 (imported for the base, as the tasks import them)
 
     torch.set_num_threads(1)
     base = hwm_mb()

@@ -55,7 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out" / "lshvec"
 sys.path.insert(0, str(REPO))
 
-from tasks.lshvec import (  # noqa: E402
+from helixflow.tasks.lshvec import (  # noqa: E402
     LshFunction,
     SkipGramConfig,
     Vocab,
@@ -143,7 +143,7 @@ def evaluate(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
 
 def kmer_spectra(seqs: list[str], k: int) -> np.ndarray:
     """Canonical k-mer frequencies per read (N-containing k-mers skipped), vectorised."""
-    from tasks.lshvec import _flat_codes, _valid_starts
+    from helixflow.tasks.lshvec import _flat_codes, _valid_starts
 
     codes, offsets = _flat_codes(seqs)
     starts, read_of = _valid_starts(codes, offsets, k)

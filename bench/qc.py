@@ -2,7 +2,7 @@
 
 Makes (once, cached under bench/out/qc/) gzipped 2x150 bp pairs: by default ART HS25
 (`art_illumina -ss HS25 -p -l 150 -m 200 -s 60 -rs 42 -na`) on the E. coli K-12 genome of
-the shared data; `--source demo` uses helixflow.demo instead, whose short inserts read
+the shared data; `--source demo` uses helixflow.app.demo instead, whose short inserts read
 into the TruSeq adapter and then polyG (ART never simulates an insert shorter than the
 read, so it has no read-through). Then, in one run, times `fastp -w 2` at its defaults
 (plain FASTQ out) and helixflow: tasks.fastq.iter_read_batches in this process feeding
@@ -43,8 +43,8 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tasks.fastq import _SHARD_ENCODINGS, iter_read_batches, write_read_shard  # noqa: E402
-from tasks.qc import QcCounts, QcParams, filter_batch  # noqa: E402
+from helixflow.tasks.fastq import _SHARD_ENCODINGS, iter_read_batches, write_read_shard  # noqa: E402
+from helixflow.tasks.qc import QcCounts, QcParams, filter_batch  # noqa: E402
 
 OUT = REPO / "bench" / "out" / "qc"
 SHARED = Path(os.environ.get("HELIXFLOW_SHARED_DATA") or REPO.parent / "shared" / "data")
@@ -81,9 +81,9 @@ def make_art(fold: float) -> tuple[Path, Path]:
 
 
 def make_demo(pairs: int) -> tuple[Path, Path]:
-    """helixflow.demo pairs with short inserts (mean 200, sd 60): adapter read-through and
+    """helixflow.app.demo pairs with short inserts (mean 200, sd 60): adapter read-through and
     polyG on a NovaSeq-named run; cached."""
-    from helixflow.demo import DemoSpec, write_demo
+    from helixflow.app.demo import DemoSpec, write_demo
 
     demo = write_demo(
         OUT / f"demo_{pairs}",

@@ -61,8 +61,8 @@ def run_one(args: argparse.Namespace, n: int) -> dict[str, object]:
     from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
 
-    from tasks.graph import knn_indices, leiden, neighbour_graph
-    from tasks.spectral import (
+    from helixflow.tasks.graph import knn_indices, leiden, neighbour_graph
+    from helixflow.tasks.spectral import (
         KMEANS_THREADED_MIN,
         adjusted_rand,
         eigengap_k,

@@ -119,8 +119,8 @@ def prepare(aligner: str) -> tuple[Path, Path, set[Variant]]:
                            check=True)
         else:
             sys.path.insert(0, str(REPO))
-            from tasks.bam import align_batch, build_index, merge_bams
-            from tasks.fastq import iter_read_batches
+            from helixflow.tasks.bam import align_batch, build_index, merge_bams
+            from helixflow.tasks.fastq import iter_read_batches
 
             mmi = build_index(ref, "sr", OUT / "mmi")
             batch = next(iter(iter_read_batches(str(r1), str(r2), batch_size=10**7)))
@@ -151,7 +151,7 @@ def run_helixflow(ref: Path, bam: Path, out: Path) -> float:
 
 def worker(bam: str, ref: str, out: str) -> None:
     sys.path.insert(0, str(REPO))
-    from tasks.variants import VariantParams, call_variants
+    from helixflow.tasks.variants import VariantParams, call_variants
 
     call_variants(Path(bam), Path(ref), Path(out), VariantParams())
 

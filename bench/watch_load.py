@@ -135,7 +135,7 @@ def main() -> None:
 
 def burst(args: argparse.Namespace, database: str) -> dict[str, Any]:
     """One burst on a fresh server on `database`; its report."""
-    from helixflow.server import flush_prefect_workers, stop_server
+    from helixflow.app.server import flush_prefect_workers, stop_server
 
     home = Path(tempfile.mkdtemp(prefix=f"hf-load-{database}-"))
     port = free_port()
@@ -176,9 +176,9 @@ def run(args: argparse.Namespace, env: dict[str, str], home: Path,
     from pydantic import SecretStr
     from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
-    from helixflow.demo import DemoSpec, write_demo
-    from helixflow.server import ensure_server, use_server
-    from helixflow.watch import WatchConfig, Watcher, connect_bucket_to_queue
+    from helixflow.app.demo import DemoSpec, write_demo
+    from helixflow.app.server import ensure_server, use_server
+    from helixflow.app.watch import WatchConfig, Watcher, connect_bucket_to_queue
 
     bench_retries = 0
 
@@ -211,7 +211,7 @@ def run(args: argparse.Namespace, env: dict[str, str], home: Path,
                             "--disable-usage-stats", "--block"], env, OUT / "ray.log"))
         env["HELIXFLOW_RAY_ADDRESS"] = f"127.0.0.1:{ray_port}"
         wait_port(ray_port, timeout=120)
-    subprocess.run([sys.executable, "-m", "helixflow.cli", "deploy", "--name",
+    subprocess.run([sys.executable, "-m", "helixflow", "deploy", "--name",
                     "genomics-pipeline", "--concurrency", str(args.concurrency)],
                    env=env, check=True, cwd=REPO)
     (dep,) = api("POST", "/deployments/filter", {})
@@ -235,7 +235,7 @@ def run(args: argparse.Namespace, env: dict[str, str], home: Path,
             seed=1000 + i, n_pairs=args.pairs, n_genomes=1, genome_length=5_000))
         files += [(demo.r1, f"load/s{i:03d}_R1.fastq.gz"), (demo.r2, f"load/s{i:03d}_R2.fastq.gz")]
     worker_log = OUT / f"worker-{database}.log"
-    procs.append(start([sys.executable, "-m", "helixflow.cli", "worker"], env, worker_log))
+    procs.append(start([sys.executable, "-m", "helixflow", "worker"], env, worker_log))
 
     uploaded: dict[str, float] = {}
 

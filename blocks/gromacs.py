@@ -66,7 +66,7 @@ class GromacsSettings(Block):
 
     Example:
         ```python
-        from blocks.gromacs import GromacsSettings
+        from helixflow.blocks.gromacs import GromacsSettings
 
         GromacsSettings(md_nsteps=50_000, npt_enabled=True, ntomp=4).save("peptide-md")
         settings = GromacsSettings.load("peptide-md")

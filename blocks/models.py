@@ -22,7 +22,7 @@ class ModelRegistry(Block):
 
     Example:
         ```python
-        from blocks.models import ModelRegistry
+        from helixflow.blocks.models import ModelRegistry
 
         ModelRegistry(
             lshvec_model="s3://genomics/helixflow/runs/<run>/models/lshvec.pt",

@@ -35,10 +35,10 @@ from typing import Any
 from prefect.blocks.core import Block
 from pydantic import ValidationError
 
-from blocks.gromacs import GromacsSettings
-from blocks.models import ModelRegistry
-from blocks.slurm import SlurmCluster
-from blocks.store import HelixflowStore
+from helixflow.blocks.gromacs import GromacsSettings
+from helixflow.blocks.models import ModelRegistry
+from helixflow.blocks.slurm import SlurmCluster
+from helixflow.blocks.store import HelixflowStore
 from helixflow.errors import HelixflowError
 from helixflow.settings import default_store_url
 

@@ -27,7 +27,7 @@ class SlurmCluster(Block):
 
     Example:
         ```python
-        from blocks.slurm import SlurmCluster
+        from helixflow.blocks.slurm import SlurmCluster
 
         SlurmCluster(
             partition="compute", account="genomics", qos="normal",

@@ -23,7 +23,7 @@ class HelixflowStore(Block):
     Example:
         ```python
         from prefect_aws import AwsCredentials
-        from blocks.store import HelixflowStore
+        from helixflow.blocks.store import HelixflowStore
 
         HelixflowStore(
             url="s3://genomics/helixflow",

@@ -14,10 +14,10 @@ from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
-from blocks.store import resolve_store
-from flows.preprocess import stage_params
-from flows.simulate import SimulateParams, simulate_representatives
+from helixflow.blocks.store import resolve_store
 from helixflow.errors import HelixflowError
+from helixflow.flows.preprocess import stage_params
+from helixflow.flows.simulate import SimulateParams, simulate_representatives
 from helixflow.lineage import LineageGraph, LineageRecord, load_records
 from helixflow.recorder import RunRecorder
 from helixflow.runner import DeferredRayTaskRunner

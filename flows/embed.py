@@ -14,20 +14,20 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from flows.preprocess import reads_in
 from helixflow.artifacts import Artifact, Skipped
+from helixflow.flows.preprocess import reads_in
 from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
 from helixflow.store import Store
-from tasks.dnabert import (
+from helixflow.tasks.dnabert import (
     Precision,
     PretrainConfig,
     embed_dnabert_shard,
     import_dnabert_checkpoint,
     pretrain_dnabert,
 )
-from tasks.kmers import REDUCED_ALPHABETS, embed_kmer_spectra, embed_protein_kmers
-from tasks.lshvec import (
+from helixflow.tasks.kmers import REDUCED_ALPHABETS, embed_kmer_spectra, embed_protein_kmers
+from helixflow.tasks.lshvec import (
     SkipGramConfig,
     embed_lshvec_shard,
     fit_lsh_hash,

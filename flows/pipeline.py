@@ -15,9 +15,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture
 from pydantic import BaseModel
 
-from blocks.store import resolve_store
-from flows.embed import DEFAULT_METHODS, EmbedParams, run_embeddings
-from flows.preprocess import (
+from helixflow.artifacts import Artifact, FileRef, Skipped
+from helixflow.blocks.store import resolve_store
+from helixflow.errors import HelixflowError
+from helixflow.flows.embed import DEFAULT_METHODS, EmbedParams, run_embeddings
+from helixflow.flows.preprocess import (
     qc_params,
     qc_totals,
     run_alignment,
@@ -29,9 +31,7 @@ from flows.preprocess import (
     run_unaligned,
     stage_params,
 )
-from flows.simulate import SimulateParams, run_simulations
-from helixflow.artifacts import Artifact, FileRef, Skipped
-from helixflow.errors import HelixflowError
+from helixflow.flows.simulate import SimulateParams, run_simulations
 from helixflow.lineage import LineageGraph, code_version, mermaid
 from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
@@ -39,14 +39,14 @@ from helixflow.runner import DeferredRayTaskRunner
 from helixflow.samples import Sample, plan_samples
 from helixflow.samples import run_label as samples_label
 from helixflow.store import Store, asset_key
-from tasks.annotate import DEFAULT_MOTIFS, AnnotationResult, MotifParams
-from tasks.assemble import AssemblyParams
-from tasks.correct import CorrectionParams, SolidSet
-from tasks.ingest import IngestResult, identify_input, ingest_fastq, summarize
-from tasks.orfs import OrfParams
-from tasks.reference import validate_reference
-from tasks.report import ReportData, SampleReport, publish_qc_report
-from tasks.variants import VariantParams
+from helixflow.tasks.annotate import DEFAULT_MOTIFS, AnnotationResult, MotifParams
+from helixflow.tasks.assemble import AssemblyParams
+from helixflow.tasks.correct import CorrectionParams, SolidSet
+from helixflow.tasks.ingest import IngestResult, identify_input, ingest_fastq, summarize
+from helixflow.tasks.orfs import OrfParams
+from helixflow.tasks.reference import validate_reference
+from helixflow.tasks.report import ReportData, SampleReport, publish_qc_report
+from helixflow.tasks.variants import VariantParams
 
 DEFAULT_SHARD_SIZE = 250_000
 

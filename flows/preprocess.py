@@ -12,27 +12,27 @@ from helixflow.errors import HelixflowError
 from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
 from helixflow.store import Store, asset_key
-from tasks.annotate import AnnotationResult, MotifParams, annotate_sequences
-from tasks.assemble import AssemblyOutput, AssemblyParams, assemble_reads
-from tasks.bam import (
+from helixflow.tasks.annotate import AnnotationResult, MotifParams, annotate_sequences
+from helixflow.tasks.assemble import AssemblyOutput, AssemblyParams, assemble_reads
+from helixflow.tasks.bam import (
     AlignedShard,
     SampleBam,
     align_reads,
     merge_alignments,
     write_unaligned_bam,
 )
-from tasks.correct import (
+from helixflow.tasks.correct import (
     CorrectionParams,
     SolidSet,
     choose_solid_kmers,
     correct_reads,
     count_shard_kmers,
 )
-from tasks.dedup import choose_duplicates, hash_fragments, remove_duplicates
-from tasks.ingest import IngestResult
-from tasks.orfs import OrfParams
-from tasks.qc import QcParams, QcResult, detect_sample_adapters, filter_reads
-from tasks.variants import SampleVariants, VariantParams, call_sample_variants
+from helixflow.tasks.dedup import choose_duplicates, hash_fragments, remove_duplicates
+from helixflow.tasks.ingest import IngestResult
+from helixflow.tasks.orfs import OrfParams
+from helixflow.tasks.qc import QcParams, QcResult, detect_sample_adapters, filter_reads
+from helixflow.tasks.variants import SampleVariants, VariantParams, call_sample_variants
 
 T = TypeVar("T")
 

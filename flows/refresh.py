@@ -16,12 +16,12 @@ from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
-from blocks.models import ModelRegistry
-from blocks.store import resolve_store
-from flows.embed import EmbedParams, run_dnabert, run_kmer_embeddings, run_lshvec
-from flows.preprocess import stage_params
 from helixflow.artifacts import Artifact
+from helixflow.blocks.models import ModelRegistry
+from helixflow.blocks.store import resolve_store
 from helixflow.errors import HelixflowError
+from helixflow.flows.embed import EmbedParams, run_dnabert, run_kmer_embeddings, run_lshvec
+from helixflow.flows.preprocess import stage_params
 from helixflow.lineage import LineageGraph, LineageRecord, load_records
 from helixflow.recorder import RunRecorder
 from helixflow.runner import DeferredRayTaskRunner

@@ -19,16 +19,16 @@ from typing import Any
 from prefect import get_run_logger
 from pydantic import BaseModel, Field
 
-from blocks.gromacs import GromacsSettings
-from flows.slurm import run_slurm_jobs
 from helixflow.artifacts import Artifact, FileRef, Skipped
+from helixflow.blocks.gromacs import GromacsSettings
 from helixflow.errors import HelixflowError
+from helixflow.flows.slurm import run_slurm_jobs
 from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
 from helixflow.slurm import JobSpec
 from helixflow.store import Store
-from tasks.analysis import AnalysisParams, AnalysisResult, analyze_embeddings
-from tasks.gromacs import MdPlan, md_trajectory, prepare_md
+from helixflow.tasks.analysis import AnalysisParams, AnalysisResult, analyze_embeddings
+from helixflow.tasks.gromacs import MdPlan, md_trajectory, prepare_md
 
 # A short demo simulation: enough frames to read back, a minute of MD per peptide.
 DEMO_MD: dict[str, Any] = {"em_nsteps": 500, "nvt_nsteps": 500, "md_nsteps": 1000,

@@ -7,7 +7,7 @@ With no Slurm (`mode="none"` or no block) the very same job scripts run here wit
 
 Example:
     ```python
-    from flows.slurm import run_slurm_jobs
+    from helixflow.flows.slurm import run_slurm_jobs
     from helixflow.slurm import JobSpec
 
     results = run_slurm_jobs(
@@ -43,8 +43,8 @@ from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 from prefect.states import Cancelled
 
-from blocks.slurm import SlurmCluster
 from helixflow.artifacts import Artifact, FileRef
+from helixflow.blocks.slurm import SlurmCluster
 from helixflow.errors import HelixflowError
 from helixflow.retries import transient_reason
 from helixflow.slurm import (
@@ -935,7 +935,7 @@ def run_slurm_jobs(
         stage: store stage; outputs land at runs/<run_id>/<stage>/<job name>/<file>
         as_array: submit jobs with equal resources as one array (throttled by max_concurrent)
     """
-    from blocks.store import resolve_store
+    from helixflow.blocks.store import resolve_store
 
     logger = get_run_logger()
     ctx = FlowRunContext.get()

@@ -14,16 +14,16 @@ from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
-from blocks.store import resolve_store
-from flows.preprocess import stage_params
+from helixflow.blocks.store import resolve_store
+from helixflow.flows.preprocess import stage_params
 from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
 from helixflow.runner import DeferredRayTaskRunner
 from helixflow.samples import safe_name
 from helixflow.store import display_name, is_local, local_path, uri_name
-from tasks.ingest import identify_input
-from tasks.reference import validate_reference
-from tasks.variants import VariantParams, call_sample_variants
+from helixflow.tasks.ingest import identify_input
+from helixflow.tasks.reference import validate_reference
+from helixflow.tasks.variants import VariantParams, call_sample_variants
 
 
 class VariantsSummary(BaseModel):

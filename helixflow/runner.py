@@ -13,13 +13,16 @@ network can reach them. A cluster joined by address keeps its own configuration.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import importlib.util
 import logging
 import os
+import shutil
 import signal
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from prefect_ray.task_runners import RayTaskRunner
@@ -36,14 +39,36 @@ _PASS_THROUGH = (
 )
 
 
-def project_modules() -> list[ModuleType]:
-    """The packages a remote worker needs to import helixflow's flows and tasks."""
-    import blocks
-    import flows
-    import helixflow
-    import tasks
+def project_modules() -> list[str]:
+    """The `helixflow` package as one folder, for a remote worker's `py_modules`.
 
-    return [helixflow, flows, tasks, blocks]
+    Installed from a wheel it already is one folder. From a checkout, `helixflow.tasks`,
+    `.flows` and `.blocks` live in the repository's top-level folders (setuptools
+    `package-dir`), so they are copied into a staged `helixflow/` next to the core.
+    Located with `find_spec`, not imported: the core imports no stage."""
+    import helixflow
+
+    root = Path(helixflow.__file__).parent
+    parts = {}
+    for name in ("tasks", "flows", "blocks"):
+        spec = importlib.util.find_spec(f"helixflow.{name}")
+        assert spec is not None and spec.submodule_search_locations, name
+        parts[name] = Path(next(iter(spec.submodule_search_locations)))
+    if all(path == root / name for name, path in parts.items()):
+        return [str(root)]
+    global _STAGED
+    if _STAGED is None:
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        staged = Path(tempfile.mkdtemp(prefix="helixflow-ship-")) / "helixflow"
+        shutil.copytree(root, staged, ignore=ignore)
+        for name, path in parts.items():
+            shutil.copytree(path, staged / name, ignore=ignore)
+        atexit.register(shutil.rmtree, staged.parent, ignore_errors=True)
+        _STAGED = staged
+    return [str(_STAGED)]
+
+
+_STAGED: Path | None = None
 
 
 def runtime_env(api_url: str, *, ship_code: bool) -> dict[str, Any]:

@@ -328,6 +328,14 @@ class Store:
     def cas_uri(self, sha256: str, suffix: str) -> str:
         return self.join("objects", sha256[:2], sha256 + suffix)
 
+    def label_uri(self, label: str) -> str:
+        """The stored object a `FileRef.label` (`name@sha256:…`) names; a URI (what data
+        written before labels holds) is returned as is."""
+        name, sep, identity = label.rpartition("@sha256:")
+        if not sep:
+            return label
+        return self.cas_uri(identity, suffix_of(name))
+
     # -- reading ------------------------------------------------------------------------
 
     def _errors(self, uri: str) -> contextlib.AbstractContextManager[None]:

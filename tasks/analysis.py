@@ -23,8 +23,13 @@ from helixflow.caching import stage_options
 from helixflow.errors import InputError
 from helixflow.store import Store, display_name
 from helixflow.tables import fetch, parquet_file, publish_file, publish_table
-from tasks.graph import connected_components, knn_graph, leiden, representatives
-from tasks.spectral import adjusted_rand, plot_projection, projection_2d, spectral_clusters
+from helixflow.tasks.graph import connected_components, knn_graph, leiden, representatives
+from helixflow.tasks.spectral import (
+    adjusted_rand,
+    plot_projection,
+    projection_2d,
+    spectral_clusters,
+)
 
 ANALYSIS_VERSION = "2"  # 2: k_neighbors clamped to N-1 (and reported) on small inputs
 MIN_VECTORS = 3
@@ -124,14 +129,15 @@ def _truth_labels(store: Store, truth: FileRef | None, ids: pa.Array, column: st
 
 
 def _sequences(store: Store, table: pa.Table) -> list[str]:
-    """The read sequence of each row (source_shard, row) of a representatives table."""
+    """The read sequence of each row (source_shard, row) of a representatives table; the
+    shards are read from the store's objects by their labels."""
     wanted: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for i, (src, row) in enumerate(zip(table.column("source_shard").to_pylist(),
                                        table.column("row").to_pylist(), strict=True)):
         wanted[src].append((i, row))
     out = [""] * table.num_rows
     for src, items in wanted.items():
-        with parquet_file(store, src) as pf:
+        with parquet_file(store, store.label_uri(src)) as pf:
             seqs = pf.read(columns=["sequence"]).column("sequence").take(
                 [row for _, row in items]).to_pylist()
         for (i, _), seq in zip(items, seqs, strict=True):

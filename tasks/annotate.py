@@ -19,7 +19,7 @@ from helixflow.errors import InputError, naming_sources
 from helixflow.samples import safe_name
 from helixflow.store import Store, display_name
 from helixflow.tables import fetch, publish_table
-from tasks.motifs import (
+from helixflow.tasks.motifs import (
     IUPAC,
     PWM,
     find_consensus,
@@ -28,7 +28,7 @@ from tasks.motifs import (
     pwm_from_counts,
     scan_pwms,
 )
-from tasks.orfs import OrfParams, find_orfs
+from helixflow.tasks.orfs import OrfParams, find_orfs
 
 ANNOTATE_VERSION = "2"
 

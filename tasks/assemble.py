@@ -47,8 +47,8 @@ from helixflow.caching import stage_options
 from helixflow.errors import HelixflowError, InputError
 from helixflow.store import Store
 from helixflow.tables import fetch, publish_file
+from helixflow.tasks.orfs import iter_fasta
 from helixflow.tools import require_tool, tool_version
-from tasks.orfs import iter_fasta
 
 PRESETS = ("meta-sensitive", "meta-large")
 """MEGAHIT's --presets: meta-sensitive (more k values, slower), meta-large (complex

@@ -59,7 +59,7 @@ from helixflow.artifacts import Artifact
 from helixflow.caching import stage_options
 from helixflow.store import Store
 from helixflow.tables import as_batch, publish_table, read_table
-from tasks.fastq import string_parts
+from helixflow.tasks.fastq import string_parts
 
 COUNTS_SCHEMA: pa.Schema = pa.schema(
     [pa.field("kmer", pa.uint64(), nullable=False), pa.field("count", pa.uint32(), nullable=False)]

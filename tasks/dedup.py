@@ -49,7 +49,7 @@ from helixflow.artifacts import Artifact
 from helixflow.caching import stage_options
 from helixflow.store import Store
 from helixflow.tables import as_batch, publish_table, read_table
-from tasks.fastq import string_parts
+from helixflow.tasks.fastq import string_parts
 
 KEYS_SCHEMA: pa.Schema = pa.schema(
     [

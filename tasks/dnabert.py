@@ -979,7 +979,7 @@ def embed_dnabert_shard(shard: Any, model: Any, actors: int, batch_size: int, st
     _check_precision(precision)
 
     from helixflow.tables import PARQUET, parquet_file, publish_file
-    from tasks.embeddings import EmbeddingWriter, iter_read_sequences
+    from helixflow.tasks.embeddings import EmbeddingWriter, iter_read_sequences
 
     model_dir = materialize_checkpoint(store, model)
     dim = int(json.loads((model_dir / "config.json").read_text())["hidden_size"])

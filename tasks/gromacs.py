@@ -43,8 +43,8 @@ import pyarrow as pa
 from prefect import task
 from pydantic import BaseModel
 
-from blocks.gromacs import GromacsSettings
 from helixflow.artifacts import Artifact
+from helixflow.blocks.gromacs import GromacsSettings
 from helixflow.caching import stage_options
 from helixflow.errors import HelixflowError, InputError
 from helixflow.store import Store
@@ -141,7 +141,7 @@ def peptides_from_orfs(
     are left out (they raise InputError in `peptide_from_protein`). kwargs go to
     `peptide_from_protein`.
     """
-    from tasks.orfs import longest_orf_per_sequence
+    from helixflow.tasks.orfs import longest_orf_per_sequence
 
     longest = longest_orf_per_sequence(orfs)
     wanted = set(seq_ids) if seq_ids is not None else None
@@ -447,7 +447,7 @@ def md_outputs_to_netcdf(
     with per-frame solute backbone RMSD and radius of gyration, and the energy series
     on their own time axis. `provenance` entries become global attributes.
     """
-    from tasks.netcdf import trajectory_from_gromacs, write_amber_trajectory
+    from helixflow.tasks.netcdf import trajectory_from_gromacs, write_amber_trajectory
 
     workdir = Path(workdir)
     for name in ("md.tpr", "md.xtc", "energy.xvg"):
@@ -499,7 +499,7 @@ class MdPlan(BaseModel):
 
 def _peptides(reps: list[dict[str, object]], min_len: int, max_len: int) -> dict[str, str]:
     """Peptide of the longest stop-to-stop ORF of each representative read (six frames)."""
-    from tasks.orfs import OrfParams, find_orfs
+    from helixflow.tasks.orfs import OrfParams, find_orfs
 
     pairs = [(str(r["sequence_id"]), str(r["sequence"])) for r in reps if r.get("sequence")]
     if not pairs:
@@ -519,7 +519,7 @@ def prepare_md(
     cluster ids, MD parameters, provenance), all published before submission."""
     from helixflow.lineage import code_version
     from helixflow.tables import parquet_file
-    from tasks.netcdf import write_md_inputs
+    from helixflow.tasks.netcdf import write_md_inputs
 
     with parquet_file(store, representatives) as pf:
         reps = sorted(pf.read().to_pylist(), key=lambda r: -int(r["size"]))

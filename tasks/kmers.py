@@ -50,8 +50,8 @@ from helixflow.caching import stage_options
 from helixflow.errors import InputError
 from helixflow.store import Store
 from helixflow.tables import PARQUET, parquet_file, publish_file
-from tasks.embeddings import EmbeddingWriter, iter_read_sequences
-from tasks.fastq import string_parts
+from helixflow.tasks.embeddings import EmbeddingWriter, iter_read_sequences
+from helixflow.tasks.fastq import string_parts
 
 SequenceInput = pa.Array | pa.ChunkedArray | Sequence[str]
 """Sequences as an Arrow string array (e.g. a READS_SCHEMA `sequence` or ORFS_SCHEMA

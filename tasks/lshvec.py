@@ -1286,7 +1286,7 @@ def load_model(store: Any, art: Any) -> SkipGramModel:
 def write_token_shard(source: Any, lsh: LshFunction, path: Path) -> tuple[int, int]:
     """Tokenise a read shard (a pyarrow ParquetFile) batch by batch into a token shard at
     `path` (TOKENS_SCHEMA); (reads, tokens) written."""
-    from tasks.embeddings import iter_read_sequences
+    from helixflow.tasks.embeddings import iter_read_sequences
 
     rows = n_tokens = 0
     with pq.ParquetWriter(path, TOKENS_SCHEMA, compression="zstd") as writer:
@@ -1403,7 +1403,7 @@ def embed_lshvec_shard(tokens: Any, model_art: Any, weighting: str, store: Any,
     """SIF-weighted (or plain) mean token vectors of every read of a token shard → an
     embedding shard (`lshvec`, model id = the model artifact's sha256)."""
     from helixflow.tables import PARQUET, parquet_file, publish_file
-    from tasks.embeddings import EmbeddingWriter
+    from helixflow.tasks.embeddings import EmbeddingWriter
 
     model = load_model(store, model_art)
     dim = int(model.vectors.shape[1])

@@ -42,7 +42,7 @@ import pyarrow as pa
 from numpy.lib.stride_tricks import sliding_window_view
 
 from helixflow.errors import InputError
-from tasks.orfs import (
+from helixflow.tasks.orfs import (
     AMBIGUOUS_CODE,
     SENTINEL_CODE,
     Sequences,

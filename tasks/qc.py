@@ -63,8 +63,8 @@ from helixflow.artifacts import Artifact
 from helixflow.caching import stage_options
 from helixflow.store import Store
 from helixflow.tables import as_batch, publish_table, read_table
-from tasks.fastp_adapters import KNOWN_ADAPTERS
-from tasks.fastq import string_parts
+from helixflow.tasks.fastp_adapters import KNOWN_ADAPTERS
+from helixflow.tasks.fastq import string_parts
 
 __all__ = [
     "QcCounts",

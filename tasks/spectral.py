@@ -17,7 +17,7 @@ Pure functions (no Prefect). The pipeline in `spectral_clusters`:
    sphere whatever the node degrees.
 
 Outputs: `SpectralResult`, `cluster_table` (sequence_id, cluster[, truth]),
-`adjusted_rand` against known labels (e.g. helixflow.demo's truth.tsv.gz),
+`adjusted_rand` against known labels (e.g. helixflow.app.demo's truth.tsv.gz),
 `projection_2d` (PCA of the spectral embedding or of the vectors) and `plot_projection`
 (a PNG written with matplotlib's Agg canvas, no pyplot global state).
 """
@@ -35,7 +35,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 from scipy.sparse import linalg as spla
 
-from tasks.graph import EXACT_THRESHOLD, Metric, _check_adjacency, knn_graph
+from helixflow.tasks.graph import EXACT_THRESHOLD, Metric, _check_adjacency, knn_graph
 
 Eigensolver = Literal["eigsh", "lobpcg"]
 

@@ -97,7 +97,7 @@ def helixflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def prefect_api(helixflow_home: Path) -> Iterator[str]:
     """The one real Prefect server (SQLite) for the session; this process points at it."""
-    from helixflow.server import ensure_server, flush_prefect_workers, stop_server, use_server
+    from helixflow.app.server import ensure_server, flush_prefect_workers, stop_server, use_server
 
     info = ensure_server(helixflow_home)
     use_server(info)

@@ -19,11 +19,11 @@ import pytest
 
 from helixflow.artifacts import Skipped
 from helixflow.errors import TooLittleInput
-from tasks.analysis import AnalysisParams, small_input_params
-from tasks.dnabert import PretrainConfig, train_mlm
-from tasks.lshvec import fit_lsh
+from helixflow.tasks.analysis import AnalysisParams, small_input_params
+from helixflow.tasks.dnabert import PretrainConfig, train_mlm
+from helixflow.tasks.lshvec import fit_lsh
+from tests.app.test_cli import cli
 from tests.conftest import require_tool
-from tests.test_cli import cli
 
 # Every stage runs, with small settings: one short MD, a few DNABERT steps, one LSHvec epoch.
 SMALL = ("--max-representatives", "1", "--md-steps", "200", "--embed-option", "dnabert_steps=10",

@@ -52,8 +52,8 @@ def _post(api: str, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def run(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Run:
     """Phase 1 of the pipeline (k-mer embeddings, no simulation) on small demo data."""
-    from helixflow.demo import DemoSpec, write_demo
-    from helixflow.launch import launch_pipeline
+    from helixflow.app.demo import DemoSpec, write_demo
+    from helixflow.app.launch import launch_pipeline
 
     tmp = tmp_path_factory.mktemp("ui")
     demo = write_demo(tmp, DemoSpec(n_pairs=2000, n_genomes=3, genome_length=20_000))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from blocks.gromacs import STAGES, GromacsSettings
+from helixflow.blocks.gromacs import STAGES, GromacsSettings
 from helixflow.errors import HelixflowError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from blocks.slurm import SlurmCluster
+from helixflow.blocks.slurm import SlurmCluster
 
 
 def test_defaults_are_local_cli_with_sane_polling() -> None:

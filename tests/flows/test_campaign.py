@@ -9,10 +9,10 @@ import httpx
 import pytest
 from netCDF4 import Dataset
 
-from flows.campaign import md_campaign
-from helixflow.demo import DemoSpec, write_demo
+from helixflow.app.demo import DemoSpec, write_demo
+from helixflow.app.launch import launch_flow, launch_pipeline
 from helixflow.errors import HelixflowError
-from helixflow.launch import launch_flow, launch_pipeline
+from helixflow.flows.campaign import md_campaign
 from helixflow.lineage import load_records
 from helixflow.store import Store, local_path
 from tests.conftest import require_tool

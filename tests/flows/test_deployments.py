@@ -22,15 +22,15 @@ import pytest
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 from typer.testing import CliRunner
 
-from helixflow.cli import app
-from helixflow.demo import DemoSpec, write_demo
+from helixflow.app.cli import app
+from helixflow.app.demo import DemoSpec, write_demo
 from helixflow.lineage import LineageGraph, LineageNode, load_records
 from helixflow.store import Store
 from tests.conftest import stop_process
 
 if TYPE_CHECKING:
     from deployments.postgres import LocalPostgres
-    from helixflow.server import ServerInfo
+    from helixflow.app.server import ServerInfo
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,7 @@ def wait_for_runs(api: str, deployment_id: str, count: int, timeout: float,
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """`helixflow worker` as its own process, the way an operator starts it."""
     return subprocess.Popen(
-        [sys.executable, "-m", "helixflow.cli", "worker", "--limit", "2"], cwd=REPO,
+        [sys.executable, "-m", "helixflow", "worker", "--limit", "2"], cwd=REPO,
         env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
@@ -100,7 +100,7 @@ def pg_server(postgres: LocalPostgres, tmp_path_factory: pytest.TempPathFactory,
     from prefect.context import refresh_global_settings_context
     from pydantic import SecretStr
 
-    from helixflow.server import ensure_server, flush_prefect_workers, stop_server, use_server
+    from helixflow.app.server import ensure_server, flush_prefect_workers, stop_server, use_server
 
     saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_UI_URL")}
     database = postgres.create_database(DATABASE)
@@ -221,7 +221,7 @@ def test_s3_uploads_start_runs_exactly_once(
     notifications again → no run; a new version of an object → one more run."""
     import boto3
 
-    from helixflow.watch import WatchConfig, connect_bucket_to_queue, open_watcher
+    from helixflow.app.watch import WatchConfig, connect_bucket_to_queue, open_watcher
 
     s3 = boto3.client("s3", endpoint_url=moto_endpoint)
     sqs = boto3.client("sqs", endpoint_url=moto_endpoint)
@@ -299,7 +299,7 @@ def test_fifty_uploads_at_once_make_fifty_runs_none_twice(
     server on PostgreSQL answered no 503."""
     import boto3
 
-    from helixflow.watch import WatchConfig, connect_bucket_to_queue, open_watcher
+    from helixflow.app.watch import WatchConfig, connect_bucket_to_queue, open_watcher
 
     prefect_api = pg_server.api_url
     busy_before = retryable_errors(pg_server)

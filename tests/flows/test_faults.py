@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from helixflow.demo import DemoSpec, write_demo
+from helixflow.app.demo import DemoSpec, write_demo
 from tests.conftest import REPO, descendants
 
 # a run takes minutes on a loaded 2-core machine; a test holds up to three
@@ -80,7 +80,7 @@ def _env(home: Path) -> dict[str, str]:
 
 
 def _command(demo, store: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "helixflow.cli", "run", str(demo.r1), str(demo.r2),
+    return [sys.executable, "-m", "helixflow", "run", str(demo.r1), str(demo.r2),
             "--store", str(store), *extra]
 
 

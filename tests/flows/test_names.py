@@ -19,16 +19,16 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 
-from blocks.slurm import SlurmCluster
-from flows.slurm import run_jobs
-from helixflow.demo import DemoSpec, write_demo
+from helixflow.app.demo import DemoSpec, write_demo
+from helixflow.blocks.slurm import SlurmCluster
+from helixflow.flows.slurm import run_jobs
 from helixflow.lineage import LineageGraph, load_records
 from helixflow.samples import Sample, plan_samples
 from helixflow.slurm import JobSpec
 from helixflow.store import Store, file_uri, identify, local_path
-from tasks.assemble import AssemblyParams, assemble
-from tasks.fastq import iter_read_batches
-from tasks.ingest import write_sample_shards
+from helixflow.tasks.assemble import AssemblyParams, assemble
+from helixflow.tasks.fastq import iter_read_batches
+from helixflow.tasks.ingest import write_sample_shards
 from tests.conftest import REPO, require_tool
 
 pytestmark = pytest.mark.integration
@@ -163,7 +163,7 @@ def test_cli_run_on_files_named_as_people_name_them(
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "COLUMNS": "200",
            "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-m", "helixflow.cli", "run", str(r1), str(r2),
+        [sys.executable, "-m", "helixflow", "run", str(r1), str(r2),
          "--store", str(store_root), "--reference", str(reference), "--embed", "kmer",
          "--max-representatives", "1", "--md-steps", "100", "--cluster-block", block],
         capture_output=True, text=True, timeout=1500, env=env, check=False)

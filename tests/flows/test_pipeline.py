@@ -16,9 +16,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from helixflow.demo import DemoSpec, write_demo
+from helixflow.app.demo import DemoSpec, write_demo
+from helixflow.app.launch import launch_pipeline
 from helixflow.errors import InputError
-from helixflow.launch import launch_pipeline
 from helixflow.lineage import LineageGraph, load_records
 from helixflow.store import Store, local_path
 

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from prefect_aws import AwsClientParameters, AwsCredentials
 
-from blocks.store import HelixflowStore
-from helixflow.demo import DemoSpec, write_demo
-from helixflow.launch import launch_pipeline
+from helixflow.app.demo import DemoSpec, write_demo
+from helixflow.app.launch import launch_pipeline
+from helixflow.blocks.store import HelixflowStore
 from helixflow.lineage import LineageGraph, load_records
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from helixflow.demo import DemoSpec, write_demo
-from helixflow.launch import launch_pipeline
+from helixflow.app.demo import DemoSpec, write_demo
+from helixflow.app.launch import launch_pipeline
 from helixflow.lineage import LineageGraph, load_records
 from helixflow.store import Store, local_path
 from tests.conftest import require_tool

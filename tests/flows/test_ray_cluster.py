@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helixflow.demo import DemoSpec, write_demo
+from helixflow.app.demo import DemoSpec, write_demo
 from helixflow.lineage import load_records
 from helixflow.store import Store
 from tests.conftest import free_port
@@ -123,8 +123,8 @@ def test_project_code_is_shipped_to_workers(
 
         @ray.remote(num_cpus=1, scheduling_strategy="SPREAD")
         def where():
-            import tasks.ingest
-            return [ray.get_runtime_context().get_node_id(), tasks.ingest.__file__,
+            import helixflow.tasks.ingest
+            return [ray.get_runtime_context().get_node_id(), helixflow.tasks.ingest.__file__,
                     os.environ.get("PREFECT_API_URL", "")]
 
         print(json.dumps(ray.get([where.remote() for _ in range(4)])))
@@ -149,8 +149,8 @@ def test_lshvec_trains_one_model_on_two_nodes(
     script = textwrap.dedent(f"""
         import gzip, json, ray, numpy as np
         from helixflow.runner import runtime_env
-        from tasks.fastq import iter_read_batches
-        from tasks.lshvec import (SkipGramConfig, fit_lsh, sequence_vectors, tokenize,
+        from helixflow.tasks.fastq import iter_read_batches
+        from helixflow.tasks.lshvec import (SkipGramConfig, fit_lsh, sequence_vectors, tokenize,
                                   train_skipgram_ray)
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import train_test_split

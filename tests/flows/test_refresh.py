@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from blocks.models import ModelRegistry
-from flows.refresh import embed_refresh
-from helixflow.demo import DemoSpec, write_demo
-from helixflow.launch import launch_flow, launch_pipeline
+from helixflow.app.demo import DemoSpec, write_demo
+from helixflow.app.launch import launch_flow, launch_pipeline
+from helixflow.blocks.models import ModelRegistry
+from helixflow.flows.refresh import embed_refresh
 from helixflow.lineage import load_records
 from helixflow.store import Store
 

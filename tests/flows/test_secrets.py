@@ -20,10 +20,10 @@ import httpx
 import pytest
 from prefect_aws import AwsClientParameters, AwsCredentials
 
-from blocks.store import HelixflowStore
-from flows.slurm import run_slurm_jobs
-from helixflow.demo import DemoSpec, write_demo
-from helixflow.launch import launch_pipeline
+from helixflow.app.demo import DemoSpec, write_demo
+from helixflow.app.launch import launch_pipeline
+from helixflow.blocks.store import HelixflowStore
+from helixflow.flows.slurm import run_slurm_jobs
 from helixflow.lineage import load_records
 from helixflow.slurm import JobSpec
 from helixflow.store import Store

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from helixflow.demo import DemoSpec, write_demo
-from helixflow.server import ensure_server, stop_server
+from helixflow.app.demo import DemoSpec, write_demo
+from helixflow.app.server import ensure_server, stop_server
 from tests.flows.test_stop import HELIXFLOW, wait_for
 
 pytestmark = pytest.mark.integration

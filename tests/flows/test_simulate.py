@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from netCDF4 import Dataset
 
-from blocks.slurm import SlurmCluster
-from helixflow.demo import Demo, DemoSpec, write_demo
-from helixflow.launch import launch_pipeline
+from helixflow.app.demo import Demo, DemoSpec, write_demo
+from helixflow.app.launch import launch_pipeline
+from helixflow.blocks.slurm import SlurmCluster
 from helixflow.lineage import LineageGraph, load_records
 from helixflow.store import Store, local_path
 from tests.conftest import require_tool

@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from blocks.slurm import SlurmCluster
-from flows.slurm import LocalBackend, SlurmCli, run_jobs, run_slurm_jobs
+from helixflow.blocks.slurm import SlurmCluster
+from helixflow.flows.slurm import LocalBackend, SlurmCli, run_jobs, run_slurm_jobs
 from helixflow.slurm import JobSpec, QueueEntry, SlurmJobFailed
 from helixflow.store import Store, local_path
 from tests.conftest import REPO, missing, require_tool
@@ -269,7 +269,7 @@ def test_ssh_mode_argv_without_a_server(
     tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SSH mode end to end against a recording runner: rsync up, sbatch/squeue over ssh."""
-    import flows.slurm as slurm_flow
+    import helixflow.flows.slurm as slurm_flow
 
     calls: list[list[str]] = []
     scripts: list[str] = []

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from blocks.slurm import SlurmCluster
-from flows.slurm import run_jobs, run_slurm_jobs
+from helixflow.blocks.slurm import SlurmCluster
+from helixflow.flows.slurm import run_jobs, run_slurm_jobs
 from helixflow.slurm import JobSpec, SlurmJobFailed, parse_scontrol
 from helixflow.store import Store
 from tests.conftest import free_port, missing, require_tool, stop_process

@@ -18,7 +18,7 @@ from uuid import UUID
 
 import pytest
 
-from helixflow.demo import DemoSpec, write_demo
+from helixflow.app.demo import DemoSpec, write_demo
 from tests.conftest import descendants
 from tests.flows.test_simulate import slurm_md_inputs
 

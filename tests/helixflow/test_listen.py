@@ -79,8 +79,8 @@ def test_prefect_server_and_local_ray_listen_on_loopback_only(
 ) -> None:
     if not Path("/proc/net/tcp").exists():
         missing("/proc/net/tcp (Linux procfs)")
+    from helixflow.app.server import ensure_server
     from helixflow.runner import build_task_runner
-    from helixflow.server import ensure_server
 
     server = ensure_server(helixflow_home)
     seen: dict[str, list[tuple[str, str, int]]] = {}
@@ -112,7 +112,7 @@ def test_prefect_server_and_local_ray_listen_on_loopback_only(
 
 def test_the_clis_ray_session_listens_on_loopback_only(prefect_api: str) -> None:
     """`helixflow run` starts Ray before the flow (launch._ray_session): same rule."""
-    from helixflow.launch import _ray_session
+    from helixflow.app.launch import _ray_session
     from helixflow.runner import build_task_runner
 
     with _ray_session(build_task_runner(prefect_api)):

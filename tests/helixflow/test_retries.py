@@ -183,13 +183,15 @@ def test_a_cyclic_chain_ends() -> None:
 
 def test_every_task_uses_the_one_classifier() -> None:
     """Every Prefect task helixflow defines retries through `is_transient`, and only it."""
-    import blocks
-    import flows
     import helixflow
-    import tasks
+    import helixflow.app
+    import helixflow.blocks
+    import helixflow.flows
+    import helixflow.tasks
 
     found: dict[str, Task] = {}
-    for package in (helixflow, tasks, flows, blocks):
+    for package in (helixflow, helixflow.app, helixflow.tasks, helixflow.flows,
+                    helixflow.blocks):
         for info in pkgutil.iter_modules(package.__path__):
             module = importlib.import_module(f"{package.__name__}.{info.name}")
             for name, obj in vars(module).items():

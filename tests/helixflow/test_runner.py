@@ -72,7 +72,7 @@ def test_a_new_local_cluster_inherits_no_database_secret(
     the Ray cluster it starts (raylet, workers) must not see it."""
     import ray
 
-    from helixflow.launch import _ray_session
+    from helixflow.app.launch import _ray_session
     from helixflow.runner import build_task_runner
 
     secret = f"hfFakePgPassword{os.getpid()}"

@@ -7,11 +7,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from helixflow.demo import DemoSpec, write_demo
+from helixflow.app.demo import DemoSpec, write_demo
 from helixflow.store import Store, identify
-from tasks.analysis import AnalysisParams, analyze_embeddings, read_representatives
-from tasks.fastq import iter_read_batches, write_read_shard
-from tasks.kmers import embed_kmer_spectra
+from helixflow.tasks.analysis import AnalysisParams, analyze_embeddings, read_representatives
+from helixflow.tasks.fastq import iter_read_batches, write_read_shard
+from helixflow.tasks.kmers import embed_kmer_spectra
 
 
 def test_clusters_follow_genomes_and_representatives_are_real_reads(tmp_path: Path) -> None:
@@ -39,7 +39,7 @@ def test_clusters_follow_genomes_and_representatives_are_real_reads(tmp_path: Pa
     reads = {}
     for shard in shards:
         src = pq.read_table(store._path(shard.upstream[0].uri), columns=["sequence"])
-        reads[shard.upstream[0].uri] = src.column("sequence").to_pylist()
+        reads[shard.upstream[0].label] = src.column("sequence").to_pylist()
     for rep in reps:
         assert rep["sequence"] == reads[rep["source_shard"]][rep["row"]]
     assert Path(store._path(result.projection.uri)).read_bytes()[:4] == b"\x89PNG"

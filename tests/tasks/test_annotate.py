@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from helixflow.errors import InputError
 from helixflow.store import Store, identify
-from tasks.annotate import DEFAULT_MOTIFS, MotifParams, annotate_sequences, load_pwms
-from tasks.orfs import OrfParams
+from helixflow.tasks.annotate import DEFAULT_MOTIFS, MotifParams, annotate_sequences, load_pwms
+from helixflow.tasks.orfs import OrfParams
 from tests.tasks.test_motifs import JASPAR_TEXT, MEME_TEXT
 
 

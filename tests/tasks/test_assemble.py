@@ -12,9 +12,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from helixflow.demo import DemoSpec, write_demo
+from helixflow.app.demo import DemoSpec, write_demo
 from helixflow.errors import HelixflowError, InputError
-from tasks.assemble import (
+from helixflow.tasks.assemble import (
     AssemblyParams,
     assemble,
     contig_stats,
@@ -22,8 +22,8 @@ from tasks.assemble import (
     megahit_command,
     write_fastq_inputs,
 )
-from tasks.fastq import READS_SCHEMA, iter_read_batches, write_read_shard
-from tasks.orfs import iter_fasta
+from helixflow.tasks.fastq import READS_SCHEMA, iter_read_batches, write_read_shard
+from helixflow.tasks.orfs import iter_fasta
 from tests.conftest import require_tool
 
 K = 31

@@ -20,7 +20,7 @@ import pysam
 import pytest
 
 from helixflow.errors import HelixflowError, InputError
-from tasks.bam import (
+from helixflow.tasks.bam import (
     AlignCounts,
     align_batch,
     build_index,
@@ -30,7 +30,7 @@ from tasks.bam import (
     preset_for,
     unaligned_bam,
 )
-from tasks.fastq import READS_SCHEMA, iter_read_batches
+from helixflow.tasks.fastq import READS_SCHEMA, iter_read_batches
 from tests.conftest import require_tool
 
 RG = {"ID": "S1.L1", "SM": "S1", "LB": "lib1", "PL": "ILLUMINA"}

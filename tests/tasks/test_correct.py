@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tasks.correct import (
+from helixflow.tasks.correct import (
     CorrectionCounts,
     CorrectionParams,
     SolidKmers,
@@ -21,7 +21,7 @@ from tasks.correct import (
     partition_counts,
     solid_threshold,
 )
-from tasks.fastq import READS_SCHEMA, iter_read_batches
+from helixflow.tasks.fastq import READS_SCHEMA, iter_read_batches
 from tests.conftest import require_tool
 
 K = 15

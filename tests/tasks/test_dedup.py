@@ -11,14 +11,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tasks.dedup import (
+from helixflow.tasks.dedup import (
     DedupCounts,
     choose_keepers,
     drop_duplicates,
     fragment_keys,
     partition_keys,
 )
-from tasks.fastq import iter_read_batches
+from helixflow.tasks.fastq import iter_read_batches
 from tests.conftest import require_tool
 
 _COMP = str.maketrans("ACGTN", "TGCAN")

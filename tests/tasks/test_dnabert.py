@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from helixflow.errors import InputError
-from tasks.dnabert import (
+from helixflow.tasks.dnabert import (
     CLS_ID,
     SEP_ID,
     UNK_ID,
@@ -175,7 +175,7 @@ def test_pretrain_is_deterministic(tiny_model: Path, tmp_path: Path) -> None:
 
 
 def test_round_trip_same_embeddings(tmp_path: Path) -> None:
-    from tasks.dnabert import save_checkpoint, train_mlm
+    from helixflow.tasks.dnabert import save_checkpoint, train_mlm
 
     reads = [random_dna(50, seed) for seed in range(32)]
     result = train_mlm(reads, TINY)

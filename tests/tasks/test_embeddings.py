@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from helixflow.errors import InputError
-from tasks import embeddings
-from tasks.embeddings import (
+from helixflow.tasks import embeddings
+from helixflow.tasks.embeddings import (
     EMBEDDING_METHODS,
     METADATA_DIM,
     METADATA_METHOD,
@@ -25,7 +25,7 @@ from tasks.embeddings import (
     read_embedding_matrix,
     write_embedding_shard,
 )
-from tasks.kmers import canonical_kmer_spectra
+from helixflow.tasks.kmers import canonical_kmer_spectra
 
 SHARD = "s3://bucket/reads/sample=S1/part-00000.parquet"
 SHA = "sha256:" + "ab" * 32

@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from helixflow.errors import InputError
-from tasks import fastq
-from tasks.fastq import (
+from helixflow.tasks import fastq
+from helixflow.tasks.fastq import (
     READS_SCHEMA,
     ReadStats,
     batch_stats,

@@ -14,7 +14,7 @@ import pytest
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from tasks.graph import (
+from helixflow.tasks.graph import (
     connected_components,
     knn_graph,
     knn_indices,
@@ -22,7 +22,7 @@ from tasks.graph import (
     medoids,
     representatives,
 )
-from tasks.spectral import adjusted_rand
+from helixflow.tasks.spectral import adjusted_rand
 
 
 @pytest.fixture(autouse=True)

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from Bio.PDB import PDBParser
 
-from blocks.gromacs import GromacsSettings
+from helixflow.blocks.gromacs import GromacsSettings
 from helixflow.errors import HelixflowError, InputError
-from tasks.gromacs import (
+from helixflow.tasks.gromacs import (
     ENERGY_TERMS,
     MD_OUTPUTS,
     STDIN_WRAPPER,
@@ -36,7 +36,7 @@ from tasks.gromacs import (
     run_md_locally,
     with_stdin,
 )
-from tasks.orfs import OrfParams, find_orfs
+from helixflow.tasks.orfs import OrfParams, find_orfs
 from tests.conftest import require_tool
 
 # --------------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pytest
 
 from helixflow.errors import InputError
-from tasks import kmers
-from tasks.kmers import (
+from helixflow.tasks import kmers
+from helixflow.tasks.kmers import (
     REDUCED_ALPHABETS,
     STANDARD_AMINO_ACIDS,
     canonical_kmer_count,
@@ -28,7 +28,7 @@ from tasks.kmers import (
     protein_kmer_names,
     protein_kmer_spectra,
 )
-from tasks.orfs import OrfParams, find_orfs, iter_fasta
+from helixflow.tasks.orfs import OrfParams, find_orfs, iter_fasta
 
 COMPLEMENT = str.maketrans("ACGTUNRYacgtun", "TGCAANYRtgcaan")
 
@@ -342,9 +342,9 @@ def test_embed_kmer_spectra_task_writes_a_readable_shard(tmp_path: Path) -> None
     import pyarrow.parquet as pq
 
     from helixflow.store import Store
-    from tasks.embeddings import read_embedding_matrix
-    from tasks.fastq import READS_SCHEMA, write_read_shard
-    from tasks.kmers import embed_kmer_spectra
+    from helixflow.tasks.embeddings import read_embedding_matrix
+    from helixflow.tasks.fastq import READS_SCHEMA, write_read_shard
+    from helixflow.tasks.kmers import embed_kmer_spectra
 
     seqs = ["ACGTACGTAC", "TTTTTGGGGG", "ACGTACGTAC", "NNNNNNNNNN"]
     table = pa.table({
@@ -384,9 +384,9 @@ def test_embed_protein_kmers_task_one_vector_per_orf(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     from helixflow.store import Store
-    from tasks.embeddings import read_embedding_matrix
-    from tasks.kmers import embed_protein_kmers
-    from tasks.orfs import OrfParams, find_orfs
+    from helixflow.tasks.embeddings import read_embedding_matrix
+    from helixflow.tasks.kmers import embed_protein_kmers
+    from helixflow.tasks.orfs import OrfParams, find_orfs
 
     seq = "ATG" + "GCTAAACTG" * 20 + "TAA" + "CCC" + "ATG" + "TTTGGG" * 25 + "TGA"
     orfs = find_orfs([("chr", seq)], OrfParams(min_length_nt=60))

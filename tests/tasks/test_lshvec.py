@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import tasks.lshvec as lshvec_mod
-from tasks.lshvec import (
+import helixflow.tasks.lshvec as lshvec_mod
+from helixflow.tasks.lshvec import (
     LshFunction,
     SkipGramConfig,
     SkipGramModel,
@@ -337,7 +337,7 @@ def test_smoothing_lifts_rare_tokens_and_keeps_levels_consistent(tmp_path: Path)
 def test_embeddings_use_the_models_sif_a(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
-    from tasks.embeddings import EmbeddingWriter
+    from helixflow.tasks.embeddings import EmbeddingWriter
 
     vocab = Vocab(np.array([10, 20]), np.array([1, 999]))
     vectors = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
@@ -363,7 +363,7 @@ def publish_token_shard(root: Path, tok: np.ndarray, off: np.ndarray,
     import pyarrow.parquet as pq
 
     from helixflow.store import Store
-    from tasks.lshvec import TOKENS_SCHEMA
+    from helixflow.tasks.lshvec import TOKENS_SCHEMA
 
     n = len(off) - 1
     column = pa.ListArray.from_arrays(pa.array(off.astype(np.int32)),
@@ -388,7 +388,7 @@ def test_ray_two_workers_deterministic_and_sources_agree(tmp_path: Path) -> None
         from pathlib import Path
         sys.path.insert(0, os.getcwd())
         from tests.tasks.test_lshvec import TOY, publish_token_shard, topic_corpus
-        from tasks.lshvec import TokenSource, train_skipgram_ray
+        from helixflow.tasks.lshvec import TokenSource, train_skipgram_ray
         tok, off = topic_corpus()
         half = 300 * 30
         shards = [(tok[:half], off[:301]), (tok[half:], off[300:] - half)]
@@ -585,7 +585,7 @@ def test_train_lshvec_rejects_levels_of_another_hash_size() -> None:
 def test_embed_params_check_levels_when_read() -> None:
     from pydantic import ValidationError
 
-    from flows.embed import EmbedParams
+    from helixflow.flows.embed import EmbedParams
 
     assert EmbedParams(lshvec_levels=["10", "6"]).lshvec_levels == [10, 6]  # CLI form
     with pytest.raises(ValidationError, match=r"hash_size - 1 \(11\), not \[14\]"):

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pytest
 
 from helixflow.errors import InputError
-from tasks.fastq import READS_SCHEMA
-from tasks.motifs import (
+from helixflow.tasks.fastq import READS_SCHEMA
+from helixflow.tasks.motifs import (
     HITS_SCHEMA,
     PWM,
     CountMatrix,
@@ -28,7 +28,7 @@ from tasks.motifs import (
     pwm_from_counts,
     scan_pwms,
 )
-from tasks.orfs import iter_fasta
+from helixflow.tasks.orfs import iter_fasta
 
 COMPLEMENT = str.maketrans("ACGTN", "TGCAN")
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from MDAnalysis.lib.transformations import rotation_matrix
 
-from tasks.gromacs import build_peptide_pdb
-from tasks.netcdf import (
+from helixflow.tasks.gromacs import build_peptide_pdb
+from helixflow.tasks.netcdf import (
     md_parameters,
     read_md_inputs,
     trajectory_from_gromacs,
@@ -71,7 +71,7 @@ def test_md_inputs_overwrite_is_atomic(tmp_path: Path, monkeypatch: pytest.Monke
     def broken(value: object) -> object:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("tasks.netcdf._attr_value", broken)
+    monkeypatch.setattr("helixflow.tasks.netcdf._attr_value", broken)
     with pytest.raises(RuntimeError):  # fails half-way through the write: the old file stays
         write_md_inputs(path, **kw)  # type: ignore[arg-type]
     assert path.read_bytes() == before

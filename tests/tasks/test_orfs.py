@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from helixflow.demo import DemoSpec, write_demo
-from tasks.fastq import READS_SCHEMA
-from tasks.orfs import (
+from helixflow.app.demo import DemoSpec, write_demo
+from helixflow.tasks.fastq import READS_SCHEMA
+from helixflow.tasks.orfs import (
     BACTERIAL_STARTS,
     GENETIC_CODES,
     ORFS_SCHEMA,

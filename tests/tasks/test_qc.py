@@ -18,11 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flows.preprocess import qc_totals
+from helixflow.flows.preprocess import qc_totals
 from helixflow.store import Store
 from helixflow.tables import as_batch, read_table
-from tasks.fastq import READS_SCHEMA, iter_read_batches, write_read_shard
-from tasks.qc import (
+from helixflow.tasks.fastq import READS_SCHEMA, iter_read_batches, write_read_shard
+from helixflow.tasks.qc import (
     QcCounts,
     QcParams,
     detect_adapter,
@@ -583,7 +583,7 @@ def test_pipeline_detects_the_adapter_once_per_sample(
     """The flow's wiring: a single-end sample in 4 shards; the adapter fastp detects in the
     whole file is in every QC shard's lineage parameters and in the QC report, the QC shards
     keep what fastp keeps, and a second run takes detection and QC from the cache."""
-    from helixflow.launch import launch_pipeline
+    from helixflow.app.launch import launch_pipeline
     from helixflow.lineage import load_records
     from helixflow.store import local_path
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from helixflow.errors import InputError
-from tasks.reference import check_fasta
+from helixflow.tasks.reference import check_fasta
 
 
 def _write(tmp_path: Path, text: str, name: str = "ref.fa") -> Path:

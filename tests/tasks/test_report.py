@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import re
 
-from tasks.report import ReportData, SampleReport, render_markdown, render_report
+from helixflow.tasks.report import ReportData, SampleReport, render_markdown, render_report
 
 
 def _data() -> ReportData:

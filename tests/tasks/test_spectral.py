@@ -2,7 +2,7 @@
 
 Synthetic structure with a known answer (separated Gaussian blobs, disconnected groups),
 dense eigh as the reference eigensolver, and real sequences: canonical 4-mer spectra of
-150 bp reads cut from three genomes of the shared data, and of helixflow.demo reads scored
+150 bp reads cut from three genomes of the shared data, and of helixflow.app.demo reads scored
 against the demo's truth.tsv.gz. The adjusted Rand indices measured are printed (run
 with -s to see them); the asserted bars sit about 0.1 below them.
 """
@@ -19,11 +19,11 @@ import pytest
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from helixflow.demo import DemoSpec, write_demo
-from tasks.embeddings import embedding_table, read_embedding_matrix, write_embedding_shard
-from tasks.graph import connected_components, knn_graph, leiden, representatives
-from tasks.kmers import canonical_kmer_spectra
-from tasks.spectral import (
+from helixflow.app.demo import DemoSpec, write_demo
+from helixflow.tasks.embeddings import embedding_table, read_embedding_matrix, write_embedding_shard
+from helixflow.tasks.graph import connected_components, knn_graph, leiden, representatives
+from helixflow.tasks.kmers import canonical_kmer_spectra
+from helixflow.tasks.spectral import (
     SpectralResult,
     adjusted_rand,
     cluster_table,

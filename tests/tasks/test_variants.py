@@ -18,11 +18,11 @@ import numpy as np
 import pysam
 import pytest
 
-from helixflow.demo import DemoSpec, write_demo
+from helixflow.app.demo import DemoSpec, write_demo
 from helixflow.errors import HelixflowError, InputError
-from tasks.bam import align_batch, build_index, merge_bams
-from tasks.fastq import iter_read_batches
-from tasks.variants import (
+from helixflow.tasks.bam import align_batch, build_index, merge_bams
+from helixflow.tasks.fastq import iter_read_batches
+from helixflow.tasks.variants import (
     VariantCounts,
     VariantParams,
     call_variants,

@@ -15,7 +15,7 @@ Crash safety (the order of operations for each queue message or listed object):
 5. acknowledge the source (delete the SQS message / mark the listed object seen).
 
 A crash after 3 and before 4 re-emits on redelivery, but with the same deterministic event
-id (`helixflow.s3events.announcement_id`), and Prefect's trigger service drops event ids it
+id (`helixflow.app.s3events.announcement_id`), and Prefect's trigger service drops event ids it
 has already seen, so no second run starts. A failure before 3 rolls back, and the message
 comes back after its visibility timeout.
 """
@@ -35,8 +35,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field, model_validator
 
-from helixflow.errors import HelixflowError
-from helixflow.s3events import (
+from helixflow.app.s3events import (
     DEFAULT_PATTERNS,
     EventSpec,
     MalformedMessage,
@@ -49,6 +48,7 @@ from helixflow.s3events import (
     parse_message,
     timeout_event,
 )
+from helixflow.errors import HelixflowError
 from helixflow.settings import helixflow_home
 
 log = logging.getLogger(__name__)

@@ -50,7 +50,7 @@ def _main(
 def _fail(exc: BaseException) -> None:
     """Print an error as one line (plus hint) and exit 1 (128 + the signal for a run stopped
     by a signal); full traceback only with --debug."""
-    from helixflow.stop import RunStopped
+    from helixflow.app.stop import RunStopped
 
     if isinstance(exc, RunStopped):
         err.print(f"[bold yellow]cancelled:[/] {exc}", highlight=False, soft_wrap=True)
@@ -75,7 +75,7 @@ def _fail(exc: BaseException) -> None:
 def _fail_run(launched: Any) -> None:
     """A launched run that did not complete: its UI page, then `_fail` (a stopped run's
     one line names the page already)."""
-    from helixflow.stop import RunStopped
+    from helixflow.app.stop import RunStopped
 
     if launched.ui_url and not isinstance(launched.error, RunStopped):
         err.print(f"flow run: {launched.ui_url}")
@@ -148,7 +148,7 @@ def run(
 ) -> None:
     """Run the genomics pipeline (on the demo community when no inputs are given)."""
     try:
-        from helixflow.launch import connect_prefect, launch_pipeline, ui_base
+        from helixflow.app.launch import connect_prefect, launch_pipeline, ui_base
 
         options: dict[str, Any] = {
             "qc_options": _key_values(qc, "--qc"),
@@ -229,7 +229,7 @@ def _named_motifs(items: list[str] | None) -> dict[str, str] | None:
 
 
 def _demo_inputs() -> tuple[list[str], str, str]:
-    from helixflow.demo import write_demo
+    from helixflow.app.demo import write_demo
     from helixflow.settings import helixflow_home
 
     with out.status("writing the demo community …"):
@@ -317,7 +317,7 @@ def embed(
 ) -> None:
     """Reads → QC → dedup → correction → embedding shards (no phase 2)."""
     try:
-        from helixflow.launch import connect_prefect, launch_pipeline, ui_base
+        from helixflow.app.launch import connect_prefect, launch_pipeline, ui_base
 
         api_url = connect_prefect()
         _one_warning_per_skip()
@@ -353,8 +353,8 @@ def pretrain_dnabert_command(
     try:
         import pyarrow as pa
 
-        from tasks.dnabert import PretrainConfig, loss_curve, pretrain
-        from tasks.fastq import iter_read_batches
+        from helixflow.tasks.dnabert import PretrainConfig, loss_curve, pretrain
+        from helixflow.tasks.fastq import iter_read_batches
 
         parts, have = [], 0
         for path in inputs:
@@ -387,8 +387,8 @@ def call_variants(
 ) -> None:
     """Call SNVs and small indels on an existing BAM (bgzipped, indexed VCF in the store)."""
     try:
-        from flows.variants import call_variants_flow
-        from helixflow.launch import connect_prefect, launch_flow, ui_base
+        from helixflow.app.launch import connect_prefect, launch_flow, ui_base
+        from helixflow.flows.variants import call_variants_flow
 
         api_url = connect_prefect()
         out.print(f"Prefect UI: [link]{ui_base(api_url)}[/link]")
@@ -427,7 +427,7 @@ def lineage(
     if fmt not in ("text", "json", "mermaid"):
         raise typer.BadParameter("must be text, json or mermaid", param_hint="--format")
     try:
-        from blocks.store import resolve_store
+        from helixflow.blocks.store import resolve_store
         from helixflow.lineage import LineageGraph, load_records, render
         from helixflow.store import to_uri
 
@@ -456,7 +456,7 @@ def demo_data(
     """Write a synthetic mock community (genomes, paired reads, truth)."""
     from dataclasses import replace
 
-    from helixflow.demo import DemoSpec, write_demo
+    from helixflow.app.demo import DemoSpec, write_demo
 
     spec = DemoSpec(seed=seed)
     if pairs is not None:
@@ -482,7 +482,7 @@ def _local_server(database: str | None) -> None:
     process at it, before `connect_prefect` (which would otherwise take any server)."""
     import os
 
-    from helixflow.server import ensure_server, use_server
+    from helixflow.app.server import ensure_server, use_server
 
     if database is None:
         return
@@ -497,7 +497,7 @@ def _local_server(database: str | None) -> None:
 @server_app.command("start")
 def server_start(database: DatabaseOption = None) -> None:
     """Start (or reuse) the local Prefect server and print its UI URL."""
-    from helixflow.server import ensure_server
+    from helixflow.app.server import ensure_server
 
     try:
         info = ensure_server(database=database)
@@ -511,7 +511,7 @@ def server_start(database: DatabaseOption = None) -> None:
 @server_app.command("stop")
 def server_stop() -> None:
     """Stop the local Prefect server."""
-    from helixflow.server import stop_server
+    from helixflow.app.server import stop_server
 
     out.print("stopped" if stop_server() else "no server was running")
 
@@ -519,7 +519,7 @@ def server_stop() -> None:
 @server_app.command("status")
 def server_status() -> None:
     """Is the local Prefect server up? Exit 1 if not."""
-    from helixflow.server import server_status as status
+    from helixflow.app.server import server_status as status
 
     info = status()
     if info is None:
@@ -538,8 +538,8 @@ def blocks_register(
 ) -> None:
     """Register helixflow's block types and create their default documents."""
     try:
-        from blocks.registry import register_blocks
-        from helixflow.launch import connect_prefect
+        from helixflow.app.launch import connect_prefect
+        from helixflow.blocks.registry import register_blocks
 
         connect_prefect()
         done = register_blocks(config, overwrite=overwrite)
@@ -564,9 +564,9 @@ def deploy(
 ) -> None:
     """Register blocks, create the work pool, and `prefect deploy` prefect.yaml's deployments."""
     try:
-        from blocks.registry import register_blocks
-        from helixflow.deploy import POOL, ensure_work_pool, prefect_deploy
-        from helixflow.launch import connect_prefect, ui_base
+        from helixflow.app.deploy import POOL, ensure_work_pool, prefect_deploy
+        from helixflow.app.launch import connect_prefect, ui_base
+        from helixflow.blocks.registry import register_blocks
 
         _local_server(database)
         api_url = connect_prefect()
@@ -594,8 +594,8 @@ def worker(
     import os
 
     try:
-        from helixflow.deploy import worker_command, worker_env
-        from helixflow.launch import connect_prefect
+        from helixflow.app.deploy import worker_command, worker_env
+        from helixflow.app.launch import connect_prefect
 
         _local_server(database)
         env = worker_env(connect_prefect())
@@ -638,8 +638,8 @@ def watch(
     from pydantic import ValidationError
 
     try:
-        from helixflow.launch import connect_prefect
-        from helixflow.watch import WatchConfig, open_watcher
+        from helixflow.app.launch import connect_prefect
+        from helixflow.app.watch import WatchConfig, open_watcher
 
         try:
             config = WatchConfig(

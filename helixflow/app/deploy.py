@@ -65,8 +65,8 @@ def worker_env(api_url: str) -> dict[str, str]:
     """The environment of a worker whose flow runs persist Prefect results in the default
     store (as `helixflow run` does), so task caches are shared with CLI runs; without the
     server's database URL and password."""
-    from blocks.store import resolve_store, result_storage
-    from helixflow.server import DATABASE_ENV, PASSWORD_ENV
+    from helixflow.app.server import DATABASE_ENV, PASSWORD_ENV
+    from helixflow.blocks.store import resolve_store, result_storage
     from helixflow.settings import helixflow_home
 
     # Flow runs talk to the API, never to its database: its URL and password stay here.

@@ -1,4 +1,4 @@
-"""Tests of the synthetic mock community (`helixflow.demo`), checked against its own truth."""
+"""Tests of the synthetic mock community (`helixflow.app.demo`), checked against its own truth."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helixflow import demo as demo_mod
-from helixflow.demo import ADAPTER_R1, ADAPTER_R2, Demo, DemoSpec, write_demo
+from helixflow.app import demo as demo_mod
+from helixflow.app.demo import ADAPTER_R1, ADAPTER_R2, Demo, DemoSpec, write_demo
 from helixflow.errors import HelixflowError
 from tests.conftest import require_tool
 

@@ -10,9 +10,8 @@ from typing import Any
 import boto3
 import pytest
 
-from helixflow.errors import HelixflowError
-from helixflow.s3events import EventSpec, parse_message
-from helixflow.watch import (
+from helixflow.app.s3events import EventSpec, parse_message
+from helixflow.app.watch import (
     Batch,
     EmitError,
     Ledger,
@@ -22,6 +21,7 @@ from helixflow.watch import (
     Watcher,
     connect_bucket_to_queue,
 )
+from helixflow.errors import HelixflowError
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -357,7 +357,7 @@ def test_sqs_source_deletes_handled_keeps_malformed(
                          ledger=tmp_path / "l")
     rec = Recorder()
     watcher = Watcher(config, SqsSource.from_config(config), emit=rec)
-    with caplog.at_level("ERROR", logger="helixflow.watch"):
+    with caplog.at_level("ERROR", logger="helixflow.app.watch"):
         stats = watcher.run(max_iterations=1)
     assert stats.messages == 2 and stats.errors == 1 and stats.announced == 1
     assert rec.inputs() == [[U1, U2]]
@@ -419,7 +419,7 @@ def test_missing_queue_is_a_clear_error(aws: None, tmp_path: Path) -> None:
 def test_prefect_emitter_refuses_without_api(monkeypatch: pytest.MonkeyPatch) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from helixflow.watch import PrefectEmitter
+    from helixflow.app.watch import PrefectEmitter
 
     with temporary_settings(restore_defaults={PREFECT_API_URL}), \
             pytest.raises(HelixflowError, match="PREFECT_API_URL"):
@@ -488,8 +488,8 @@ def test_prefect_emitter_sends_and_flushes() -> None:
     from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from helixflow.s3events import ObjectCreated, created_event
-    from helixflow.watch import PrefectEmitter
+    from helixflow.app.s3events import ObjectCreated, created_event
+    from helixflow.app.watch import PrefectEmitter
 
     r1 = ObjectCreated(bucket="raw", key=R1, etag="a1", size=3)
     r2 = ObjectCreated(bucket="raw", key=R2, etag="b1", size=4)

@@ -63,7 +63,7 @@ from helixflow.errors import HelixflowError
 
 DEMO_VERSION = 1
 """Bump when the output for a given spec changes: existing demos are then rewritten."""
-GENERATOR = "helixflow.demo"
+GENERATOR = "helixflow.app.demo"
 
 ADAPTER_R1 = "AGATCGGAAGAGCACACGTCTGAACTCCAGTCA"
 ADAPTER_R2 = "AGATCGGAAGAGCGTCGTGTAGGGAAAGAGTGT"

@@ -1,6 +1,6 @@
 """S3 upload notifications, as pure functions: parse, filter, pair R1/R2, name the event.
 
-No network and no state here (that lives in `helixflow.watch`), so every rule about what an
+No network and no state here (that lives in `helixflow.app.watch`), so every rule about what an
 S3 notification means is testable on plain strings.
 
 Shapes understood by `parse_message`:

@@ -1,7 +1,7 @@
 """Starting a pipeline run: the one Prefect server, the Ray runner, the store's result storage.
 
 Used by the CLI and by tests, so both run the flow exactly the same way. A run stops
-politely on SIGINT and SIGTERM (`helixflow.stop`).
+politely on SIGINT and SIGTERM (`helixflow.app.stop`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from uuid import UUID
 
 from prefect_ray.task_runners import RayTaskRunner
 
+from helixflow.app.stop import RunStopped, StopSignals, cancel_flow_run
 from helixflow.errors import HelixflowError
 from helixflow.settings import ray_address as default_ray_address
-from helixflow.stop import RunStopped, StopSignals, cancel_flow_run
 
 #: The stop-signal handling of this process's run (one run at a time per process).
 STOP = StopSignals()
@@ -70,7 +70,7 @@ def quiet_user_errors() -> None:
 
 def connect_prefect() -> str:
     """The API URL to use: `PREFECT_API_URL` if set, else the local server (started if needed)."""
-    from helixflow.server import ensure_server, use_server
+    from helixflow.app.server import ensure_server, use_server
 
     url = os.environ.get("PREFECT_API_URL")
     if url:
@@ -99,7 +99,7 @@ def launch_pipeline(
 
     `options` are further flow parameters (qc_options, reference, assemble, motifs, …).
     """
-    from flows.pipeline import DEFAULT_SHARD_SIZE, genomics_pipeline
+    from helixflow.flows.pipeline import DEFAULT_SHARD_SIZE, genomics_pipeline
     from helixflow.samples import plan_samples, run_label
 
     plan_samples(list(inputs), interleaved=interleaved)  # a naming mistake fails here
@@ -128,7 +128,7 @@ def launch_flow(
     api_url = connect_prefect()
     from prefect import tags
 
-    from blocks.store import resolve_store, result_storage
+    from helixflow.blocks.store import resolve_store, result_storage
     from helixflow.runner import build_task_runner
 
     quiet_user_errors()

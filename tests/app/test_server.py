@@ -1,4 +1,4 @@
-"""Tests of `helixflow.server` against real Prefect servers.
+"""Tests of `helixflow.app.server` against real Prefect servers.
 
 Each test gets its own `HELIXFLOW_HOME` (with a space in its path, on purpose) and
 stops whatever server it started in a finalizer. A first start migrates a new SQLite
@@ -24,7 +24,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from helixflow import server
+from helixflow.app import server
 from helixflow.errors import HelixflowError
 
 if TYPE_CHECKING:
@@ -171,7 +171,7 @@ def test_concurrent_threads_get_one_server(home: Path) -> None:
 @pytest.mark.integration
 def test_concurrent_processes_get_one_server_that_outlives_them(home: Path) -> None:
     code = (
-        "import json; from helixflow.server import ensure_server; "
+        "import json; from helixflow.app.server import ensure_server; "
         "i = ensure_server(); print(json.dumps({'pid': i.pid, 'port': i.port}))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -319,7 +319,7 @@ def test_use_server_sends_in_process_flow_runs_to_it(home: Path) -> None:
         from pathlib import Path
         from prefect import flow, task
         from prefect.server.api.server import SubprocessASGIServer
-        from helixflow import server
+        from helixflow.app import server
 
         temporary = []
         real_start = SubprocessASGIServer.start
@@ -431,7 +431,7 @@ def test_bad_database_url_is_one_error_without_the_password(url: str, message: s
 def test_worker_env_keeps_the_database_secrets_out_of_flow_runs(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from helixflow.deploy import worker_env
+    from helixflow.app.deploy import worker_env
 
     monkeypatch.setenv("HELIXFLOW_HOME", str(tmp_path))
     monkeypatch.setenv("HELIXFLOW_STORE", str(tmp_path / "store"))
@@ -455,7 +455,7 @@ def test_server_start_on_postgresql_records_flow_runs_there_and_hides_the_passwo
     env.update({"PYTHONPATH": str(REPO), "HELIXFLOW_HOME": str(home), "COLUMNS": "200"})
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "helixflow.cli", *args], env=env, cwd=REPO,
+        return subprocess.run([sys.executable, "-m", "helixflow", *args], env=env, cwd=REPO,
                               capture_output=True, text=True, timeout=300, check=False)
 
     started = cli("server", "start", "--database", url)

@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from helixflow.errors import HelixflowError
-from helixflow.s3events import (
+from helixflow.app.s3events import (
     OBJECT_CREATED,
     MalformedMessage,
     ObjectCreated,
@@ -20,6 +19,7 @@ from helixflow.s3events import (
     parse_message,
     timeout_event,
 )
+from helixflow.errors import HelixflowError
 
 
 def s3_record(key: str, etag: str = "abc", size: int = 5, name: str = "ObjectCreated:Put",

@@ -1,0 +1,71 @@
+"""Atomic local writes: a file appears whole under its name, or not at all.
+
+Every writer of a local file that someone else may read by name (a shard before it is
+published, a model, a NetCDF file, a state file) goes through `atomic_path`, so the rule
+is the same everywhere: write to a temporary name in the target's own folder, flush it to
+disk, give it the mode a plainly created file would get, rename it over the target, flush
+the folder; on any error the temporary file is removed and the target is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in folder `path` durable (no-op where folders can't be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, mode: int = 0o666) -> Iterator[Path]:
+    """A temporary path next to `path`; renamed onto `path` when the block succeeds.
+
+    The writer inside the block opens and closes the temporary file itself (any library
+    that takes a path: netCDF4, pysam, pyarrow). `mode` is masked by the umask, as for
+    `open()`; pass 0o777 for a folder's worth of executable output.
+
+    Example:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "x.txt"
+        >>> with atomic_path(target) as tmp:
+        ...     _ = tmp.write_text("whole")
+        >>> target.read_text()
+        'whole'
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        if tmp.is_file():
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, mode & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (see `atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

@@ -1,0 +1,44 @@
+"""helixflow.files: the one atomic-write rule."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from helixflow.files import atomic_path, atomic_write
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "model.npz"
+    atomic_write(target, b"old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("writer died")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]
+
+
+def test_the_written_file_gets_the_mode_open_would_give(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "a", b"x")
+        with atomic_path(tmp_path / "b", mode=0o777) as tmp:
+            tmp.write_bytes(b"#!/bin/sh\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o640  # not mkstemp's 0o600
+    assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == 0o750
+
+
+def test_the_temporary_is_next_to_the_target_and_replaces_it(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "x.nc"
+    target.parent.mkdir()
+    target.write_bytes(b"before")
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(".x.nc.")
+        assert target.read_bytes() == b"before"  # not visible until the block ends
+        tmp.write_bytes(b"after")
+    assert target.read_bytes() == b"after"
