@@ -95,7 +95,10 @@ class ContentInputs(CachePolicy):
         **kwargs: Any,
     ) -> str | None:
         fn = task_ctx.task.fn
-        identity = f"{fn.__module__}.{fn.__qualname__}"
+        # Named as before the one import root (`tasks.qc`, not `helixflow.tasks.qc`), so
+        # the move into the helixflow package kept every cached result.
+        module = fn.__module__.removeprefix("helixflow.")
+        identity = f"{module}.{fn.__qualname__}"
         return content_key(
             identity, task_ctx.task.version, inputs, tools=self.tools, exclude=self.exclude
         )
