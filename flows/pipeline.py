@@ -43,6 +43,7 @@ from helixflow.tasks.annotate import DEFAULT_MOTIFS, AnnotationResult, MotifPara
 from helixflow.tasks.assemble import AssemblyParams
 from helixflow.tasks.correct import CorrectionParams, SolidSet
 from helixflow.tasks.ingest import IngestResult, identify_input, ingest_fastq, summarize
+from helixflow.tasks.multiqc import publish_multiqc
 from helixflow.tasks.orfs import OrfParams
 from helixflow.tasks.reference import validate_reference
 from helixflow.tasks.report import ReportData, SampleReport, publish_qc_report
@@ -57,6 +58,8 @@ class RunSummary(BaseModel):
     run_id: str
     run_uri: str
     report_uri: str
+    multiqc_uri: str | None = None
+    """The MultiQC report over every sample (None when MultiQC had nothing to parse)."""
     bams: dict[str, str] = {}
     vcfs: dict[str, str] = {}
     assemblies: dict[str, dict[str, Any]] = {}
@@ -234,6 +237,15 @@ def genomics_pipeline(
     report = _report(run_id, results, qc_counts, dup_counts, solids, fix_counts, annotations,
                      bams, calls, assemblies)
     with profile("light"):
+        mq_future = publish_multiqc.submit(
+            report.samples, {s: (b.bam.ref(), b.bai.ref()) for s, b in bams.items()},
+            {s: c.vcf.ref() for s, c in calls.items()}, st, run_id)
+    multiqc = recorder.record(mq_future, mq_future.result())
+    if multiqc:
+        report = report.model_copy(update={"multiqc_uri": multiqc[0].uri})
+    else:
+        recorder.skip("multiqc", "run", "MultiQC found no figures to report")
+    with profile("light"):
         future = publish_qc_report.submit(report, [a.ref() for a in corrected_flat(corrected)],
                                           st, run_id)
     (report_art,) = recorder.record(future, [future.result()])
@@ -242,7 +254,8 @@ def genomics_pipeline(
     skipped = recorder.skipped
     tables = {
         "run-summary": (f"Run {run_id}: each sample from reads to outputs (QC report: "
-                        f"{report_art.uri}); {len(skipped)} stage(s) skipped for want of "
+                        f"{report_art.uri}; MultiQC: {report.multiqc_uri or 'none'}); "
+                        f"{len(skipped)} stage(s) skipped for want of "
                         "input (table `skipped`)",
                         [{"sample": r.sample, "layout": r.layout, "shards": len(r.shards),
                           **summarize(r.stats),
@@ -294,6 +307,7 @@ def genomics_pipeline(
     return RunSummary(
         run_id=run_id,
         report_uri=report_art.uri,
+        multiqc_uri=report.multiqc_uri,
         bams={s: b.bam.uri for s, b in bams.items()},
         vcfs={s: v.vcf.uri for s, v in calls.items()},
         assemblies={s: {**a.stats, "fasta": a.contigs.uri} for s, a in assemblies.items()},

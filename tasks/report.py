@@ -46,6 +46,8 @@ class ReportData(BaseModel):
     run_id: str
     samples: list[SampleReport]
     annotation: list[dict[str, Any]] = Field(default_factory=list)
+    multiqc_uri: str | None = None
+    """The run's MultiQC report (tasks.multiqc), linked from this one."""
 
 
 _MATE_LABEL = {"0": "reads", "1": "R1", "2": "R2"}
@@ -177,6 +179,9 @@ def render_report(data: ReportData) -> str:
         "</head><body>",
         f"<h1>helixflow QC report</h1><p>run <code>{html.escape(data.run_id)}</code></p>",
     ]
+    if data.multiqc_uri:
+        uri = html.escape(data.multiqc_uri)
+        parts.append(f"<p>MultiQC report: <a href='{uri}'>{uri}</a></p>")
     for sec in _sections(data):
         parts.append(f"<h{sec.level}>{html.escape(sec.title)}</h{sec.level}>")
         if sec.rows is not None:
@@ -202,6 +207,8 @@ def render_markdown(data: ReportData, html_uri: str | None = None) -> str:
     parts = [f"# QC report, run `{data.run_id}`\n"]
     if html_uri:
         parts.append(f"Full report: [{html_uri}]({html_uri})\n")
+    if data.multiqc_uri:
+        parts.append(f"MultiQC report: [{data.multiqc_uri}]({data.multiqc_uri})\n")
     for sec in _sections(data):
         parts.append(f"{'#' * sec.level} {sec.title}\n")
         if sec.rows is not None:

@@ -282,6 +282,8 @@ def _print_summary(summary: Any, elapsed: float) -> None:
     )
     out.print(f"run folder: {display_name(summary.run_uri)}")
     out.print(f"QC report: {display_name(summary.report_uri)}")
+    if summary.multiqc_uri:
+        out.print(f"MultiQC report: {display_name(summary.multiqc_uri)}")
     for sample, asm in summary.assemblies.items():
         out.print(f"assembly {sample}: {int(asm['contigs']):,} contigs, "
                   f"N50 {int(asm['n50']):,} bp: {asm['fasta']}")

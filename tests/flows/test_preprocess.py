@@ -4,6 +4,7 @@ VCF back to the FASTQ, the HTML report."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import hashlib
 import subprocess
@@ -106,6 +107,25 @@ def test_demo_with_reference(prefect_api: str, tmp_path: Path) -> None:
     for section in ("Quality filtering", "Duplicates", "Error correction", "Alignment",
                     "Variants", "Annotation"):
         assert section in report
+
+    # MultiQC parsed the run's own figures: QC in/out, duplication, mapped reads, variants
+    assert summary.multiqc_uri and summary.multiqc_uri in report
+    mq = local_path(summary.multiqc_uri).parent
+    assert local_path(summary.multiqc_uri).read_bytes().startswith(b"<!DOCTYPE html>")
+
+    def mq_table(name: str) -> dict[str, str]:
+        with (mq / name).open() as fh:
+            (row,) = [r for r in csv.DictReader(fh, delimiter="\t") if r["Sample"] == "demo"]
+        return row
+
+    (sample,) = summary.samples
+    fastp = ast.literal_eval(mq_table("multiqc_fastp.txt")["summary"])
+    assert fastp["before_filtering"]["total_reads"] == sample["reads"]
+    assert fastp["after_filtering"]["total_reads"] == sample["reads_after_qc"]
+    rate = ast.literal_eval(mq_table("multiqc_fastp.txt")["duplication"])["rate"]
+    assert 0 < rate < 0.5  # the demo's duplicate fraction, as dedup measured it
+    assert int(mq_table("multiqc_samtools_flagstat.txt")["mapped_passed"]) == mapped
+    assert int(mq_table("multiqc_bcftools_stats.txt")["number_of_records"]) == len(called)
 
 
 def test_annotation_and_caller_options_reach_the_tasks(prefect_api: str, tmp_path: Path) -> None:
