@@ -83,8 +83,17 @@ def _run_name() -> str:
                                                     interleaved=bool(params.get("interleaved")))
 
 
+def _lineage_of_failure(flow: Any, flow_run: Any, state: Any) -> None:
+    """The run failed or crashed: its OpenLineage FAIL event (when OpenLineage is set up)."""
+    from helixflow import openlineage
+
+    openlineage.emit([openlineage.flow_event("FAIL", str(flow_run.id), flow_run.name,
+                                             str(state.message or state.name))])
+
+
 @flow(name="genomics-pipeline", flow_run_name=_run_name, log_prints=True,
-      task_runner=DeferredRayTaskRunner())
+      task_runner=DeferredRayTaskRunner(), on_failure=[_lineage_of_failure],
+      on_crashed=[_lineage_of_failure])
 def genomics_pipeline(
     inputs: list[str],
     store: str | None = None,
@@ -303,6 +312,7 @@ def genomics_pipeline(
         tables["assembly"] = ("MEGAHIT contigs per sample",
                               [{"sample": s, **a.stats} for s, a in assemblies.items()])
     _publish_reports(st, run_id, results, recorder, tables)
+    recorder.finish()
     logger.info("QC report: %s", report_art.uri)
     return RunSummary(
         run_id=run_id,

@@ -145,9 +145,10 @@ class LineageGraph:
     """Upstream/downstream queries over lineage records."""
 
     def __init__(self, records: Iterable[LineageRecord]) -> None:
+        self.records = list(records)
         self.by_uri: dict[str, LineageRecord] = {}
         self.by_sha: dict[str, LineageRecord] = {}
-        for rec in records:  # later records win: the newest run's view of a URI
+        for rec in self.records:  # later records win: the newest run's view of a URI
             self.by_uri[rec.uri] = rec
             self.by_uri.setdefault(rec.cas_uri, rec)
             self.by_sha[rec.sha256] = rec

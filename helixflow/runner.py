@@ -36,6 +36,10 @@ _PASS_THROUGH = (
     "AWS_ENDPOINT_URL_S3",
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
+    "OPENLINEAGE_URL",  # a failed task's FAIL event is sent from its worker
+    "OPENLINEAGE_CONFIG",
+    "OPENLINEAGE_NAMESPACE",
+    "OPENLINEAGE_DISABLED",
 )
 
 

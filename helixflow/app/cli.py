@@ -421,13 +421,16 @@ def lineage(
     downstream: Annotated[
         bool, typer.Option("--downstream", help="What was made from it.")
     ] = False,
-    fmt: Annotated[str, typer.Option("--format", help="text | json | mermaid")] = "text",
+    fmt: Annotated[str, typer.Option(
+        "--format", help="text | json | mermaid | openlineage (RunEvents, one per line)")
+    ] = "text",
     store: Annotated[str | None, typer.Option(envvar="HELIXFLOW_STORE")] = None,
     store_block: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Print where an artifact came from (or, with --downstream, what it fed)."""
-    if fmt not in ("text", "json", "mermaid"):
-        raise typer.BadParameter("must be text, json or mermaid", param_hint="--format")
+    if fmt not in ("text", "json", "mermaid", "openlineage"):
+        raise typer.BadParameter("must be text, json, mermaid or openlineage",
+                                 param_hint="--format")
     try:
         from helixflow.blocks.store import resolve_store
         from helixflow.lineage import LineageGraph, load_records, render
@@ -443,6 +446,12 @@ def lineage(
                 hint="give an artifact URI printed by `helixflow run`, and the same --store",
             )
         node = graph.downstream(item) if downstream else graph.upstream(item)
+        if fmt == "openlineage":
+            from helixflow import openlineage
+
+            for event in openlineage.history_events(graph, node):
+                print(openlineage.to_json(event))
+            return
         out.print(render(node, fmt, upstream=not downstream), highlight=False, soft_wrap=True)
     except HelixflowError as exc:
         _fail(exc)
