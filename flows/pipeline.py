@@ -7,6 +7,7 @@ whether its task ran or was a cache hit (Prefect emits no asset event for cache 
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -32,7 +33,7 @@ from helixflow.flows.preprocess import (
     stage_params,
 )
 from helixflow.flows.simulate import SimulateParams, run_simulations
-from helixflow.lineage import LineageGraph, code_version, mermaid
+from helixflow.lineage import LineageGraph, code_version, dot, mermaid, picture
 from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
 from helixflow.runner import DeferredRayTaskRunner
@@ -468,9 +469,14 @@ def _publish_reports(
     )
     graph = LineageGraph(recorder.log.records)
     roots = [graph.upstream(rec) for rec in recorder.log.records]
+    png = picture(dot(roots))
+    image = (f"![lineage of run {run_id}](data:image/png;base64,"
+             f"{base64.b64encode(png).decode()})\n\n" if png else
+             "(no picture: Graphviz's `dot` is not installed)\n\n")
     create_markdown_artifact(
         key="lineage",
-        markdown=f"## Lineage of run `{run_id}`\n\n```mermaid\n{mermaid(roots)}\n```\n",
+        markdown=(f"## Lineage of run `{run_id}`\n\n{image}"
+                  f"Mermaid source:\n\n```mermaid\n{mermaid(roots)}\n```\n"),
         description="Artifacts of this run and their inputs",
     )
     manifest = {
