@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -143,52 +145,88 @@ def run(
         help="Saved GromacsSettings block for the MD.")] = None,
     cluster_block: Annotated[str | None, typer.Option(
         help="Saved SlurmCluster block (default: MD runs here, without Slurm).")] = None,
+    ray_on_slurm: Annotated[int | None, typer.Option(
+        min=1, metavar="NODES",
+        help="Run on a Ray cluster started in a Slurm allocation of NODES nodes (resources "
+             "from --cluster-block, else its defaults); cancelled when the run ends.")] = None,
     truth: Annotated[str | None, typer.Option(
         help="TSV of each read's source (name, genome) to score the clusters (ARI).")] = None,
 ) -> None:
     """Run the genomics pipeline (on the demo community when no inputs are given)."""
+    if ray_on_slurm is not None and ray_address is not None:
+        raise typer.BadParameter("give --ray-on-slurm or --ray-address, not both",
+                                 param_hint="--ray-on-slurm")
     try:
-        from helixflow.app.launch import connect_prefect, launch_pipeline, ui_base
-
-        options: dict[str, Any] = {
-            "qc_options": _key_values(qc, "--qc"),
-            "orf_options": _key_values(orf, "--orf"),
-            "variant_options": _key_values(variant, "--variant"),
-            "motifs": _named_motifs(motif),
-            "motif_files": motif_file or None,
-            "motif_p_value": motif_p_value,
-            "motif_mismatches": motif_mismatches,
-            "embed_methods": None if embed is None else [m for m in embed if m != "none"],
-            "embed_options": _key_values(embed_option, "--embed-option"),
-            "simulate": simulate,
-            "simulate_options": {k: v for k, v in {
-                "max_representatives": max_representatives, "md_steps": md_steps,
-                "method": analysis_method, "gromacs_block": gromacs_block,
-                "cluster_block": cluster_block}.items() if v is not None},
-            "truth": truth,
-        }
-        if not inputs:
-            inputs, demo_reference, demo_truth = _demo_inputs()
-            reference = reference or demo_reference
-            options["truth"] = options["truth"] or demo_truth
-            assemble = True if assemble is None else assemble  # every stage on the demo
-        api_url = connect_prefect()
-        _one_warning_per_skip()
-        out.print(f"Prefect UI: [link]{ui_base(api_url)}[/link]")
-        started = time.perf_counter()
-        with out.status("running genomics-pipeline …", spinner="dots"):
-            launched = launch_pipeline(
-                inputs, store=store, store_block=store_block, ray_address=ray_address,
-                shard_size=shard_size, interleaved=interleaved, reference=reference,
-                assemble=bool(assemble), debug=_state["debug"], **options,
-            )
-        elapsed = time.perf_counter() - started
-        if launched.error is not None:
-            _fail_run(launched)
-        _print_summary(launched.summary, elapsed)
-        out.print(f"Flow run in the UI: [link]{launched.ui_url}[/link]")
+        with contextlib.ExitStack() as allocation:
+            if ray_on_slurm is not None:  # before Ray is imported: it reads its auth once
+                ray_address = allocation.enter_context(_slurm_ray(ray_on_slurm, cluster_block))
+            _run_pipeline(inputs, store, store_block, ray_address, shard_size, interleaved,
+                          reference, assemble, {
+                "qc_options": _key_values(qc, "--qc"),
+                "orf_options": _key_values(orf, "--orf"),
+                "variant_options": _key_values(variant, "--variant"),
+                "motifs": _named_motifs(motif),
+                "motif_files": motif_file or None,
+                "motif_p_value": motif_p_value,
+                "motif_mismatches": motif_mismatches,
+                "embed_methods": None if embed is None else [m for m in embed if m != "none"],
+                "embed_options": _key_values(embed_option, "--embed-option"),
+                "simulate": simulate,
+                "simulate_options": {k: v for k, v in {
+                    "max_representatives": max_representatives, "md_steps": md_steps,
+                    "method": analysis_method, "gromacs_block": gromacs_block,
+                    "cluster_block": cluster_block}.items() if v is not None},
+                "truth": truth,
+            })
     except HelixflowError as exc:
         _fail(exc)
+
+
+def _run_pipeline(inputs: list[str], store: str | None, store_block: str | None,
+                  ray_address: str | None, shard_size: int | None, interleaved: bool,
+                  reference: str | None, assemble: bool | None,
+                  options: dict[str, Any]) -> None:
+    """`helixflow run` once its options are parsed: launch, then the closing lines."""
+    from helixflow.app.launch import connect_prefect, launch_pipeline, ui_base
+
+    if not inputs:
+        inputs, demo_reference, demo_truth = _demo_inputs()
+        reference = reference or demo_reference
+        options["truth"] = options["truth"] or demo_truth
+        assemble = True if assemble is None else assemble  # every stage on the demo
+    api_url = connect_prefect()
+    _one_warning_per_skip()
+    out.print(f"Prefect UI: [link]{ui_base(api_url)}[/link]")
+    started = time.perf_counter()
+    with out.status("running genomics-pipeline …", spinner="dots"):
+        launched = launch_pipeline(
+            inputs, store=store, store_block=store_block, ray_address=ray_address,
+            shard_size=shard_size, interleaved=interleaved, reference=reference,
+            assemble=bool(assemble), debug=_state["debug"], **options,
+        )
+    elapsed = time.perf_counter() - started
+    if launched.error is not None:
+        _fail_run(launched)
+    _print_summary(launched.summary, elapsed)
+    out.print(f"Flow run in the UI: [link]{launched.ui_url}[/link]")
+
+
+@contextlib.contextmanager
+def _slurm_ray(nodes: int, cluster_block: str | None) -> Iterator[str]:
+    """A Ray cluster in a Slurm allocation for the run (its address); a stop signal while
+    it starts, or the run's end however it ends, cancels the allocation."""
+    from helixflow.app.stop import STOP, Interrupted, RunStopped
+    from helixflow.ray_slurm import ray_on_slurm
+
+    with STOP.scope():
+        try:
+            with ray_on_slurm(_ray_slurm_spec(nodes, cluster_block)) as cluster, \
+                    cluster.client_env():
+                out.print(f"Ray on Slurm: job {cluster.job_id}, {cluster.address}",
+                          highlight=False)
+                yield cluster.address
+        except Interrupted as stop:
+            raise RunStopped(stop.signum, None) from None
 
 
 def _parse_value(text: str) -> Any:
@@ -414,6 +452,17 @@ def call_variants(
     except HelixflowError as exc:
         _fail(exc)
 
+
+
+def _ray_slurm_spec(nodes: int, cluster_block: str | None) -> Any:
+    """The Ray-on-Slurm allocation: from the saved SlurmCluster block, else its defaults."""
+    from helixflow.blocks.slurm import SlurmCluster
+
+    try:
+        cluster = SlurmCluster.load(cluster_block) if cluster_block else SlurmCluster()
+        return cluster.ray_spec(nodes)
+    except ValueError as exc:
+        raise HelixflowError(f"--ray-on-slurm: {exc}") from None
 
 @app.command()
 def lineage(

@@ -17,12 +17,11 @@ from uuid import UUID
 
 from prefect_ray.task_runners import RayTaskRunner
 
-from helixflow.app.stop import RunStopped, StopSignals, cancel_flow_run
+from helixflow.app.stop import STOP, RunStopped, cancel_flow_run
 from helixflow.errors import HelixflowError
 from helixflow.settings import ray_address as default_ray_address
 
 #: The stop-signal handling of this process's run (one run at a time per process).
-STOP = StopSignals()
 
 
 @dataclass
