@@ -21,7 +21,7 @@ from helixflow.artifacts import Skipped
 from helixflow.errors import TooLittleInput
 from helixflow.tasks.analysis import AnalysisParams, small_input_params
 from helixflow.tasks.dnabert import PretrainConfig, train_mlm
-from helixflow.tasks.lshvec import fit_lsh
+from helixflow.tasks.lsh import fit_lsh
 from tests.app.test_cli import cli
 from tests.conftest import require_tool
 
