@@ -41,7 +41,7 @@ Steps, each run as the pipeline's task runs it (but in process, without Prefect 
 - dnabert: `embed_dnabert_shard` without Ray Data -- per shard, `iter_read_sequences`
   batches of 200,000 rows -> `embed` (model loaded once per shard, as a fresh actor pool
   does, torch threads = 1, batch 64) -> two `EmbeddingWriter`s (mean, cls). The model is
-  a tiny DNABERT-6 pretrained once with `tasks.dnabert.pretrain` (flow defaults:
+  a tiny DNABERT-6 pretrained once with `tasks.dnabert_train.pretrain` (flow defaults:
   2 layers, hidden 64, 160 positions; --pretrain-steps steps).
 
 Output: a table (step, 1x and 10x peak RSS MB, ratio, wall 1x / 10x) and JSON in
@@ -228,7 +228,7 @@ def prepare_lshvec_model() -> None:
 
 def prepare_dnabert(steps: int) -> None:
     """A tiny DNABERT-6 pretrained with the project's `pretrain` (flow's default shape)."""
-    from helixflow.tasks.dnabert import PretrainConfig, pretrain
+    from helixflow.tasks.dnabert_train import PretrainConfig, pretrain
 
     if (DNABERT_MODEL / "config.json").exists():
         return
@@ -323,7 +323,8 @@ def step_lshvec_embed(scale: int, marks: list[float],
 def step_dnabert(scale: int, marks: list[float], args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from helixflow.tasks.dnabert import POOLINGS, embed, load_model
+    from helixflow.tasks.dnabert import POOLINGS, embed
+    from helixflow.tasks.dnabert_checkpoint import load_model
     from helixflow.tasks.embeddings import EmbeddingWriter, iter_read_sequences
 
     torch.set_num_threads(1)

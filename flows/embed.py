@@ -21,11 +21,11 @@ from helixflow.resources import profile
 from helixflow.store import Store
 from helixflow.tasks.dnabert import (
     Precision,
-    PretrainConfig,
     embed_dnabert_shard,
     import_dnabert_checkpoint,
     pretrain_dnabert,
 )
+from helixflow.tasks.dnabert_train import PretrainConfig
 from helixflow.tasks.kmers import REDUCED_ALPHABETS, embed_kmer_spectra, embed_protein_kmers
 from helixflow.tasks.lshvec import embed_lshvec_shard, fit_lsh_hash, tokenize_shard, train_lshvec
 from helixflow.tasks.skipgram import SkipGramConfig

@@ -20,7 +20,7 @@ import pytest
 from helixflow.artifacts import Skipped
 from helixflow.errors import TooLittleInput
 from helixflow.tasks.analysis import AnalysisParams, small_input_params
-from helixflow.tasks.dnabert import PretrainConfig, train_mlm
+from helixflow.tasks.dnabert_train import PretrainConfig, train_mlm
 from helixflow.tasks.lsh import fit_lsh
 from tests.app.test_cli import cli
 from tests.conftest import require_tool

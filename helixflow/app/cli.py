@@ -351,7 +351,8 @@ def pretrain_dnabert_command(
 ) -> None:
     """Masked-LM pretraining of a small BERT on reads, saved in DNABERT's layout."""
     try:
-        from helixflow.tasks.dnabert import PretrainConfig, loss_curve, pretrain
+        from helixflow.tasks.dnabert_checkpoint import loss_curve
+        from helixflow.tasks.dnabert_train import PretrainConfig, pretrain
         from helixflow.tasks.fastq import iter_read_batches
         from helixflow.tasks.sampling import SAMPLE_BATCH, first_sequences
 

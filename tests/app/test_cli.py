@@ -146,7 +146,8 @@ def test_pretrain_dnabert_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
     proc = cli("pretrain-dnabert", str(demo / "R1.fastq.gz"), "--out", str(out), "--k", "3",
                "--hidden", "16", "--steps", "3", "--batch-size", "4")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    from helixflow.tasks.dnabert import KmerTokenizer, load_model
+    from helixflow.tasks.dnabert_checkpoint import load_model
+    from helixflow.tasks.dnabert_tokens import KmerTokenizer
 
     model, tokenizer = load_model(out)
     assert isinstance(tokenizer, KmerTokenizer) and tokenizer.k == 3
