@@ -120,23 +120,15 @@ class LshFunction:
 
     def save(self, path: Path | str) -> Path:
         """Write `path` (npz, hyperplanes) and `path`.json (parameters, digest) atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        np.savez(buf, normals=self.normals.astype(np.complex128),
-                 offsets=self.offsets.astype(np.complex128))
-        meta = {**self._params(), "digest": self.digest()}
-        atomic_write(path, buf.getvalue())
-        atomic_write(meta_path(path), json.dumps(meta, indent=1).encode())
-        return path
+        return save_npz(path, {"normals": self.normals.astype(np.complex128),
+                               "offsets": self.offsets.astype(np.complex128)},
+                        {**self._params(), "digest": self.digest()})
 
     @classmethod
     def load(cls, path: Path | str) -> LshFunction:
         """Read a hash saved by `save`; checks the version and the digest."""
         path = Path(path)
-        meta = json.loads(meta_path(path).read_text())
-        if meta["version"] != LSH_VERSION:
-            raise ValueError(f"{path}: hash version {meta['version']!r}, expected {LSH_VERSION}")
+        meta = load_meta(path, LSH_VERSION, "hash")
         with np.load(path) as z:
             lsh = cls(k=int(meta["k"]), hash_size=int(meta["hash_size"]),
                       seed=int(meta["seed"]), normals=z["normals"], offsets=z["offsets"],
@@ -166,6 +158,26 @@ class LshFunction:
 def meta_path(path: Path) -> Path:
     """The JSON sidecar (parameters, digest) of a hash or model saved at `path`."""
     return path.with_name(path.name + ".json")
+
+
+def save_npz(path: Path | str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
+    """Arrays as `path` (npz) and `meta` as its JSON sidecar, each written atomically: how
+    a hash and a skip-gram model are saved."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(path, buf.getvalue())
+    atomic_write(meta_path(path), json.dumps(meta, indent=1, default=str).encode())
+    return path
+
+
+def load_meta(path: Path, version: str, what: str) -> dict[str, Any]:
+    """The JSON sidecar of `path`; ValueError unless it is of `version`."""
+    meta: dict[str, Any] = json.loads(meta_path(path).read_text())
+    if meta["version"] != version:
+        raise ValueError(f"{path}: {what} version {meta['version']!r}, expected {version}")
+    return meta
 
 
 def _valid_starts(codes: np.ndarray, offsets: np.ndarray, k: int) -> tuple[np.ndarray,

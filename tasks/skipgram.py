@@ -27,8 +27,6 @@ is saved as npz + a JSON sidecar (`save` / `load`, atomic, versioned by `MODEL_V
 
 from __future__ import annotations
 
-import io
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,8 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from helixflow.files import atomic_write
-from helixflow.tasks.lsh import meta_path
+from helixflow.tasks.lsh import load_meta, save_npz
 from helixflow.tasks.read_vectors import smooth_model
 from helixflow.tasks.token_stream import (
     EpochStream,
@@ -300,25 +297,19 @@ class SkipGramModel:
 
     def save(self, path: Path | str, lsh_digest: str = "") -> Path:
         """npz (vocabulary, vectors) + JSON (config, version, hash digest), atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
         levels = {f"level{i}_{part}": arr for i, pair in enumerate(self.levels)
                   for part, arr in zip(("buckets", "vectors"), pair, strict=True)}
-        np.savez(buf, buckets=self.vocab.buckets, counts=self.vocab.counts,
-                 vectors=self.vectors, out_vectors=self.out_vectors, **levels)
-        atomic_write(path, buf.getvalue())
-        meta = {"version": MODEL_VERSION, "config": asdict(self.config),
-                "lsh_digest": lsh_digest, "stats": self.stats}
-        atomic_write(meta_path(path), json.dumps(meta, indent=1, default=str).encode())
-        return path
+        return save_npz(path, {"buckets": self.vocab.buckets, "counts": self.vocab.counts,
+                               "vectors": self.vectors, "out_vectors": self.out_vectors,
+                               **levels},
+                        {"version": MODEL_VERSION, "config": asdict(self.config),
+                         "lsh_digest": lsh_digest, "stats": self.stats})
 
     @classmethod
     def load(cls, path: Path | str) -> SkipGramModel:
+        """Read a model saved by `save`; checks the version."""
         path = Path(path)
-        meta = json.loads(meta_path(path).read_text())
-        if meta["version"] != MODEL_VERSION:
-            raise ValueError(f"{path}: model version {meta['version']!r}")
+        meta = load_meta(path, MODEL_VERSION, "model")
         config = SkipGramConfig(**meta["config"])
         with np.load(path) as z:
             levels = tuple((z[f"level{i}_buckets"], z[f"level{i}_vectors"])
