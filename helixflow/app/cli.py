@@ -391,23 +391,20 @@ def pretrain_dnabert_command(
 ) -> None:
     """Masked-LM pretraining of a small BERT on reads, saved in DNABERT's layout."""
     try:
-        import pyarrow as pa
-
-        from helixflow.tasks.dnabert import PretrainConfig, loss_curve, pretrain
+        from helixflow.tasks.dnabert_checkpoint import loss_curve
+        from helixflow.tasks.dnabert_train import PretrainConfig, pretrain
         from helixflow.tasks.fastq import iter_read_batches
+        from helixflow.tasks.sampling import SAMPLE_BATCH, first_sequences
 
-        parts, have = [], 0
-        for path in inputs:
-            for batch in iter_read_batches(path, batch_size=65_536):
-                parts.append(batch.column("sequence").slice(0, max_reads - have))
-                have += len(parts[-1])
-                if have >= max_reads:
-                    break
+        # lazily, file after file: no file past the bound is opened
+        batches = (batch for path in inputs
+                   for batch in iter_read_batches(path, batch_size=SAMPLE_BATCH))
+        reads = first_sequences(batches, max_reads)
         config = PretrainConfig(k=k, layers=layers, hidden=hidden, heads=2 if hidden % 2 == 0
                                 else 1, intermediate=4 * hidden, steps=steps,
                                 batch_size=batch_size, max_sequences=max_reads)
-        with out.status(f"pretraining on {have:,} reads …", spinner="dots"):
-            path = pretrain(pa.concat_arrays(parts), config, out_dir)
+        with out.status(f"pretraining on {len(reads):,} reads …", spinner="dots"):
+            path = pretrain(reads, config, out_dir)
         losses = loss_curve(path)
         out.print(f"wrote {path} (loss {losses[0]:.3f} → {losses[-1]:.3f} over {steps} steps)")
     except HelixflowError as exc:

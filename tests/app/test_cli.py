@@ -146,8 +146,23 @@ def test_pretrain_dnabert_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
     proc = cli("pretrain-dnabert", str(demo / "R1.fastq.gz"), "--out", str(out), "--k", "3",
                "--hidden", "16", "--steps", "3", "--batch-size", "4")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    from helixflow.tasks.dnabert import KmerTokenizer, load_model
+    from helixflow.tasks.dnabert_checkpoint import load_model
+    from helixflow.tasks.dnabert_tokens import KmerTokenizer
 
     model, tokenizer = load_model(out)
     assert isinstance(tokenizer, KmerTokenizer) and tokenizer.k == 3
     assert model.config.hidden_size == 16 and model.config.vocab_size == 4**3 + 5
+
+
+def test_pretrain_dnabert_reads_no_file_past_max_reads(tmp_path: Path) -> None:
+    """The sample stops at --max-reads: a later input is never opened (it was, and a bad
+    one failed the command, when the read loop's `break` left the loop over files going)."""
+    demo = tmp_path / "demo"
+    assert cli("demo-data", str(demo), "--pairs", "300", "--genomes", "1").returncode == 0
+    broken = tmp_path / "broken.fastq"
+    broken.write_text("not a FASTQ record\n")
+    proc = cli("pretrain-dnabert", str(demo / "R1.fastq.gz"), str(broken), "--out",
+               str(tmp_path / "model"), "--k", "3", "--hidden", "8", "--layers", "1",
+               "--steps", "1", "--batch-size", "2", "--max-reads", "50")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "model" / "config.json").is_file()
