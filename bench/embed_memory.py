@@ -140,7 +140,7 @@ def _genome_codes(rng: np.random.Generator) -> np.ndarray:
 
 def _reads_table(genome: np.ndarray, n: int, first: int, rng: np.random.Generator) -> pa.Table:
     """n single-end reads in READS_SCHEMA (seeded positions, strands, errors, Ns)."""
-    from helixflow.tasks.fastq import READS_SCHEMA
+    from helixflow.tasks.reads import READS_SCHEMA
 
     comp = np.arange(256, dtype=np.uint8)
     for a, b in (b"AT", b"TA", b"CG", b"GC"):
@@ -165,7 +165,7 @@ def _reads_table(genome: np.ndarray, n: int, first: int, rng: np.random.Generato
 
 def make_shards(n_shards: int, reads: int, dnabert_reads: int) -> None:
     """Read shards (and the smaller DNABERT ones) under WORK, reused when present."""
-    from helixflow.tasks.fastq import write_read_shard
+    from helixflow.tasks.reads import write_read_shard
 
     spec = {"shards": n_shards, "reads": reads, "dnabert_reads": dnabert_reads, "v": 1}
     marker = WORK / "reads.json"

@@ -722,7 +722,7 @@ _NAME_SUFFIXES = ("", "/1", "/2")
 def name_suffix_of(fastq: str | Path, storage_options: dict[str, Any] | None = None) -> str:
     """The "/1" or "/2" that ends the first read name of a FASTQ ("" if none): what
     read_id lost at ingest and minimap2 hashes (pass it to align_batch as name_suffix)."""
-    from helixflow.tasks.fastq import open_fastq
+    from helixflow.tasks.inflate import open_fastq
 
     with open_fastq(str(fastq), storage_options) as fh:
         header = fh.readline()

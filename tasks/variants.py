@@ -47,12 +47,9 @@ from helixflow.caching import stage_options
 from helixflow.errors import HelixflowError, InputError, naming_sources
 from helixflow.store import Store, display_name
 from helixflow.tables import fetch, publish_file
+from helixflow.tasks.reads import BASE_CODE
 
 _BASES = "ACGT"
-_CODE = np.full(256, 4, dtype=np.uint8)  # A C G T -> 0..3, anything else -> 4
-for _i, _b in enumerate(b"ACGT"):
-    _CODE[_b] = _i
-    _CODE[_b + 32] = _i  # lower case
 _SKIP_FLAGS = 0x4 | 0x100 | 0x200 | 0x400  # unmapped, secondary, QC fail, duplicate
 _CIGAR_ADVANCES_QUERY = (True, True, False, False, True, False, False, True, True)
 _CIGAR_ADVANCES_REF = (True, False, True, True, False, False, False, True, True)
@@ -408,7 +405,7 @@ def _contig_calls(fh: pysam.AlignmentFile, contig: str, ref: str, params: Varian
     cov = np.stack([np.frombuffer(c, dtype=np.dtype(c.typecode)) for c in acgt]).astype(np.int64)
     depth = cov.sum(axis=0)
     counts.callable_bases += int(np.count_nonzero(depth >= params.min_depth))
-    ref_codes = _CODE[np.frombuffer(ref.encode("ascii"), dtype=np.uint8)]
+    ref_codes = BASE_CODE[np.frombuffer(ref.encode("ascii"), dtype=np.uint8)]
     calls = _snv_calls(cov, ref_codes, params)
     calls += _indel_calls(_indel_events(fh, contig, ref, params), depth, ref, params)
     calls.sort(key=lambda c: (c.pos, c.indel, c.ref, c.alts))

@@ -30,7 +30,8 @@ from helixflow.tasks.bam import (
     preset_for,
     unaligned_bam,
 )
-from helixflow.tasks.fastq import READS_SCHEMA, iter_read_batches
+from helixflow.tasks.fastq import iter_read_batches
+from helixflow.tasks.reads import READS_SCHEMA
 from tests.conftest import require_tool
 
 RG = {"ID": "S1.L1", "SM": "S1", "LB": "lib1", "PL": "ILLUMINA"}
