@@ -42,3 +42,12 @@ def test_the_temporary_is_next_to_the_target_and_replaces_it(tmp_path: Path) -> 
         assert target.read_bytes() == b"before"  # not visible until the block ends
         tmp.write_bytes(b"after")
     assert target.read_bytes() == b"after"
+
+
+def test_the_temporary_name_can_end_in_the_format_a_tool_expects(tmp_path: Path) -> None:
+    target = tmp_path / "S1.vcf.gz"
+    with atomic_path(target, suffix=".vcf.gz") as tmp:
+        assert tmp.name.startswith(".S1.vcf.gz.") and tmp.name.endswith(".tmp.vcf.gz")
+        tmp.write_bytes(b"x")
+    assert target.read_bytes() == b"x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["S1.vcf.gz"]
