@@ -30,8 +30,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import math
-import os
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -45,6 +43,7 @@ from pydantic import BaseModel
 from helixflow.artifacts import Artifact, FileRef
 from helixflow.caching import stage_options
 from helixflow.errors import HelixflowError, InputError, naming_sources
+from helixflow.files import atomic_path
 from helixflow.store import Store, display_name
 from helixflow.tables import fetch, publish_file
 from helixflow.tasks.reads import BASE_CODE
@@ -444,11 +443,12 @@ def call_variants(bam: Path, reference: Path, out_vcf_gz: Path,
     sample = _sample_name(Path(bam), params)
     out = Path(out_vcf_gz)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp.vcf.gz")
     counts = VariantCounts()
     header = _header(ref_seqs, reference_uri or Path(reference).resolve().as_uri(), sample,
                      params)
-    try:
+    # Named .vcf.gz/.tbi as tabix expects; the index lands first, then the VCF.
+    with atomic_path(out, suffix=".vcf.gz") as tmp, \
+            atomic_path(f"{out}.tbi", suffix=".tbi") as tmp_tbi:
         with pysam.AlignmentFile(str(bam), "rb") as fh, \
                 pysam.VariantFile(str(tmp), "wz", header=header) as vcf:
             for contig in fh.references:
@@ -476,12 +476,7 @@ def call_variants(bam: Path, reference: Path, out_vcf_gz: Path,
                     fmt["AD"] = (ref_reads, *call.alt_counts)
                     vcf.write(record)
                     counts.records += 1
-        pysam.tabix_index(str(tmp), preset="vcf", force=True)
-        os.replace(f"{tmp}.tbi", f"{out}.tbi")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-        Path(f"{tmp}.tbi").unlink(missing_ok=True)
+        pysam.tabix_index(str(tmp), preset="vcf", force=True, index=str(tmp_tbi))
     return counts
 
 

@@ -60,6 +60,7 @@ import numpy as np
 
 from helixflow import __version__
 from helixflow.errors import HelixflowError
+from helixflow.files import fsync_dir
 from helixflow.tasks.reads import base_codes
 
 DEMO_VERSION = 1
@@ -202,7 +203,7 @@ def write_demo(out_dir: Path | str, spec: DemoSpec = DemoSpec()) -> Demo:
     tmp = _sibling_dir(out, "tmp")
     try:
         manifest = _generate(tmp, spec)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         return _install(tmp, out, spec, manifest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -291,7 +292,7 @@ def _install(tmp: Path, out: Path, spec: DemoSpec, manifest: dict[str, Any]) -> 
             old.rmdir()
             raise
         shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     return _demo_paths(out, manifest)
 
 
@@ -307,15 +308,6 @@ def _sibling_dir(out: Path, role: str) -> Path:
         except FileExistsError:
             continue
         return path
-
-
-def _fsync_dir(path: Path) -> None:
-    """Flush a directory entry so a rename survives a crash."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: Path, *, decompress: bool = False) -> str:
