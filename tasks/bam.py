@@ -343,7 +343,8 @@ def merge_bams(parts: list[Path], out: Path, threads: int = 2, level: int = 6) -
             atomic_path(f"{out}.bai", suffix=".bai") as tmp_bai:
         if len(parts) == 1:
             shutil.copyfile(parts[0], tmp)
-            pysam.index("-@", str(max(1, threads)), str(tmp), str(tmp_bai),
+            # -o: given as a second argument, an existing file is taken for a second BAM.
+            pysam.index("-@", str(max(1, threads)), "-o", str(tmp_bai), str(tmp),
                         catch_stdout=False)
         else:
             # The index is built while merging (--write-index), not by re-reading the BAM.

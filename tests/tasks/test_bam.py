@@ -78,6 +78,20 @@ def test_merge_bams_sorts_indexes_and_checks_references(tmp_path: Path, genome: 
         merge_bams([tmp_path / "missing.bam"], tmp_path / "bad.bam")
 
 
+def test_merge_of_one_part_copies_it_and_indexes_it(tmp_path: Path, aligned) -> None:
+    """One part is copied, not merged; its index is what `samtools index in out` gives."""
+    part = aligned[0]
+    merged = merge_bams([part], tmp_path / "one.bam")
+    assert merged.read_bytes() == part.read_bytes()
+    reference_copy = tmp_path / "ref.bam"
+    reference_copy.write_bytes(part.read_bytes())
+    pysam.index(str(reference_copy), str(tmp_path / "ref.bam.bai"), catch_stdout=False)
+    assert Path(f"{merged}.bai").read_bytes() == (tmp_path / "ref.bam.bai").read_bytes()
+    with pysam.AlignmentFile(str(merged), "rb") as fh:
+        assert fh.count("chrA", 0, 20_000) > 1_500
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_pysam_fallback_writes_the_same_records(tmp_path: Path, genome: str, index: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the samtools command (HELIXFLOW_SAMTOOLS=pysam) sort and merge use pysam."""
