@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from helixflow.errors import InputError
-from helixflow.tasks.reads import NUCLEOTIDE_CODE
+from helixflow.tasks.reads import NUCLEOTIDE_CODE, string_parts
 
 ORFS_SCHEMA: pa.Schema = pa.schema(
     [
@@ -206,14 +206,7 @@ def sequence_arrays(source: Sequences) -> tuple[pa.Array, np.ndarray, np.ndarray
         if isinstance(seqs, pa.ChunkedArray):
             seqs = seqs.combine_chunks()
         seqs = pc.cast(seqs, pa.large_string())
-        offsets = np.frombuffer(seqs.buffers()[1], dtype=np.int64)
-        offsets = offsets[seqs.offset : seqs.offset + len(seqs) + 1]
-        data_buf = seqs.buffers()[2]
-        data = (
-            np.frombuffer(data_buf, dtype=np.uint8)
-            if data_buf is not None
-            else np.zeros(0, np.uint8)
-        )
+        offsets, data = string_parts(seqs)
         return pc.cast(ids, pa.string()), data, offsets
     id_list: list[str] = []
     parts: list[bytes] = []
