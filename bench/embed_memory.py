@@ -5,7 +5,7 @@ shard, so that peak RSS does not grow with the number of shards?
 
 Input: 10 (the largest --scales) read shards of --reads reads each (default 50,000; at
 100,000 lshvec-embed alone peaks near 11 GB), 150 bp single-end reads in READS_SCHEMA
-written with `tasks.fastq.write_read_shard`, sampled at seeded random positions and
+written with `tasks.reads.write_read_shard`, sampled at seeded random positions and
 strands of the shared genomes (random sequence if they are missing) with 0.5 %
 substitutions and 0.1 % N. Scale s uses shards 0..s-1. DNABERT on a CPU is much slower
 than the other steps, so it gets its own shards of --dnabert-reads reads (the first
