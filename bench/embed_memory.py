@@ -5,7 +5,7 @@ shard, so that peak RSS does not grow with the number of shards?
 
 Input: 10 (the largest --scales) read shards of --reads reads each (default 50,000; at
 100,000 lshvec-embed alone peaks near 11 GB), 150 bp single-end reads in READS_SCHEMA
-written with `tasks.fastq.write_read_shard`, sampled at seeded random positions and
+written with `tasks.reads.write_read_shard`, sampled at seeded random positions and
 strands of the shared genomes (random sequence if they are missing) with 0.5 %
 substitutions and 0.1 % N. Scale s uses shards 0..s-1. DNABERT on a CPU is much slower
 than the other steps, so it gets its own shards of --dnabert-reads reads (the first
@@ -140,7 +140,7 @@ def _genome_codes(rng: np.random.Generator) -> np.ndarray:
 
 def _reads_table(genome: np.ndarray, n: int, first: int, rng: np.random.Generator) -> pa.Table:
     """n single-end reads in READS_SCHEMA (seeded positions, strands, errors, Ns)."""
-    from helixflow.tasks.fastq import READS_SCHEMA
+    from helixflow.tasks.reads import READS_SCHEMA
 
     comp = np.arange(256, dtype=np.uint8)
     for a, b in (b"AT", b"TA", b"CG", b"GC"):
@@ -165,7 +165,7 @@ def _reads_table(genome: np.ndarray, n: int, first: int, rng: np.random.Generato
 
 def make_shards(n_shards: int, reads: int, dnabert_reads: int) -> None:
     """Read shards (and the smaller DNABERT ones) under WORK, reused when present."""
-    from helixflow.tasks.fastq import write_read_shard
+    from helixflow.tasks.reads import write_read_shard
 
     spec = {"shards": n_shards, "reads": reads, "dnabert_reads": dnabert_reads, "v": 1}
     marker = WORK / "reads.json"

@@ -41,12 +41,13 @@ def _fsync_file(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, *, mode: int = 0o666) -> Iterator[Path]:
+def atomic_path(path: str | Path, *, mode: int = 0o666, suffix: str = "") -> Iterator[Path]:
     """A temporary path next to `path`; renamed onto `path` when the block succeeds.
 
     The writer inside the block opens and closes the temporary file itself (any library
     that takes a path: netCDF4, pysam, pyarrow). `mode` is masked by the umask, as for
-    `open()`; pass 0o777 for a folder's worth of executable output.
+    `open()`; pass 0o777 for a folder's worth of executable output. `suffix` ends the
+    temporary name (".bam", ".vcf.gz") for tools that choose a format by file name.
 
     Example:
         >>> import tempfile
@@ -57,7 +58,7 @@ def atomic_path(path: str | Path, *, mode: int = 0o666) -> Iterator[Path]:
         'whole'
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:

@@ -48,6 +48,7 @@ from helixflow.errors import HelixflowError, InputError
 from helixflow.store import Store
 from helixflow.tables import fetch, publish_file
 from helixflow.tasks.orfs import iter_fasta
+from helixflow.tasks.reads import string_parts
 from helixflow.tools import require_tool, tool_version
 
 PRESETS = ("meta-sensitive", "meta-large")
@@ -190,9 +191,8 @@ def _write_records(fh: BinaryIO, table: pa.Table) -> int:
     records = pc.binary_join_element_wise(head, cols[1], plus, cols[2], empty, newline)
     if isinstance(records, pa.ChunkedArray):
         records = records.combine_chunks()
-    offsets = np.frombuffer(records.buffers()[1], dtype=np.int64)
-    offsets = offsets[records.offset : records.offset + len(records) + 1]
-    fh.write(memoryview(records.buffers()[2])[int(offsets[0]) : int(offsets[-1])])
+    offsets, data = string_parts(records)
+    fh.write(data[int(offsets[0]) : int(offsets[-1])])
     return table.num_rows
 
 

@@ -59,7 +59,7 @@ from helixflow.artifacts import Artifact
 from helixflow.caching import stage_options
 from helixflow.store import Store
 from helixflow.tables import as_batch, publish_table, read_table
-from helixflow.tasks.fastq import string_parts
+from helixflow.tasks.reads import BASE_CODE, padded, string_parts
 
 COUNTS_SCHEMA: pa.Schema = pa.schema(
     [pa.field("kmer", pa.uint64(), nullable=False), pa.field("count", pa.uint32(), nullable=False)]
@@ -68,14 +68,9 @@ COUNTS_SCHEMA: pa.Schema = pa.schema(
 high bits) and its number of occurrences."""
 
 MAX_K = 31
-_INVALID = np.uint8(4)
 _ROWS_PER_CHUNK = 2048  # reads at a time: (length x rows) uint64 matrices stay ~2.5 MB
 _EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)  # never a k-mer: k <= 31 uses at most 62 bits
 _ACGT = np.frombuffer(b"ACGT", np.uint8)
-_CODE = np.full(256, _INVALID, np.uint8)
-for _i, _b in enumerate(b"ACGT"):
-    _CODE[_b] = _i
-    _CODE[_b + 32] = _i  # lower case
 _PHRED_OFFSET = 33
 
 
@@ -127,26 +122,6 @@ class CorrectionCounts:
 # Packing
 
 
-def _string_parts(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(int64 offsets, data bytes) of a string array, without copying the data."""
-    offsets, data = string_parts(values)
-    return offsets.astype(np.int64), data
-
-
-def _padded(
-    data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, width: int, fill: int
-) -> np.ndarray:
-    """Bytes of each row left-aligned in an (n, width) uint8 matrix padded with `fill`."""
-    cols = np.arange(width, dtype=np.int64)
-    index = starts[:, None] + cols
-    if len(data) == 0:
-        return np.full((len(lengths), width), fill, np.uint8)
-    np.clip(index, 0, len(data) - 1, out=index)
-    matrix = data[index]
-    matrix[cols >= lengths[:, None]] = fill
-    return matrix
-
-
 def _kmer_matrices(codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Forward and reverse-complement packed k-mers at every start, and their validity.
 
@@ -191,14 +166,14 @@ def _kmer_matrices(codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, n
 
 def _chunks(batch: pa.RecordBatch | pa.Table) -> Iterable[tuple[int, np.ndarray, np.ndarray]]:
     """(first row, codes matrix, lengths) for consecutive chunks of a batch's reads."""
-    offsets, data = _string_parts(batch.column("sequence"))
+    offsets, data = string_parts(batch.column("sequence"), wide=True)
     lengths = np.diff(offsets)
     n = len(lengths)
     for s in range(0, n, _ROWS_PER_CHUNK):
         e = min(n, s + _ROWS_PER_CHUNK)
         width = int(lengths[s:e].max(initial=0))
-        raw = _padded(data, offsets[s:e], lengths[s:e], width, ord("N"))
-        yield s, _CODE[raw], lengths[s:e]
+        raw = padded(offsets[s : e + 1], data, width, fill=ord("N"))
+        yield s, BASE_CODE[raw], lengths[s:e]  # A C G T -> 0..3, N and others -> 4
 
 
 def _check_k(k: int) -> None:
@@ -718,17 +693,17 @@ def correct_batch(
             return pa.RecordBatch.from_pylist([], schema=batch.schema), CorrectionCounts()
         batch = batch.combine_chunks().to_batches()[0]
     sequence = batch.column("sequence")
-    offsets, data = _string_parts(sequence)
-    q_offsets, q_data = _string_parts(batch.column("quality"))
+    offsets, data = string_parts(sequence, wide=True)
+    q_offsets, q_data = string_parts(batch.column("quality"), wide=True)
     if not np.array_equal(np.diff(offsets), np.diff(q_offsets)):
         raise ValueError("sequence and quality lengths differ")
     counts = CorrectionCounts(reads=len(offsets) - 1, bases=int(offsets[-1] - offsets[0]))
     new_data = data.copy()
-    for start, codes, lengths in _chunks(batch):
+    for start, codes, _ in _chunks(batch):
         n, width = codes.shape
         if width < k:
             continue
-        quals = _padded(q_data, q_offsets[start : start + n], lengths, width, 126)
+        quals = padded(q_offsets[start : start + n + 1], q_data, width, fill=126)
         quals = quals.astype(np.int16) - _PHRED_OFFSET
         changed = np.zeros(codes.shape, bool)
         original = codes.copy()

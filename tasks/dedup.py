@@ -49,7 +49,7 @@ from helixflow.artifacts import Artifact
 from helixflow.caching import stage_options
 from helixflow.store import Store
 from helixflow.tables import as_batch, publish_table, read_table
-from helixflow.tasks.fastq import string_parts
+from helixflow.tasks.reads import padded, string_parts
 
 KEYS_SCHEMA: pa.Schema = pa.schema(
     [
@@ -128,34 +128,6 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _string_parts(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(int64 offsets, data bytes) of a string array, without copying the data."""
-    offsets, data = string_parts(values)
-    return offsets.astype(np.int64), data
-
-
-def _padded(
-    data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, reverse: bool
-) -> np.ndarray:
-    """Rows of bytes left-aligned in a zero-padded (n, 8*w) matrix; reversed and
-    complemented when `reverse`."""
-    width = max(8, -(-int(lengths.max(initial=0)) // 8) * 8)
-    cols = np.arange(width, dtype=np.int64)
-    inside = cols < lengths[:, None]
-    if reverse:
-        index = starts[:, None] + lengths[:, None] - 1 - cols
-    else:
-        index = starts[:, None] + cols
-    if len(data) == 0:
-        return np.zeros((len(lengths), width), np.uint8)
-    np.clip(index, 0, len(data) - 1, out=index)
-    matrix = data[index]
-    if reverse:
-        matrix = _COMPLEMENT[matrix]
-    matrix[~inside] = 0
-    return matrix
-
-
 def _fold(matrix: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Two 64-bit hash lanes of each padded row.
 
@@ -190,15 +162,18 @@ def _sequence_hashes(
     sequence: pa.Array, reverse: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-read 128-bit hash (two uint64 lanes) of the sequence or its reverse complement."""
-    offsets, data = _string_parts(sequence)
-    starts = offsets[:-1]
+    offsets, data = string_parts(sequence, wide=True)
     lengths = np.diff(offsets)
     n = len(lengths)
     hi = np.empty(n, np.uint64)
     lo = np.empty(n, np.uint64)
     for s in range(0, n, _ROWS_PER_CHUNK):
         e = min(n, s + _ROWS_PER_CHUNK)
-        matrix = _padded(data, starts[s:e], lengths[s:e], reverse)
+        # Rows of whole 8-byte words (at least one), zero-padded; the complement keeps 0.
+        width = max(8, -(-int(lengths[s:e].max(initial=0)) // 8) * 8)
+        matrix = padded(offsets[s : e + 1], data, width, reverse=reverse)
+        if reverse:
+            matrix = _COMPLEMENT[matrix]
         hi[s:e], lo[s:e] = _fold(matrix, lengths[s:e])
     return hi, lo
 
@@ -222,7 +197,7 @@ def _smaller(
 
 def _quality_sums(quality: pa.Array) -> np.ndarray:
     """Sum of Phred scores of each read (vectorised with a cumulative sum)."""
-    offsets, data = _string_parts(quality)
+    offsets, data = string_parts(quality, wide=True)
     cum = np.zeros(len(data) + 1, np.int64)
     np.cumsum(data, dtype=np.int64, out=cum[1:])
     return cum[offsets[1:]] - cum[offsets[:-1]] - _PHRED_OFFSET * np.diff(offsets)

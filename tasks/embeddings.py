@@ -28,9 +28,7 @@ Example:
 
 from __future__ import annotations
 
-import os
 import re
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -40,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from helixflow.errors import InputError
+from helixflow.files import atomic_path
 
 EMBEDDING_METHODS: dict[str, str] = {
     "kmer": r"kmer[3-7]",
@@ -237,17 +236,19 @@ def _check_table(table: pa.Table) -> int:
 def write_embedding_shard(table: pa.Table, path: str | Path) -> None:
     """Write an embedding table to a zstd-compressed Parquet file at a local path, atomically.
 
-    The file appears complete or not at all: it is written beside the destination and
-    renamed over it with os.replace, and the temporary file is removed on any failure.
-    Only the per-shard constant columns are dictionary encoded; vectors are plain floats.
+    The file appears complete or not at all (`helixflow.files.atomic_path`). Only the
+    per-shard constant columns are dictionary encoded; vectors are plain floats.
+
+    Args:
+        table: vectors and ids in the embedding schema (see `embedding_table`).
+        path: local destination; parent directories are created.
     """
     _check_table(table)
     if "://" in str(path):
         raise ValueError(f"write_embedding_shard writes local files only, got {path}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(
             table,
             tmp,
@@ -255,10 +256,6 @@ def write_embedding_shard(table: pa.Table, path: str | Path) -> None:
             use_dictionary=_DICTIONARY_COLUMNS,
             write_statistics=_STATISTICS_COLUMNS,
         )
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def read_embedding_matrix(source: str | Path | pa.Table) -> tuple[pa.Array, np.ndarray]:
@@ -297,6 +294,10 @@ def read_embedding_matrix(source: str | Path | pa.Table) -> tuple[pa.Array, np.n
     return ids, matrix
 
 
+class _Aborted(Exception):
+    """Handed to a writer's `atomic_path` to make it drop the temporary file."""
+
+
 class EmbeddingWriter:
     """Streams one shard's vectors to Parquet batch by batch (memory bounded by a batch),
     then publishes the file atomically on `close()`; `abort()` leaves nothing behind.
@@ -314,7 +315,8 @@ class EmbeddingWriter:
         self.schema = embedding_schema(dim, method=method, model_id=model_id)
         self.method, self.model_id, self.source_shard = method, model_id, source_shard
         self.rows = 0
-        self._tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
+        self._publish = atomic_path(self.path)  # entered here, left in close() or abort()
+        self._tmp = self._publish.__enter__()
         self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd",
                                         use_dictionary=_DICTIONARY_COLUMNS,
                                         write_statistics=_STATISTICS_COLUMNS)
@@ -329,12 +331,14 @@ class EmbeddingWriter:
     def close(self) -> int:
         """Finish the file and move it into place; returns the rows written."""
         self._writer.close()
-        os.replace(self._tmp, self.path)
+        self._publish.__exit__(None, None, None)
         return self.rows
 
     def abort(self) -> None:
+        """Close and remove the unfinished file; the destination stays as it was."""
         self._writer.close()
-        self._tmp.unlink(missing_ok=True)
+        aborted = _Aborted()
+        self._publish.__exit__(_Aborted, aborted, None)  # removes the temporary file
 
     def __enter__(self) -> EmbeddingWriter:
         return self

@@ -20,7 +20,9 @@ from helixflow.resources import where_am_i
 from helixflow.retries import retry_options
 from helixflow.samples import Sample
 from helixflow.store import Store, is_local, local_path
-from helixflow.tasks.fastq import ReadStats, batch_stats, iter_read_batches, write_read_shard
+from helixflow.tasks.fastq import iter_read_batches
+from helixflow.tasks.reads import write_read_shard
+from helixflow.tasks.readstats import ReadStats, batch_stats
 
 INGEST_VERSION = "3"
 SHARD_MEDIA_TYPE = "application/vnd.apache.parquet"
@@ -159,7 +161,7 @@ def ingest_fastq(
         "ingested %s (%s): %d shards, %s reads", sample.name, sample.layout, len(shards),
         summarize(summary)["reads"],
     )
-    from helixflow.tasks.bam import name_suffix_of
+    from helixflow.tasks.align import name_suffix_of
 
     return IngestResult(
         sample=sample.name, layout=sample.layout, inputs=inputs, shards=shards, stats=summary,

@@ -4,7 +4,7 @@ Pure functions (NumPy/Arrow in, float32 matrices out, no Prefect); the embedding
 them and store the rows with tasks.embeddings.
 
 How it is vectorised. The sequences of a call are one flat byte buffer (the data buffer of
-an Arrow string array, read with `tasks.fastq.string_parts`, no copy). One lookup table turns
+an Arrow string array, read with `tasks.reads.string_parts`, no copy). One lookup table turns
 every byte into a letter code; k shifted views of the code array (a sliding window of width
 k, one pass per window position, never per read or per k-mer) give the integer code of the
 k-mer starting at every position. A window is kept when it holds no invalid letter (prefix
@@ -51,7 +51,7 @@ from helixflow.errors import InputError
 from helixflow.store import Store
 from helixflow.tables import PARQUET, parquet_file, publish_file
 from helixflow.tasks.embeddings import EmbeddingWriter, iter_read_sequences
-from helixflow.tasks.fastq import string_parts
+from helixflow.tasks.reads import INVALID_BASE, NUCLEOTIDE_CODE, string_parts
 
 SequenceInput = pa.Array | pa.ChunkedArray | Sequence[str]
 """Sequences as an Arrow string array (e.g. a READS_SCHEMA `sequence` or ORFS_SCHEMA
@@ -96,11 +96,6 @@ _ALLOWED[ord("A") : ord("Z") + 1] = True
 _ALLOWED[ord("a") : ord("z") + 1] = True
 _ALLOWED[[ord("-"), ord("."), ord("*")]] = True
 
-_DNA_INVALID = 4
-_DNA_CODE = np.full(256, _DNA_INVALID, dtype=np.uint8)
-for _i, _b in enumerate(b"ACGT"):
-    _DNA_CODE[_b] = _DNA_CODE[_b + 32] = _i
-_DNA_CODE[ord("U")] = _DNA_CODE[ord("u")] = 3
 
 
 # --------------------------------------------------------------------------------------
@@ -357,8 +352,8 @@ def canonical_kmer_spectra(
     """
     _check_k(k)
     column, columns_code = _canonical_layout(k)
-    return _spectra(sequences, k, _DNA_CODE, 4, column, len(columns_code), normalise, ids,
-                    source)
+    return _spectra(sequences, k, NUCLEOTIDE_CODE, INVALID_BASE, column, len(columns_code),
+                    normalise, ids, source)
 
 
 def protein_kmer_spectra(

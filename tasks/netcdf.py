@@ -24,16 +24,14 @@ title. helixflow adds, which readers of the convention ignore: per-frame series
 times (energies, temperature, pressure from the .edr) on their own `time_series`
 dimension with `series_time(time_series)` in picosecond. Every variable has `units`.
 
-Both writers are atomic: a temporary file in the target's directory, then os.replace.
+Both writers are atomic (`helixflow.files.atomic_path`: a temporary file in the target's
+directory, fsync, then rename).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from helixflow.errors import HelixflowError
+from helixflow.files import atomic_path
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -56,23 +55,6 @@ def _program_version() -> str:
         return version("helixflow")
     except PackageNotFoundError:  # not installed as a distribution (e.g. a bare checkout)
         return "unknown"
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path next to `path`, moved over it only when the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a plain open gives
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def _attr_value(value: Any) -> str | int | float | np.ndarray:
@@ -120,7 +102,8 @@ def write_md_inputs(
             f"inputs disagree: {n} ids, {len(sequences)} sequences, embeddings "
             f"{emb.shape}, cluster ids {clusters.shape}"
         )
-    with _atomic_path(path) as tmp, netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
         ds.createDimension("sequence", n)
         ds.createDimension("embedding_dim", emb.shape[1])
         ids = ds.createVariable("sequence_id", str, ("sequence",))
@@ -238,7 +221,8 @@ def write_amber_trajectory(
     if clash or set(frame_series) & set(series):
         raise ValueError(f"series names clash with other variables: {sorted(clash)}")
 
-    with _atomic_path(path) as tmp, netCDF4.Dataset(
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, netCDF4.Dataset(
         tmp, "w", format="NETCDF3_64BIT_OFFSET"
     ) as ds:
         ds.title = title

@@ -48,6 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from helixflow.errors import InputError
+from helixflow.tasks.reads import NUCLEOTIDE_CODE, string_parts
 
 ORFS_SCHEMA: pa.Schema = pa.schema(
     [
@@ -85,11 +86,7 @@ BACTERIAL_STARTS: tuple[str, ...] = ("ATG", "GTG", "TTG")
 AMBIGUOUS_CODE, SENTINEL_CODE = 4, 5
 _AMBIG, _SENTINEL = AMBIGUOUS_CODE, SENTINEL_CODE
 _NCODE = 6
-_CODE = np.full(256, _AMBIG, dtype=np.uint8)
-for _i, _b in enumerate(b"ACGT"):
-    _CODE[_b] = _i
-    _CODE[_b + 32] = _i  # lower case
-_CODE[ord("U")] = _CODE[ord("u")] = 3
+_CODE = NUCLEOTIDE_CODE  # ACGT (and U as T) either case -> 0..3, any other byte -> 4
 _COMPLEMENT = np.array([3, 2, 1, 0, _AMBIG, _SENTINEL], dtype=np.uint8)
 _NCBI_ORDER = "TCAG"
 
@@ -209,14 +206,7 @@ def sequence_arrays(source: Sequences) -> tuple[pa.Array, np.ndarray, np.ndarray
         if isinstance(seqs, pa.ChunkedArray):
             seqs = seqs.combine_chunks()
         seqs = pc.cast(seqs, pa.large_string())
-        offsets = np.frombuffer(seqs.buffers()[1], dtype=np.int64)
-        offsets = offsets[seqs.offset : seqs.offset + len(seqs) + 1]
-        data_buf = seqs.buffers()[2]
-        data = (
-            np.frombuffer(data_buf, dtype=np.uint8)
-            if data_buf is not None
-            else np.zeros(0, np.uint8)
-        )
+        offsets, data = string_parts(seqs)
         return pc.cast(ids, pa.string()), data, offsets
     id_list: list[str] = []
     parts: list[bytes] = []

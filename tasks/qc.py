@@ -64,7 +64,7 @@ from helixflow.caching import stage_options
 from helixflow.store import Store
 from helixflow.tables import as_batch, publish_table, read_table
 from helixflow.tasks.fastp_adapters import KNOWN_ADAPTERS
-from helixflow.tasks.fastq import string_parts
+from helixflow.tasks.reads import base_codes, padded, string_parts
 
 __all__ = [
     "QcCounts",
@@ -350,19 +350,6 @@ _COMPLEMENT[0] = 0  # padding stays padding
 _EVEN_BITS = np.uint32(0x55555555)
 _MASKS = np.array([(1 << (2 * c)) - 1 for c in range(17)], np.uint32)
 _G, _N = ord("G"), ord("N")
-
-
-def _padded(offsets: np.ndarray, data: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Strings as a zero-padded (n, width) uint8 matrix, plus their lengths."""
-    lengths = np.diff(offsets).astype(np.int64)
-    n = len(lengths)
-    matrix = np.zeros((n, width), np.uint8)
-    flat = data[offsets[0] : offsets[-1]]
-    if n and width and lengths.min() == width:
-        matrix[:] = flat.reshape(n, width)
-    elif n and width:
-        matrix[np.arange(width) < lengths[:, None]] = flat
-    return matrix, lengths
 
 
 class _Windows:
@@ -759,8 +746,7 @@ _TREE_RATIO = 0.95
 _ADAPTER_MAX = 60
 _DETECT_CHUNK = 16384
 _FASTP_BASES = np.frombuffer(b"ATCG", np.uint8)  # fastp's 2-bit order for k-mer keys
-_KEY_CODE = np.full(256, 4, np.uint8)
-_KEY_CODE[_FASTP_BASES] = np.arange(4, dtype=np.uint8)
+_KEY_CODE = base_codes(b"ATCG", lower_case=False)  # 4: any other byte, lower case too
 
 
 def detection_reads(lengths: np.ndarray) -> int:
@@ -796,7 +782,7 @@ def _chunk_keys(offsets: np.ndarray, data: np.ndarray, shift: int) -> np.ndarray
     _SEED_START + j, or -1 outside the counted range or where the 10-mer holds a base other
     than ACGT. Built by doubling (1, 2, 4, 8 then 10 bases per word): four passes, not ten."""
     width = max(int(np.diff(offsets).max(initial=0)), _SEED_START + _KEY_LEN)
-    seq, length = _padded(offsets, data, width)
+    seq, length = padded(offsets, data, width), np.diff(offsets).astype(np.int64)
     codes = _KEY_CODE[seq[:, _SEED_START:]]
     k1 = (codes & 3).astype(np.uint32)
     k2 = k1[:, :-1] << 2 | k1[:, 1:]
@@ -1031,8 +1017,8 @@ def _process_chunk(
     paired = len(parts) == 4
     mates: list[_Mate] = []
     for i in range(0, len(parts), 2):
-        seq, length = _padded(*parts[i], width)
-        qual, _ = _padded(*parts[i + 1], width)
+        seq, qual = padded(*parts[i], width), padded(*parts[i + 1], width)
+        length = np.diff(parts[i][0]).astype(np.int64)
         n = len(length)
         alive, front = np.ones(n, bool), np.zeros(n, np.int64)
         mates.append(_Mate(seq, qual, length.copy(), alive, front, length))

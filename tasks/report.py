@@ -32,7 +32,7 @@ class SampleReport(BaseModel):
 
     sample: str
     layout: str
-    read_stats: dict[str, dict[str, Any]]  # per mate, from tasks.fastq.ReadStats.to_dict()
+    read_stats: dict[str, dict[str, Any]]  # per mate, from tasks.readstats.ReadStats.to_dict()
     stages: list[dict[str, Any]] = Field(default_factory=list)  # stage, reads_in, reads_out
     qc: dict[str, Any] = Field(default_factory=dict)
     dedup: dict[str, Any] = Field(default_factory=dict)

@@ -30,8 +30,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import math
-import os
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -45,14 +43,12 @@ from pydantic import BaseModel
 from helixflow.artifacts import Artifact, FileRef
 from helixflow.caching import stage_options
 from helixflow.errors import HelixflowError, InputError, naming_sources
+from helixflow.files import atomic_path
 from helixflow.store import Store, display_name
 from helixflow.tables import fetch, publish_file
+from helixflow.tasks.reads import BASE_CODE
 
 _BASES = "ACGT"
-_CODE = np.full(256, 4, dtype=np.uint8)  # A C G T -> 0..3, anything else -> 4
-for _i, _b in enumerate(b"ACGT"):
-    _CODE[_b] = _i
-    _CODE[_b + 32] = _i  # lower case
 _SKIP_FLAGS = 0x4 | 0x100 | 0x200 | 0x400  # unmapped, secondary, QC fail, duplicate
 _CIGAR_ADVANCES_QUERY = (True, True, False, False, True, False, False, True, True)
 _CIGAR_ADVANCES_REF = (True, False, True, True, False, False, False, True, True)
@@ -408,7 +404,7 @@ def _contig_calls(fh: pysam.AlignmentFile, contig: str, ref: str, params: Varian
     cov = np.stack([np.frombuffer(c, dtype=np.dtype(c.typecode)) for c in acgt]).astype(np.int64)
     depth = cov.sum(axis=0)
     counts.callable_bases += int(np.count_nonzero(depth >= params.min_depth))
-    ref_codes = _CODE[np.frombuffer(ref.encode("ascii"), dtype=np.uint8)]
+    ref_codes = BASE_CODE[np.frombuffer(ref.encode("ascii"), dtype=np.uint8)]
     calls = _snv_calls(cov, ref_codes, params)
     calls += _indel_calls(_indel_events(fh, contig, ref, params), depth, ref, params)
     calls.sort(key=lambda c: (c.pos, c.indel, c.ref, c.alts))
@@ -447,11 +443,12 @@ def call_variants(bam: Path, reference: Path, out_vcf_gz: Path,
     sample = _sample_name(Path(bam), params)
     out = Path(out_vcf_gz)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp.vcf.gz")
     counts = VariantCounts()
     header = _header(ref_seqs, reference_uri or Path(reference).resolve().as_uri(), sample,
                      params)
-    try:
+    # Named .vcf.gz/.tbi as tabix expects; the index lands first, then the VCF.
+    with atomic_path(out, suffix=".vcf.gz") as tmp, \
+            atomic_path(f"{out}.tbi", suffix=".tbi") as tmp_tbi:
         with pysam.AlignmentFile(str(bam), "rb") as fh, \
                 pysam.VariantFile(str(tmp), "wz", header=header) as vcf:
             for contig in fh.references:
@@ -479,12 +476,7 @@ def call_variants(bam: Path, reference: Path, out_vcf_gz: Path,
                     fmt["AD"] = (ref_reads, *call.alt_counts)
                     vcf.write(record)
                     counts.records += 1
-        pysam.tabix_index(str(tmp), preset="vcf", force=True)
-        os.replace(f"{tmp}.tbi", f"{out}.tbi")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-        Path(f"{tmp}.tbi").unlink(missing_ok=True)
+        pysam.tabix_index(str(tmp), preset="vcf", force=True, index=str(tmp_tbi))
     return counts
 
 

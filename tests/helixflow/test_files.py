@@ -61,3 +61,12 @@ def test_a_folder_replaces_the_old_one_whole_or_not_at_all(tmp_path: Path) -> No
         raise RuntimeError("writer died")
     assert (target / "weights").read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary left
+
+
+def test_the_temporary_name_can_end_in_the_format_a_tool_expects(tmp_path: Path) -> None:
+    target = tmp_path / "S1.vcf.gz"
+    with atomic_path(target, suffix=".vcf.gz") as tmp:
+        assert tmp.name.startswith(".S1.vcf.gz.") and tmp.name.endswith(".tmp.vcf.gz")
+        tmp.write_bytes(b"x")
+    assert target.read_bytes() == b"x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["S1.vcf.gz"]
