@@ -18,9 +18,12 @@ The commands, run in order in the job directory (all paths relative to it):
     gmx grompp/mdrun em  -> em.gro;   nvt (-r em.gro) -> nvt.gro/.cpt
     [gmx grompp/mdrun npt] -> npt.gro/.cpt;   md -> md.tpr, md.xtc, md.edr, md.log, md.gro
     gmx energy    md.edr -> energy.xvg (potential, kinetic, total, temperature, pressure)
+    gmx trjconv   md.xtc -> md-whole.xtc (-pbc mol -center: every molecule whole, the
+                  peptide centred in the box in every frame, so it never jumps across a
+                  periodic boundary; this is the trajectory the NetCDF is made from)
 
-No command goes through a shell string. `genion` and `energy` read their group
-selections from stdin; an argv list cannot pipe, so those two run under a constant
+No command goes through a shell string. `genion`, `energy` and `trjconv` read their
+group selections from stdin; an argv list cannot pipe, so those two run under a constant
 wrapper, ``sh -c 'sel=$1; shift; printf "%s\\n" "$sel" | "$@"' helixflow-stdin
 <selection> gmx ...``: the selection and the gmx command are positional arguments, never
 parsed by the shell, so no value from a block or a sequence can inject shell syntax.
@@ -49,6 +52,7 @@ from helixflow.caching import stage_options
 from helixflow.errors import HelixflowError, InputError
 from helixflow.store import Store
 from helixflow.tables import publish_file
+from helixflow.tasks.md_checks import MdChecks, check_simulation
 from helixflow.tools import tool_version
 
 STANDARD_AMINO_ACIDS = frozenset("ACDEFGHIKLMNPQRSTVWY")
@@ -64,10 +68,16 @@ ENERGY_TERMS: tuple[str, ...] = (
 )
 """`gmx energy` terms extracted from md.edr into energy.xvg."""
 
+WHOLE_TRAJECTORY = "md-whole.xtc"
+"""md.xtc with molecules whole and the peptide centred (`gmx trjconv -pbc mol -center`)."""
+
 MD_OUTPUTS: tuple[str, ...] = (
     "topol.top", "md.tpr", "md.gro", "md.xtc", "md.edr", "md.log", "energy.xvg",
+    WHOLE_TRAJECTORY, "em.log", "nvt.log",
 )
-"""What a finished job leaves that `md_outputs_to_netcdf` (and provenance) needs."""
+"""What a finished job leaves that `md_outputs_to_netcdf`, the sanity checks
+(tasks/md_checks.py: EM, NVT and MD logs) and provenance need; `md_outputs` adds npt.log
+when NPT runs."""
 
 
 # --------------------------------------------------------------------------------------
@@ -247,7 +257,16 @@ def md_commands(settings: GromacsSettings, structure: str = "peptide.pdb") -> li
         "\n".join(ENERGY_TERMS) + "\n",
         [*gmx, "energy", "-f", "md.edr", "-o", "energy.xvg"],
     ))
+    # Centre on the peptide, write every atom; -pbc mol makes molecules whole first.
+    cmds.append(with_stdin("Protein\nSystem", [
+        *gmx, "trjconv", "-s", "md.tpr", "-f", "md.xtc", "-o", WHOLE_TRAJECTORY,
+        "-pbc", "mol", "-center"]))
     return cmds
+
+
+def md_outputs(settings: GromacsSettings) -> tuple[str, ...]:
+    """The outputs a job with these settings leaves (npt.log only when NPT runs)."""
+    return (*MD_OUTPUTS, "npt.log") if settings.npt_enabled else MD_OUTPUTS
 
 
 def md_input_files(
@@ -294,6 +313,7 @@ def md_job(settings: GromacsSettings, sequence: str, *, check_installed: bool = 
         sequence=sequence,
         files=md_input_files(settings, sequence),
         commands=md_commands(settings),
+        outputs=md_outputs(settings),
         parameters=settings.md_parameters(),
     )
 
@@ -440,22 +460,25 @@ def md_outputs_to_netcdf(
     provenance: Mapping[str, object] | None = None,
     *,
     selection: str = "all",
+    trajectory: str = WHOLE_TRAJECTORY,
 ) -> Path:
-    """The job directory's md.tpr/md.xtc/energy.xvg as an AMBER NetCDF trajectory.
+    """The job directory's md.tpr, `trajectory` and energy.xvg as an AMBER NetCDF.
 
     Coordinates of `selection` atoms (MDAnalysis syntax; default all, water included)
-    with per-frame solute backbone RMSD and radius of gyration, and the energy series
-    on their own time axis. `provenance` entries become global attributes.
+    from `trajectory` (default md-whole.xtc: molecules whole, the peptide centred; "md.xtc"
+    for mdrun's own output) with per-frame solute backbone RMSD and radius of gyration,
+    and the energy series on their own time axis. `provenance` entries become global
+    attributes.
     """
     from helixflow.tasks.netcdf import trajectory_from_gromacs, write_amber_trajectory
 
     workdir = Path(workdir)
-    for name in ("md.tpr", "md.xtc", "energy.xvg"):
+    for name in ("md.tpr", trajectory, "energy.xvg"):
         if not (workdir / name).is_file():
             raise HelixflowError(
                 f"{workdir}: MD output {name} is missing", hint="did the job finish?"
             )
-    traj = trajectory_from_gromacs(workdir / "md.tpr", workdir / "md.xtc", selection=selection)
+    traj = trajectory_from_gromacs(workdir / "md.tpr", workdir / trajectory, selection=selection)
     energy_time, columns = read_xvg(workdir / "energy.xvg")
     series: dict[str, np.ndarray] = {}
     units: dict[str, str] = {"rmsd": "angstrom", "radius_of_gyration": "angstrom"}
@@ -482,7 +505,7 @@ def md_outputs_to_netcdf(
 
 # --- Prefect tasks: the store edge -------------------------------------------------------
 
-GROMACS_VERSION = "1"
+GROMACS_VERSION = "2"  # 2: md-whole.xtc, em/nvt logs kept, MD checks
 
 
 class MdPlan(BaseModel):
@@ -562,24 +585,56 @@ def prepare_md(
     return plans, inputs_nc
 
 
+CHECK_INPUTS: tuple[str, ...] = ("em.mdp", "md.mdp")
+"""Staged inputs the sanity checks read (emtol, ref-t)."""
+
+
+def add_checks_attribute(netcdf: str | Path, checks: MdChecks) -> None:
+    """Store the check record in the NetCDF as the global attribute `md_checks` (JSON)."""
+    from netCDF4 import Dataset
+
+    with Dataset(str(netcdf), "a") as ds:
+        ds.setncattr("md_checks", checks.model_dump_json())
+
+
 @task(name="md-trajectory", task_run_name="trajectory-{plan.name}",
       **stage_options(GROMACS_VERSION))
 def md_trajectory(plan: MdPlan, outputs: dict[str, Artifact], store: Store,
                   run_id: str) -> Artifact:
     """A finished simulation's outputs → AMBER-convention NetCDF trajectory (Å, ps) with
-    energy, temperature, pressure, RMSD and radius-of-gyration series."""
+    energy, temperature, pressure, RMSD and radius-of-gyration series, made from
+    md-whole.xtc (molecules whole, the peptide centred), and its sanity checks
+    (tasks/md_checks.py) in the NetCDF (attribute `md_checks`) and in the artifact's
+    metadata (`md_checks`, hence in lineage).
+
+    Args:
+        plan: the simulation (its staged inputs hold em.mdp and md.mdp)
+        outputs: the job's outputs by name (`md_outputs`)
+        store: where to publish
+        run_id: the run
+
+    Returns:
+        The trajectory artifact; a failed check is recorded, never raised.
+    """
     from helixflow.tables import fetch
 
     with store.scratch() as scratch:
         work = scratch / plan.name
         work.mkdir()
-        for name in ("md.tpr", "md.xtc", "energy.xvg", "md.gro"):
-            local = fetch(store, outputs[name], work, name=name)
+        wanted = {**{n: outputs[n] for n in ("md.tpr", WHOLE_TRAJECTORY, "energy.xvg",
+                                             "md.gro", "em.log", "nvt.log", "md.log")},
+                  **{n: outputs[n] for n in ("npt.log",) if n in outputs},
+                  **{n: plan.inputs[n] for n in CHECK_INPUTS}}
+        for name, art in wanted.items():
+            local = fetch(store, art, work, name=name)
             if local.parent != work:
                 (work / name).symlink_to(local)
         nc = md_outputs_to_netcdf(work, scratch / f"{plan.name}.nc", {
             "run_id": run_id, "sequence_id": plan.sequence_id, "cluster": plan.cluster,
             "peptide": plan.peptide})
+        checks = check_simulation(work, nc)
+        add_checks_attribute(nc, checks)
         return publish_file(store, nc, run_id=run_id, stage="md", media_type="application/x-netcdf",
                             producer="md-trajectory", upstream=[a.ref() for a in outputs.values()],
-                            params={"sequence_id": plan.sequence_id, "peptide": plan.peptide})
+                            params={"sequence_id": plan.sequence_id, "peptide": plan.peptide},
+                            metadata={"md_checks": checks.model_dump(mode="json")})

@@ -23,12 +23,14 @@ from helixflow.tasks.gromacs import (
     ENERGY_TERMS,
     MD_OUTPUTS,
     STDIN_WRAPPER,
+    WHOLE_TRAJECTORY,
     build_peptide_pdb,
     describe_command,
     gromacs_error,
     md_commands,
     md_input_files,
     md_job,
+    md_outputs,
     md_outputs_to_netcdf,
     peptide_from_protein,
     peptides_from_orfs,
@@ -129,7 +131,7 @@ def test_md_commands_default_sequence() -> None:
     assert all(isinstance(c, list) and all(isinstance(a, str) for a in c) for c in cmds)
     assert [subcommand(c) for c in cmds] == [
         "pdb2gmx", "editconf", "solvate", "grompp", "genion",
-        "grompp", "mdrun", "grompp", "mdrun", "grompp", "mdrun", "energy",
+        "grompp", "mdrun", "grompp", "mdrun", "grompp", "mdrun", "energy", "trjconv",
     ]
     pdb2gmx = cmds[0]
     for flag, value in (("-ff", "amber99sb-ildn"), ("-water", "tip3p"), ("-f", "peptide.pdb")):
@@ -151,15 +153,22 @@ def test_md_commands_default_sequence() -> None:
     assert nvt_grompp[nvt_grompp.index("-r") + 1] == "em.gro"
     assert md_grompp[md_grompp.index("-t") + 1] == "nvt.cpt"
     assert "-r" not in md_grompp
-    energy = cmds[-1]
+    energy = cmds[-2]
     assert energy[4] == "\n".join(ENERGY_TERMS) + "\n"
     assert energy[-4:] == ["-f", "md.edr", "-o", "energy.xvg"]
+    trjconv = cmds[-1]  # centre on the peptide, write the whole system, molecules whole
+    assert trjconv[4] == "Protein\nSystem"
+    assert trjconv[5:] == ["gmx", "-quiet", "-nobackup", "trjconv", "-s", "md.tpr", "-f",
+                           "md.xtc", "-o", WHOLE_TRAJECTORY, "-pbc", "mol", "-center"]
+    assert WHOLE_TRAJECTORY in MD_OUTPUTS and {"em.log", "nvt.log"} <= set(MD_OUTPUTS)
 
 
 def test_md_commands_with_npt_salt_and_no_posres() -> None:
     cmds = md_commands(GromacsSettings(npt_enabled=True, ion_concentration=0.15, posres=False))
     names = [describe_command(c) for c in cmds]
     assert "gmx mdrun -deffnm npt" in names
+    assert md_outputs(GromacsSettings(npt_enabled=True)) == (*MD_OUTPUTS, "npt.log")
+    assert md_outputs(GromacsSettings()) == MD_OUTPUTS
     npt_grompp = cmds[names.index("gmx grompp -o npt.tpr")]
     assert npt_grompp[npt_grompp.index("-t") + 1] == "nvt.cpt" and "-r" not in npt_grompp
     md_grompp = cmds[names.index("gmx grompp -o md.tpr")]
