@@ -19,11 +19,13 @@ from Bio.PDB import PDBParser
 
 from helixflow.blocks.gromacs import GromacsSettings
 from helixflow.errors import HelixflowError, InputError
+from helixflow.flows.simulate import DEMO_MD
 from helixflow.tasks.gromacs import (
     ENERGY_TERMS,
     MD_OUTPUTS,
     STDIN_WRAPPER,
     WHOLE_TRAJECTORY,
+    add_checks_attribute,
     build_peptide_pdb,
     describe_command,
     gromacs_error,
@@ -38,6 +40,7 @@ from helixflow.tasks.gromacs import (
     run_md_locally,
     with_stdin,
 )
+from helixflow.tasks.md_checks import MdChecks, check_simulation, peptide_topology
 from helixflow.tasks.orfs import OrfParams, find_orfs
 from tests.conftest import require_tool
 
@@ -304,7 +307,8 @@ def test_short_md_to_amber_netcdf(md_run: tuple[Path, list[float], float]) -> No
     for name in MD_OUTPUTS:
         assert (workdir / name).is_file(), name
     out = md_outputs_to_netcdf(workdir, workdir / "md.nc", {"run_id": "test", "peptide": "MKFGW"})
-    reference = mda.Universe(str(workdir / "md.tpr"), str(workdir / "md.xtc"))
+    # The NetCDF is made from md-whole.xtc (trjconv -pbc mol -center), frame for frame.
+    reference = mda.Universe(str(workdir / "md.tpr"), str(workdir / WHOLE_TRAJECTORY))
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # the file must satisfy the reader
         u = mda.Universe(str(workdir / "md.tpr"), str(out))
@@ -330,6 +334,38 @@ def test_short_md_to_amber_netcdf(md_run: tuple[Path, list[float], float]) -> No
         assert ds["rmsd"][0] == pytest.approx(0.0, abs=1e-3) and np.all(ds["rmsd"][:] < 5)
         assert np.all((ds["radius_of_gyration"][:] > 3) & (ds["radius_of_gyration"][:] < 15))
         assert not math.isnan(float(ds["series_time"][-1]))
+
+
+@pytest.mark.integration
+def test_sanity_checks_of_a_real_run(tmp_path: Path) -> None:
+    """Every check passes on a real run of the pipeline's demo length (500 EM, 500 NVT,
+    1000 MD steps); the same file with the peptide moved by one box edge in the last
+    frame (what a jump across the boundary looks like) fails the pbc check, and only it."""
+    require_tool("gmx")
+    job = md_job(GromacsSettings(**DEMO_MD), "MKFGW")
+    job.write_inputs(tmp_path)
+    run_md_locally(job.commands, tmp_path, timeout=600)
+    workdir = tmp_path
+    out = md_outputs_to_netcdf(workdir, workdir / "checked.nc")
+    checks = check_simulation(workdir, out)
+    print(f"\nchecks: {checks.row()}")
+    assert checks.passed, checks.failures()
+    assert checks.fmax is not None and checks.fmax < checks.emtol == 1000.0
+    assert checks.mean_t is not None and abs(checks.mean_t - 300.0) <= 5.0
+    assert checks.lincs_warnings == 0 and 0.8 < checks.max_bond < 2.0  # C-S is 1.81 Å
+    assert checks.max_com_jump < checks.jump_limit
+    add_checks_attribute(out, checks)
+    with netCDF4.Dataset(out) as ds:
+        assert MdChecks.model_validate_json(ds.md_checks) == checks
+        edge = float(ds["cell_lengths"][-1, 0])
+    indices, _, _ = peptide_topology(workdir / "md.tpr")
+    peptide = slice(int(indices.min()), int(indices.max()) + 1)
+    with netCDF4.Dataset(out, "a") as ds:
+        ds["coordinates"][-1, peptide, 0] = ds["coordinates"][-1, peptide, 0] + edge
+    jumped = check_simulation(workdir, out)
+    assert not jumped.pbc_ok and jumped.max_com_jump > 0.9 * edge
+    assert (jumped.em_ok, jumped.temperature_ok, jumped.lincs_ok) == (True, True, True)
+    assert jumped.failures()[0].startswith("pbc: peptide centre-of-mass jump")
 
 
 @pytest.mark.integration
