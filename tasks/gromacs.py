@@ -23,10 +23,13 @@ The commands, run in order in the job directory (all paths relative to it):
                   periodic boundary; this is the trajectory the NetCDF is made from)
 
 No command goes through a shell string. `genion`, `energy` and `trjconv` read their
-group selections from stdin; an argv list cannot pipe, so those two run under a constant
+group selections from stdin; an argv list cannot pipe, so those run under a constant
 wrapper, ``sh -c 'sel=$1; shift; printf "%s\\n" "$sel" | "$@"' helixflow-stdin
 <selection> gmx ...``: the selection and the gmx command are positional arguments, never
 parsed by the shell, so no value from a block or a sequence can inject shell syntax.
+The NVT, NPT and production `mdrun`s run under a second constant wrapper that also saves
+their stderr to `<stage>.stderr` (where GROMACS 2022 writes LINCS warnings; see
+`STDERR_WRAPPER`), the file name again a positional argument.
 """
 
 from __future__ import annotations
@@ -63,6 +66,12 @@ STDIN_WRAPPER = 'sel=$1; shift; printf "%s\\n" "$sel" | "$@"'
 """The one shell script helixflow runs: pipe $1 (a selection) into the command "$@"."""
 STDIN_WRAPPER_NAME = "helixflow-stdin"
 
+STDERR_WRAPPER = 'out=$1; shift; "$@" 2>"$out"; rc=$?; cat "$out" >&2; exit $rc'
+"""The other one: run "$@" with its stderr saved to the file $1 (then copied to stderr,
+the exit status kept). GROMACS 2022 writes LINCS warnings to mdrun's stderr only, not to
+the .log, so the checks read the saved `<stage>.stderr`."""
+STDERR_WRAPPER_NAME = "helixflow-stderr"
+
 ENERGY_TERMS: tuple[str, ...] = (
     "Potential", "Kinetic-En.", "Total-Energy", "Temperature", "Pressure",
 )
@@ -73,11 +82,11 @@ WHOLE_TRAJECTORY = "md-whole.xtc"
 
 MD_OUTPUTS: tuple[str, ...] = (
     "topol.top", "md.tpr", "md.gro", "md.xtc", "md.edr", "md.log", "energy.xvg",
-    WHOLE_TRAJECTORY, "em.log", "nvt.log",
+    WHOLE_TRAJECTORY, "em.log", "nvt.log", "nvt.stderr", "md.stderr",
 )
 """What a finished job leaves that `md_outputs_to_netcdf`, the sanity checks
-(tasks/md_checks.py: EM, NVT and MD logs) and provenance need; `md_outputs` adds npt.log
-when NPT runs."""
+(tasks/md_checks.py: EM, NVT and MD logs, mdrun's stderr) and provenance need;
+`md_outputs` adds npt.log and npt.stderr when NPT runs."""
 
 
 # --------------------------------------------------------------------------------------
@@ -206,6 +215,11 @@ def with_stdin(selection: str, argv: Sequence[str]) -> list[str]:
     return ["sh", "-c", STDIN_WRAPPER, STDIN_WRAPPER_NAME, selection, *argv]
 
 
+def with_stderr_file(path: str, argv: Sequence[str]) -> list[str]:
+    """argv that runs `argv` with its stderr also saved to `path`; no quoting."""
+    return ["sh", "-c", STDERR_WRAPPER, STDERR_WRAPPER_NAME, path, *argv]
+
+
 def md_commands(settings: GromacsSettings, structure: str = "peptide.pdb") -> list[list[str]]:
     """The job's argv commands, in order, with paths relative to the job directory.
 
@@ -251,7 +265,9 @@ def md_commands(settings: GromacsSettings, structure: str = "peptide.pdb") -> li
                 grompp += ["-t", f"{previous}.cpt"]
             if stage in ("nvt", "npt") and s.posres:
                 grompp += ["-r", f"{previous}.gro"]
-        cmds += [[*grompp, *maxwarn], [*gmx, "mdrun", "-deffnm", stage, *mdrun]]
+        run = [*gmx, "mdrun", "-deffnm", stage, *mdrun]
+        cmds += [[*grompp, *maxwarn],
+                 run if stage == "em" else with_stderr_file(f"{stage}.stderr", run)]
         previous = stage
     cmds.append(with_stdin(
         "\n".join(ENERGY_TERMS) + "\n",
@@ -265,8 +281,8 @@ def md_commands(settings: GromacsSettings, structure: str = "peptide.pdb") -> li
 
 
 def md_outputs(settings: GromacsSettings) -> tuple[str, ...]:
-    """The outputs a job with these settings leaves (npt.log only when NPT runs)."""
-    return (*MD_OUTPUTS, "npt.log") if settings.npt_enabled else MD_OUTPUTS
+    """The outputs a job with these settings leaves (npt.* only when NPT runs)."""
+    return (*MD_OUTPUTS, "npt.log", "npt.stderr") if settings.npt_enabled else MD_OUTPUTS
 
 
 def md_input_files(
@@ -325,7 +341,7 @@ def md_job(settings: GromacsSettings, sequence: str, *, check_installed: bool = 
 def describe_command(argv: Sequence[str]) -> str:
     """'gmx grompp -o nvt.tpr'-style label of a job command for messages."""
     args = list(argv)
-    if args[:3] == ["sh", "-c", STDIN_WRAPPER]:
+    if args[:3] in (["sh", "-c", STDIN_WRAPPER], ["sh", "-c", STDERR_WRAPPER]):
         args = args[5:]
     if not args:
         return "empty command"
@@ -622,8 +638,9 @@ def md_trajectory(plan: MdPlan, outputs: dict[str, Artifact], store: Store,
         work = scratch / plan.name
         work.mkdir()
         wanted = {**{n: outputs[n] for n in ("md.tpr", WHOLE_TRAJECTORY, "energy.xvg",
-                                             "md.gro", "em.log", "nvt.log", "md.log")},
-                  **{n: outputs[n] for n in ("npt.log",) if n in outputs},
+                                             "md.gro", "em.log", "nvt.log", "md.log",
+                                             "nvt.stderr", "md.stderr")},
+                  **{n: outputs[n] for n in ("npt.log", "npt.stderr") if n in outputs},
                   **{n: plan.inputs[n] for n in CHECK_INPUTS}}
         for name, art in wanted.items():
             local = fetch(store, art, work, name=name)

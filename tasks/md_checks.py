@@ -10,7 +10,10 @@ Four checks, each a figure and a pass/fail (`MdChecks`):
   (The NVT equilibration's mean is not used: starting from a minimised structure, half of
   the kinetic energy goes into potential energy in the first steps, so a short NVT
   averages several K below target by design.)
-- **lincs**: no "LINCS WARNING" in the NVT, NPT or production logs.
+- **lincs**: no "LINCS WARNING" from the NVT, NPT or production mdrun. GROMACS 2022
+  writes them to mdrun's stderr only (1014 of them on stderr and none in nvt.log before
+  "Too many LINCS warnings" ended a run here), so the job saves it as `<stage>.stderr`;
+  per stage the larger count of the .stderr and the .log is taken.
 - **pbc**: the peptide in the trajectory the user gets (the NetCDF) is whole in every
   frame (no bond longer than `max_bond`) and its centre of mass never moves more than
   `jump_fraction` of the shortest box edge between frames (a jump across a periodic
@@ -255,12 +258,12 @@ def check_simulation(
     workdir: str | Path,
     netcdf: str | Path,
     *,
-    dynamics_logs: Sequence[str] = ("nvt.log", "npt.log", "md.log"),
+    dynamics: Sequence[str] = ("nvt", "npt", "md"),
 ) -> MdChecks:
     """Every check of one finished job, from its directory and its NetCDF trajectory.
 
-    `workdir` holds em.log, md.log (and the other dynamics logs), em.mdp, md.mdp and
-    md.tpr; missing dynamics logs (npt.log without NPT) are skipped.
+    `workdir` holds em.log, md.log, em.mdp, md.mdp, md.tpr and, per dynamics stage,
+    `<stage>.log` and `<stage>.stderr`; missing ones (npt.* without NPT) are skipped.
     """
     from netCDF4 import Dataset
 
@@ -274,8 +277,10 @@ def check_simulation(
     fmax = em_max_force((work / "em.log").read_text(errors="replace"))
     md_log = (work / "md.log").read_text(errors="replace")
     mean_t = log_averages(md_log).get("Temperature")
-    lincs = sum(lincs_warnings((work / n).read_text(errors="replace"))
-                for n in dynamics_logs if (work / n).is_file())
+    lincs = sum(max((lincs_warnings((work / f"{stage}{ext}").read_text(errors="replace"))
+                     for ext in (".log", ".stderr") if (work / f"{stage}{ext}").is_file()),
+                    default=0)
+                for stage in dynamics)
     indices, masses, bonds = peptide_topology(work / "md.tpr")
     with Dataset(str(netcdf)) as ds:
         lo, hi = int(indices.min()), int(indices.max()) + 1

@@ -23,6 +23,7 @@ from helixflow.flows.simulate import DEMO_MD
 from helixflow.tasks.gromacs import (
     ENERGY_TERMS,
     MD_OUTPUTS,
+    STDERR_WRAPPER,
     STDIN_WRAPPER,
     WHOLE_TRAJECTORY,
     add_checks_attribute,
@@ -38,6 +39,7 @@ from helixflow.tasks.gromacs import (
     peptides_from_orfs,
     read_xvg,
     run_md_locally,
+    with_stderr_file,
     with_stdin,
 )
 from helixflow.tasks.md_checks import MdChecks, check_simulation, peptide_topology
@@ -152,6 +154,10 @@ def test_md_commands_default_sequence() -> None:
     ]
     for mdrun in (c for c in cmds if subcommand(c) == "mdrun"):
         assert mdrun[-6:] == ["-ntmpi", "1", "-ntomp", "3", "-nb", "cpu"]
+    em_run, nvt_run, md_run = (c for c in cmds if subcommand(c) == "mdrun")
+    assert em_run[0] == "gmx"  # dynamics save their stderr (LINCS warnings) to a file
+    assert nvt_run[:5] == ["sh", "-c", STDERR_WRAPPER, "helixflow-stderr", "nvt.stderr"]
+    assert md_run[4] == "md.stderr" and {"nvt.stderr", "md.stderr"} <= set(MD_OUTPUTS)
     nvt_grompp, md_grompp = cmds[7], cmds[9]
     assert nvt_grompp[nvt_grompp.index("-r") + 1] == "em.gro"
     assert md_grompp[md_grompp.index("-t") + 1] == "nvt.cpt"
@@ -170,7 +176,8 @@ def test_md_commands_with_npt_salt_and_no_posres() -> None:
     cmds = md_commands(GromacsSettings(npt_enabled=True, ion_concentration=0.15, posres=False))
     names = [describe_command(c) for c in cmds]
     assert "gmx mdrun -deffnm npt" in names
-    assert md_outputs(GromacsSettings(npt_enabled=True)) == (*MD_OUTPUTS, "npt.log")
+    assert md_outputs(GromacsSettings(npt_enabled=True)) == (*MD_OUTPUTS, "npt.log",
+                                                              "npt.stderr")
     assert md_outputs(GromacsSettings()) == MD_OUTPUTS
     npt_grompp = cmds[names.index("gmx grompp -o npt.tpr")]
     assert npt_grompp[npt_grompp.index("-t") + 1] == "nvt.cpt" and "-r" not in npt_grompp
@@ -201,6 +208,18 @@ def test_md_input_files() -> None:
     assert sorted(files) == ["em.mdp", "ions.mdp", "md.mdp", "npt.mdp", "nvt.mdp", "peptide.pdb"]
     assert "nsteps                   = 500" in files["md.mdp"]
     assert files["peptide.pdb"].startswith("ATOM")
+
+
+def test_stderr_wrapper_saves_stderr_and_keeps_the_exit_status(tmp_path: Path) -> None:
+    nasty = "err; $(touch pwned) 'x"
+    code = f"import sys; print('out'); print({nasty!r}, file=sys.stderr); sys.exit(3)"
+    argv = with_stderr_file("my stage.stderr", [sys.executable, "-c", code])
+    out = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert (out.returncode, out.stdout, out.stderr) == (3, "out\n", nasty + "\n")
+    assert (tmp_path / "my stage.stderr").read_text() == nasty + "\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my stage.stderr"]
+    assert describe_command(with_stderr_file("md.stderr", ["gmx", "mdrun", "-deffnm", "md"])
+                            ) == "gmx mdrun -deffnm md"
 
 
 def test_stdin_wrapper_passes_values_literally(tmp_path: Path) -> None:
@@ -366,6 +385,12 @@ def test_sanity_checks_of_a_real_run(tmp_path: Path) -> None:
     assert not jumped.pbc_ok and jumped.max_com_jump > 0.9 * edge
     assert (jumped.em_ok, jumped.temperature_ok, jumped.lincs_ok) == (True, True, True)
     assert jumped.failures()[0].startswith("pbc: peptide centre-of-mass jump")
+    # mdrun's saved stderr is where LINCS warnings are counted (GROMACS 2022's md.log has none).
+    captured = Path(__file__).parent / "data" / "gromacs" / "nvt-lincs.stderr"
+    with open(workdir / "md.stderr", "a") as err:
+        err.write(captured.read_text())
+    lincs = check_simulation(workdir, out)
+    assert lincs.lincs_warnings == 4 and not lincs.lincs_ok
 
 
 @pytest.mark.integration
