@@ -257,6 +257,6 @@ def md_check_rows(trajectories: Sequence[Artifact]) -> list[dict[str, Any]]:
         checks = md_checks_of(t)
         if checks is not None:
             row.update(checks.row())
-            row["failed_checks"] = ", ".join(f.split(":", 1)[0] for f in checks.failures())
+            row["failed_checks"] = ", ".join(checks.failed())
         rows.append(row)
     return rows

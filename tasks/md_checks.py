@@ -181,6 +181,12 @@ class MdChecks(BaseModel):
     def passed(self) -> bool:
         return self.em_ok and self.temperature_ok and self.lincs_ok and self.pbc_ok
 
+    def failed(self) -> list[str]:
+        """Names of the failed checks (em, temperature, lincs, pbc)."""
+        verdicts = {"em": self.em_ok, "temperature": self.temperature_ok,
+                    "lincs": self.lincs_ok, "pbc": self.pbc_ok}
+        return [name for name, ok in verdicts.items() if not ok]
+
     def failures(self) -> list[str]:
         """One phrase per failed check, naming it and its figures."""
         out: list[str] = []

@@ -133,7 +133,7 @@ def test_each_check_fails_alone(overrides: dict, check: str, phrase: str) -> Non
     assert verdicts == {k: k != check for k in verdicts}
     assert not checks.passed and checks.row()["checks_passed"] is False
     (failure,) = checks.failures()
-    assert phrase in failure
+    assert phrase in failure and checks.failed() == [failure.split(":", 1)[0]]
 
 
 def test_check_limits_are_parameters() -> None:
