@@ -32,7 +32,7 @@ from helixflow.flows.preprocess import (
     run_unaligned,
     stage_params,
 )
-from helixflow.flows.simulate import SimulateParams, run_simulations
+from helixflow.flows.simulate import SimulateParams, md_check_rows, run_simulations
 from helixflow.lineage import LineageGraph, code_version, dot, mermaid, picture
 from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
@@ -44,6 +44,7 @@ from helixflow.tasks.annotate import DEFAULT_MOTIFS, AnnotationResult, MotifPara
 from helixflow.tasks.assemble import AssemblyParams
 from helixflow.tasks.correct import CorrectionParams, SolidSet
 from helixflow.tasks.ingest import IngestResult, identify_input, ingest_fastq, summarize
+from helixflow.tasks.md_checks import TEMPERATURE_TOLERANCE_K
 from helixflow.tasks.multiqc import publish_multiqc
 from helixflow.tasks.orfs import OrfParams
 from helixflow.tasks.reference import validate_reference
@@ -68,9 +69,14 @@ class RunSummary(BaseModel):
     embeddings: dict[str, list[str]] = {}
     analysis: dict[str, Any] = {}
     trajectories: list[str] = []
+    md_checks: list[dict[str, Any]] = []
+    """Per simulation: its trajectory, the sanity checks' figures and verdicts
+    (`flows.simulate.md_check_rows`)."""
     samples: list[dict[str, Any]]
     skipped: list[Skipped] = []
     """Stages left out for want of input (each also one warning line), in run order."""
+    warnings: list[str] = []
+    """Findings the run went on from (failed MD sanity checks), one line each."""
     artifacts: int
     tasks_executed: int
     tasks_cached: int
@@ -262,11 +268,16 @@ def genomics_pipeline(
     recorder.flush()
 
     skipped = recorder.skipped
+    md_rows = md_check_rows(trajectories)
+    md_failed = sum(1 for r in md_rows if r.get("checks_passed") is False)
     tables = {
         "run-summary": (f"Run {run_id}: each sample from reads to outputs (QC report: "
                         f"{report_art.uri}; MultiQC: {report.multiqc_uri or 'none'}); "
                         f"{len(skipped)} stage(s) skipped for want of "
-                        "input (table `skipped`)",
+                        "input (table `skipped`)" + (
+                            f"; MD sanity checks: {len(md_rows) - md_failed} of "
+                            f"{len(md_rows)} simulation(s) passed (table `md`)"
+                            if md_rows else ""),
                         [{"sample": r.sample, "layout": r.layout, "shards": len(r.shards),
                           **summarize(r.stats),
                           "reads_after_qc": qc_counts[r.sample].get("reads_out"),
@@ -307,8 +318,11 @@ def genomics_pipeline(
                               [{"method": analysis.clusters.params.get("method"),
                                 **analysis.metrics}])
     if trajectories:
-        tables["md"] = ("Peptide MD trajectories (AMBER NetCDF)",
-                        [{"trajectory": t.uri, **t.params} for t in trajectories])
+        tables["md"] = ("Peptide MD trajectories (AMBER NetCDF) and their sanity checks: EM "
+                        "Fmax < emtol (kJ/mol/nm), production mean T within "
+                        f"{TEMPERATURE_TOLERANCE_K:g} K of ref_t, no "
+                        "LINCS warnings, peptide whole and no centre-of-mass jump (Å) between "
+                        "frames", md_rows)
     if assemblies:
         tables["assembly"] = ("MEGAHIT contigs per sample",
                               [{"sample": s, **a.stats} for s, a in assemblies.items()])
@@ -325,8 +339,10 @@ def genomics_pipeline(
         embeddings={m: [a.uri for a in arts] for m, arts in embeddings.items()},
         analysis=analysis.metrics if analysis else {},
         trajectories=[t.uri for t in trajectories],
+        md_checks=md_rows,
         run_uri=st.run_uri(run_id),
         skipped=skipped,
+        warnings=recorder.warnings,
         samples=[{"sample": r.sample, "layout": r.layout, "shards": len(r.shards),
                   **summarize(r.stats), "reads_after_qc": qc_counts[r.sample].get("reads_out")}
                  for r in results],
@@ -491,6 +507,7 @@ def _publish_reports(
         ],
         "lineage": recorder.log.uri,
         "skipped": [k.model_dump() for k in recorder.skipped],
+        "warnings": recorder.warnings,
     }
     store.write_bytes_atomic(
         store.run_uri(run_id, "manifest.json"), json.dumps(manifest, indent=2).encode()

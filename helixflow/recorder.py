@@ -33,6 +33,7 @@ class RunRecorder:
         self.cached = 0
         self.by_task: dict[str, dict[str, int]] = {}
         self.skipped: list[Skipped] = []
+        self.warnings: list[str] = []
         self._unsent: list[LineageRecord] = []  # not yet exported to OpenLineage
         openlineage.emit([openlineage.flow_event("START", self.flow_run_id, run_id)])
 
@@ -82,6 +83,15 @@ class RunRecorder:
             self.skipped.append(outcome)
             get_run_logger().warning("%s", outcome.line, extra={"skipped_stage": True})
         return outcome
+
+    def warn(self, line: str) -> str:
+        """A finding the run goes on from (a failed MD sanity check): one warning in the
+        run's log and one entry in the run summary (recorded once, however often it is
+        reported)."""
+        if line not in self.warnings:
+            self.warnings.append(line)
+            get_run_logger().warning("%s", line, extra={"summary_warning": True})
+        return line
 
     def flush(self) -> None:
         """Write the new lineage records to the store (and send them to OpenLineage)."""

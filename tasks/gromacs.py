@@ -18,12 +18,18 @@ The commands, run in order in the job directory (all paths relative to it):
     gmx grompp/mdrun em  -> em.gro;   nvt (-r em.gro) -> nvt.gro/.cpt
     [gmx grompp/mdrun npt] -> npt.gro/.cpt;   md -> md.tpr, md.xtc, md.edr, md.log, md.gro
     gmx energy    md.edr -> energy.xvg (potential, kinetic, total, temperature, pressure)
+    gmx trjconv   md.xtc -> md-whole.xtc (-pbc mol -center: every molecule whole, the
+                  peptide centred in the box in every frame, so it never jumps across a
+                  periodic boundary; this is the trajectory the NetCDF is made from)
 
-No command goes through a shell string. `genion` and `energy` read their group
-selections from stdin; an argv list cannot pipe, so those two run under a constant
+No command goes through a shell string. `genion`, `energy` and `trjconv` read their
+group selections from stdin; an argv list cannot pipe, so those run under a constant
 wrapper, ``sh -c 'sel=$1; shift; printf "%s\\n" "$sel" | "$@"' helixflow-stdin
 <selection> gmx ...``: the selection and the gmx command are positional arguments, never
 parsed by the shell, so no value from a block or a sequence can inject shell syntax.
+The NVT, NPT and production `mdrun`s run under a second constant wrapper that also saves
+their stderr to `<stage>.stderr` (where GROMACS 2022 writes LINCS warnings; see
+`STDERR_WRAPPER`), the file name again a positional argument.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from helixflow.caching import stage_options
 from helixflow.errors import HelixflowError, InputError
 from helixflow.store import Store
 from helixflow.tables import publish_file
+from helixflow.tasks.md_checks import MdChecks, check_simulation
 from helixflow.tools import tool_version
 
 STANDARD_AMINO_ACIDS = frozenset("ACDEFGHIKLMNPQRSTVWY")
@@ -59,15 +66,27 @@ STDIN_WRAPPER = 'sel=$1; shift; printf "%s\\n" "$sel" | "$@"'
 """The one shell script helixflow runs: pipe $1 (a selection) into the command "$@"."""
 STDIN_WRAPPER_NAME = "helixflow-stdin"
 
+STDERR_WRAPPER = 'out=$1; shift; "$@" 2>"$out"; rc=$?; cat "$out" >&2; exit $rc'
+"""The other one: run "$@" with its stderr saved to the file $1 (then copied to stderr,
+the exit status kept). GROMACS 2022 writes LINCS warnings to mdrun's stderr only, not to
+the .log, so the checks read the saved `<stage>.stderr`."""
+STDERR_WRAPPER_NAME = "helixflow-stderr"
+
 ENERGY_TERMS: tuple[str, ...] = (
     "Potential", "Kinetic-En.", "Total-Energy", "Temperature", "Pressure",
 )
 """`gmx energy` terms extracted from md.edr into energy.xvg."""
 
+WHOLE_TRAJECTORY = "md-whole.xtc"
+"""md.xtc with molecules whole and the peptide centred (`gmx trjconv -pbc mol -center`)."""
+
 MD_OUTPUTS: tuple[str, ...] = (
     "topol.top", "md.tpr", "md.gro", "md.xtc", "md.edr", "md.log", "energy.xvg",
+    WHOLE_TRAJECTORY, "em.log", "nvt.log", "nvt.stderr", "md.stderr",
 )
-"""What a finished job leaves that `md_outputs_to_netcdf` (and provenance) needs."""
+"""What a finished job leaves that `md_outputs_to_netcdf`, the sanity checks
+(tasks/md_checks.py: EM, NVT and MD logs, mdrun's stderr) and provenance need;
+`md_outputs` adds npt.log and npt.stderr when NPT runs."""
 
 
 # --------------------------------------------------------------------------------------
@@ -196,6 +215,11 @@ def with_stdin(selection: str, argv: Sequence[str]) -> list[str]:
     return ["sh", "-c", STDIN_WRAPPER, STDIN_WRAPPER_NAME, selection, *argv]
 
 
+def with_stderr_file(path: str, argv: Sequence[str]) -> list[str]:
+    """argv that runs `argv` with its stderr also saved to `path`; no quoting."""
+    return ["sh", "-c", STDERR_WRAPPER, STDERR_WRAPPER_NAME, path, *argv]
+
+
 def md_commands(settings: GromacsSettings, structure: str = "peptide.pdb") -> list[list[str]]:
     """The job's argv commands, in order, with paths relative to the job directory.
 
@@ -241,13 +265,24 @@ def md_commands(settings: GromacsSettings, structure: str = "peptide.pdb") -> li
                 grompp += ["-t", f"{previous}.cpt"]
             if stage in ("nvt", "npt") and s.posres:
                 grompp += ["-r", f"{previous}.gro"]
-        cmds += [[*grompp, *maxwarn], [*gmx, "mdrun", "-deffnm", stage, *mdrun]]
+        run = [*gmx, "mdrun", "-deffnm", stage, *mdrun]
+        cmds += [[*grompp, *maxwarn],
+                 run if stage == "em" else with_stderr_file(f"{stage}.stderr", run)]
         previous = stage
     cmds.append(with_stdin(
         "\n".join(ENERGY_TERMS) + "\n",
         [*gmx, "energy", "-f", "md.edr", "-o", "energy.xvg"],
     ))
+    # Centre on the peptide, write every atom; -pbc mol makes molecules whole first.
+    cmds.append(with_stdin("Protein\nSystem", [
+        *gmx, "trjconv", "-s", "md.tpr", "-f", "md.xtc", "-o", WHOLE_TRAJECTORY,
+        "-pbc", "mol", "-center"]))
     return cmds
+
+
+def md_outputs(settings: GromacsSettings) -> tuple[str, ...]:
+    """The outputs a job with these settings leaves (npt.* only when NPT runs)."""
+    return (*MD_OUTPUTS, "npt.log", "npt.stderr") if settings.npt_enabled else MD_OUTPUTS
 
 
 def md_input_files(
@@ -294,6 +329,7 @@ def md_job(settings: GromacsSettings, sequence: str, *, check_installed: bool = 
         sequence=sequence,
         files=md_input_files(settings, sequence),
         commands=md_commands(settings),
+        outputs=md_outputs(settings),
         parameters=settings.md_parameters(),
     )
 
@@ -305,7 +341,7 @@ def md_job(settings: GromacsSettings, sequence: str, *, check_installed: bool = 
 def describe_command(argv: Sequence[str]) -> str:
     """'gmx grompp -o nvt.tpr'-style label of a job command for messages."""
     args = list(argv)
-    if args[:3] == ["sh", "-c", STDIN_WRAPPER]:
+    if args[:3] in (["sh", "-c", STDIN_WRAPPER], ["sh", "-c", STDERR_WRAPPER]):
         args = args[5:]
     if not args:
         return "empty command"
@@ -440,22 +476,25 @@ def md_outputs_to_netcdf(
     provenance: Mapping[str, object] | None = None,
     *,
     selection: str = "all",
+    trajectory: str = WHOLE_TRAJECTORY,
 ) -> Path:
-    """The job directory's md.tpr/md.xtc/energy.xvg as an AMBER NetCDF trajectory.
+    """The job directory's md.tpr, `trajectory` and energy.xvg as an AMBER NetCDF.
 
     Coordinates of `selection` atoms (MDAnalysis syntax; default all, water included)
-    with per-frame solute backbone RMSD and radius of gyration, and the energy series
-    on their own time axis. `provenance` entries become global attributes.
+    from `trajectory` (default md-whole.xtc: molecules whole, the peptide centred; "md.xtc"
+    for mdrun's own output) with per-frame solute backbone RMSD and radius of gyration,
+    and the energy series on their own time axis. `provenance` entries become global
+    attributes.
     """
     from helixflow.tasks.netcdf import trajectory_from_gromacs, write_amber_trajectory
 
     workdir = Path(workdir)
-    for name in ("md.tpr", "md.xtc", "energy.xvg"):
+    for name in ("md.tpr", trajectory, "energy.xvg"):
         if not (workdir / name).is_file():
             raise HelixflowError(
                 f"{workdir}: MD output {name} is missing", hint="did the job finish?"
             )
-    traj = trajectory_from_gromacs(workdir / "md.tpr", workdir / "md.xtc", selection=selection)
+    traj = trajectory_from_gromacs(workdir / "md.tpr", workdir / trajectory, selection=selection)
     energy_time, columns = read_xvg(workdir / "energy.xvg")
     series: dict[str, np.ndarray] = {}
     units: dict[str, str] = {"rmsd": "angstrom", "radius_of_gyration": "angstrom"}
@@ -482,7 +521,7 @@ def md_outputs_to_netcdf(
 
 # --- Prefect tasks: the store edge -------------------------------------------------------
 
-GROMACS_VERSION = "1"
+GROMACS_VERSION = "2"  # 2: md-whole.xtc, em/nvt logs kept, MD checks
 
 
 class MdPlan(BaseModel):
@@ -562,24 +601,57 @@ def prepare_md(
     return plans, inputs_nc
 
 
+CHECK_INPUTS: tuple[str, ...] = ("em.mdp", "md.mdp")
+"""Staged inputs the sanity checks read (emtol, ref-t)."""
+
+
+def add_checks_attribute(netcdf: str | Path, checks: MdChecks) -> None:
+    """Store the check record in the NetCDF as the global attribute `md_checks` (JSON)."""
+    from netCDF4 import Dataset
+
+    with Dataset(str(netcdf), "a") as ds:
+        ds.setncattr("md_checks", checks.model_dump_json())
+
+
 @task(name="md-trajectory", task_run_name="trajectory-{plan.name}",
       **stage_options(GROMACS_VERSION))
 def md_trajectory(plan: MdPlan, outputs: dict[str, Artifact], store: Store,
                   run_id: str) -> Artifact:
     """A finished simulation's outputs → AMBER-convention NetCDF trajectory (Å, ps) with
-    energy, temperature, pressure, RMSD and radius-of-gyration series."""
+    energy, temperature, pressure, RMSD and radius-of-gyration series, made from
+    md-whole.xtc (molecules whole, the peptide centred), and its sanity checks
+    (tasks/md_checks.py) in the NetCDF (attribute `md_checks`) and in the artifact's
+    metadata (`md_checks`, hence in lineage).
+
+    Args:
+        plan: the simulation (its staged inputs hold em.mdp and md.mdp)
+        outputs: the job's outputs by name (`md_outputs`)
+        store: where to publish
+        run_id: the run
+
+    Returns:
+        The trajectory artifact; a failed check is recorded, never raised.
+    """
     from helixflow.tables import fetch
 
     with store.scratch() as scratch:
         work = scratch / plan.name
         work.mkdir()
-        for name in ("md.tpr", "md.xtc", "energy.xvg", "md.gro"):
-            local = fetch(store, outputs[name], work, name=name)
+        wanted = {**{n: outputs[n] for n in ("md.tpr", WHOLE_TRAJECTORY, "energy.xvg",
+                                             "md.gro", "em.log", "nvt.log", "md.log",
+                                             "nvt.stderr", "md.stderr")},
+                  **{n: outputs[n] for n in ("npt.log", "npt.stderr") if n in outputs},
+                  **{n: plan.inputs[n] for n in CHECK_INPUTS}}
+        for name, art in wanted.items():
+            local = fetch(store, art, work, name=name)
             if local.parent != work:
                 (work / name).symlink_to(local)
         nc = md_outputs_to_netcdf(work, scratch / f"{plan.name}.nc", {
             "run_id": run_id, "sequence_id": plan.sequence_id, "cluster": plan.cluster,
             "peptide": plan.peptide})
+        checks = check_simulation(work, nc)
+        add_checks_attribute(nc, checks)
         return publish_file(store, nc, run_id=run_id, stage="md", media_type="application/x-netcdf",
                             producer="md-trajectory", upstream=[a.ref() for a in outputs.values()],
-                            params={"sequence_id": plan.sequence_id, "peptide": plan.peptide})
+                            params={"sequence_id": plan.sequence_id, "peptide": plan.peptide},
+                            metadata={"md_checks": checks.model_dump(mode="json")})

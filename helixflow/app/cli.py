@@ -281,11 +281,13 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 class _SkipsInSummary(logging.Filter):
-    """A skipped stage is one `warning:` line of the closing summary; its run-log record
-    (`RunRecorder.skip`) stays in the UI but is not printed on the console too."""
+    """A skipped stage (or a failed MD check) is one `warning:` line of the closing
+    summary; its run-log record (`RunRecorder.skip`, `RunRecorder.warn`) stays in the UI
+    but is not printed on the console too."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(record, "skipped_stage", False)
+        return not (getattr(record, "skipped_stage", False)
+                    or getattr(record, "summary_warning", False))
 
 
 def _one_warning_per_skip() -> None:
@@ -334,11 +336,27 @@ def _print_summary(summary: Any, elapsed: float) -> None:
         k = "" if m.get("k_neighbors") is None else f" ({m['k_neighbors']} neighbours each)"
         out.print(f"analysis: {m['vectors']:,} vectors{k}, {m['n_clusters']} clusters, "
                   f"{m['communities']} communities{ari}")
+    checks = {row["trajectory"]: row for row in getattr(summary, "md_checks", [])}
     for trajectory in summary.trajectories:
         out.print(f"MD trajectory: {trajectory}")
+        if trajectory in checks:
+            out.print(f"  checks: {_md_checks_line(checks[trajectory])}", highlight=False)
     for skipped in getattr(summary, "skipped", []):
         err.print(f"[yellow]warning:[/] {escape(skipped.line)}", highlight=False,
                   soft_wrap=True)
+    for line in getattr(summary, "warnings", []):
+        err.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+
+
+def _md_checks_line(row: dict[str, Any]) -> str:
+    """One simulation's sanity figures on one line (`flows.simulate.md_check_rows`)."""
+    if row.get("checks_passed") is None:
+        return "none recorded"
+    verdict = "all passed" if row["checks_passed"] else f"FAILED {row['failed_checks']}"
+    return (f"EM Fmax {_fmt(row['em_fmax'], '.1f')} (emtol {row['emtol']:g}), mean T "
+            f"{_fmt(row['mean_t'], '.1f')} K (target {row['ref_t']:g}), "
+            f"{row['lincs_warnings']} LINCS warning(s), max COM jump "
+            f"{row['max_com_jump_A']:.2f} Å, longest bond {row['max_bond_A']:.2f} Å: {verdict}")
 
 
 @app.command()
