@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from helixflow.errors import InputError
+from helixflow.tasks.reads import base_codes, string_parts
 
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)
@@ -46,9 +47,7 @@ KMER_SIZES = (3, 4, 5, 6)
 SequenceInput = Iterable[str] | pa.Array | pa.ChunkedArray | np.ndarray
 """Sequences as Python strings, an Arrow string/binary array, or a NumPy array of str."""
 
-_CODE = np.full(256, 4, dtype=np.uint8)  # byte -> 2-bit code in DNABERT order, 4 = other
-for _i, _base in enumerate(DNABERT_ALPHABET):
-    _CODE[ord(_base)] = _CODE[ord(_base.lower())] = _i
+_CODE = base_codes(DNABERT_ALPHABET.encode())  # byte -> code in DNABERT order, 4 = other
 
 
 def dnabert_vocab(k: int) -> list[str]:
@@ -75,11 +74,7 @@ def sequence_buffer(sequences: SequenceInput) -> tuple[np.ndarray, np.ndarray]:
             arr = pc.cast(sequences, pa.large_string())
         if arr.null_count:
             arr = pc.fill_null(arr, "" if pa.types.is_large_string(arr.type) else b"")
-        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[
-            arr.offset : arr.offset + len(arr) + 1
-        ]
-        buf = arr.buffers()[2]
-        data = np.frombuffer(buf, np.uint8) if buf is not None else np.zeros(0, np.uint8)
+        offsets, data = string_parts(arr)
         return data, offsets
     parts = [s.encode("ascii", errors="replace") for s in sequences]
     lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))

@@ -47,15 +47,13 @@ import pyarrow.parquet as pq
 
 from helixflow.errors import TooLittleInput
 from helixflow.files import atomic_write
+from helixflow.tasks.reads import BASE_CODE, string_parts
 
 LSH_VERSION = "helixflow-lshvec-hash/1"
 _QUANT_BITS = 24  # hyperplane coefficients are multiples of 2^-24: all float64 sums exact
 
-# Base codes: A=0, C=1, G=2, T=3, anything else 4. Encoding A=-1, C=-i, G=+i, T=+1.
-_CODE = np.full(256, 4, np.uint8)
-for _i, _b in enumerate(b"ACGT"):
-    _CODE[_b] = _i
-    _CODE[_b + 32] = _i  # lower case
+# Base codes (BASE_CODE): A=0, C=1, G=2, T=3, anything else 4. Encoding A=-1, C=-i, G=+i,
+# T=+1.
 _ENC_RE = np.array([-1.0, 0.0, 0.0, 1.0, 0.0])
 _ENC_IM = np.array([0.0, -1.0, 1.0, 0.0, 0.0])
 ENCODING: dict[str, complex] = {"A": -1 + 0j, "C": -1j, "G": 1j, "T": 1 + 0j}
@@ -75,12 +73,8 @@ def _flat_codes(sequences: pa.Array | pa.ChunkedArray | Sequence[str]) -> tuple[
     arr = sequences.cast(pa.large_binary())
     if arr.null_count:
         arr = arr.fill_null(b"")
-    n = len(arr)
-    bufs = arr.buffers()
-    offsets = np.frombuffer(bufs[1], np.int64, count=n + 1, offset=arr.offset * 8)
-    data = np.frombuffer(bufs[2], np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
-    data = data[offsets[0]:offsets[-1]]
-    return _CODE[data], (offsets - offsets[0]).astype(np.int64)
+    offsets, data = string_parts(arr)
+    return BASE_CODE[data[offsets[0]:offsets[-1]]], (offsets - offsets[0]).astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------
