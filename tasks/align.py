@@ -89,7 +89,18 @@ _FLAG_SECONDARY, _FLAG_SUPPLEMENTARY = 0x100, 0x800
 
 
 def preset_for(read_type: str) -> str:
-    """minimap2 preset for a read type ("illumina", "ont", "pacbio", "hifi") or a preset name."""
+    """minimap2 preset for a read type ("illumina", "ont", "pacbio", "hifi") or a preset name.
+
+    Args:
+        read_type: a read type ("illumina", "ont", "pacbio", "hifi"; any case) or a
+            minimap2 preset name ("sr", "map-ont", "map-pb", "map-hifi"), passed through.
+
+    Returns:
+        The minimap2 preset name.
+
+    Raises:
+        ValueError: an unknown read type (the message lists the allowed names).
+    """
     if read_type in _KNOWN_PRESETS:
         return read_type
     try:
@@ -146,7 +157,14 @@ def _check_reference(reference_fa: Path) -> None:
 
 
 def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks.
+
+    Args:
+        path: the file to hash.
+
+    Returns:
+        The sha256 digest as 64 lower-case hex characters.
+    """
     digest = hashlib.sha256()
     with Path(path).open("rb") as fh:
         while block := fh.read(1 << 20):
@@ -203,7 +221,18 @@ def _load_aligner(index: str, preset: str, mtime_ns: int) -> mappy.Aligner:
 
 
 def load_aligner(index: Path, preset: str) -> mappy.Aligner:
-    """mappy.Aligner over an .mmi (or FASTA) with the preset's mapping options, cached."""
+    """mappy.Aligner over an .mmi (or FASTA) with the preset's mapping options, cached.
+
+    Args:
+        index: a minimap2 index (.mmi) or a FASTA to index on load.
+        preset: a read type or minimap2 preset name (see `preset_for`).
+
+    Returns:
+        The loaded aligner, cached per worker process on (path, preset, mtime).
+
+    Raises:
+        InputError: `index` is not a file.
+    """
     path = Path(index)
     if not path.is_file():
         raise InputError(str(path), "minimap2 index not found",
@@ -267,6 +296,15 @@ class _Mate2Hit:
 def md_tag(ref: str, query: str, cigar: list[list[int]]) -> str:
     """SAM MD tag of an alignment: `ref` and `query` are the aligned spans (no clips),
     `cigar` the (length, op) pairs with M/I/D/N ops as mappy gives them.
+
+    Args:
+        ref: the reference bases of the aligned span (any case; mismatches are upper-cased).
+        query: the read bases of the aligned span, soft clips removed.
+        cigar: (length, op) pairs as mappy's `Alignment.cigar`; ops 0/7/8 (M, =, X), 1 (I),
+            2 (D) and 3 (N) are read.
+
+    Returns:
+        The MD:Z value, e.g. "2G0^T4".
 
     Example:
         >>> md_tag("ACGTACGT", "ACCACGT", [[3, 0], [1, 2], [4, 0]])
@@ -492,7 +530,15 @@ _NAME_SUFFIXES = ("", "/1", "/2")
 
 def name_suffix_of(fastq: str | Path, storage_options: dict[str, Any] | None = None) -> str:
     """The "/1" or "/2" that ends the first read name of a FASTQ ("" if none): what
-    read_id lost at ingest and minimap2 hashes (pass it to align_batch as name_suffix)."""
+    read_id lost at ingest and minimap2 hashes (pass it to align_batch as name_suffix).
+
+    Args:
+        fastq: a FASTQ path or URL, plain or compressed.
+        storage_options: fsspec options for a remote `fastq`; None for none.
+
+    Returns:
+        "/1", "/2", or "" when the first read name has neither suffix (or the file is empty).
+    """
     from helixflow.tasks.inflate import open_fastq
 
     with open_fastq(str(fastq), storage_options) as fh:
