@@ -237,6 +237,13 @@ def merge_counts(tables: Iterable[pa.Table]) -> pa.Table:
 
     Tables sorted by kmer (as count_kmers makes them) merge fastest: the stable sort
     (timsort) then only merges runs.
+
+    Args:
+        tables: COUNTS_SCHEMA tables; empty ones are ignored.
+
+    Returns:
+        One COUNTS_SCHEMA table, one row per distinct k-mer, sorted by kmer (an empty table
+        when there is no row).
     """
     tables = [t for t in tables if t.num_rows]
     if not tables:
@@ -250,7 +257,19 @@ def merge_counts(tables: Iterable[pa.Table]) -> pa.Table:
 def partition_bounds(k: int, n_partitions: int) -> np.ndarray:
     """k-mer values splitting the canonical k-mer space into `n_partitions` ranges of
     about equal size: a canonical k-mer is the smaller of two, so small values are
-    more common (P(value < x) = 1 - (1 - x)^2 for random sequence)."""
+    more common (P(value < x) = 1 - (1 - x)^2 for random sequence).
+
+    Args:
+        k: the k-mer length, 1..MAX_K (31).
+        n_partitions: the number of ranges, >= 1.
+
+    Returns:
+        `n_partitions + 1` ascending uint64 bounds, from 0 to 4**k; range j is
+        [bounds[j], bounds[j + 1]).
+
+    Raises:
+        ValueError: `k` or `n_partitions` out of range.
+    """
     _check_k(k)
     if n_partitions < 1:
         raise ValueError(f"n_partitions must be >= 1, got {n_partitions}")
@@ -262,7 +281,20 @@ def partition_bounds(k: int, n_partitions: int) -> np.ndarray:
 
 def partition_counts(counts: pa.Table, n_partitions: int, k: int) -> list[pa.Table]:
     """Split a sorted count table into `n_partitions` k-mer ranges (zero-copy slices), so
-    that range j of every shard can be merged by reducer j in bounded memory."""
+    that range j of every shard can be merged by reducer j in bounded memory.
+
+    Args:
+        counts: a COUNTS_SCHEMA table sorted by kmer.
+        n_partitions: the number of ranges, >= 1.
+        k: the k-mer length the counts were made with.
+
+    Returns:
+        `n_partitions` slices of `counts`, range j holding the k-mers in
+        `partition_bounds(k, n_partitions)` range j (possibly empty).
+
+    Raises:
+        ValueError: `k` or `n_partitions` out of range.
+    """
     bounds = partition_bounds(k, n_partitions)
     rows = np.searchsorted(counts.column("kmer").to_numpy(), bounds)
     rows[-1] = counts.num_rows
@@ -273,6 +305,13 @@ def kmer_histogram(counts: pa.Table, max_count: int = 10_000) -> np.ndarray:
     """hist[c] = number of distinct k-mers seen c times (the last bin holds >= max_count).
 
     Returned for reports (the classic k-mer spectrum plot) and for solid_threshold.
+
+    Args:
+        counts: a COUNTS_SCHEMA table.
+        max_count: the last bin; higher counts are added to it.
+
+    Returns:
+        int64 array of length `max_count + 1`.
     """
     values = counts.column("count").to_numpy().astype(np.int64)
     return np.bincount(np.minimum(values, max_count), minlength=max_count + 1).astype(np.int64)
@@ -285,6 +324,15 @@ def solid_threshold(hist: np.ndarray) -> int:
 
     Raises ValueError when the histogram has no valley (coverage too low for a spectrum
     method, or reads already error-free): then pass a threshold explicitly.
+
+    Args:
+        hist: a k-mer histogram as `kmer_histogram` returns it (last bin = overflow, ignored).
+
+    Returns:
+        The threshold count, at least 2: k-mers seen this often or more are solid.
+
+    Raises:
+        ValueError: the histogram has fewer than 4 bins below the overflow bin, or no valley.
     """
     hist = np.asarray(hist, dtype=np.int64)[:-1]  # the last bin collects all high counts
     if len(hist) < 4:
@@ -761,7 +809,17 @@ class CorrectResult(BaseModel):
 
 @task(name="count-kmers", task_run_name="kmers-{shard.name}", **stage_options(CORRECT_VERSION))
 def count_shard_kmers(shard: Artifact, k: int, store: Store, run_id: str) -> Artifact:
-    """Canonical k-mer counts of one shard (sorted, exact)."""
+    """Canonical k-mer counts of one shard (sorted, exact).
+
+    Args:
+        shard: a Parquet read shard (READS_SCHEMA; only `sequence` is read).
+        k: the k-mer length, 1..31.
+        store: the artifact store to read from and publish to.
+        run_id: the run the published artifact belongs to.
+
+    Returns:
+        The COUNTS_SCHEMA table artifact, named `<shard>.k<k>.parquet`.
+    """
     counts = count_kmers(read_table(store, shard, columns=["sequence"]), k)
     with store.scratch() as scratch:
         return publish_table(store, counts, scratch, run_id=run_id, stage="kmers",
@@ -773,7 +831,24 @@ def count_shard_kmers(shard: Artifact, k: int, store: Store, run_id: str) -> Art
 def choose_solid_kmers(
     sample: str, counts: list[Artifact], k: int, threshold: int | None, store: Store, run_id: str
 ) -> SolidSet:
-    """Merge shard counts; solid = count >= threshold (first valley of the histogram)."""
+    """Merge shard counts; solid = count >= threshold (first valley of the histogram).
+
+    With no valley in the histogram (and no `threshold`), the sample is marked skipped
+    (a warning is logged) and its reads later pass through uncorrected.
+
+    Args:
+        sample: the sample name; names the artifact and the task run.
+        counts: the sample's per-shard count artifacts from `count_shard_kmers`.
+        k: the k-mer length the counts were made with.
+        threshold: the smallest count of a solid k-mer; None: `solid_threshold` of the
+            merged histogram.
+        store: the artifact store to read from and publish to.
+        run_id: the run the published artifact belongs to.
+
+    Returns:
+        SolidSet with the solid k-mer table artifact (`kmer` column only), k, the threshold
+        used, the histogram (trailing zero bins dropped) and `skipped` (the reason, or None).
+    """
     merged = merge_counts(read_table(store, c) for c in counts)
     hist = kmer_histogram(merged)
     skipped = None
@@ -801,7 +876,20 @@ def choose_solid_kmers(
 def correct_reads(
     shard: Artifact, solid: SolidSet, params: CorrectionParams, store: Store, run_id: str
 ) -> CorrectResult:
-    """Correct one shard's substitution errors against the sample's solid k-mers."""
+    """Correct one shard's substitution errors against the sample's solid k-mers.
+
+    Args:
+        shard: a deduplicated Parquet read shard (READS_SCHEMA).
+        solid: the sample's solid k-mers; when `solid.skipped` is set the reads are published
+            unchanged.
+        params: correction settings.
+        store: the artifact store to read from and publish to.
+        run_id: the run the published artifact belongs to.
+
+    Returns:
+        CorrectResult with the corrected shard (".dedup." in the name becomes ".corrected.")
+        and the CorrectionCounts as a dict.
+    """
     batch = as_batch(read_table(store, shard))
     if solid.skipped:
         corrected, counts = batch, CorrectionCounts(reads=batch.num_rows)

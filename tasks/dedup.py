@@ -402,7 +402,19 @@ def _counts_dict(counts: DedupCounts) -> dict[str, float]:
 def hash_fragments(
     shard: Artifact, shard_index: int, n_partitions: int, store: Store, run_id: str
 ) -> list[Artifact]:
-    """Map: the shard's fragment keys, split into `n_partitions` key tables by hash."""
+    """Map: the shard's fragment keys, split into `n_partitions` key tables by hash.
+
+    Args:
+        shard: a Parquet read shard (READS_SCHEMA).
+        shard_index: the shard's position in the sample, stored in the keys to locate reads.
+        n_partitions: the number of key tables to split into, by hash.
+        store: the artifact store to read from and publish to.
+        run_id: the run the published artifacts belong to.
+
+    Returns:
+        `n_partitions` KEYS_SCHEMA table artifacts, `<shard>.keys-NNN.parquet`, in
+        partition order.
+    """
     keys = fragment_keys(as_batch(read_table(store, shard)), shard_index)
     base = shard.name.removesuffix(".parquet")
     with store.scratch() as scratch:
@@ -419,7 +431,18 @@ def hash_fragments(
 def choose_duplicates(
     sample: str, partition: int, parts: list[Artifact], store: Store, run_id: str
 ) -> DedupResult:
-    """Reduce: one partition's keys from every shard → the fragments to drop."""
+    """Reduce: one partition's keys from every shard → the fragments to drop.
+
+    Args:
+        sample: the sample name; names the artifact and the task run.
+        partition: the partition number, for the artifact name.
+        parts: this partition's key tables, one per shard (from `hash_fragments`).
+        store: the artifact store to read from and publish to.
+        run_id: the run the published artifact belongs to.
+
+    Returns:
+        DedupResult with the table of fragments to drop and the partition's counts.
+    """
     dropped, counts = choose_keepers([read_table(store, p) for p in parts])
     with store.scratch() as scratch:
         art = publish_table(store, dropped, scratch, run_id=run_id, stage="dedup-keys",
@@ -434,7 +457,19 @@ def choose_duplicates(
 def remove_duplicates(
     shard: Artifact, shard_index: int, dropped: list[Artifact], store: Store, run_id: str
 ) -> Artifact:
-    """Apply: the shard without the fragments any partition chose to drop."""
+    """Apply: the shard without the fragments any partition chose to drop.
+
+    Args:
+        shard: the Parquet read shard (READS_SCHEMA) to filter.
+        shard_index: the index it was given in `hash_fragments`.
+        dropped: every partition's drop table from `choose_duplicates`.
+        store: the artifact store to read from and publish to.
+        run_id: the run the published artifact belongs to.
+
+    Returns:
+        The kept reads (both mates of a dropped fragment go) as a shard artifact, ".qc." in
+        the name replaced by ".dedup.".
+    """
     drop = pa.concat_tables([read_table(store, d) for d in dropped])
     kept = drop_duplicates(as_batch(read_table(store, shard)), drop, shard_index)
     name = shard.name.replace(".qc.", ".dedup.")

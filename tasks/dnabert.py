@@ -166,6 +166,24 @@ def embed(
     Sequences longer than the model's maximum (or `max_tokens`) are embedded in windows
     overlapping by `stride` k-mers and pooled (see the module docstring). `threads` sets
     torch's intra-op threads for this process; `precision` is one of PRECISIONS.
+
+    Args:
+        sequences: DNA sequences (strings, an Arrow string/binary array or a NumPy str array).
+        model: a checkpoint directory, or a (model, tokenizer) pair from `load_model`.
+        batch_size: token windows per forward pass.
+        pooling: "mean", "cls" or both; the keys of the result.
+        max_tokens: window length in tokens, [CLS]/[SEP] included; None or larger than the
+            model's maximum: the model's maximum.
+        stride: k-mers between window starts; None: half the window's k-mers.
+        threads: torch intra-op threads for this process; None or 0 leaves torch's setting.
+        precision: "float32" (reference) or "bfloat16" (autocast).
+
+    Returns:
+        One N x H float32 matrix per pooling name, rows in input order.
+
+    Raises:
+        ValueError: an unknown pooling name.
+        InputError: `model` is a directory that is not a DNABERT checkpoint.
     """
     import torch
 
@@ -263,6 +281,25 @@ def embed_dataset(
     `actors` DnabertEmbedder actors, each loading the model once and running `threads`
     torch threads (and reserving that many CPUs), one GPU each when CUDA is present;
     `rows_per_batch` rows go to an actor at a time, `batch_size` windows per forward.
+
+    Args:
+        ds: the Ray dataset to embed.
+        model_dir: the checkpoint directory, readable on every worker.
+        column: the column holding the sequences.
+        actors: the size of the actor pool.
+        rows_per_batch: rows handed to an actor at a time.
+        batch_size: token windows per forward pass.
+        threads: torch threads (and reserved CPUs) per actor.
+        pooling: "mean", "cls" or both; the columns added.
+        max_tokens: window length in tokens; None: the model's maximum.
+        stride: k-mers between window starts; None: half the window's k-mers.
+        precision: "float32" or "bfloat16".
+
+    Returns:
+        The lazy dataset with the vector columns added (nothing runs until it is consumed).
+
+    Raises:
+        ValueError: an unknown pooling name.
     """
     import torch
     from ray.data import ActorPoolStrategy
@@ -294,7 +331,15 @@ MODEL_MEDIA_TYPE = "application/x-tar"
 
 
 def materialize_checkpoint(store: Store, model: Artifact) -> Path:
-    """The model artifact unpacked in this node's cache (once per sha256), for loading."""
+    """The model artifact unpacked in this node's cache (once per sha256), for loading.
+
+    Args:
+        store: the store holding the model.
+        model: a checkpoint tar artifact (as `pack_checkpoint` makes it).
+
+    Returns:
+        The local checkpoint directory.
+    """
     return unpack_cached(store, model, "dnabert")
 
 

@@ -35,7 +35,12 @@ WEIGHT_FILES = (
 
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load reports and progress bars (they are not errors here)."""
+    """Silence transformers' load reports and progress bars (they are not errors here).
+
+    Returns:
+        A context manager; the previous verbosity and progress-bar setting are restored on
+        exit.
+    """
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
@@ -54,6 +59,15 @@ def checkpoint_files(model_dir: str | Path) -> list[Path]:
     """The files that define a checkpoint: config.json, vocab.txt and the weights.
 
     Raises InputError naming what is missing.
+
+    Args:
+        model_dir: the checkpoint directory.
+
+    Returns:
+        config.json, vocab.txt, then the weight files (with the shards a *.index.json names).
+
+    Raises:
+        InputError: `model_dir` is not a directory or lacks config.json, vocab.txt or weights.
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -76,7 +90,17 @@ def checkpoint_files(model_dir: str | Path) -> list[Path]:
 
 
 def model_digest(model_dir: str | Path) -> str:
-    """sha256 over the checkpoint's files (names and bytes): the model's id for lineage."""
+    """sha256 over the checkpoint's files (names and bytes): the model's id for lineage.
+
+    Args:
+        model_dir: the checkpoint directory.
+
+    Returns:
+        The sha256 as 64 hex characters (independent of the directory's path).
+
+    Raises:
+        InputError: `model_dir` is not a complete checkpoint.
+    """
     digest = hashlib.sha256()
     for path in sorted(checkpoint_files(model_dir), key=lambda p: p.name):
         digest.update(path.name.encode() + b"\0")
@@ -92,6 +116,15 @@ def load_model(model_dir: str | Path) -> tuple[BertModel, KmerTokenizer]:
     Works for a BertForMaskedLM or BertModel checkpoint in safetensors or the older
     pytorch_model.bin. Raises InputError for a missing file or a vocabulary that is not
     DNABERT's layout or does not match the config's vocab_size.
+
+    Args:
+        model_dir: the checkpoint directory (read with local_files_only).
+
+    Returns:
+        The model and the KmerTokenizer read from vocab.txt.
+
+    Raises:
+        InputError: a missing file, or a vocabulary that does not fit the config.
     """
     from transformers import BertConfig, BertModel
 
@@ -114,16 +147,41 @@ def load_model(model_dir: str | Path) -> tuple[BertModel, KmerTokenizer]:
 
 
 def max_tokens_of(model: BertModel) -> int:
-    """Longest input the model takes, [CLS] and [SEP] included (512 for DNABERT)."""
+    """Longest input the model takes, [CLS] and [SEP] included (512 for DNABERT).
+
+    Args:
+        model: a loaded BERT model.
+
+    Returns:
+        The config's max_position_embeddings.
+    """
     return int(model.config.max_position_embeddings)
 
 
 def loss_curve(model_dir: str | Path) -> list[float]:
-    """Training loss per step recorded by `pretrain` in helixflow.json."""
+    """Training loss per step recorded by `pretrain` in helixflow.json.
+
+    Args:
+        model_dir: a checkpoint directory written by `pretrain`.
+
+    Returns:
+        The loss of each training step, in order.
+    """
     return list(json.loads((Path(model_dir) / "helixflow.json").read_text())["losses"])
 
 
 def pack_checkpoint(model_dir: Path, out: Path) -> Path:
-    """A checkpoint directory as one reproducible tar (same model, same sha256)."""
+    """A checkpoint directory as one reproducible tar (same model, same sha256).
+
+    Args:
+        model_dir: the checkpoint directory; helixflow.json is included when present.
+        out: the tar file to write.
+
+    Returns:
+        `out`, as `pack_files` returns it.
+
+    Raises:
+        InputError: `model_dir` is not a complete checkpoint.
+    """
     files = [*checkpoint_files(model_dir), Path(model_dir) / "helixflow.json"]
     return pack_files([f for f in files if f.exists()], out)

@@ -51,7 +51,17 @@ _CODE = base_codes(DNABERT_ALPHABET.encode())  # byte -> code in DNABERT order, 
 
 
 def dnabert_vocab(k: int) -> list[str]:
-    """DNABERT's vocabulary for k: the five special tokens, then 4^k k-mers (ATCG order)."""
+    """DNABERT's vocabulary for k: the five special tokens, then 4^k k-mers (ATCG order).
+
+    Args:
+        k: the k-mer length, one of KMER_SIZES (3 to 6).
+
+    Returns:
+        The 5 + 4**k tokens in vocabulary order.
+
+    Raises:
+        ValueError: `k` not in KMER_SIZES.
+    """
     if k not in KMER_SIZES:
         raise ValueError(f"k must be one of {KMER_SIZES}, got {k}")
     return [*SPECIAL_TOKENS, *("".join(p) for p in itertools.product(DNABERT_ALPHABET, repeat=k))]
@@ -62,6 +72,12 @@ def sequence_buffer(sequences: SequenceInput) -> tuple[np.ndarray, np.ndarray]:
 
     Arrow input is read from its buffers without a Python object per sequence; a null
     counts as an empty sequence. Non-ASCII characters become '?' (so [UNK]).
+
+    Args:
+        sequences: Python strings, an Arrow string/binary array, or a NumPy str array.
+
+    Returns:
+        (data, offsets): sequence i is data[offsets[i]:offsets[i + 1]].
     """
     if isinstance(sequences, pa.ChunkedArray):
         sequences = sequences.combine_chunks()

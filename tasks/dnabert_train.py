@@ -101,6 +101,16 @@ def span_mask(
     Centres are drawn among the k-mer tokens with probability `prob`; each masks the
     tokens at offsets -((span-1)//2) .. span//2 around it, clipped to the k-mer tokens.
     At least one token per batch is masked.
+
+    Args:
+        n_kmers: int tensor [B], the k-mer tokens of each row.
+        width: the batch's token width, [CLS] and [SEP] included.
+        span: tokens masked around each centre.
+        prob: the probability that a k-mer token is a centre.
+        generator: the seeded torch generator to draw from.
+
+    Returns:
+        bool tensor [B, width], True at masked k-mer tokens.
     """
     import torch
 
@@ -134,6 +144,17 @@ def train_mlm(
     Reads are cut into non-overlapping windows of config.max_tokens; batches are drawn
     at random (seeded), masked with `span_mask`, and trained with AdamW, linear warm-up
     and decay, gradient clipping at 1. Deterministic for a given seed and thread count.
+
+    Args:
+        sequences: the training sequences; at most `config.max_sequences` are used.
+        config: model size, masking and optimiser settings, seed and threads.
+
+    Returns:
+        PretrainResult with the model (eval mode), tokenizer, loss per step, sequences and
+        windows used, and seconds taken.
+
+    Raises:
+        TooLittleInput: no sequence has at least k bases.
     """
     import torch
     from transformers import BertForMaskedLM
@@ -215,6 +236,14 @@ def save_checkpoint(result: PretrainResult, config: PretrainConfig, out_dir: str
 
     Files: config.json, model.safetensors, vocab.txt, tokenizer_config.json,
     helixflow.json (config, loss curve, counts, time). An existing out_dir is replaced.
+
+    Args:
+        result: the trained model, as `train_mlm` returns it.
+        config: the settings it was trained with (written to helixflow.json).
+        out_dir: the checkpoint directory to write.
+
+    Returns:
+        `out_dir` as a Path.
     """
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
@@ -252,5 +281,16 @@ def pretrain(sequences: SequenceInput, config: PretrainConfig, out_dir: str | Pa
     """Masked-LM pretraining of a small BERT on the reads, saved in DNABERT's layout.
 
     Returns out_dir, loadable by `load_model` (and by Hugging Face's from_pretrained).
+
+    Args:
+        sequences: the training sequences; at most `config.max_sequences` are used.
+        config: model size, masking and optimiser settings, seed and threads.
+        out_dir: the checkpoint directory to write (replaced if it exists).
+
+    Returns:
+        `out_dir` as a Path.
+
+    Raises:
+        TooLittleInput: no sequence has at least k bases.
     """
     return save_checkpoint(train_mlm(sequences, config), config, out_dir)
