@@ -457,6 +457,9 @@ def iter_read_batches(
         batch_size: fragments (reads, or pairs) per batch.
         storage_options: fsspec options for remote URIs.
 
+    Returns:
+        An iterator of READS_SCHEMA record batches, read ahead in a background thread.
+
     Raises:
         InputError: malformed input, naming the file and the 1-based record.
         ValueError: inconsistent arguments.

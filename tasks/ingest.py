@@ -41,7 +41,15 @@ class IngestResult(BaseModel):
 
 
 def summarize(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Totals over mates of `ReadStats.to_dict()` output, for summary tables."""
+    """Totals over mates of `ReadStats.to_dict()` output, for summary tables.
+
+    Args:
+        stats: per-mate statistics, {mate: MateStats dict} as `ReadStats.to_dict()` gives.
+
+    Returns:
+        reads, bases, empty_reads, n_bases (sums), mean_length, and gc and mean_quality
+        (base-weighted means; None when no mate has bases or a value).
+    """
     mates = list(stats.values())
     reads = sum(m["reads"] for m in mates)
     bases = sum(m["bases"] for m in mates)
@@ -63,6 +71,15 @@ def summarize(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def shard_name(sample: str, index: int) -> str:
+    """The file name of a sample's read shard number `index`.
+
+    Args:
+        sample: the sample name.
+        index: the 0-based shard number (zero-padded to 5 digits).
+
+    Returns:
+        "<sample>.reads.<index>.parquet".
+    """
     return f"{sample}.reads.{index:05d}.parquet"
 
 
@@ -83,6 +100,20 @@ def write_sample_shards(
     the first read's id (fastp-style per-file decisions, e.g. polyG trimming, need it).
 
     Raises `InputError` on the first malformed record, before anything is published.
+
+    Args:
+        sample: the sample (name, and `interleaved` for mates alternating in r1).
+        r1: the mate-1 (or single-end) FASTQ.
+        r2: the mate-2 FASTQ, or None.
+        out_dir: the local folder to write the shards to.
+        shard_size: fragments (reads or pairs) per shard.
+        storage_options: fsspec options for remote inputs; None for none.
+
+    Returns:
+        ([(shard path, rows)], the merged ReadStats, the first read's id).
+
+    Raises:
+        InputError: malformed or empty input.
     """
     shards: list[tuple[Path, int]] = []
     stats: ReadStats | None = None
@@ -175,7 +206,15 @@ def ingest_fastq(
     **retry_options(),
 )
 def identify_input(uri: str, storage_options: dict[str, Any] | None = None) -> FileRef:
-    """Content identity of one input file: sha256 (local) or ETag+size (S3)."""
+    """Content identity of one input file: sha256 (local) or ETag+size (S3).
+
+    Args:
+        uri: a local path or URL.
+        storage_options: fsspec options for a remote `uri`; None for none.
+
+    Returns:
+        A FileRef with the file's identity.
+    """
     from helixflow.store import identify
 
     return identify(uri, storage_options)
