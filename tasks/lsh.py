@@ -150,13 +150,29 @@ class LshFunction:
 
 
 def meta_path(path: Path) -> Path:
-    """The JSON sidecar (parameters, digest) of a hash or model saved at `path`."""
+    """The JSON sidecar (parameters, digest) of a hash or model saved at `path`.
+
+    Args:
+        path: the .npz path.
+
+    Returns:
+        `path` with ".json" appended to its name.
+    """
     return path.with_name(path.name + ".json")
 
 
 def save_npz(path: Path | str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
     """Arrays as `path` (npz) and `meta` as its JSON sidecar, each written atomically: how
-    a hash and a skip-gram model are saved."""
+    a hash and a skip-gram model are saved.
+
+    Args:
+        path: the .npz file to write (parent folders are created).
+        arrays: named arrays to store.
+        meta: JSON-serialisable parameters (other values are written with str).
+
+    Returns:
+        `path` as a Path.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -167,7 +183,19 @@ def save_npz(path: Path | str, arrays: dict[str, np.ndarray], meta: dict[str, An
 
 
 def load_meta(path: Path, version: str, what: str) -> dict[str, Any]:
-    """The JSON sidecar of `path`; ValueError unless it is of `version`."""
+    """The JSON sidecar of `path`; ValueError unless it is of `version`.
+
+    Args:
+        path: the .npz path whose sidecar to read.
+        version: the format version expected in the sidecar's "version".
+        what: what the file is ("hash", "model"), for the error message.
+
+    Returns:
+        The sidecar's content.
+
+    Raises:
+        ValueError: the sidecar has another version.
+    """
     meta: dict[str, Any] = json.loads(meta_path(path).read_text())
     if meta["version"] != version:
         raise ValueError(f"{path}: {what} version {meta['version']!r}, expected {version}")
@@ -196,6 +224,20 @@ def fit_lsh(sequences: pa.Array | Sequence[str], k: int = 15, hash_size: int = 2
     A pool of `sample` (default 2 * k * hash_size, LSHVec's choice) distinct N-free k-mers
     is drawn; hyperplane s passes through k distinct pool points: the null vector (n, c) of
     [X | -1] from the SVD, so X n = c for the k sampled points.
+
+    Args:
+        sequences: DNA reads (Arrow string array or list of str).
+        k: the k-mer length hashed.
+        hash_size: hyperplanes, i.e. bits per token, <= 62.
+        seed: the random seed of the sampling.
+        sample: pool size of distinct k-mers; None: 2 * k * hash_size.
+
+    Returns:
+        The LshFunction (quantised normals and offsets).
+
+    Raises:
+        ValueError: hash_size > 62.
+        TooLittleInput: fewer than k distinct N-free k-mers in the reads.
     """
     if hash_size > 62:
         raise ValueError("hash_size must be <= 62 (tokens are int64)")
@@ -257,6 +299,15 @@ def tokenize(sequences: pa.Array | pa.ChunkedArray | Sequence[str], lsh: LshFunc
     Tokens of sequence i are tokens[offsets[i]:offsets[i+1]], in k-mer order. Projections
     are sums of per-block table rows (`_block_tables`), forward and reverse complement at
     once; bits are packed with np.packbits.
+
+    Args:
+        sequences: DNA reads (Arrow string array or list of str).
+        lsh: the hash from `fit_lsh`.
+        chunk: k-mers projected at a time (bounds the memory).
+
+    Returns:
+        (tokens, offsets): a token is the smaller of the k-mer's and its reverse
+        complement's hash_size-bit codes.
     """
     k, h = lsh.k, lsh.hash_size
     codes, offsets = _flat_codes(sequences)
@@ -302,7 +353,16 @@ TOKENS_SCHEMA = pa.schema([pa.field("sequence_id", pa.string()), pa.field("row",
 
 def write_token_shard(source: Any, lsh: LshFunction, path: Path) -> tuple[int, int]:
     """Tokenise a read shard (a pyarrow ParquetFile) batch by batch into a token shard at
-    `path` (TOKENS_SCHEMA); (reads, tokens) written."""
+    `path` (TOKENS_SCHEMA); (reads, tokens) written.
+
+    Args:
+        source: an open Parquet read shard (READS_SCHEMA).
+        lsh: the hash from `fit_lsh`.
+        path: the token shard to write (zstd Parquet).
+
+    Returns:
+        (reads, tokens) written.
+    """
     from helixflow.tasks.embeddings import iter_read_sequences
 
     rows = n_tokens = 0
@@ -318,7 +378,14 @@ def write_token_shard(source: Any, lsh: LshFunction, path: Path) -> tuple[int, i
 
 
 def token_arrays(column: pa.ListArray | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """A `tokens` column as (tokens int32, offsets int64 from 0): stored int32, no copy."""
+    """A `tokens` column as (tokens int32, offsets int64 from 0): stored int32, no copy.
+
+    Args:
+        column: a TOKENS_SCHEMA `tokens` column (list<int32>).
+
+    Returns:
+        (flat int32 tokens, int64 offsets of length rows + 1).
+    """
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     offsets = np.asarray(column.offsets, dtype=np.int64)

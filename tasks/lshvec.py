@@ -47,12 +47,28 @@ _HASH_SAMPLE = 20_000  # reads whose k-mers the hash is fitted on (the first one
 
 
 def load_lsh(store: Store, art: Artifact) -> LshFunction:
-    """The hash of a `fit_lsh_hash` artifact, unpacked once per node."""
+    """The hash of a `fit_lsh_hash` artifact, unpacked once per node.
+
+    Args:
+        store: the store holding the artifact.
+        art: the hash tar artifact.
+
+    Returns:
+        The LshFunction.
+    """
     return LshFunction.load(unpack_cached(store, art, "lshvec") / "lsh.npz")
 
 
 def load_model(store: Store, art: Artifact) -> SkipGramModel:
-    """The model of a `train_lshvec` artifact, unpacked once per node."""
+    """The model of a `train_lshvec` artifact, unpacked once per node.
+
+    Args:
+        store: the store holding the artifact.
+        art: the model tar artifact.
+
+    Returns:
+        The SkipGramModel.
+    """
     return SkipGramModel.load(unpack_cached(store, art, "lshvec") / "model.npz")
 
 
@@ -67,6 +83,9 @@ def write_lshvec_embeddings(source: pq.ParquetFile, model: SkipGramModel, weight
         model: the trained token vectors (out-of-vocabulary tokens use its backoff).
         weighting: "sif" (weights a / (a + p), a = the model's `sif_a`) or "mean".
         writer: the embedding shard being written.
+
+    Returns:
+        None; the vectors are written to `writer`.
     """
     for batch in source.iter_batches(batch_size=_EMBED_BATCH,
                                      columns=["sequence_id", "row", "tokens"]):

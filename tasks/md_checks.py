@@ -48,6 +48,12 @@ _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 def read_mdp(text: str) -> dict[str, str]:
     """Parameters of an .mdp file: key (lower case, '_' as '-') -> value (comments cut).
 
+    Args:
+        text: the .mdp file's text.
+
+    Returns:
+        {key: value}, both stripped; a repeated key keeps its last value.
+
     Example:
         >>> read_mdp("emtol = 1000.0 ; kJ/mol/nm\\nref_t = 300 300")["ref-t"]
         '300 300'
@@ -65,6 +71,17 @@ def mdp_number(params: dict[str, str], key: str, name: str) -> float:
     """One numeric .mdp value (the mean when there are several, as ref-t has per group).
 
     Raises HelixflowError naming the file when the key is missing or not a number.
+
+    Args:
+        params: .mdp parameters as `read_mdp` returns them.
+        key: the normalised key, e.g. "ref-t".
+        name: the file's name, for error messages.
+
+    Returns:
+        The value, or the mean of its values.
+
+    Raises:
+        HelixflowError: the key is missing, empty or not numeric.
     """
     try:
         values = [float(v) for v in params[key].split()]
@@ -77,7 +94,14 @@ def mdp_number(params: dict[str, str], key: str, name: str) -> float:
 
 def em_max_force(log: str) -> float | None:
     """The final maximum force (kJ/mol/nm) of an energy minimisation's log, as mdrun
-    prints it ("Maximum force     =  9.8592456e+02 on atom 116"); None if absent."""
+    prints it ("Maximum force     =  9.8592456e+02 on atom 116"); None if absent.
+
+    Args:
+        log: the text of em.log.
+
+    Returns:
+        The last "Maximum force" value in kJ/mol/nm, or None.
+    """
     found = re.findall(rf"^Maximum force\s*=\s*({_NUMBER})", log, flags=re.MULTILINE)
     return float(found[-1]) if found else None
 
@@ -87,6 +111,12 @@ def log_averages(log: str) -> dict[str, float]:
 
     GROMACS prints names and values in rows of fields 15 characters wide (names may hold
     spaces: "Pressure (bar)"). Empty when the log has no averages (the run did not end).
+
+    Args:
+        log: the text of an mdrun log.
+
+    Returns:
+        {term name: mean}; {} when there is no averages section.
     """
     marker = log.rfind("A V E R A G E S")
     if marker < 0:
@@ -115,7 +145,14 @@ def log_averages(log: str) -> dict[str, float]:
 
 def lincs_warnings(log: str) -> int:
     """How many LINCS warnings an mdrun log holds ("Step 12, time 0.024 (ps)  LINCS
-    WARNING", one per step with a constraint deviating or rotating too far)."""
+    WARNING", one per step with a constraint deviating or rotating too far).
+
+    Args:
+        log: the text of an mdrun log or stderr.
+
+    Returns:
+        The number of "LINCS WARNING" occurrences.
+    """
     return len(re.findall(r"LINCS WARNING", log))
 
 
@@ -231,7 +268,24 @@ def evaluate_checks(
     jump_fraction: float = JUMP_FRACTION,
     bond_limit: float = MAX_BOND_ANGSTROM,
 ) -> MdChecks:
-    """The verdicts for a simulation's figures (see the module docstring)."""
+    """The verdicts for a simulation's figures (see the module docstring).
+
+    Args:
+        fmax: final maximum force of the minimisation (kJ/mol/nm); None: not found (fails).
+        emtol: the minimisation's force tolerance (kJ/mol/nm); em_ok needs fmax < emtol.
+        mean_t: production mean temperature (K); None: not found (fails).
+        ref_t: the thermostat's reference temperature (K).
+        lincs: LINCS warnings over the dynamics stages; lincs_ok needs 0.
+        com_jump: largest frame-to-frame move of the solute's centre of mass (Å).
+        max_bond: longest solute bond in any frame (Å).
+        box_edge: the shortest box edge (Å); the jump limit is a fraction of it.
+        t_tolerance: allowed |mean_t - ref_t| (K).
+        jump_fraction: jump limit as a fraction of `box_edge`.
+        bond_limit: longest allowed bond (Å).
+
+    Returns:
+        MdChecks with the figures, limits and em_ok, temperature_ok, lincs_ok, pbc_ok.
+    """
     jump_limit = jump_fraction * box_edge
     return MdChecks(
         fmax=fmax, emtol=emtol, mean_t=mean_t, ref_t=ref_t, t_tolerance=t_tolerance,
@@ -246,7 +300,19 @@ def evaluate_checks(
 
 def peptide_topology(tpr: str | Path, solute: str = "protein"
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(atom indices, masses, bonds as local index pairs) of the solute in a .tpr."""
+    """(atom indices, masses, bonds as local index pairs) of the solute in a .tpr.
+
+    Args:
+        tpr: the run input file.
+        solute: MDAnalysis selection of the solute.
+
+    Returns:
+        (global atom indices, masses as float64, N x 2 int64 bonds between selected atoms,
+        indexed within the selection).
+
+    Raises:
+        HelixflowError: no atom matches `solute`.
+    """
     import MDAnalysis as mda
 
     u = mda.Universe(str(tpr))
@@ -270,6 +336,17 @@ def check_simulation(
 
     `workdir` holds em.log, md.log, em.mdp, md.mdp, md.tpr and, per dynamics stage,
     `<stage>.log` and `<stage>.stderr`; missing ones (npt.* without NPT) are skipped.
+
+    Args:
+        workdir: the finished job's directory.
+        netcdf: its trajectory as `md_outputs_to_netcdf` writes it.
+        dynamics: stages whose logs are searched for LINCS warnings.
+
+    Returns:
+        MdChecks of the simulation (see `evaluate_checks`).
+
+    Raises:
+        HelixflowError: a required file is missing, or an .mdp lacks emtol or ref-t.
     """
     from netCDF4 import Dataset
 
