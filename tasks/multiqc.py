@@ -177,7 +177,18 @@ def write_inputs(samples: list[SampleReport], bams: dict[str, tuple[FileRef, Fil
 def run_multiqc(inputs: Path, out: Path) -> Path | None:
     """MultiQC over `inputs` into `out` (report + `multiqc_data/`); sample names are the
     input files' names less SUFFIXES. Returns the report's path, or None when MultiQC
-    found nothing it could parse (it then writes no report)."""
+    found nothing it could parse (it then writes no report).
+
+    Args:
+        inputs: the folder of per-sample tool outputs (named with SUFFIXES).
+        out: the output folder; multiqc_config.json is written next to it.
+
+    Returns:
+        The path of multiqc_report.html, or None.
+
+    Raises:
+        HelixflowError: MultiQC exits non-zero (the message ends with its output).
+    """
     config = out.parent / "multiqc_config.json"
     config.write_text(json.dumps({"use_filename_as_sample_name": True,
                                   "extra_fn_clean_exts": list(SUFFIXES.values()),
@@ -193,6 +204,11 @@ def run_multiqc(inputs: Path, out: Path) -> Path | None:
 
 
 def multiqc_version() -> str:
+    """The installed MultiQC package's version.
+
+    Returns:
+        The version string of the multiqc distribution.
+    """
     return importlib.metadata.version("multiqc")
 
 

@@ -145,6 +145,16 @@ def iter_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
 
     The id is the header up to the first whitespace. Raises InputError for a file that
     does not start with '>' or has a record without an id.
+
+    Args:
+        path: a FASTA file, gzipped when its name ends in ".gz".
+
+    Returns:
+        An iterator of (id, upper-case sequence) in file order.
+
+    Raises:
+        InputError: the file is missing, has a sequence line before the first header, or a
+            header without an id.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
@@ -185,6 +195,18 @@ def sequence_arrays(source: Sequences) -> tuple[pa.Array, np.ndarray, np.ndarray
 
     Shared with tasks.motifs: every sequence source becomes one byte buffer, without a
     Python object per read for Arrow input.
+
+    Args:
+        source: (id, sequence) pairs, a FASTA path, or a table with `sequence` and `seq_id`
+            or `read_id` (+ `mate`: mates get ids "id/1", "id/2").
+
+    Returns:
+        (ids as an Arrow string array, uint8 bytes of all sequences, int64 offsets of
+        length n + 1).
+
+    Raises:
+        ValueError: a table without a `seq_id` or `read_id` column.
+        InputError: a malformed FASTA file.
     """
     if isinstance(source, str | Path):
         source = iter_fasta(source)
@@ -235,6 +257,15 @@ def pack_sequences(data: np.ndarray, offsets: np.ndarray, copies: int) -> Packed
 
     Each slot starts at a multiple of 3 and is followed by at least one sentinel, so any
     window or codon that crosses from one sequence into the next contains a sentinel.
+
+    Args:
+        data: uint8 bytes of all sequences, as `sequence_arrays` returns them.
+        offsets: int64 offsets of length n + 1 into `data`.
+        copies: 1, or how many times each sequence is repeated (e.g. 3 for circular search).
+
+    Returns:
+        PackedSequences: codes (0..3 ACGT, 4 other, 5 sentinel), each slot's start and its
+        packed length.
     """
     if copies > 1:  # circular genomes: few sequences, so a loop over them is cheap
         data = np.concatenate(
