@@ -57,6 +57,23 @@ def sequence_vectors(tokens: np.ndarray, offsets: np.ndarray, vectors: np.ndarra
     Tokens outside the vocabulary get a vector from `backoff` (`SkipGramModel.backoff`,
     weight 1: never seen) or are skipped; a sequence without any gets zeros. If
     `component` (unit vector, see `sif_component`) is given, its projection is removed.
+
+    Args:
+        tokens: int tokens of all sequences, concatenated.
+        offsets: int64 offsets (n_seq + 1) into `tokens`.
+        vectors: vocabulary-size x dim token vectors.
+        vocab: the vocabulary (tokens, training counts) rows of `vectors` follow.
+        weighting: "sif" or "mean".
+        a: the SIF parameter; larger gives frequent tokens more weight.
+        component: a unit vector whose projection is removed; None for none.
+        backoff: a callable tokens -> (known mask, vectors of the known ones); None skips
+            out-of-vocabulary tokens.
+
+    Returns:
+        float32 n_seq x dim matrix.
+
+    Raises:
+        ValueError: an unknown weighting.
     """
     if weighting not in ("sif", "mean"):
         raise ValueError(f"weighting must be 'sif' or 'mean', not {weighting!r}")
@@ -90,7 +107,14 @@ def sequence_vectors(tokens: np.ndarray, offsets: np.ndarray, vectors: np.ndarra
 
 
 def sif_component(x: np.ndarray) -> np.ndarray:
-    """First principal direction (unit, uncentred as in SIF) of sequence vectors x."""
+    """First principal direction (unit, uncentred as in SIF) of sequence vectors x.
+
+    Args:
+        x: n x dim sequence vectors; the first 50,000 rows are used.
+
+    Returns:
+        float32 unit vector of length dim.
+    """
     _, _, vt = np.linalg.svd(x[: min(len(x), 50_000)].astype(np.float64), full_matrices=False)
     return vt[0].astype(np.float32)
 
@@ -108,6 +132,15 @@ def smooth_sums(sources: Sequence[Source], vectors: np.ndarray, vocab: Vocab,
 
     Sums and occurrences of disjoint sources add up (`smoothed_vectors`), so Ray workers
     each take their share. Memory: one vocabulary-sized table, whatever the input.
+
+    Args:
+        sources: token shards (parts) or in-memory (tokens, offsets) pairs.
+        vectors: vocabulary-size x dim token vectors.
+        vocab: the vocabulary rows of `vectors` follow.
+        a: the SIF parameter of the read vectors.
+
+    Returns:
+        (int64 vocabulary rows seen, their float32 sums, their float64 occurrence counts).
     """
     dim = vectors.shape[1]
     acc = torch.zeros(len(vocab), dim)
@@ -137,7 +170,15 @@ def smooth_sums(sources: Sequence[Source], vectors: np.ndarray, vocab: Vocab,
 def smoothed_vectors(vectors: np.ndarray, parts: Sequence[tuple[np.ndarray, np.ndarray,
                                                                 np.ndarray]]) -> np.ndarray:
     """New token vectors from `smooth_sums` of disjoint sources: each seen token's vector
-    is the mean over all its occurrences of its read's vector; unseen tokens keep theirs."""
+    is the mean over all its occurrences of its read's vector; unseen tokens keep theirs.
+
+    Args:
+        vectors: vocabulary-size x dim token vectors (not modified).
+        parts: `smooth_sums` results of disjoint sources.
+
+    Returns:
+        A float32 copy of `vectors` with the seen rows replaced.
+    """
     out = np.array(vectors, np.float32, copy=True)
     if not parts:
         return out
@@ -155,7 +196,18 @@ def with_smoothed_vectors(model: SkipGramModel, vectors: np.ndarray, rounds: int
                   seconds: float) -> SkipGramModel:
     """`model` with smoothed token vectors; each level's backoff vector becomes the
     count-weighted mean of its tokens' (what one more round gives a prefix: the mean of
-    the read vectors of its tokens' occurrences)."""
+    the read vectors of its tokens' occurrences).
+
+    Args:
+        model: the trained model.
+        vectors: its smoothed token vectors (same rows as `model.vectors`).
+        rounds: the smoothing rounds done; 0 returns `model` unchanged.
+        seconds: the total training time to record in the stats (train_s).
+
+    Returns:
+        A new model with `vectors`, recomputed backoff levels, and smooth_rounds recorded in
+        its config and stats.
+    """
     if rounds == 0:
         return model
     levels = []
@@ -184,6 +236,14 @@ def smooth_model(model: SkipGramModel, sources: Sequence[Source], rounds: int) -
     genomes and more than 3-4 rounds over-smooth; at 1e-6 benchmark C (bench/lshvec.py)
     improves up to 8 rounds and levels off (LR 0.89, kNN-15 0.94). Smoothing random
     vectors instead of trained ones reaches only 0.72 / 0.90.
+
+    Args:
+        model: the trained model.
+        sources: its training sources (token shards or (tokens, offsets) pairs).
+        rounds: smoothing rounds; 0 returns `model` unchanged.
+
+    Returns:
+        The smoothed model (see `with_smoothed_vectors`); train_s includes the smoothing.
     """
     t0 = time.perf_counter()
     vectors = model.vectors

@@ -169,7 +169,14 @@ def _sections(data: ReportData) -> Iterator[_Section]:
 
 
 def render_report(data: ReportData) -> str:
-    """The HTML report (no external resources: plots are inlined PNGs)."""
+    """The HTML report (no external resources: plots are inlined PNGs).
+
+    Args:
+        data: the run's QC report data.
+
+    Returns:
+        A complete HTML document.
+    """
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>helixflow run {html.escape(data.run_id)}</title>",
@@ -203,7 +210,15 @@ def _md_table(rows: list[dict[str, Any]]) -> str:
 
 def render_markdown(data: ReportData, html_uri: str | None = None) -> str:
     """The report as markdown for the Prefect UI: the same tables, plots as inline PNGs,
-    and a link to the HTML report."""
+    and a link to the HTML report.
+
+    Args:
+        data: the run's QC report data.
+        html_uri: the published HTML report to link to; None for no link.
+
+    Returns:
+        The markdown text.
+    """
     parts = [f"# QC report, run `{data.run_id}`\n"]
     if html_uri:
         parts.append(f"Full report: [{html_uri}]({html_uri})\n")
@@ -222,7 +237,17 @@ def publish_qc_report(
     data: ReportData, upstream: list[FileRef], store: Store, run_id: str
 ) -> Artifact:
     """Render the report, publish it as `runs/<run>/report/report.html`, and show it in the
-    Prefect UI as the markdown artifact `qc-report` (plots inline, link to the HTML)."""
+    Prefect UI as the markdown artifact `qc-report` (plots inline, link to the HTML).
+
+    Args:
+        data: the run's QC report data.
+        upstream: the artifacts the report is made from, for lineage.
+        store: the artifact store to publish to.
+        run_id: the run the report belongs to.
+
+    Returns:
+        The HTML report artifact.
+    """
     with store.scratch() as scratch:
         path = scratch / "report.html"
         path.write_text(render_report(data), encoding="utf-8")

@@ -65,6 +65,9 @@ def shard_batches(store: Store, shards: Sequence[FileRef], columns: Sequence[str
         shards: read shards (Parquet), in order.
         columns: the columns to read.
         batch_size: rows per batch.
+
+    Returns:
+        An iterator of record batches with `columns`; each shard is closed once read.
     """
     for shard in shards:
         with parquet_file(store, shard) as source:
