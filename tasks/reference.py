@@ -60,6 +60,9 @@ def check_fasta(path: Path, label: str | None = None) -> tuple[int, int, str]:
     Returns:
         (number of contigs, total bases, name of the longest contig; the first on a tie).
 
+    Raises:
+        InputError: any of the problems listed above.
+
     Example:
         >>> check_fasta(Path("lambda.fa"))  # doctest: +SKIP
         (1, 48502, 'NC_001416.1')

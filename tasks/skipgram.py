@@ -144,6 +144,15 @@ def level_rows(buckets: np.ndarray, levels: Sequence[int], hash_size: int) -> np
     the smaller token has the smaller prefix), seen thousands of times at b = 8..14. As
     fastText does with character n-grams, a token's input vector is the mean of its own row
     and of its prefixes' rows, so rare tokens inherit what their coarse buckets learned.
+
+    Args:
+        buckets: the vocabulary's token values (hash_size-bit LSH tokens), ascending.
+        levels: prefix widths b in bits, each <= hash_size.
+        hash_size: bits per token.
+
+    Returns:
+        int64 V x (1 + len(levels)) row indices: column 0 is 0..V-1, level rows follow
+        after V, numbered per level.
     """
     cols = [np.arange(len(buckets), dtype=np.int64)]
     n_rows = len(buckets)
@@ -323,7 +332,18 @@ def train_skipgram(token_seqs: Source | Sequence[Source],
                    config: SkipGramConfig = SkipGramConfig(),
                    vocab: Vocab | None = None) -> SkipGramModel:
     """Train SGNS token vectors in this process on token sources ((tokens, offsets) or
-    `TokenSource`), streamed every epoch as the Ray workers do (`EpochStream`)."""
+    `TokenSource`), streamed every epoch as the Ray workers do (`EpochStream`).
+
+    Args:
+        token_seqs: one source or a sequence of them.
+        config: model and training settings (dim, epochs, min_count, levels, seed, threads…).
+        vocab: the vocabulary to train; None builds it from the sources with
+            `config.min_count`.
+
+    Returns:
+        The trained SkipGramModel, smoothed `config.smooth_rounds` times, with stats
+        (tokens, train_s, loss).
+    """
     sources = ([token_seqs] if isinstance(token_seqs, tuple | TokenSource)
                else list(token_seqs))
     counts = source_counts(sources)

@@ -167,6 +167,18 @@ def train_skipgram_ray(token_shards: Sequence[Any], config: SkipGramConfig = Ski
     round-robin; a worker streams its sources every epoch. Every `sync_tokens` tokens per
     worker, the touched rows' deltas are combined through the driver -- mean over the
     workers that touched a row (`mode="mean"`) or sum (`"sum"`); see the module docstring.
+
+    Args:
+        token_shards: the token sources, as above.
+        config: model and training settings; `config.threads` CPUs per actor.
+        num_workers: Ray actors.
+        sync_tokens: tokens per worker between synchronisations.
+        mode: "mean" or "sum", how the workers' row deltas are combined.
+        worker_options: extra Ray actor options (override num_cpus); None for none.
+
+    Returns:
+        The trained SkipGramModel, smoothed `config.smooth_rounds` times, with stats
+        (tokens, train_s, sync_s, rounds, workers, loss). The actors are killed.
     """
     import ray
 

@@ -40,14 +40,28 @@ class Vocab:
 
 
 def count_tokens(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(unique bucket ids, counts) of a token array: the mergeable per-shard statistic."""
+    """(unique bucket ids, counts) of a token array: the mergeable per-shard statistic.
+
+    Args:
+        tokens: integer tokens.
+
+    Returns:
+        (ascending int64 unique tokens, their int64 counts).
+    """
     u, c = np.unique(tokens, return_counts=True)
     return u.astype(np.int64), c.astype(np.int64)
 
 
 def merge_counts(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray,
                                                                           np.ndarray]:
-    """Add per-shard (ids, counts) tables."""
+    """Add per-shard (ids, counts) tables.
+
+    Args:
+        parts: (ids, counts) tables, e.g. from `count_tokens`.
+
+    Returns:
+        (ascending int64 unique ids, their summed int64 counts); empty arrays for no parts.
+    """
     ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
     cnt = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
     u, inv = np.unique(ids, return_inverse=True)
@@ -56,7 +70,15 @@ def merge_counts(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.nda
 
 def build_vocab(tokens: np.ndarray | Sequence[tuple[np.ndarray, np.ndarray]],
                 min_count: int = 1) -> Vocab:
-    """Vocabulary of buckets seen at least `min_count` times (tokens or count tables)."""
+    """Vocabulary of buckets seen at least `min_count` times (tokens or count tables).
+
+    Args:
+        tokens: a token array, or (ids, counts) tables to merge.
+        min_count: fewest occurrences of a kept bucket.
+
+    Returns:
+        Vocab of the kept buckets (ascending) and their counts.
+    """
     ids, cnt = count_tokens(tokens) if isinstance(tokens, np.ndarray) else merge_counts(tokens)
     keep = cnt >= min_count
     return Vocab(buckets=ids[keep], counts=cnt[keep])
@@ -115,7 +137,15 @@ Source = TokenSource | tuple[np.ndarray, np.ndarray]
 
 
 def source_batches(source: Source) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(tokens, offsets from 0) of `_SOURCE_READS` reads at a time of a source."""
+    """(tokens, offsets from 0) of `_SOURCE_READS` reads at a time of a source.
+
+    Args:
+        source: a TokenSource, or in-memory (tokens, offsets).
+
+    Returns:
+        An iterator of (tokens, int64 offsets starting at 0); nothing for a source without
+        reads.
+    """
     if isinstance(source, TokenSource):
         yield from source.batches(_SOURCE_READS)
         return
@@ -132,7 +162,14 @@ def source_batches(source: Source) -> Iterator[tuple[np.ndarray, np.ndarray]]:
 
 def source_counts(sources: Sequence[Source]) -> tuple[np.ndarray, np.ndarray]:
     """(bucket ids, counts) over the sources, streamed: batch tables are merged once they
-    outgrow the running one (amortised; memory a few vocabulary-sized tables)."""
+    outgrow the running one (amortised; memory a few vocabulary-sized tables).
+
+    Args:
+        sources: token sources, read once.
+
+    Returns:
+        (ascending int64 bucket ids, their int64 counts).
+    """
     parts = [(np.zeros(0, np.int64), np.zeros(0, np.int64))]
     pending = 0
     for source in sources:
@@ -157,7 +194,15 @@ def _in_vocab(tokens: np.ndarray, offsets: np.ndarray,
 
 def in_vocab_total(counts: tuple[np.ndarray, np.ndarray], vocab: Vocab) -> int:
     """Tokens of one epoch: the in-vocabulary entries of the sources' count table (no
-    second pass over the data)."""
+    second pass over the data).
+
+    Args:
+        counts: (ids, counts) over the sources, as `source_counts` returns them.
+        vocab: the training vocabulary.
+
+    Returns:
+        The number of token occurrences in the vocabulary.
+    """
     ids, cnt = counts
     return int(cnt[vocab.lookup(ids) >= 0].sum())
 

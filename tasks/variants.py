@@ -147,6 +147,16 @@ def read_fasta(path: Path) -> dict[str, str]:
     """Contig name -> upper-case sequence of a (gzipped) FASTA file, in file order.
 
     Raises InputError for a missing file, text that is not FASTA, or a duplicate name.
+
+    Args:
+        path: a plain or gzipped FASTA file (ASCII).
+
+    Returns:
+        {contig name (first word of the header): sequence}.
+
+    Raises:
+        InputError: a missing or unreadable file, not FASTA, a header without a name, a
+            duplicate name, or no record.
     """
     path = Path(path)
     if not path.is_file():
@@ -220,6 +230,14 @@ def _sample_name(bam: Path, params: VariantParams) -> str:
 def phred_binomial_tail(alt: np.ndarray, depth: np.ndarray, rate: float) -> np.ndarray:
     """-10 log10 P(X >= alt) for X ~ Binomial(depth, rate), capped at 999.
 
+    Args:
+        alt: alternate-allele read counts.
+        depth: read depths, one per entry of `alt`.
+        rate: the per-read error rate, 0 < rate < 1.
+
+    Returns:
+        float64 Phred scores, 0.0 where alt <= 0, at most 999.
+
     Example:
         >>> float(phred_binomial_tail(np.array([0]), np.array([10]), 0.01)[0])
         0.0
@@ -287,6 +305,15 @@ def left_align(ref: str, pos: int, deleted: int, inserted: str) -> tuple[int, st
 
     A deletion is `deleted` bases of `ref` from 0-based `pos`; an insertion puts
     `inserted` before `pos`. Returns the new `pos` and the (rotated) inserted bases.
+
+    Args:
+        ref: the contig sequence.
+        pos: 0-based position of the indel.
+        deleted: bases deleted; 0 for an insertion.
+        inserted: the inserted bases; "" for a deletion.
+
+    Returns:
+        (leftmost 0-based position, inserted bases rotated to it; "" for a deletion).
 
     Example:
         >>> left_align("GAAAT", 3, 1, "")  # delete the last A of the run
@@ -502,6 +529,22 @@ def call_sample_variants(
     """SNVs and small indels of one sample → `<sample>.vcf.gz` + `.tbi` (bcftools-readable).
 
     `bai` may be None (a user's BAM without an index): the BAM is then indexed in scratch.
+
+    Args:
+        sample: the sample name; names the outputs and the task run.
+        bam: the sample's coordinate-sorted BAM.
+        bai: its index, or None.
+        reference: the reference FASTA the BAM was aligned to.
+        params: variant-calling settings.
+        store: the artifact store to read from and publish to.
+        run_id: the run the published artifacts belong to.
+
+    Returns:
+        SampleVariants with the VCF and tabix index artifacts and the record counts.
+
+    Raises:
+        InputError: a missing or malformed BAM or reference.
+        HelixflowError: the reference is not the one the BAM was aligned to.
     """
     with store.scratch() as scratch:
         bam_path = fetch(store, bam, scratch, name=f"{sample}.bam")
