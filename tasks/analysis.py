@@ -165,8 +165,8 @@ def analyze_embeddings(
     k is clamped to N-1; fewer than MIN_VECTORS: `Skipped`.
 
     Args:
-        method: the embedding method's name; names the outputs and, for "kmer*" and
-            "protein*", enables the Hellinger transform.
+        method: the embedding method's name; names the outputs. With `params.hellinger`,
+            "kmer*" and "protein*" vectors get the Hellinger (square-root) transform.
         shards: the method's embedding shards (Parquet with a `vector` column).
         params: analysis settings; at most `params.max_points` vectors are sampled.
         truth: a TSV (optionally gzipped) of true labels by sequence name, or None for no ARI.

@@ -44,7 +44,8 @@ def summarize(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Totals over mates of `ReadStats.to_dict()` output, for summary tables.
 
     Args:
-        stats: per-mate statistics, {mate: MateStats dict} as `ReadStats.to_dict()` gives.
+        stats: per-mate statistics, {"0" | "1" | "2": MateStats dict}, as
+            `ReadStats.to_dict()` gives them.
 
     Returns:
         reads, bases, empty_reads, n_bases (sums), mean_length, and gc and mean_quality

@@ -1290,7 +1290,8 @@ def detect_sample_adapters(
     Args:
         sample: the sample name, for the task run.
         shards: the sample's read shards, in file order.
-        params: the QC settings; mates whose adapters are set or not to detect are left.
+        params: the QC settings; a mate whose adapter is already set, or is not to be
+            detected, is left alone.
         store: the store holding the shards.
 
     Returns:

@@ -64,7 +64,7 @@ def sequence_vectors(tokens: np.ndarray, offsets: np.ndarray, vectors: np.ndarra
         vectors: vocabulary-size x dim token vectors.
         vocab: the vocabulary (tokens, training counts) rows of `vectors` follow.
         weighting: "sif" or "mean".
-        a: the SIF parameter; larger gives frequent tokens more weight.
+        a: the SIF parameter `a` of the weight a / (a + p).
         component: a unit vector whose projection is removed; None for none.
         backoff: a callable tokens -> (known mask, vectors of the known ones); None skips
             out-of-vocabulary tokens.
