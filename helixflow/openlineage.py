@@ -208,6 +208,13 @@ def emit(events: Iterable[RunEvent]) -> int:
 
     try:
         client = OpenLineageClient()
+        if client.transport.kind == "console" and os.environ.get(
+                "OPENLINEAGE__TRANSPORT__TYPE", "").lower() != "console":
+            # no transport could be built from the configuration: the client's fallback
+            # would print every event to this run's console
+            log.warning("OpenLineage: no transport in the configuration; %d event(s) not "
+                        "sent", len(events))
+            return 0
         for event in events:
             client.emit(event)
     except Exception as exc:  # any transport error: the run's own lineage is intact

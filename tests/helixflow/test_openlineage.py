@@ -131,3 +131,16 @@ def test_a_task_that_fails_for_good_sends_fail(prefect_api: str, openlineage_rec
     assert fail["job"]["name"] == "helixflow.broken-stage"
     assert "a bug in a kernel" in fail["run"]["facets"]["errorMessage"]["message"]
     assert fail["run"]["facets"]["parent"]["job"]["name"] == "helixflow.flow"
+
+
+def test_a_configuration_without_a_transport_prints_no_events(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The client's fallback is to print every event to the console: not in a run's."""
+    for key in [k for k in __import__("os").environ if k.startswith("OPENLINEAGE")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("OPENLINEAGE__TRANSPORT__TIMEOUT", "5")  # configured, but no type
+    assert openlineage.enabled()
+    assert openlineage.emit(openlineage.task_events([_record("x", None, [FQ])])) == 0
+    assert "no transport in the configuration" in caplog.text
+    assert '"eventType"' not in capsys.readouterr().out
