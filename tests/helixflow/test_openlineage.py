@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from helixflow import openlineage
 from helixflow.artifacts import FileRef
@@ -87,8 +88,6 @@ def test_events_reach_an_http_receiver_and_a_dead_one_is_a_warning(
 
 
 def test_lineage_cli_prints_an_artifacts_history_as_events(tmp_path: Path) -> None:
-    from helixflow.app.cli import app
-
     store = Store(str(tmp_path / "store"))
     first = _record("ingest-fastq", str(uuid.UUID(int=2)), [FQ],
                     uri=store.join("runs", "r1", "ingest", "x.parquet"), sha="b")
@@ -101,10 +100,13 @@ def test_lineage_cli_prints_an_artifacts_history_as_events(tmp_path: Path) -> No
     for rec in (first, second, unrelated):
         log.add(rec)
     log.flush()
-    result = CliRunner().invoke(app, ["lineage", second.uri, "--format", "openlineage",
-                                      "--store", store.url])
-    assert result.exit_code == 0, result.output
-    events = [json.loads(line) for line in result.output.splitlines()]
+    # a subprocess, as a user runs it (CliRunner's swapped streams would stay bound to
+    # Prefect's console log handler after it returns)
+    proc = subprocess.run([sys.executable, "-m", "helixflow", "lineage", second.uri,
+                           "--format", "openlineage", "--store", store.url],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [(e["eventType"], e["job"]["name"]) for e in events] == [
         ("START", "helixflow.ingest-fastq"), ("START", "helixflow.kmer-spectra"),
         ("COMPLETE", "helixflow.ingest-fastq"), ("COMPLETE", "helixflow.kmer-spectra")]
