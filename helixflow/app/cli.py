@@ -187,23 +187,27 @@ def _run_pipeline(inputs: list[str], store: str | None, store_block: str | None,
                   reference: str | None, assemble: bool | None,
                   options: dict[str, Any]) -> None:
     """`helixflow run` once its options are parsed: launch, then the closing lines."""
-    from helixflow.app.launch import connect_prefect, launch_pipeline, ui_base
-
     if not inputs:
         inputs, demo_reference, demo_truth = _demo_inputs()
         reference = reference or demo_reference
         options["truth"] = options["truth"] or demo_truth
         assemble = True if assemble is None else assemble  # every stage on the demo
+    _launch_and_report(
+        "running genomics-pipeline …", inputs, store=store, store_block=store_block,
+        ray_address=ray_address, shard_size=shard_size, interleaved=interleaved,
+        reference=reference, assemble=bool(assemble), **options)
+
+
+def _launch_and_report(status: str, inputs: list[str], **launch: Any) -> None:
+    """Launch the pipeline with a spinner, then its closing lines (or its one error)."""
+    from helixflow.app.launch import connect_prefect, launch_pipeline, ui_base
+
     api_url = connect_prefect()
     _one_warning_per_skip()
     out.print(f"Prefect UI: [link]{ui_base(api_url)}[/link]")
     started = time.perf_counter()
-    with out.status("running genomics-pipeline …", spinner="dots"):
-        launched = launch_pipeline(
-            inputs, store=store, store_block=store_block, ray_address=ray_address,
-            shard_size=shard_size, interleaved=interleaved, reference=reference,
-            assemble=bool(assemble), debug=_state["debug"], **options,
-        )
+    with out.status(status, spinner="dots"):
+        launched = launch_pipeline(inputs, debug=_state["debug"], **launch)
     elapsed = time.perf_counter() - started
     if launched.error is not None:
         _fail_run(launched)
@@ -375,23 +379,10 @@ def embed(
 ) -> None:
     """Reads → QC → dedup → correction → embedding shards (no phase 2)."""
     try:
-        from helixflow.app.launch import connect_prefect, launch_pipeline, ui_base
-
-        api_url = connect_prefect()
-        _one_warning_per_skip()
-        out.print(f"Prefect UI: [link]{ui_base(api_url)}[/link]")
-        started = time.perf_counter()
-        with out.status("embedding …", spinner="dots"):
-            launched = launch_pipeline(
-                inputs, store=store, store_block=store_block, ray_address=ray_address,
-                reference=reference, embed_methods=method or ["lshvec"],
-                embed_options=_key_values(embed_option, "--embed-option"), simulate=False,
-                debug=_state["debug"],
-            )
-        if launched.error is not None:
-            _fail_run(launched)
-        _print_summary(launched.summary, time.perf_counter() - started)
-        out.print(f"Flow run in the UI: [link]{launched.ui_url}[/link]")
+        _launch_and_report(
+            "embedding …", inputs, store=store, store_block=store_block,
+            ray_address=ray_address, reference=reference, embed_methods=method or ["lshvec"],
+            embed_options=_key_values(embed_option, "--embed-option"), simulate=False)
     except HelixflowError as exc:
         _fail(exc)
 
