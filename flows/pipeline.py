@@ -7,12 +7,9 @@ whether its task ran or was a cache hit (Prefect emits no asset event for cache 
 
 from __future__ import annotations
 
-import base64
-import json
 from typing import Any
 
 from prefect import flow, get_run_logger, runtime
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture
 from pydantic import BaseModel
 
@@ -32,14 +29,15 @@ from helixflow.flows.preprocess import (
     run_unaligned,
     stage_params,
 )
+from helixflow.flows.run_reports import publish_reports
 from helixflow.flows.simulate import SimulateParams, md_check_rows, run_simulations
-from helixflow.lineage import LineageGraph, code_version, dot, mermaid, picture
+from helixflow.flows.stages import log_stage_done
 from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
 from helixflow.runner import DeferredRayTaskRunner
 from helixflow.samples import Sample, plan_samples
 from helixflow.samples import run_label as samples_label
-from helixflow.store import Store, asset_key
+from helixflow.store import asset_key
 from helixflow.tasks.annotate import DEFAULT_MOTIFS, AnnotationResult, MotifParams
 from helixflow.tasks.assemble import AssemblyParams
 from helixflow.tasks.correct import CorrectionParams, SolidSet
@@ -178,13 +176,15 @@ def genomics_pipeline(
         }
         # A bad reference fails the run now, in seconds, before any read is processed.
         checked = validate_reference.submit(refs[reference].result(), st) if reference else None
+    reference_line = ""
     if checked is not None:
         info = checked.result()
-        logger.info("reference %s: %d sequence(s), %d bp", info.ref.name, info.contigs,
-                    info.length)
+        reference_line = f"; reference {info.ref.name}: {info.contigs:,} sequence(s), " \
+                         f"{info.length:,} bp"
     motif_params = motif_params.model_copy(
         update={"pwm_files": [refs[u].result() for u in motif_files or []]}
     )
+    log_stage_done(logger, "inputs", f"{len(refs)} file(s) found and readable{reference_line}")
     ingests: list[tuple[Sample, PrefectFuture[IngestResult]]] = []
     with profile("stream"):
         for sample in samples:
@@ -202,6 +202,8 @@ def genomics_pipeline(
         shards = recorder.record(future, result.shards)
         results.append(result.model_copy(update={"shards": shards}))
     recorder.flush()
+    log_stage_done(logger, "ingest", f"{sum(summarize(r.stats)['reads'] for r in results):,} "
+                   f"reads in {sum(len(r.shards) for r in results)} shard(s)")
 
     filtered = run_qc(results, qc, st, run_id, recorder)
     qc_counts = {sample: qc_totals(parts) for sample, parts in filtered.items()}
@@ -212,10 +214,15 @@ def genomics_pipeline(
             logger.warning("%s: every read was filtered out by QC (%d in; removed: %s); "
                            "later stages see no reads", sample, counts["reads_in"], reasons)
 
+    log_stage_done(logger, "qc", _kept(qc_counts, "reads_out", "reads_in", "reads kept"))
     qc_shards = {s: [q.shard for q in parts] for s, parts in filtered.items()}
     deduped, dup_counts = run_dedup(qc_shards, st, run_id, recorder)
+    log_stage_done(logger, "dedup", _kept(dup_counts, "dropped", "fragments",
+                                          "fragments were duplicates"))
     corrected, solids, fix_counts = run_correction(deduped, CorrectionParams(), kmer_size, st,
                                                    run_id, recorder)
+    log_stage_done(logger, "correct", _kept(fix_counts, "corrected_reads", "reads",
+                                            "reads corrected"))
 
     fastas: dict[str, FileRef] = {}
     bams: dict[str, Any] = {}
@@ -224,8 +231,15 @@ def genomics_pipeline(
         fastas["reference"] = refs[reference].result()
         bams, calls = run_alignment(corrected, fastas["reference"], preset, variant_params, st,
                                     run_id, recorder, {r.sample: r.name_suffix for r in results})
+        log_stage_done(logger, "align", _kept({s: b.counts for s, b in bams.items()},
+                                              "mapped", "reads", "reads mapped"))
+        log_stage_done(logger, "variants", ", ".join(
+            f"{s} {c.counts.get('records', 0):,} ({c.counts.get('snvs', 0):,} SNVs)"
+            for s, c in calls.items()) or "no sample aligned")
     else:
-        run_unaligned(corrected, st, run_id, recorder)
+        unaligned = run_unaligned(corrected, st, run_id, recorder)
+        log_stage_done(logger, "align", f"{sum(len(v) for v in unaligned.values())} unaligned "
+                                        "BAM shard(s)")
     assemblies: dict[str, Any] = {}
     if assemble:
         assemblies = run_assembly(corrected, AssemblyParams(), st, run_id, recorder)
@@ -234,13 +248,23 @@ def genomics_pipeline(
                 fastas[f"{s}.contigs"] = a.contigs
             else:
                 recorder.skip("annotation", f"{s}.contigs", "MEGAHIT assembled no contig")
+        log_stage_done(logger, "assemble", ", ".join(
+            f"{s} {int(a.stats.get('contigs') or 0):,} contigs, N50 "
+            f"{int(a.stats.get('n50') or 0):,} bp" for s, a in assemblies.items()) or "none")
     if not reference and not assemble:
         recorder.skip("annotation", "run", "no --reference and no --assemble: nothing to "
                                            "annotate; reads end as unaligned BAMs")
     annotations = run_annotation(fastas, orf_params, motif_params, st, run_id, recorder)
+    if annotations:
+        log_stage_done(logger, "annotate", f"{sum(a.orf_count for a in annotations.values()):,} "
+                       f"ORFs in {len(annotations)} sequence set(s)")
 
     embeddings = run_embeddings(corrected, {label: a.orfs for label, a in annotations.items()},
                                 embed_params, st, run_id, recorder)
+    if embeddings:
+        log_stage_done(logger, "embed", ", ".join(
+            f"{m} {sum(a.rows or 0 for a in arts):,}×{arts[0].metadata.get('dim') if arts else 0}"
+            for m, arts in embeddings.items()))
 
     analysis, trajectories = None, []
     if simulate and not embed_params.methods:
@@ -249,6 +273,13 @@ def genomics_pipeline(
         analysis, trajectories = run_simulations(
             embeddings, sim_params, refs[truth].result() if truth else None, st, run_id,
             recorder, store_block)
+        if analysis is not None:
+            m = analysis.metrics
+            log_stage_done(logger, "analysis", f"{m.get('n_clusters')} clusters, "
+                           f"{m.get('communities')} communities in {m.get('vectors', 0):,} "
+                           "vectors" + ("" if m.get("ari_spectral") is None else
+                                        f", ARI {m['ari_spectral']:.3f}"))
+            log_stage_done(logger, "md", f"{len(trajectories)} trajectory(ies)")
 
     report = _report(run_id, results, qc_counts, dup_counts, solids, fix_counts, annotations,
                      bams, calls, assemblies)
@@ -266,6 +297,7 @@ def genomics_pipeline(
                                           st, run_id)
     (report_art,) = recorder.record(future, [future.result()])
     recorder.flush()
+    log_stage_done(logger, "report", "QC report" + (" and MultiQC report" if multiqc else ""))
 
     skipped = recorder.skipped
     md_rows = md_check_rows(trajectories)
@@ -326,7 +358,7 @@ def genomics_pipeline(
     if assemblies:
         tables["assembly"] = ("MEGAHIT contigs per sample",
                               [{"sample": s, **a.stats} for s, a in assemblies.items()])
-    _publish_reports(st, run_id, results, recorder, tables)
+    publish_reports(st, run_id, results, recorder, tables)
     recorder.finish()
     logger.info("QC report: %s", report_art.uri)
     return RunSummary(
@@ -381,6 +413,13 @@ def _embed_params(methods: list[str] | None, options: dict[str, Any] | None) -> 
                                   f"{', '.join(EmbedParams.model_fields)}") from None
 
 
+def _kept(counts: dict[str, dict[str, Any]], part: str, whole: str, what: str) -> str:
+    """`x of y <what> (p %)` summed over samples: a stage's line on the console."""
+    x = sum(int(c.get(part) or 0) for c in counts.values())
+    y = sum(int(c.get(whole) or 0) for c in counts.values())
+    return f"{x:,} of {y:,} {what}" + (f" ({100 * x / y:.1f} %)" if y else "")
+
+
 def corrected_flat(by_sample: dict[str, list[Artifact]]) -> list[Artifact]:
     return [a for parts in by_sample.values() for a in parts]
 
@@ -431,84 +470,3 @@ def _report(
     annotation = [{"fasta": label, "orfs": a.orf_count, **a.motif_counts}
                   for label, a in annotations.items()]
     return ReportData(run_id=run_id, samples=samples, annotation=annotation)
-
-
-def _stats_rows(result: IngestResult) -> list[dict[str, Any]]:
-    """One row per mate (single-end: one row) for the statistics table."""
-    rows = []
-    for mate, st in result.stats.items():
-        rows.append({
-            "sample": result.sample, "mate": {"0": "-", "1": "R1", "2": "R2"}.get(mate, mate),
-            "reads": st["reads"], "bases": st["bases"], "empty": st["empty_reads"],
-            "min_len": st["min_length"], "max_len": st["max_length"],
-            "mean_len": round(st["mean_length"], 2),
-            "gc": None if st["gc_fraction"] is None else round(st["gc_fraction"], 4),
-            "n_bases": st["n_bases"],
-            "mean_q": None if st["mean_quality"] is None else round(st["mean_quality"], 2),
-        })
-    return rows
-
-
-def _quality_profile(results: list[IngestResult]) -> list[dict[str, Any]]:
-    """Mean Phred by read position, one column per sample and mate."""
-    columns = {
-        f"{r.sample} {'R' + m if m != '0' else ''}".strip(): st["mean_quality_by_position"]
-        for r in results for m, st in r.stats.items()
-    }
-    longest = max((len(v) for v in columns.values()), default=0)
-    return [
-        {"position": i + 1, **{k: (v[i] if i < len(v) else None) for k, v in columns.items()}}
-        for i in range(longest)
-    ]
-
-
-def _publish_reports(
-    store: Store,
-    run_id: str,
-    results: list[IngestResult],
-    recorder: RunRecorder,
-    tables: dict[str, tuple[str, list[dict[str, Any]]]],
-) -> None:
-    """Prefect UI artifacts (stats tables, lineage graph) and the run manifest."""
-    for key, (description, rows) in tables.items():
-        if rows:
-            create_table_artifact(key=key, table=rows, description=description)
-    create_table_artifact(
-        key="ingest-stats",
-        table=[row for r in results for row in _stats_rows(r)],
-        description=f"Read statistics per input file, run {run_id}",
-    )
-    create_table_artifact(
-        key="quality-by-position",
-        table=_quality_profile(results),
-        description="Mean Phred quality by read position",
-    )
-    graph = LineageGraph(recorder.log.records)
-    roots = [graph.upstream(rec) for rec in recorder.log.records]
-    png = picture(dot(roots))
-    image = (f"![lineage of run {run_id}](data:image/png;base64,"
-             f"{base64.b64encode(png).decode()})\n\n" if png else
-             "(no picture: Graphviz's `dot` is not installed)\n\n")
-    create_markdown_artifact(
-        key="lineage",
-        markdown=(f"## Lineage of run `{run_id}`\n\n{image}"
-                  f"Mermaid source:\n\n```mermaid\n{mermaid(roots)}\n```\n"),
-        description="Artifacts of this run and their inputs",
-    )
-    manifest = {
-        "run_id": run_id,
-        "flow_run_id": recorder.flow_run_id,
-        "code_version": code_version(),
-        "parameters": dict(runtime.flow_run.parameters),
-        "artifacts": [
-            {"uri": r.uri, "cas_uri": r.cas_uri, "sha256": r.sha256, "size": r.size,
-             "rows": r.rows, "stage": r.stage, "cached": r.cached}
-            for r in recorder.log.records
-        ],
-        "lineage": recorder.log.uri,
-        "skipped": [k.model_dump() for k in recorder.skipped],
-        "warnings": recorder.warnings,
-    }
-    store.write_bytes_atomic(
-        store.run_uri(run_id, "manifest.json"), json.dumps(manifest, indent=2).encode()
-    )

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from helixflow.errors import HelixflowError, InputError
+from helixflow.flows.stages import STAGE_DONE
 
 app = typer.Typer(
     name="helixflow",
@@ -205,9 +206,13 @@ def _launch_and_report(status: str, inputs: list[str], **launch: Any) -> None:
     api_url = connect_prefect()
     _one_warning_per_skip()
     out.print(f"Prefect UI: [link]{ui_base(api_url)}[/link]")
+    from helixflow.app.progress import LiveProgress
+    from helixflow.flows.stages import planned_stages
+
     started = time.perf_counter()
-    with out.status(status, spinner="dots"):
-        launched = launch_pipeline(inputs, debug=_state["debug"], **launch)
+    with LiveProgress(out, planned_stages(launch), label=status) as progress:
+        launched = launch_pipeline(inputs, debug=_state["debug"], on_start=progress.started,
+                                   **launch)
     elapsed = time.perf_counter() - started
     if launched.error is not None:
         _fail_run(launched)
@@ -291,7 +296,8 @@ class _SkipsInSummary(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (getattr(record, "skipped_stage", False)
-                    or getattr(record, "summary_warning", False))
+                    or getattr(record, "summary_warning", False)
+                    or getattr(record, STAGE_DONE, False))  # the live display prints it
 
 
 def _one_warning_per_skip() -> None:

@@ -65,6 +65,14 @@ def test_run_and_lineage_of_a_shard(prefect_api: str, tmp_path: Path) -> None:
                unset=("RAY_AUTH_MODE",))  # as a user's shell: Ray decides on its token
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Token authentication" not in proc.stdout + proc.stderr  # no Ray notice
+    # live progress: one line per finished stage, in run order, each with its figure
+    done = re.findall(r"^✓ \[\d\d:\d\d\] (\w+) \(\+[\d.]+ s\): (.+)$", proc.stdout, re.M)
+    assert [stage for stage, _ in done] == ["inputs", "ingest", "qc", "dedup", "correct",
+                                            "align", "embed", "report"], proc.stdout
+    figures = dict(done)
+    assert figures["ingest"].startswith("1,600 reads in 1 shard(s)"), figures
+    assert re.match(r"[\d,]+ of 1,600 reads kept", figures["qc"]), figures
+    assert " done: " not in proc.stdout  # the flow's log record is not printed twice
     ui = [line for line in proc.stdout.splitlines() if line.startswith("Flow run in the UI:")]
     assert len(ui) == 1 and len(ui[0]) > 80, proc.stdout
     assert re.fullmatch(r"Flow run in the UI: http://127\.0\.0\.1:\d+/runs/flow-run/[0-9a-f-]{36}",
