@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 import sys
-import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,21 +201,17 @@ def _run_pipeline(inputs: list[str], store: str | None, store_block: str | None,
 def _launch_and_report(status: str, inputs: list[str], **launch: Any) -> None:
     """Launch the pipeline with a spinner, then its closing lines (or its one error)."""
     from helixflow.app.launch import connect_prefect, launch_pipeline, ui_base
+    from helixflow.app.progress import LiveProgress
+    from helixflow.flows.stages import planned_stages
 
     api_url = connect_prefect()
     _one_warning_per_skip()
     out.print(f"Prefect UI: [link]{ui_base(api_url)}[/link]")
-    from helixflow.app.progress import LiveProgress
-    from helixflow.flows.stages import planned_stages
-
-    started = time.perf_counter()
     with LiveProgress(out, planned_stages(launch), label=status) as progress:
-        launched = launch_pipeline(inputs, debug=_state["debug"], on_start=progress.started,
-                                   **launch)
-    elapsed = time.perf_counter() - started
+        launched = launch_pipeline(inputs, debug=_state["debug"], **launch)
     if launched.error is not None:
         _fail_run(launched)
-    _print_summary(launched.summary, elapsed)
+    _print_summary(launched.summary, progress.pipeline_seconds(), progress.elapsed())
     out.print(f"Flow run in the UI: [link]{launched.ui_url}[/link]")
 
 
@@ -311,7 +306,9 @@ def _one_warning_per_skip() -> None:
                 handler.addFilter(_SkipsInSummary())
 
 
-def _print_summary(summary: Any, elapsed: float) -> None:
+def _print_summary(summary: Any, pipeline: float | None, elapsed: float) -> None:
+    """The closing lines; `pipeline` is the flow run's own time, `elapsed` includes
+    starting Ray and the flow."""
     from helixflow.store import display_name
 
     table = Table(title=f"run {summary.run_id}")
@@ -328,7 +325,9 @@ def _print_summary(summary: Any, elapsed: float) -> None:
     out.print(table)
     out.print(
         f"{summary.tasks_executed} task(s) executed, {summary.tasks_cached} from cache, "
-        f"{summary.artifacts} artifact(s) in {elapsed:.1f} s"
+        f"{summary.artifacts} artifact(s); pipeline "
+        + (f"{pipeline:.1f} s (with Ray's and the flow's start {elapsed:.1f} s)"
+           if pipeline is not None else f"{elapsed:.1f} s")
     )
     out.print(f"run folder: {display_name(summary.run_uri)}")
     out.print(f"QC report: {display_name(summary.report_uri)}")

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -92,13 +92,11 @@ def launch_pipeline(
     shard_size: int | None = None,
     interleaved: bool = False,
     debug: bool = False,
-    on_start: Callable[[str], None] | None = None,
     **options: Any,
 ) -> Launched:
     """Run `genomics-pipeline` on the one server and Ray; never raises for a failed run.
 
-    `options` are further flow parameters (qc_options, reference, assemble, motifs, …);
-    `on_start` is called with the flow run's id once it runs.
+    `options` are further flow parameters (qc_options, reference, assemble, motifs, …).
     """
     from helixflow.flows.pipeline import DEFAULT_SHARD_SIZE, genomics_pipeline
     from helixflow.samples import plan_samples, run_label
@@ -112,7 +110,7 @@ def launch_pipeline(
         **{k: v for k, v in options.items() if v is not None},
     }
     return launch_flow(genomics_pipeline, parameters, store=store, store_block=store_block,
-                       ray_address=ray_address, debug=debug, on_start=on_start)
+                       ray_address=ray_address, debug=debug)
 
 
 def launch_flow(
@@ -123,7 +121,6 @@ def launch_flow(
     store_block: str | None = None,
     ray_address: str | None = None,
     debug: bool = False,
-    on_start: Callable[[str], None] | None = None,
 ) -> Launched:
     """Run a helixflow flow (taking `store`/`store_block`) on the one server and Ray, with
     results persisted to the store; never raises for a failed run."""
@@ -146,10 +143,8 @@ def launch_flow(
                                             init_kwargs=runner.init_kwargs),
         result_storage=result_storage(st), persist_result=True,
         on_crashed=[*flow.on_crashed_hooks, remember_crash],
-        on_running=[*flow.on_running_hooks, _announce_start],
     )
     state = None
-    _START_LISTENERS[:] = [on_start] if on_start is not None else []
     with STOP.scope():
         try:
             with _ray_session(runner):
@@ -184,16 +179,6 @@ def launch_flow(
         summary=None if error else result,
         error=error,
     )
-
-
-#: Who wants to know the running flow run's id. The hook is a module-level function
-#: because the flow (with its hooks) is pickled into every Ray task's context.
-_START_LISTENERS: list[Callable[[str], None]] = []
-
-
-def _announce_start(flow: Any, flow_run: Any, state: Any) -> None:
-    for listener in _START_LISTENERS:
-        listener(str(flow_run.id))
 
 
 class _StoppableRayTaskRunner(RayTaskRunner):

@@ -118,8 +118,9 @@ def _clock(seconds: float) -> str:
 class LiveProgress:
     """The console's view of one run while it runs (a context manager).
 
-    Polls the API once a second on a thread of its own and updates a one-line status;
-    prints one line per finished stage when the flow logs that stage's figure.
+    Follows the flow run whose log records reach this process first (the CLI runs one
+    flow in-process); polls the API once a second on a thread of its own and updates a
+    one-line status; prints one line per finished stage when the flow logs its figure.
     """
 
     console: Console
@@ -131,6 +132,7 @@ class LiveProgress:
     _stages: dict[str, StageTally] = field(default_factory=dict)
     _started: float = field(default_factory=time.perf_counter)
     _last_done: float = 0.0
+    _flow_started: float | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _status: Status | None = None
     _thread: threading.Thread | None = None
@@ -155,14 +157,10 @@ class LiveProgress:
         if self._status is not None:
             self._status.__exit__(None, None, None)
 
-    def started(self, flow_run_id: str) -> None:
-        """The flow run is running (its `on_running` hook): follow it from now on."""
-        self.flow_run_id = flow_run_id
-
     def stage_done(self, stage: str, figure: str) -> None:
         """Print a finished stage's line: when, how long since the last one, its figure
         and (once the API has them all) its task runs."""
-        now = self._elapsed()
+        now = self.elapsed()
         since, self._last_done = now - self._last_done, now
         t = self._stages.get(stage)
         tasks = "" if t is None or not t.finished else (
@@ -170,13 +168,20 @@ class LiveProgress:
         self.console.print(f"[green]✓[/] [{_clock(now)}] {stage} (+{since:.1f} s): "
                            f"{escape(figure)}{tasks}", highlight=False)
 
-    def _elapsed(self) -> float:
+    def elapsed(self) -> float:
+        """Seconds since the display started (Ray's and the flow's start included)."""
         return time.perf_counter() - self._started
+
+    def pipeline_seconds(self) -> float | None:
+        """Seconds since the flow run's first log record (None if none came)."""
+        if self._flow_started is None:
+            return None
+        return self.elapsed() - self._flow_started
 
     def _line(self) -> str:
         if not self._stages:
-            return f"[{_clock(self._elapsed())}] {self.label}"
-        return status_line(self._stages, self.planned, self._elapsed())
+            return f"[{_clock(self.elapsed())}] {self.label}"
+        return status_line(self._stages, self.planned, self.elapsed())
 
     def _poll(self) -> None:
         from prefect.client.orchestration import get_client
@@ -195,13 +200,17 @@ class LiveProgress:
 
 
 class _StageLines(logging.Handler):
-    """Hands the flow's `stage done` records to the live display."""
+    """Hands the flow's records to the live display: the first names the flow run to
+    follow; `stage done` ones are the stages' lines."""
 
     def __init__(self, progress: LiveProgress) -> None:
         super().__init__(logging.INFO)
         self.progress = progress
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self.progress.flow_run_id is None:  # the run's first record names it
+            self.progress.flow_run_id = getattr(record, "flow_run_id", None)
+            self.progress._flow_started = self.progress.elapsed()
         stage = getattr(record, STAGE_DONE, None)
         if stage:
             self.progress.stage_done(stage, getattr(record, "stage_figure", ""))

@@ -8,7 +8,9 @@ import re
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
+import pytest
 from prefect.client.schemas.objects import State, StateType, TaskRun
+from prefect.logging.loggers import PrefectLogAdapter
 from rich.console import Console
 
 from helixflow.app.progress import LiveProgress, status_line, tally
@@ -56,12 +58,16 @@ def test_status_line_names_what_runs_now() -> None:
     assert line == "[01:15] stages 1/5 · dedup 0/2 (1 running)"
 
 
-def test_stage_lines_come_from_the_flows_log_records() -> None:
+def test_stage_lines_come_from_the_flows_log_records(monkeypatch: pytest.MonkeyPatch) -> None:
     buffer = io.StringIO()
     console = Console(file=buffer, width=200, force_terminal=False)
-    logger = logging.getLogger("prefect.flow_runs")
+    base = logging.getLogger("prefect.flow_runs")
+    monkeypatch.setattr(base, "level", logging.INFO)  # as Prefect's logging config sets it
+    logger = PrefectLogAdapter(base, {"flow_run_id": "run-1"})  # as `get_run_logger` makes
     with LiveProgress(console, ["qc"], poll_seconds=60) as progress:
         progress._stages = tally([_run("filter_reads", StateType.COMPLETED, 0, 2)])
+        logger.info("Beginning flow run")
+        assert progress.flow_run_id == "run-1"  # the first record names the run to follow
         log_stage_done(logger, "qc", "90 of 100 reads kept (90.0 %)")
         logger.info("an ordinary line")
     lines = [line for line in buffer.getvalue().splitlines() if line.startswith("✓")]
