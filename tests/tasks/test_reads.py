@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from helixflow.app import demo
-from helixflow.tasks import correct, dedup, kmers, orfs, qc, variants
+from helixflow.tasks import correct, dedup, kmers, orfs, qc_adapter_detect, variants
 from helixflow.tasks.fastq import iter_read_batches
 from helixflow.tasks.reads import (
     BASE_CODE,
@@ -247,7 +247,7 @@ def _old_dnabert_code() -> np.ndarray:  # tasks/dnabert.py, for the engineer swi
 def test_base_codes_match_every_old_table_on_all_bytes() -> None:
     assert np.array_equal(BASE_CODE[ALL_BYTES], _old_acgt_lower()[ALL_BYTES])
     assert np.array_equal(NUCLEOTIDE_CODE[ALL_BYTES], _old_acgtu_lower()[ALL_BYTES])
-    assert np.array_equal(qc._KEY_CODE[ALL_BYTES], _old_qc_key_code()[ALL_BYTES])
+    assert np.array_equal(qc_adapter_detect._KEY_CODE[ALL_BYTES], _old_qc_key_code()[ALL_BYTES])
     assert np.array_equal(orfs._CODE[ALL_BYTES], _old_acgtu_lower()[ALL_BYTES])
     assert np.array_equal(demo._CODE[ALL_BYTES], _old_demo_code()[ALL_BYTES])
     assert np.array_equal(base_codes(b"ATCG")[ALL_BYTES], _old_dnabert_code()[ALL_BYTES])
