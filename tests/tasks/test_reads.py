@@ -13,7 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from helixflow.app import demo
-from helixflow.tasks import correct_spectrum, dedup, kmers, orfs, qc_adapter_detect, variants
+from helixflow.tasks import (
+    correct_spectrum,
+    dedup,
+    kmers,
+    orfs,
+    qc_adapter_detect,
+    variant_caller,
+)
 from helixflow.tasks.fastq import iter_read_batches
 from helixflow.tasks.reads import (
     BASE_CODE,
@@ -256,7 +263,7 @@ def test_base_codes_match_every_old_table_on_all_bytes() -> None:
 def test_callers_use_the_shared_tables() -> None:
     """correct, variants and kmers index BASE_CODE / NUCLEOTIDE_CODE themselves."""
     assert correct_spectrum.BASE_CODE is BASE_CODE
-    assert variants.BASE_CODE is BASE_CODE
+    assert variant_caller.BASE_CODE is BASE_CODE
     assert kmers.NUCLEOTIDE_CODE is NUCLEOTIDE_CODE
     assert orfs._CODE is NUCLEOTIDE_CODE
     assert dedup.padded is padded
