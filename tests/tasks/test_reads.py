@@ -16,7 +16,7 @@ from helixflow.app import demo
 from helixflow.tasks import (
     correct_spectrum,
     dedup,
-    kmers,
+    kmer_spectra,
     orfs,
     qc_adapter_detect,
     variant_caller,
@@ -264,7 +264,7 @@ def test_callers_use_the_shared_tables() -> None:
     """correct, variants and kmers index BASE_CODE / NUCLEOTIDE_CODE themselves."""
     assert correct_spectrum.BASE_CODE is BASE_CODE
     assert variant_caller.BASE_CODE is BASE_CODE
-    assert kmers.NUCLEOTIDE_CODE is NUCLEOTIDE_CODE
+    assert kmer_spectra.NUCLEOTIDE_CODE is NUCLEOTIDE_CODE
     assert orfs._CODE is NUCLEOTIDE_CODE
     assert dedup.padded is padded
 
