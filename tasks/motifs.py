@@ -9,7 +9,7 @@ Pure functions (NumPy/Arrow in and out, no Prefect); the Prefect/Ray tasks wrap 
 - Scanning (`scan_pwms`) covers both strands (the reverse-complemented matrix over the
   forward sequence). Windows containing a base other than A/C/G/T are skipped.
 
-How it is vectorised: all sequences are packed into one code array (tasks.orfs); a
+How it is vectorised: all sequences are packed into one code array (tasks.sequence_input); a
 window score is the sum over the motif's columns of the column's score at the base that
 column sees, i.e. one gather per column over the whole array (the columns of a sliding
 window view), so the Python loop runs over motif columns, never over positions.
@@ -33,7 +33,7 @@ import pyarrow as pa
 from numpy.lib.stride_tricks import sliding_window_view
 
 from helixflow.tasks.motif_matrices import PWM
-from helixflow.tasks.orfs import (
+from helixflow.tasks.sequence_input import (
     AMBIGUOUS_CODE,
     SENTINEL_CODE,
     Sequences,

@@ -28,7 +28,8 @@ from helixflow.tasks.kmer_spectra import (
     protein_kmer_names,
     protein_kmer_spectra,
 )
-from helixflow.tasks.orfs import OrfParams, find_orfs, iter_fasta
+from helixflow.tasks.orfs import OrfParams, find_orfs
+from helixflow.tasks.sequence_input import iter_fasta
 
 COMPLEMENT = str.maketrans("ACGTUNRYacgtun", "TGCAANYRtgcaan")
 

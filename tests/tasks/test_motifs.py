@@ -20,8 +20,8 @@ import pytest
 from helixflow.tasks.motif_matrices import PWM, CountMatrix, pwm_from_counts
 from helixflow.tasks.motif_parsers import parse_jaspar
 from helixflow.tasks.motifs import HITS_SCHEMA, find_consensus, scan_pwms
-from helixflow.tasks.orfs import iter_fasta
 from helixflow.tasks.reads import READS_SCHEMA
+from helixflow.tasks.sequence_input import iter_fasta
 
 COMPLEMENT = str.maketrans("ACGTN", "TGCAN")
 
