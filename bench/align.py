@@ -96,7 +96,8 @@ def worker(ref: str, r1: str, r2: str, out: str, batch_size: int, shard_level: i
            merge_level: int) -> None:
     """The helixflow side: index (cached), align each shard, merge and index."""
     sys.path.insert(0, str(REPO))
-    from helixflow.tasks.align import AlignCounts, align_batch, build_index, name_suffix_of
+    from helixflow.tasks.align_index import build_index
+    from helixflow.tasks.align_map import AlignCounts, align_batch, name_suffix_of
     from helixflow.tasks.bam import merge_bams
     from helixflow.tasks.fastq import iter_read_batches
 

@@ -84,20 +84,20 @@ SMALL_INPUT = 40_000  # reads; below this one process is faster than forking poo
 
 
 def _count(i: int, k: int) -> object:
-    from helixflow.tasks.correct import count_kmers
+    from helixflow.tasks.correct_spectrum import count_kmers
 
     return count_kmers(_BATCHES[i], k)
 
 
 def _merge(j: int, k: int) -> object:
     """Merge k-mer range j of every batch's table (the reduce of a partitioned merge)."""
-    from helixflow.tasks.correct import merge_counts, partition_counts
+    from helixflow.tasks.correct_spectrum import merge_counts, partition_counts
 
     return merge_counts(partition_counts(t, _WORKERS, k)[j] for t in _TABLES)
 
 
 def _correct(i: int, k: int, path: str) -> object:
-    from helixflow.tasks.correct import correct_batch
+    from helixflow.tasks.correct_substitutions import correct_batch
     from helixflow.tasks.reads import write_read_shard
 
     fixed, counts = correct_batch(_BATCHES[i], _SOLID, k)  # type: ignore[arg-type]
@@ -120,12 +120,8 @@ def run_helixflow(r1: str, r2: str, out: str, k: int, batch_size: int) -> None:
     import numpy as np
     import pyarrow as pa
 
-    from helixflow.tasks.correct import (
-        CorrectionCounts,
-        SolidKmers,
-        kmer_histogram,
-        solid_threshold,
-    )
+    from helixflow.tasks.correct_spectrum import SolidKmers, kmer_histogram, solid_threshold
+    from helixflow.tasks.correct_substitutions import CorrectionCounts
     from helixflow.tasks.fastq import iter_read_batches
 
     clock = [time.perf_counter()]

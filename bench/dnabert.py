@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO))
 from helixflow.tasks.dnabert import embed, embed_dataset  # noqa: E402
 from helixflow.tasks.dnabert_checkpoint import load_model, model_digest  # noqa: E402
 from helixflow.tasks.dnabert_train import PretrainConfig, pretrain  # noqa: E402
-from helixflow.tasks.orfs import iter_fasta  # noqa: E402
+from helixflow.tasks.sequence_input import iter_fasta  # noqa: E402
 
 GENOMES = ("ecoli_k12_mg1655", "saureus_nctc8325", "lambda", "t7", "human_mito", "sarscov2")
 BENCH_MODEL = PretrainConfig(k=6, layers=2, hidden=128, heads=2, intermediate=512,

@@ -245,7 +245,7 @@ def prepare_dnabert(steps: int) -> None:
 
 def step_kmer(scale: int, marks: list[float], args: argparse.Namespace) -> dict[str, Any]:
     from helixflow.tasks.embeddings import EmbeddingWriter, iter_read_sequences
-    from helixflow.tasks.kmers import canonical_kmer_count, canonical_kmer_spectra
+    from helixflow.tasks.kmer_spectra import canonical_kmer_count, canonical_kmer_spectra
 
     out = WORK / f"kmer-{scale}x"
     rows = 0

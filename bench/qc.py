@@ -1,4 +1,4 @@
-"""Benchmark: helixflow's QC kernel (tasks.qc.filter_batch) against fastp 0.23.2, same input.
+"""Benchmark: helixflow's QC kernel (tasks.qc_batch.filter_batch) against fastp 0.23.2, same input.
 
 Makes (once, cached under bench/out/qc/) gzipped 2x150 bp pairs: by default ART HS25
 (`art_illumina -ss HS25 -p -l 150 -m 200 -s 60 -rs 42 -na`) on the E. coli K-12 genome of
@@ -44,7 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from helixflow.tasks.fastq import iter_read_batches  # noqa: E402
-from helixflow.tasks.qc import QcCounts, QcParams, filter_batch  # noqa: E402
+from helixflow.tasks.qc_batch import filter_batch  # noqa: E402
+from helixflow.tasks.qc_params import QcCounts, QcParams  # noqa: E402
 from helixflow.tasks.reads import write_read_shard  # noqa: E402
 
 OUT = REPO / "bench" / "out" / "qc"

@@ -49,7 +49,7 @@ def read_fasta(path: Path) -> tuple[str, str]:
 
 
 def left_align(ref: str, pos: int, deleted: int, inserted: str) -> tuple[int, str]:
-    """Leftmost equivalent 0-based position of an indel (see tasks.variants.left_align)."""
+    """Leftmost equivalent 0-based position of an indel (see tasks.variant_caller.left_align)."""
     if deleted:
         while pos > 0 and ref[pos - 1] == ref[pos + deleted - 1]:
             pos -= 1
@@ -119,7 +119,8 @@ def prepare(aligner: str) -> tuple[Path, Path, set[Variant]]:
                            check=True)
         else:
             sys.path.insert(0, str(REPO))
-            from helixflow.tasks.align import align_batch, build_index
+            from helixflow.tasks.align_index import build_index
+            from helixflow.tasks.align_map import align_batch
             from helixflow.tasks.bam import merge_bams
             from helixflow.tasks.fastq import iter_read_batches
 
@@ -152,7 +153,7 @@ def run_helixflow(ref: Path, bam: Path, out: Path) -> float:
 
 def worker(bam: str, ref: str, out: str) -> None:
     sys.path.insert(0, str(REPO))
-    from helixflow.tasks.variants import VariantParams, call_variants
+    from helixflow.tasks.variant_caller import VariantParams, call_variants
 
     call_variants(Path(bam), Path(ref), Path(out), VariantParams())
 

@@ -19,15 +19,9 @@ from helixflow.errors import InputError, naming_sources
 from helixflow.samples import safe_name
 from helixflow.store import Store, display_name
 from helixflow.tables import fetch, publish_table
-from helixflow.tasks.motifs import (
-    IUPAC,
-    PWM,
-    find_consensus,
-    parse_jaspar,
-    parse_meme,
-    pwm_from_counts,
-    scan_pwms,
-)
+from helixflow.tasks.motif_matrices import PWM, pwm_from_counts
+from helixflow.tasks.motif_parsers import parse_jaspar, parse_meme
+from helixflow.tasks.motifs import IUPAC, find_consensus, scan_pwms
 from helixflow.tasks.orfs import OrfParams, find_orfs
 
 ANNOTATE_VERSION = "2"

@@ -47,8 +47,8 @@ from helixflow.caching import stage_options
 from helixflow.errors import HelixflowError, InputError
 from helixflow.store import Store
 from helixflow.tables import fetch, publish_file
-from helixflow.tasks.orfs import iter_fasta
 from helixflow.tasks.reads import string_parts
+from helixflow.tasks.sequence_input import iter_fasta
 from helixflow.tools import require_tool, tool_version
 
 PRESETS = ("meta-sensitive", "meta-large")

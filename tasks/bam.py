@@ -1,7 +1,7 @@
 """Writing BAM: SAM header and read group, coordinate sort, merge + index, unaligned BAM.
 
 Pure functions on local paths (no Prefect); the unaligned-BAM task at the end wraps one.
-`tasks.align` formats aligned records and streams them through `SortedBamSink`, then
+`tasks.align_map` formats aligned records and streams them through `SortedBamSink`, then
 merges a sample's sorted parts with `merge_bams`. Every file is written atomically
 (`helixflow.files.atomic_path`). samtools runs with --no-PG, so the same records give
 the same bytes wherever they are written.

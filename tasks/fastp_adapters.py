@@ -1,9 +1,9 @@
 """The known-adapter table of fastp 0.23.2 (`src/knownadapters.h`, MIT licence), sequences only.
 
 fastp looks a detected adapter up in this table: the first entry, in byte order, that is a
-prefix of the detected sequence replaces it (tasks.qc.match_known_adapter). The sequences
-were read from the Debian fastp 0.23.2 binary and agree with knownadapters.h in
-OpenGene/fastp; Illumina holds the rights to its oligonucleotide sequences."""
+prefix of the detected sequence replaces it (tasks.qc_adapter_detect.match_known_adapter).
+The sequences were read from the Debian fastp 0.23.2 binary and agree with knownadapters.h
+in OpenGene/fastp; Illumina holds the rights to its oligonucleotide sequences."""
 
 KNOWN_ADAPTERS: tuple[str, ...] = (
     "AATGATACGGCGACCACCGACAGGTTCAGAGTTCTACAGTCCGA",

@@ -193,7 +193,7 @@ def ingest_fastq(
         "ingested %s (%s): %d shards, %s reads", sample.name, sample.layout, len(shards),
         summarize(summary)["reads"],
     )
-    from helixflow.tasks.align import name_suffix_of
+    from helixflow.tasks.align_map import name_suffix_of
 
     return IngestResult(
         sample=sample.name, layout=sample.layout, inputs=inputs, shards=shards, stats=summary,

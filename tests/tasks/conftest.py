@@ -1,4 +1,4 @@
-"""Fixtures shared by the alignment and BAM tests (tests/tasks/test_align.py, test_bam.py):
+"""Fixtures shared by the alignment and BAM tests (tests/tasks/test_align_map.py, test_bam.py):
 a random genome, its FASTA and minimap2 index, and a shard of simulated pairs aligned to it.
 """
 
@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helixflow.tasks.align import AlignCounts, align_batch, build_index
-from tests.tasks.test_align import (
+from helixflow.tasks.align_index import build_index
+from helixflow.tasks.align_map import AlignCounts, align_batch
+from tests.tasks.test_align_map import (
     RG,
     random_genome,
     reads_batch,

@@ -23,8 +23,8 @@ from helixflow.tasks.assemble import (
     write_fastq_inputs,
 )
 from helixflow.tasks.fastq import iter_read_batches
-from helixflow.tasks.orfs import iter_fasta
 from helixflow.tasks.reads import READS_SCHEMA, write_read_shard
+from helixflow.tasks.sequence_input import iter_fasta
 from tests.conftest import require_tool
 
 K = 31

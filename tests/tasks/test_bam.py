@@ -1,6 +1,6 @@
 """Tests for BAM writing (tasks/bam.py): unaligned BAM, sort, merge + index, byte identity.
 
-Aligned parts come from tasks/align.py on the simulated genome of tests/tasks/test_align.py
+Aligned parts come from tasks/align_map.py on the simulated genome of tests/tasks/test_align_map.py
 (its helpers; the fixtures are in tests/tasks/conftest.py). The samtools test is an
 integration test: it skips when the tool is absent, except under CI=true, where it fails.
 """
@@ -16,10 +16,11 @@ import pysam
 import pytest
 
 from helixflow.errors import HelixflowError, InputError
-from helixflow.tasks.align import align_batch, build_index
+from helixflow.tasks.align_index import build_index
+from helixflow.tasks.align_map import align_batch
 from helixflow.tasks.bam import merge_bams, unaligned_bam
 from tests.conftest import require_tool
-from tests.tasks.test_align import RG, reads_batch, records, simulate_pairs, write_fasta
+from tests.tasks.test_align_map import RG, reads_batch, records, simulate_pairs, write_fasta
 
 # --------------------------------------------------------------------------------------
 # Unaligned BAM

@@ -25,7 +25,7 @@ from helixflow.tasks.embeddings import (
     read_embedding_matrix,
     write_embedding_shard,
 )
-from helixflow.tasks.kmers import canonical_kmer_spectra
+from helixflow.tasks.kmer_spectra import canonical_kmer_spectra
 
 SHARD = "s3://bucket/reads/sample=S1/part-00000.parquet"
 SHA = "sha256:" + "ab" * 32

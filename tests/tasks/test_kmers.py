@@ -1,4 +1,4 @@
-"""Tests for the k-mer spectrum kernels (tasks/kmers.py).
+"""Tests for the k-mer spectrum kernels (tasks/kmer_spectra.py) and their tasks (tasks/kmers.py).
 
 A naive pure-Python counter (one dict per sequence) is the reference for the vectorised
 kernels on random sequences, on a real genome chunk (lambda) and on real ORF proteins;
@@ -18,8 +18,8 @@ import pyarrow as pa
 import pytest
 
 from helixflow.errors import InputError
-from helixflow.tasks import kmers
-from helixflow.tasks.kmers import (
+from helixflow.tasks import kmer_spectra
+from helixflow.tasks.kmer_spectra import (
     REDUCED_ALPHABETS,
     STANDARD_AMINO_ACIDS,
     canonical_kmer_count,
@@ -28,7 +28,8 @@ from helixflow.tasks.kmers import (
     protein_kmer_names,
     protein_kmer_spectra,
 )
-from helixflow.tasks.orfs import OrfParams, find_orfs, iter_fasta
+from helixflow.tasks.orfs import OrfParams, find_orfs
+from helixflow.tasks.sequence_input import iter_fasta
 
 COMPLEMENT = str.maketrans("ACGTUNRYacgtun", "TGCAANYRtgcaan")
 
@@ -201,8 +202,8 @@ def test_rows_are_normalised_to_one() -> None:
 def test_small_blocks_give_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
     seqs = random_dna(random.Random(3), 200, 200)
     expected = canonical_kmer_spectra(seqs, 5)
-    monkeypatch.setattr(kmers, "_BLOCK_CELLS", 1500)  # 2 rows per block at k=5
-    monkeypatch.setattr(kmers, "_BLOCK_BYTES", 100)  # and at most ~100 bases
+    monkeypatch.setattr(kmer_spectra, "_BLOCK_CELLS", 1500)  # 2 rows per block at k=5
+    monkeypatch.setattr(kmer_spectra, "_BLOCK_BYTES", 100)  # and at most ~100 bases
     np.testing.assert_array_equal(canonical_kmer_spectra(seqs, 5), expected)
 
 

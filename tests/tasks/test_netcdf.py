@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from MDAnalysis.lib.transformations import rotation_matrix
 
-from helixflow.tasks.gromacs import build_peptide_pdb
 from helixflow.tasks.netcdf import (
     md_parameters,
     read_md_inputs,
@@ -20,6 +19,7 @@ from helixflow.tasks.netcdf import (
     write_amber_trajectory,
     write_md_inputs,
 )
+from helixflow.tasks.peptides import build_peptide_pdb
 
 # --------------------------------------------------------------------------------------
 # Inputs

@@ -22,10 +22,10 @@ from helixflow.tasks.orfs import (
     ORFS_SCHEMA,
     OrfParams,
     find_orfs,
-    iter_fasta,
     longest_orf_per_sequence,
 )
 from helixflow.tasks.reads import READS_SCHEMA
+from helixflow.tasks.sequence_input import iter_fasta
 from tests.conftest import require_tool
 
 COMPLEMENT = str.maketrans("ACGTN", "TGCAN")

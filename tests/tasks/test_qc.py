@@ -22,17 +22,10 @@ from helixflow.flows.preprocess import qc_totals
 from helixflow.store import Store
 from helixflow.tables import as_batch, read_table
 from helixflow.tasks.fastq import iter_read_batches
-from helixflow.tasks.qc import (
-    QcCounts,
-    QcParams,
-    detect_adapter,
-    detect_sample_adapters,
-    filter_batch,
-    filter_reads,
-    is_two_color,
-    match_known_adapter,
-    resolved_for,
-)
+from helixflow.tasks.qc import detect_sample_adapters, filter_reads
+from helixflow.tasks.qc_adapter_detect import detect_adapter, match_known_adapter
+from helixflow.tasks.qc_batch import filter_batch, resolved_for
+from helixflow.tasks.qc_params import QcCounts, QcParams, is_two_color
 from helixflow.tasks.reads import READS_SCHEMA, write_read_shard
 from tests.conftest import require_tool
 

@@ -13,7 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from helixflow.app import demo
-from helixflow.tasks import correct, dedup, kmers, orfs, qc, variants
+from helixflow.tasks import (
+    correct_spectrum,
+    dedup,
+    kmer_spectra,
+    qc_adapter_detect,
+    sequence_input,
+    variant_caller,
+)
 from helixflow.tasks.fastq import iter_read_batches
 from helixflow.tasks.reads import (
     BASE_CODE,
@@ -247,18 +254,18 @@ def _old_dnabert_code() -> np.ndarray:  # tasks/dnabert.py, for the engineer swi
 def test_base_codes_match_every_old_table_on_all_bytes() -> None:
     assert np.array_equal(BASE_CODE[ALL_BYTES], _old_acgt_lower()[ALL_BYTES])
     assert np.array_equal(NUCLEOTIDE_CODE[ALL_BYTES], _old_acgtu_lower()[ALL_BYTES])
-    assert np.array_equal(qc._KEY_CODE[ALL_BYTES], _old_qc_key_code()[ALL_BYTES])
-    assert np.array_equal(orfs._CODE[ALL_BYTES], _old_acgtu_lower()[ALL_BYTES])
+    assert np.array_equal(qc_adapter_detect._KEY_CODE[ALL_BYTES], _old_qc_key_code()[ALL_BYTES])
+    assert np.array_equal(sequence_input._CODE[ALL_BYTES], _old_acgtu_lower()[ALL_BYTES])
     assert np.array_equal(demo._CODE[ALL_BYTES], _old_demo_code()[ALL_BYTES])
     assert np.array_equal(base_codes(b"ATCG")[ALL_BYTES], _old_dnabert_code()[ALL_BYTES])
 
 
 def test_callers_use_the_shared_tables() -> None:
     """correct, variants and kmers index BASE_CODE / NUCLEOTIDE_CODE themselves."""
-    assert correct.BASE_CODE is BASE_CODE
-    assert variants.BASE_CODE is BASE_CODE
-    assert kmers.NUCLEOTIDE_CODE is NUCLEOTIDE_CODE
-    assert orfs._CODE is NUCLEOTIDE_CODE
+    assert correct_spectrum.BASE_CODE is BASE_CODE
+    assert variant_caller.BASE_CODE is BASE_CODE
+    assert kmer_spectra.NUCLEOTIDE_CODE is NUCLEOTIDE_CODE
+    assert sequence_input._CODE is NUCLEOTIDE_CODE
     assert dedup.padded is padded
 
 

@@ -1,5 +1,5 @@
-"""Tests for the alignment kernel (tasks/align.py): index cache, presets, MD tags, mappy
-alignment against simulated truth, name-suffix tie-breaks, and E. coli against minimap2.
+"""Tests for the alignment kernel (tasks/align_map.py): mappy alignment against simulated
+truth, name-suffix tie-breaks, and E. coli against minimap2.
 
 Alignment tests use a random genome and pairs simulated with NumPy (positions known), so
 they check placements, flags, mate fields, TLEN, CIGAR clips and MD against the truth.
@@ -10,7 +10,6 @@ tests/tasks/conftest.py (the genome, reference, index and aligned fixtures) too.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,14 +20,8 @@ import pysam
 import pytest
 
 from helixflow.errors import InputError
-from helixflow.tasks.align import (
-    AlignCounts,
-    align_batch,
-    build_index,
-    md_tag,
-    name_suffix_of,
-    preset_for,
-)
+from helixflow.tasks.align_index import build_index
+from helixflow.tasks.align_map import AlignCounts, align_batch, name_suffix_of
 from helixflow.tasks.bam import merge_bams
 from helixflow.tasks.fastq import iter_read_batches
 from helixflow.tasks.reads import READS_SCHEMA
@@ -106,53 +99,7 @@ def records(path: Path) -> list[pysam.AlignedSegment]:
 
 
 # --------------------------------------------------------------------------------------
-# Index
-
-
-def test_build_index_is_cached_by_content_and_preset(tmp_path: Path, genome: str) -> None:
-    ref = write_fasta(tmp_path / "a.fa", {"chrA": genome[:8_000]})
-    cache = tmp_path / "cache"
-    first = build_index(ref, "sr", cache)
-    assert first.suffix == ".mmi" and first.parent == cache
-    stamp = first.stat().st_mtime_ns
-    assert build_index(ref, "sr", cache) == first
-    assert first.stat().st_mtime_ns == stamp  # reused, not rebuilt
-    copy = tmp_path / "sub" / "a.fa"
-    copy.parent.mkdir()
-    shutil.copy(ref, copy)
-    assert build_index(copy, "sr", cache) == first  # same bytes elsewhere: same index
-    assert build_index(ref, "map-ont", cache) != first
-    write_fasta(ref, {"chrA": genome[:8_000].replace("A", "C", 1)})
-    assert build_index(ref, "sr", cache) != first  # changed content: new index
-    assert not list(cache.glob(".*tmp"))
-
-
-def test_build_index_rejects_missing_or_non_fasta_reference(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="reference FASTA not found"):
-        build_index(tmp_path / "nope.fa", "sr", tmp_path)
-    bad = tmp_path / "reads.fq"
-    bad.write_text("@r1\nACGT\n+\nIIII\n")
-    with pytest.raises(InputError, match="not a FASTA file") as info:
-        build_index(bad, "sr", tmp_path)
-    assert "\n" not in str(info.value)
-
-
-def test_preset_for_read_types() -> None:
-    assert preset_for("illumina") == "sr"
-    assert preset_for("ONT") == "map-ont"
-    assert preset_for("pacbio") == "map-pb"
-    assert preset_for("sr") == "sr"
-    with pytest.raises(ValueError, match="unknown read type"):
-        preset_for("sanger")
-
-
-def test_md_tag_with_mismatch_deletion_and_insertion() -> None:
-    # ref ACGTAC-GT vs query ACCTACTGT: mismatch at 3, insertion of T (not in MD)
-    assert md_tag("ACGTACGT", "ACCTACTGT", [[6, 0], [1, 1], [2, 0]]) == "2G5"
-    assert md_tag("ACGTACGT", "ACGCGT", [[3, 0], [2, 2], [3, 0]]) == "3^TA3"
-
-
-# --------------------------------------------------------------------------------------
+# Batch layout
 
 
 def test_batch_layout_is_checked(tmp_path: Path, index: Path) -> None:

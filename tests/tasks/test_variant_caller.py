@@ -1,4 +1,4 @@
-"""Tests for the variant caller (tasks/variants.py).
+"""Tests for the variant caller (tasks/variant_caller.py, tasks/variant_inputs.py).
 
 A random genome gets planted SNVs and one-base indels (several inside homopolymers, where
 an aligner may put the gap anywhere in the run); reads are simulated from the mutated
@@ -20,19 +20,20 @@ import pytest
 
 from helixflow.app.demo import DemoSpec, write_demo
 from helixflow.errors import HelixflowError, InputError
-from helixflow.tasks.align import align_batch, build_index
+from helixflow.tasks.align_index import build_index
+from helixflow.tasks.align_map import align_batch
 from helixflow.tasks.bam import merge_bams
 from helixflow.tasks.fastq import iter_read_batches
-from helixflow.tasks.variants import (
+from helixflow.tasks.variant_caller import (
     VariantCounts,
     VariantParams,
     call_variants,
     left_align,
     phred_binomial_tail,
-    read_fasta,
 )
+from helixflow.tasks.variant_inputs import read_fasta
 from tests.conftest import require_tool
-from tests.tasks.test_align import RG, random_genome, write_fasta
+from tests.tasks.test_align_map import RG, random_genome, write_fasta
 
 Variant = tuple[str, int, str, str]  # contig, 1-based POS, REF, ALT
 CONTIG = "chrV"
