@@ -26,7 +26,8 @@ from helixflow.tasks.dnabert import (
     pretrain_dnabert,
 )
 from helixflow.tasks.dnabert_train import PretrainConfig
-from helixflow.tasks.kmers import REDUCED_ALPHABETS, embed_kmer_spectra, embed_protein_kmers
+from helixflow.tasks.kmer_spectra import REDUCED_ALPHABETS
+from helixflow.tasks.kmers import embed_kmer_spectra, embed_protein_kmers
 from helixflow.tasks.lshvec import embed_lshvec_shard, fit_lsh_hash, tokenize_shard, train_lshvec
 from helixflow.tasks.skipgram import SkipGramConfig
 

@@ -40,14 +40,15 @@ from helixflow.samples import run_label as samples_label
 from helixflow.store import asset_key
 from helixflow.tasks.annotate import DEFAULT_MOTIFS, AnnotationResult, MotifParams
 from helixflow.tasks.assemble import AssemblyParams
-from helixflow.tasks.correct import CorrectionParams, SolidSet
+from helixflow.tasks.correct import SolidSet
+from helixflow.tasks.correct_substitutions import CorrectionParams
 from helixflow.tasks.ingest import IngestResult, identify_input, ingest_fastq, summarize
 from helixflow.tasks.md_checks import TEMPERATURE_TOLERANCE_K
 from helixflow.tasks.multiqc import publish_multiqc
 from helixflow.tasks.orfs import OrfParams
 from helixflow.tasks.reference import validate_reference
 from helixflow.tasks.report import ReportData, SampleReport, publish_qc_report
-from helixflow.tasks.variants import VariantParams
+from helixflow.tasks.variant_caller import VariantParams
 
 DEFAULT_SHARD_SIZE = 250_000
 

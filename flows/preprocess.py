@@ -16,18 +16,15 @@ from helixflow.tasks.align import AlignedShard, SampleBam, align_reads, merge_al
 from helixflow.tasks.annotate import AnnotationResult, MotifParams, annotate_sequences
 from helixflow.tasks.assemble import AssemblyOutput, AssemblyParams, assemble_reads
 from helixflow.tasks.bam import write_unaligned_bam
-from helixflow.tasks.correct import (
-    CorrectionParams,
-    SolidSet,
-    choose_solid_kmers,
-    correct_reads,
-    count_shard_kmers,
-)
+from helixflow.tasks.correct import SolidSet, choose_solid_kmers, correct_reads, count_shard_kmers
+from helixflow.tasks.correct_substitutions import CorrectionParams
 from helixflow.tasks.dedup import choose_duplicates, hash_fragments, remove_duplicates
 from helixflow.tasks.ingest import IngestResult
 from helixflow.tasks.orfs import OrfParams
-from helixflow.tasks.qc import QcParams, QcResult, detect_sample_adapters, filter_reads
-from helixflow.tasks.variants import SampleVariants, VariantParams, call_sample_variants
+from helixflow.tasks.qc import QcResult, detect_sample_adapters, filter_reads
+from helixflow.tasks.qc_params import QcParams
+from helixflow.tasks.variant_caller import VariantParams
+from helixflow.tasks.variants import SampleVariants, call_sample_variants
 
 T = TypeVar("T")
 

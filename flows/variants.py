@@ -23,7 +23,8 @@ from helixflow.samples import safe_name
 from helixflow.store import display_name, is_local, local_path, uri_name
 from helixflow.tasks.ingest import identify_input
 from helixflow.tasks.reference import validate_reference
-from helixflow.tasks.variants import VariantParams, call_sample_variants
+from helixflow.tasks.variant_caller import VariantParams
+from helixflow.tasks.variants import call_sample_variants
 
 
 class VariantsSummary(BaseModel):

@@ -15,8 +15,7 @@ from helixflow.caching import stage_options
 from helixflow.store import Store
 from helixflow.tables import PARQUET, parquet_file, publish_file
 from helixflow.tasks.embeddings import EmbeddingWriter, iter_read_sequences
-from helixflow.tasks.kmer_spectra import (  # REDUCED_ALPHABETS: re-exported for flows/embed.py
-    REDUCED_ALPHABETS,  # noqa: F401
+from helixflow.tasks.kmer_spectra import (
     alphabet_groups,
     canonical_kmer_count,
     canonical_kmer_spectra,
