@@ -36,7 +36,8 @@ from helixflow.slurm_scripts import (
     render_job_script,
 )
 from helixflow.slurm_states import state_rule
-from helixflow.store import Store, is_local, local_path
+from helixflow.store import Store
+from helixflow.uris import is_local, local_path
 
 
 class ClusterSettings(Protocol):
