@@ -11,7 +11,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from helixflow.errors import HelixflowError
 from helixflow.ray_slurm import RaySlurmSpec
 from helixflow.settings import helixflow_home
-from helixflow.slurm import SshTarget, check_header_value
+from helixflow.slurm_backends import SshTarget
+from helixflow.slurm_scripts import check_header_value
 
 
 def _default_scratch() -> str:

@@ -105,7 +105,7 @@ def result_storage(store: Store) -> Any:
     if store.scheme == "file":
         from pathlib import Path
 
-        from helixflow.store import local_path
+        from helixflow.uris import local_path
 
         return Path(local_path(store.join("prefect-results")))
     if store.scheme == "s3":

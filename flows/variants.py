@@ -20,11 +20,11 @@ from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
 from helixflow.runner import DeferredRayTaskRunner
 from helixflow.samples import safe_name
-from helixflow.store import display_name, is_local, local_path, uri_name
 from helixflow.tasks.ingest import identify_input
 from helixflow.tasks.reference import validate_reference
 from helixflow.tasks.variant_caller import VariantParams
 from helixflow.tasks.variants import call_sample_variants
+from helixflow.uris import display_name, is_local, local_path, uri_name
 
 
 class VariantsSummary(BaseModel):

@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from helixflow.uris import uri_name
+
 
 class FileRef(BaseModel):
     """A file identified by content.
@@ -38,8 +40,6 @@ class FileRef(BaseModel):
     @property
     def name(self) -> str:
         """The file's name as written (decoded from a `file://` URI)."""
-        from helixflow.store import uri_name  # the store imports this module
-
         return uri_name(self.uri)
 
     @property

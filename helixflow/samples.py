@@ -15,7 +15,7 @@ import unicodedata
 from pydantic import BaseModel, field_validator
 
 from helixflow.errors import HelixflowError
-from helixflow.store import uri_name
+from helixflow.uris import uri_name
 
 # R1/R2 naming conventions: sample_R1.fastq.gz, sample_R1_001.fastq.gz, sample_1.fq.gz
 _MATE = re.compile(

@@ -1,17 +1,17 @@
-"""How batch jobs are submitted, watched and cancelled, and where their files live.
+"""How batch jobs are submitted, watched and cancelled: here, or on a login node over SSH.
 
 A `Backend` submits job scripts, polls their states in one call, cancels them: `SlurmCli`
 runs `sbatch`/`squeue`/`scontrol`/`scancel` through a `Runner` (here, or on a login node
-over SSH); `LocalBackend` runs the very same scripts here with bash when there is no
-Slurm, with the same states and files. `Files` bridges the job folders written here and
-the ones the jobs see (the same folder, or a remote one kept in step with rsync).
-`helixflow.slurm_jobs` drives them; `helixflow.slurm` holds the job specs and scripts.
+over SSH: `SshTarget` builds the ssh and rsync argv); `LocalBackend` runs the very same
+scripts here with bash when there is no Slurm, with the same states and files.
+`helixflow.slurm_jobs` drives them; `helixflow.slurm_staging` writes the job folders.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -19,21 +19,17 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from helixflow.errors import HelixflowError
-from helixflow.slurm import (
-    JOB_SCRIPT,
+from helixflow.slurm_scripts import JOB_SCRIPT, STDERR_FILE, STDOUT_FILE
+from helixflow.slurm_states import (
     SQUEUE_FORMAT,
-    STDERR_FILE,
-    STDOUT_FILE,
     QueueEntry,
-    SshTarget,
     parse_sbatch_id,
     parse_scontrol,
     parse_squeue,
-    posix_join,
 )
 
 _COMMAND_TIMEOUT = 120.0
@@ -239,62 +235,48 @@ def make_backend(mode: str, max_concurrent: int | None = None,
     return SlurmCli(run_local), run_local
 
 
-# -- files: job directories here, or on the cluster over SSH -------------------------------
+# -- SSH: the login node -------------------------------------------------------------------
 
 
-class Files:
-    """Where job directories live: `local_root` is written here, `remote_root` is what
-    jobs see. Equal unless the cluster is reached over SSH (then rsync bridges them, and
-    `runner` runs plain argv on the login node)."""
+@dataclass(frozen=True)
+class SshTarget:
+    """How to reach a cluster's login node without a password prompt."""
 
-    def __init__(self, local_root: Path, remote_root: str, runner: Runner | None = None,
-                 ssh: SshTarget | None = None) -> None:
-        self.local_root = local_root
-        self.remote_root = remote_root
-        self.runner = runner
-        self.ssh = ssh
+    host: str
+    user: str | None = None
+    port: int = 22
+    key_path: str | None = None
+    options: tuple[str, ...] = ()
 
     @property
-    def remote(self) -> bool:
-        return self.ssh is not None
+    def destination(self) -> str:
+        return f"{self.user}@{self.host}" if self.user else self.host
 
-    def to_remote(self, path: Path) -> str:
-        rel = path.relative_to(self.local_root)
-        return posix_join(self.remote_root, *rel.parts) if rel.parts else self.remote_root
+    def ssh_base(self) -> list[str]:
+        """`ssh` argv up to the destination: batch mode (never prompts), key, port."""
+        argv = ["ssh", "-o", "BatchMode=yes", "-p", str(self.port)]
+        if self.key_path:
+            argv += ["-i", self.key_path, "-o", "IdentitiesOnly=yes"]
+        for opt in self.options:
+            argv += ["-o", opt]
+        return argv
 
-    def push(self) -> None:
-        if self.remote and self.runner:
-            self._check(self.runner(self.ssh.rsync_push(str(self.local_root), self.remote_root)))
+    def remote(self, argv: Sequence[str]) -> list[str]:
+        """Run argv on the login node: the remote shell sees one string, each word quoted."""
+        return [*self.ssh_base(), self.destination, "--", shlex.join(argv)]
 
-    def pull(self, local_dir: Path, names: Sequence[str]) -> None:
-        if self.remote and self.runner:
-            for name in names:
-                self.runner(self.ssh.rsync_pull(posix_join(self.to_remote(local_dir), name),
-                                                str(local_dir / name)))
+    def rsync_push(self, local_dir: str, remote_dir: str) -> list[str]:
+        """Copy a local directory's contents to the remote directory (created if needed).
+        `-s` (protect args) sends remote paths unsplit by the remote shell: no quoting."""
+        return ["rsync", "-a", "-s", "--mkpath", "-e", shlex.join(self.ssh_base()),
+                local_dir.rstrip("/") + "/", f"{self.destination}:{remote_dir.rstrip('/')}/"]
 
-    def read_text(self, local_dir: Path, name: str) -> str | None:
-        if self.remote and self.runner:
-            remote = posix_join(self.to_remote(local_dir), name)
-            proc = self.runner(["cat", remote])
-            return proc.stdout if proc.returncode == 0 else None
-        try:
-            return (local_dir / name).read_text(errors="replace")
-        except FileNotFoundError:
-            return None
+    def rsync_pull(self, remote_path: str, local_path: str) -> list[str]:
+        """Copy one remote file (or directory) back to a local path."""
+        return ["rsync", "-a", "-s", "-e", shlex.join(self.ssh_base()),
+                f"{self.destination}:{remote_path}", local_path]
 
-    def remove(self, local_dir: Path, name: str) -> None:
-        (local_dir / name).unlink(missing_ok=True)
-        if self.remote and self.runner:
-            self.runner(["rm", "-f", posix_join(self.to_remote(local_dir), name)])
 
-    def cleanup(self) -> None:
-        shutil.rmtree(self.local_root, ignore_errors=True)
-        if self.remote and self.runner:
-            self.runner(["rm", "-rf", "--", self.remote_root])
-
-    @staticmethod
-    def _check(proc: subprocess.CompletedProcess[str]) -> None:
-        if proc.returncode != 0:
-            raise HelixflowError(f"copying job files failed: {proc.stderr.strip()}",
-                                 hint="check SSH access and the scratch_dir on the cluster")
-
+def posix_join(*parts: str) -> str:
+    """Join remote (POSIX) path parts."""
+    return str(PurePosixPath(*parts))

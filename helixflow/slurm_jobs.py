@@ -1,14 +1,14 @@
 """One set of batch jobs run to the end: stage, submit, poll, resubmit, collect, publish.
 
 `run_jobs` is the body of the Slurm sub-flow (`helixflow.flows.slurm`), callable alone:
-`SlurmRun` writes the job folders (inputs, scripts; similar jobs as one array), submits
-them through a backend (`helixflow.slurm_backends`), polls with one batched call per cycle
-(the interval backing off while nothing changes), resubmits NODE_FAIL/PREEMPTED (and
-OUT_OF_MEMORY with twice the memory), mirrors each job's state on a Prefect task run,
-surfaces failures with the job's stderr, and publishes the outputs to the store. If the
-Prefect flow run (or a parent) is cancelled, or anything interrupts the run, the jobs are
-cancelled. The cluster's settings come as a `ClusterSettings` (what the `SlurmCluster`
-block holds), so this core module needs no block.
+`SlurmRun` has the job folders written (`helixflow.slurm_staging`: inputs, scripts;
+similar jobs as one array), submits them through a backend (`helixflow.slurm_backends`),
+polls with one batched call per cycle (the interval backing off while nothing changes),
+resubmits NODE_FAIL/PREEMPTED (and OUT_OF_MEMORY with twice the memory), mirrors each
+job's state on a Prefect task run, surfaces failures with the job's stderr, and publishes
+the outputs to the store. If the Prefect flow run (or a parent) is cancelled, or anything
+interrupts the run, the jobs are cancelled. The cluster's settings come as a
+`ClusterSettings` (what the `SlurmCluster` block holds), so this core module needs no block.
 """
 
 from __future__ import annotations
@@ -16,114 +16,46 @@ from __future__ import annotations
 import json
 import mimetypes
 import os
-import shutil
 import subprocess
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
-
-from pydantic import SecretStr
 
 from helixflow.artifacts import Artifact, FileRef
 from helixflow.errors import HelixflowError
 from helixflow.retries import transient_reason
-from helixflow.slurm import (
-    ARRAY_SCRIPT,
-    EXITCODE_FILE,
-    JOB_SCRIPT,
-    STDERR_FILE,
-    STDOUT_FILE,
-    JobResult,
-    JobSpec,
-    SbatchOptions,
-    SlurmJobFailed,
-    SshTarget,
-    array_spec,
-    backoff,
+from helixflow.slurm import JobResult, JobSpec, SlurmJobFailed, tail
+from helixflow.slurm_backends import Backend, LocalBackend, Runner, make_backend
+from helixflow.slurm_scripts import EXITCODE_FILE, STDERR_FILE, STDOUT_FILE
+from helixflow.slurm_staging import (
+    ClusterSettings,
+    JobBatch,
+    JobTask,
+    job_files,
+    resources,
+    stage_jobs,
+)
+from helixflow.slurm_states import (
     exit_status,
     grown_memory,
-    job_name,
-    literal_filename,
     normalise_state,
-    posix_join,
     prefect_state,
     refine_state,
-    render_array_script,
-    render_job_script,
     state_rule,
-    tail,
 )
-from helixflow.slurm_backends import Backend, Files, LocalBackend, Runner, make_backend
-from helixflow.store import Store, is_local, local_path
+from helixflow.store import Store
 
 _MAX_POLL_FAILURES = 20
 
 
 class RunCancelled(HelixflowError):
     """The Prefect flow run was cancelled; its batch jobs were cancelled too."""
-
-
-class ClusterSettings(Protocol):
-    """What a run needs to know of its cluster (the fields of the `SlurmCluster` block)."""
-
-    mode: str
-    partition: str | None
-    account: str | None
-    qos: str | None
-    default_cpus: int
-    default_mem_mb: int
-    default_time_limit: int
-    scratch_dir: str
-    setup_lines: list[str]
-    signal: str | None
-    extra_sbatch_args: list[str]
-    max_concurrent: int | None
-    max_resubmits: int
-    poll_interval: float
-    poll_backoff: float
-    poll_max_interval: float
-    sentinel_timeout: float
-    keep_scratch: bool
-    ssh_private_key: SecretStr | None
-    local_staging_dir: str | None
-
-    def ssh_target(self, key_path: str | None = None) -> SshTarget: ...
-
-
-@dataclass
-class _Task:
-    spec: JobSpec
-    index: int
-    local_dir: Path
-    script: str  # path (as jobs see it) of this task's own job.sh
-    job_id: str = ""
-    state: str = "PENDING"
-    reason: str = ""
-    attempts: int = 1
-    mem_mb: int = 0  # what the current attempt asked for (grows after OUT_OF_MEMORY)
-    exit_code: int | None = None
-    missing_since: float | None = None
-    submitted: float = 0.0
-    finished: float = 0.0
-    task_run_id: UUID | None = None
-
-    @property
-    def final(self) -> bool:
-        return state_rule(self.state).final and self.finished > 0
-
-
-@dataclass
-class _Batch:
-    tasks: list[_Task]
-    script: str  # the script submitted (array.sh or the single job's job.sh)
-    array: bool
-    local_dir: Path
 
 
 @dataclass
@@ -150,6 +82,16 @@ class _Registry:
 
 
 REGISTRY = _Registry()
+
+
+def backoff(initial: float, factor: float = 1.5, maximum: float = 60.0) -> Iterator[float]:
+    """Poll intervals: `initial`, then multiplied by `factor` each cycle, capped at `maximum`."""
+    if initial <= 0 or factor < 1 or maximum < initial:
+        raise ValueError("backoff needs initial > 0, factor >= 1, maximum >= initial")
+    delay = initial
+    while True:
+        yield delay
+        delay = min(delay * factor, maximum)
 
 
 class SlurmRun:
@@ -180,97 +122,26 @@ class SlurmRun:
         self.log = logger
         self.flow_run_ids = list(flow_run_ids)
         token = uuid.uuid4().hex[:8]
-        if cluster.mode == "ssh":
-            base = Path(cluster.local_staging_dir or tempfile.gettempdir()) / "helixflow-slurm"
-            local_root = base / run_id / f"{stage}-{token}"
-            remote_root = posix_join(cluster.scratch_dir, run_id, f"{stage}-{token}")
-            # rsync must use the same key as ssh (the file written from ssh_private_key)
-            self.files = Files(local_root, remote_root, runner, cluster.ssh_target(key_path))
-        else:
-            local_root = Path(cluster.scratch_dir) / run_id / f"{stage}-{token}"
-            self.files = Files(local_root, str(local_root))
-        self.tasks: list[_Task] = []
-        self.batches: list[_Batch] = []
+        self.files = job_files(cluster, run_id, f"{stage}-{token}", runner, key_path)
+        self.tasks: list[JobTask] = []
+        self.batches: list[JobBatch] = []
 
     # -- staging -------------------------------------------------------------------------
 
-    def _resources(self, spec: JobSpec) -> tuple[int, int, int]:
-        c = self.cluster
-        return (spec.cpus or c.default_cpus, spec.mem_mb or c.default_mem_mb,
-                spec.time_limit or c.default_time_limit)
-
-    def _header(self, name: str, out_dir: str, resources: tuple[int, int, int],
-                array: str | None = None, per_task: bool = False) -> SbatchOptions:
-        cpus, mem, minutes = resources
-        pattern = "%a/" if per_task else ""
-        return SbatchOptions(
-            job_name=job_name(self.run_id, name),
-            output=posix_join(literal_filename(out_dir), pattern + STDOUT_FILE),
-            error=posix_join(literal_filename(out_dir), pattern + STDERR_FILE),
-            time_limit=minutes, cpus=cpus, mem_mb=mem,
-            partition=self.cluster.partition, account=self.cluster.account,
-            qos=self.cluster.qos, signal=_signal_for(self.cluster.signal, minutes), array=array,
-            extra=tuple(self.cluster.extra_sbatch_args),
-        )
-
-    def _stage_inputs(self, spec: JobSpec, job_dir: Path) -> None:
-        for name, source in spec.inputs.items():
-            dest = job_dir / name
-            if isinstance(source, FileRef):
-                if is_local(source.uri):
-                    _copy(local_path(source.uri), dest, source.uri)
-                else:
-                    with self.store.open(source.uri, "rb") as src, open(dest, "wb") as out:
-                        shutil.copyfileobj(src, out, 8 << 20)
-            else:
-                _copy(Path(source), dest, str(source))
-
     def prepare(self) -> None:
-        """Job directories with inputs and scripts; similar jobs grouped into arrays."""
-        groups: dict[tuple[int, int, int], list[JobSpec]] = {}
-        for spec in self.jobs:
-            key = self._resources(spec)
-            if self.as_array:
-                groups.setdefault(key, []).append(spec)
-            else:
-                groups[(len(groups), *key)] = [spec]  # type: ignore[index]
-        for b, specs in enumerate(groups.values()):
-            resources = self._resources(specs[0])
-            array = len(specs) > 1
-            first = specs[0].name
-            batch_local = self.files.local_root / f"{b:03d}-{first}"
-            batch_local.mkdir(parents=True, exist_ok=True)
-            batch_remote = self.files.to_remote(batch_local)
-            tasks = []
-            for i, spec in enumerate(specs):
-                job_dir = batch_local / str(i)
-                job_dir.mkdir(parents=True, exist_ok=True)
-                self._stage_inputs(spec, job_dir)
-                remote_dir = self.files.to_remote(job_dir)
-                header = self._header(spec.name, remote_dir, self._resources(spec))
-                (job_dir / JOB_SCRIPT).write_text(render_job_script(
-                    spec, remote_dir, header, setup_lines=self.cluster.setup_lines))
-                task = _Task(spec, i, job_dir, posix_join(remote_dir, JOB_SCRIPT),
-                             mem_mb=self._resources(spec)[1])
-                tasks.append(task)
-                self.tasks.append(task)
-            if array:
-                header = self._header(
-                    f"{first}-array{len(specs)}", batch_remote, resources,
-                    array=array_spec(len(specs), self.cluster.max_concurrent), per_task=True)
-                (batch_local / ARRAY_SCRIPT).write_text(render_array_script(header, batch_remote))
-                script = posix_join(batch_remote, ARRAY_SCRIPT)
-            else:
-                script = tasks[0].script
-            self.batches.append(_Batch(tasks, script, array, batch_local))
+        """Job directories with inputs and scripts (similar jobs grouped into arrays),
+        copied to the cluster."""
+        self.batches = stage_jobs(self.jobs, self.cluster, self.store, self.files, self.run_id,
+                                  as_array=self.as_array)
+        self.tasks = [task for batch in self.batches for task in batch.tasks]
         self.files.push()
 
     # -- submission and polling -----------------------------------------------------------
 
-    def _submit(self, script: str, tasks: Sequence[_Task], array: bool,
+    def _submit(self, script: str, tasks: Sequence[JobTask], array: bool,
                 sbatch_args: Sequence[str] = ()) -> None:
         if isinstance(self.backend, LocalBackend):
-            limits = [60.0 * self._resources(t.spec)[2] for t in tasks]
+            limits = [60.0 * resources(t.spec, self.cluster)[2] for t in tasks]
             ids = self.backend.submit(script, len(tasks), array, sbatch_args,
                                       time_limits=limits)
         else:
@@ -291,7 +162,7 @@ class SlurmRun:
             self._info(f"submitted {len(batch.tasks)} job(s): {ids}")
         self._report_all()
 
-    def outstanding(self) -> list[_Task]:
+    def outstanding(self) -> list[JobTask]:
         return [t for t in self.tasks if not t.final]
 
     def cancel_outstanding(self) -> list[str]:
@@ -328,7 +199,7 @@ class SlurmRun:
                 self._finish(task, now)
         return changed
 
-    def _missing(self, task: _Task, now: float) -> bool:
+    def _missing(self, task: JobTask, now: float) -> bool:
         """Not in the queue: decide by the exit-code sentinel, or call it vanished."""
         text = self.files.read_text(task.local_dir, EXITCODE_FILE)
         if text is not None and text.strip().lstrip("-").isdigit():
@@ -350,10 +221,10 @@ class SlurmRun:
             return True
         return False
 
-    def _resubmittable(self, task: _Task) -> bool:
+    def _resubmittable(self, task: JobTask) -> bool:
         return state_rule(task.state).resubmit and task.attempts <= self.cluster.max_resubmits
 
-    def _finish(self, task: _Task, now: float) -> None:
+    def _finish(self, task: JobTask, now: float) -> None:
         if self._resubmittable(task):
             self._resubmit(task, state_rule(task.state).grow_memory)
             if task.state == "PENDING":
@@ -365,7 +236,7 @@ class SlurmRun:
         elif task.state != "COMPLETED":
             task.exit_code = exit_status(self.backend.details(task.job_id).get("ExitCode", ""))
 
-    def _resubmit(self, task: _Task, grow_memory: bool) -> None:
+    def _resubmit(self, task: JobTask, grow_memory: bool) -> None:
         """Submit a task's own job.sh again (after NODE_FAIL, PREEMPTED, OUT_OF_MEMORY),
         with twice the memory after OUT_OF_MEMORY. If sbatch refuses the larger request
         (more than any node has), the task keeps its OUT_OF_MEMORY end."""
@@ -415,7 +286,7 @@ class SlurmRun:
 
     # -- results -------------------------------------------------------------------------
 
-    def stderr_tail(self, task: _Task) -> str:
+    def stderr_tail(self, task: JobTask) -> str:
         return tail(self.files.read_text(task.local_dir, STDERR_FILE) or "")
 
     def failures(self) -> list[SlurmJobFailed]:
@@ -477,7 +348,7 @@ class SlurmRun:
         for task in self.tasks:
             self._report(task)
 
-    def _report(self, task: _Task, resubmitting: str = "") -> None:
+    def _report(self, task: JobTask, resubmitting: str = "") -> None:
         """Log the job's state and mirror it on its Prefect task run; `resubmitting` (the
         message) marks a state helixflow resubmits after: `AwaitingRetry`, not a failure."""
         self._info(f"job {task.spec.name} ({task.job_id}): {task.state}"
@@ -515,29 +386,8 @@ class SlurmRun:
             self.log.warning(msg)
 
 
-def _signal_for(spec: str | None, minutes: int) -> str | None:
-    """The block's `--signal`, dropped when its lead time is half the job's limit or more
-    (a 1-minute job would otherwise be signalled at once)."""
-    if not spec:
-        return None
-    _, _, lead = spec.rpartition("@")
-    if lead.isdigit() and int(lead) * 2 >= minutes * 60:
-        return None
-    return spec
-
-
 def _slurm_job_stub() -> None:
     """Stands for a batch job in the Prefect UI (never called)."""
-
-
-def _copy(src: Path, dest: Path, label: str) -> None:
-    if not src.is_file():
-        raise HelixflowError(f"job input {label} does not exist", hint="check the job's inputs")
-    try:
-        os.link(src, dest)  # same filesystem: no copy (jobs must not modify inputs in place)
-    except OSError:
-        shutil.copyfile(src, dest)
-
 
 
 def _cancel_checker(flow_run_ids: Sequence[UUID], logger: Any = None) -> Callable[[], bool]:

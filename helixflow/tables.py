@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 
 from helixflow.artifacts import Artifact, FileRef
 from helixflow.resources import where_am_i
-from helixflow.store import Store, is_local, local_path
+from helixflow.store import Store
+from helixflow.uris import is_local, local_path
 
 PARQUET = "application/vnd.apache.parquet"
 

@@ -65,7 +65,7 @@ def worker_env(api_url: str) -> dict[str, str]:
     """The environment of a worker whose flow runs persist Prefect results in the default
     store (as `helixflow run` does), so task caches are shared with CLI runs; without the
     server's database URL and password."""
-    from helixflow.app.server import DATABASE_ENV, PASSWORD_ENV
+    from helixflow.app.server_database import DATABASE_ENV, PASSWORD_ENV
     from helixflow.blocks.store import resolve_store, result_storage
     from helixflow.settings import helixflow_home
 

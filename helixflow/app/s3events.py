@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 
 from helixflow.errors import HelixflowError
 from helixflow.samples import _mate_match, sample_name
-from helixflow.store import uri_name
+from helixflow.uris import uri_name
 
 DEFAULT_PATTERNS: tuple[str, ...] = ("*.fastq.gz", "*.fq.gz", "*.fastq", "*.fq")
 OBJECT_CREATED = "helixflow.s3.object.created"

@@ -22,9 +22,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
-from helixflow.app import server
+from helixflow.app import server, server_database, server_state
 from helixflow.errors import HelixflowError
 
 if TYPE_CHECKING:
@@ -133,7 +132,7 @@ def test_ensure_server_starts_a_detached_healthy_server_and_reuses_it(home: Path
     assert info.home == home
     assert info.api_url == f"http://127.0.0.1:{info.port}/api"
     assert _health(info) is True
-    state = json.loads((home / server.STATE_FILE).read_text())
+    state = json.loads((home / server_state.STATE_FILE).read_text())
     assert (state["pid"], state["port"]) == (info.pid, info.port)
     assert state["started_at"]
     assert (home / "prefect" / "prefect.db").is_file()
@@ -205,7 +204,7 @@ def test_stop_server_stops_it(home: Path) -> None:
     assert not _pid_alive(info.pid)
     assert not _port_open(info.port)
     assert server.server_status(home) is None
-    assert not (home / server.STATE_FILE).exists()
+    assert not (home / server_state.STATE_FILE).exists()
     assert server.stop_server(home) is False
 
 
@@ -215,12 +214,12 @@ def test_stale_state_with_dead_pid_is_replaced(home: Path) -> None:
     dead.wait()
     home.mkdir(parents=True)
     stale = {"pid": dead.pid, "port": 9, "started_at": "2020-01-01T00:00:00+00:00"}
-    (home / server.STATE_FILE).write_text(json.dumps(stale))
+    (home / server_state.STATE_FILE).write_text(json.dumps(stale))
 
     assert server.server_status(home) is None
-    assert not (home / server.STATE_FILE).exists()
+    assert not (home / server_state.STATE_FILE).exists()
 
-    (home / server.STATE_FILE).write_text(json.dumps(stale))
+    (home / server_state.STATE_FILE).write_text(json.dumps(stale))
     info = server.ensure_server(home)
     assert info.pid != dead.pid
     assert _health(info) is True
@@ -232,12 +231,12 @@ def test_stale_state_naming_another_process_leaves_it_alone(home: Path) -> None:
     try:
         home.mkdir(parents=True)
         state = {"pid": other.pid, "port": 9, "started_at": "2020-01-01T00:00:00+00:00"}
-        (home / server.STATE_FILE).write_text(json.dumps(state))
+        (home / server_state.STATE_FILE).write_text(json.dumps(state))
 
         assert server.server_status(home) is None
-        (home / server.STATE_FILE).write_text(json.dumps(state))
+        (home / server_state.STATE_FILE).write_text(json.dumps(state))
         assert server.stop_server(home) is False
-        (home / server.STATE_FILE).write_text(json.dumps(state))
+        (home / server_state.STATE_FILE).write_text(json.dumps(state))
         info = server.ensure_server(home)
 
         assert info.pid != other.pid
@@ -249,7 +248,7 @@ def test_stale_state_naming_another_process_leaves_it_alone(home: Path) -> None:
 
 @pytest.mark.integration
 def test_alive_but_unhealthy_server_raises_then_stops(home: Path) -> None:
-    port = server._free_port()  # nothing listens there
+    port = server.free_port()  # nothing listens there
     # Looks like our server on its command line, but never answers.
     fake = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(300)", "prefect", "server", "start",
@@ -259,7 +258,7 @@ def test_alive_but_unhealthy_server_raises_then_stops(home: Path) -> None:
     try:
         home.mkdir(parents=True)
         state = {"pid": fake.pid, "port": port, "started_at": "2020-01-01T00:00:00+00:00"}
-        (home / server.STATE_FILE).write_text(json.dumps(state))
+        (home / server_state.STATE_FILE).write_text(json.dumps(state))
 
         assert server.server_status(home) is None
         with pytest.raises(HelixflowError, match="not healthy") as err:
@@ -285,7 +284,7 @@ def test_server_dying_at_start_raises_with_its_log(home: Path) -> None:
     assert "unable to open database file" in str(err.value)
     assert err.value.hint is not None
     assert str(home / server.LOG_FILE) in err.value.hint
-    assert not (home / server.STATE_FILE).exists()
+    assert not (home / server_state.STATE_FILE).exists()
 
 
 @pytest.mark.integration
@@ -295,9 +294,9 @@ def test_port_taken_before_bind_is_retried(home: Path, monkeypatch: pytest.Monke
         squatter.listen()
         taken = squatter.getsockname()[1]
         ports = iter([taken])
-        real_free_port = server._free_port
+        real_free_port = server.free_port
         monkeypatch.setattr(
-            server, "_free_port", lambda preferred=None: next(ports, None) or real_free_port()
+            server, "free_port", lambda preferred=None: next(ports, None) or real_free_port()
         )
 
         info = server.ensure_server(home)
@@ -319,7 +318,7 @@ def test_use_server_sends_in_process_flow_runs_to_it(home: Path) -> None:
         from pathlib import Path
         from prefect import flow, task
         from prefect.server.api.server import SubprocessASGIServer
-        from helixflow.app import server
+        from helixflow.app import server, server_database, server_state
 
         temporary = []
         real_start = SubprocessASGIServer.start
@@ -380,54 +379,6 @@ def test_use_server_sends_in_process_flow_runs_to_it(home: Path) -> None:
 # --------------------------------------------------------------------------- database
 
 
-def test_database_default_is_sqlite_under_home(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(server.DATABASE_ENV, raising=False)
-    db = server.database_from(None, Path("/data/helix home"))
-    assert db.kind == "sqlite"
-    assert db.masked == db.url.get_secret_value() == (
-        "sqlite+aiosqlite:////data/helix home/prefect/prefect.db")
-
-
-def test_database_url_is_normalised_and_its_password_masked(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv(server.DATABASE_ENV, "postgres://hf:pa%40ss%2Fw0rd@db.example:6543/prefect")
-    db = server.database_from()
-    assert db.kind == "postgresql"
-    assert db.masked == "postgresql+asyncpg://hf:***@db.example:6543/prefect"
-    assert db.url.get_secret_value() == (
-        "postgresql+asyncpg://hf:pa%40ss%2Fw0rd@db.example:6543/prefect")
-    assert "w0rd" not in repr(db)
-    # Scrubbed in any form a log may quote it.
-    text = "auth failed for pa@ss/w0rd (pa%40ss%2Fw0rd)"
-    assert db.scrub(text) == "auth failed for *** (***)"
-    env = server.server_env(Path("/h"), port=1, database=db)
-    assert env["PREFECT_API_DATABASE_CONNECTION_URL"] == db.url.get_secret_value()
-    assert server.DATABASE_ENV not in env
-
-
-def test_database_password_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(server.PASSWORD_ENV, "s3cr:et@")
-    db = server.database_from("postgresql+asyncpg://hf@127.0.0.1/prefect")
-    assert db.masked == "postgresql+asyncpg://hf:***@127.0.0.1/prefect"
-    assert db.url.get_secret_value() == "postgresql+asyncpg://hf:s3cr%3Aet%40@127.0.0.1/prefect"
-    # A password in the URL wins; a SecretStr URL is accepted as it is.
-    explicit = server.database_from(SecretStr("postgresql://hf:other@127.0.0.1/prefect"))
-    assert explicit.url.get_secret_value().endswith("hf:other@127.0.0.1/prefect")
-
-
-@pytest.mark.parametrize(("url", "message"), [
-    ("mysql+aiomysql://hf:topsecret@host/db", "unsupported database"),
-    ("postgresql://hf:topsecret@host:notaport/db", "cannot parse"),
-    ("postgresql://hf:top@secret@host:x/db", "cannot parse"),
-])
-def test_bad_database_url_is_one_error_without_the_password(url: str, message: str) -> None:
-    with pytest.raises(HelixflowError, match=message) as err:
-        server.database_from(url)
-    assert "secret" not in str(err.value) and "***" in str(err.value)
-    assert err.value.hint is not None
-
-
 def test_worker_env_keeps_the_database_secrets_out_of_flow_runs(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -435,8 +386,8 @@ def test_worker_env_keeps_the_database_secrets_out_of_flow_runs(
 
     monkeypatch.setenv("HELIXFLOW_HOME", str(tmp_path))
     monkeypatch.setenv("HELIXFLOW_STORE", str(tmp_path / "store"))
-    monkeypatch.setenv(server.DATABASE_ENV, "postgresql://hf:topsecret@127.0.0.1/prefect")
-    monkeypatch.setenv(server.PASSWORD_ENV, "topsecret")
+    monkeypatch.setenv(server_database.DATABASE_ENV, "postgresql://hf:topsecret@127.0.0.1/prefect")
+    monkeypatch.setenv(server_database.PASSWORD_ENV, "topsecret")
     env = worker_env("http://127.0.0.1:1/api")
     assert not [k for k, v in env.items() if "topsecret" in v]
 
@@ -506,4 +457,4 @@ def test_server_start_with_a_wrong_password_fails_without_showing_it(
             f"{postgres.user}@", f"{postgres.user}:{wrong}@"))
     assert "password authentication failed" in str(err.value)
     assert wrong not in str(err.value) and wrong not in (home / server.LOG_FILE).read_text()
-    assert not (home / server.STATE_FILE).exists()
+    assert not (home / server_state.STATE_FILE).exists()

@@ -14,7 +14,8 @@ from helixflow.app.launch import launch_flow, launch_pipeline
 from helixflow.errors import HelixflowError
 from helixflow.flows.campaign import md_campaign
 from helixflow.lineage import load_records
-from helixflow.store import Store, local_path
+from helixflow.store import Store
+from helixflow.uris import local_path
 from tests.conftest import require_tool
 
 pytestmark = pytest.mark.integration

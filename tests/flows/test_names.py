@@ -25,10 +25,11 @@ from helixflow.lineage import LineageGraph, load_records
 from helixflow.samples import Sample, plan_samples
 from helixflow.slurm import JobSpec
 from helixflow.slurm_jobs import run_jobs
-from helixflow.store import Store, file_uri, identify, local_path
+from helixflow.store import Store, identify
 from helixflow.tasks.assemble import AssemblyParams, assemble
 from helixflow.tasks.fastq import iter_read_batches
 from helixflow.tasks.ingest import write_sample_shards
+from helixflow.uris import file_uri, local_path
 from tests.conftest import REPO, require_tool
 
 pytestmark = pytest.mark.integration

@@ -20,7 +20,8 @@ from helixflow.app.demo import DemoSpec, write_demo
 from helixflow.app.launch import launch_pipeline
 from helixflow.errors import InputError
 from helixflow.lineage import LineageGraph, load_records
-from helixflow.store import Store, local_path
+from helixflow.store import Store
+from helixflow.uris import local_path
 
 pytestmark = pytest.mark.integration
 

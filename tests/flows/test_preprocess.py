@@ -16,7 +16,8 @@ import pytest
 from helixflow.app.demo import DemoSpec, write_demo
 from helixflow.app.launch import launch_pipeline
 from helixflow.lineage import LineageGraph, load_records
-from helixflow.store import Store, local_path
+from helixflow.store import Store
+from helixflow.uris import local_path
 from tests.conftest import require_tool
 
 pytestmark = pytest.mark.integration

@@ -16,8 +16,9 @@ from helixflow.app.demo import Demo, DemoSpec, write_demo
 from helixflow.app.launch import launch_pipeline
 from helixflow.blocks.slurm import SlurmCluster
 from helixflow.lineage import LineageGraph, load_records
-from helixflow.store import Store, local_path
+from helixflow.store import Store
 from helixflow.tasks.md_checks import MdChecks
+from helixflow.uris import local_path
 from tests.conftest import require_tool
 
 pytestmark = pytest.mark.integration

@@ -16,10 +16,12 @@ import pytest
 
 from helixflow.blocks.slurm import SlurmCluster
 from helixflow.flows.slurm import run_slurm_jobs
-from helixflow.slurm import JobSpec, QueueEntry, SlurmJobFailed
+from helixflow.slurm import JobSpec, SlurmJobFailed
 from helixflow.slurm_backends import LocalBackend, SlurmCli
 from helixflow.slurm_jobs import run_jobs
-from helixflow.store import Store, local_path
+from helixflow.slurm_states import QueueEntry
+from helixflow.store import Store
+from helixflow.uris import local_path
 from tests.conftest import REPO, missing, require_tool
 
 pytestmark = pytest.mark.integration

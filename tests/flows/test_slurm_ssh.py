@@ -19,8 +19,9 @@ from pydantic import SecretStr
 
 from helixflow.blocks.slurm import SlurmCluster
 from helixflow.flows.slurm import run_slurm_jobs
-from helixflow.slurm import JobSpec, SlurmJobFailed, parse_scontrol
+from helixflow.slurm import JobSpec, SlurmJobFailed
 from helixflow.slurm_jobs import run_jobs
+from helixflow.slurm_states import parse_scontrol
 from helixflow.store import Store
 from tests.conftest import free_port, missing, require_tool, stop_process
 from tests.flows.test_slurm import cancel_and_wait, start_sleeper

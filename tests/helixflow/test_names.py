@@ -10,17 +10,8 @@ import pytest
 
 from helixflow.errors import HelixflowError
 from helixflow.samples import Sample, plan_samples, safe_name, sample_name
-from helixflow.store import (
-    Store,
-    file_uri,
-    identify,
-    is_local,
-    local_path,
-    scheme_of,
-    store_key,
-    to_uri,
-    uri_name,
-)
+from helixflow.store import Store, identify
+from helixflow.uris import file_uri, is_local, local_path, scheme_of, store_key, to_uri, uri_name
 
 # What people call files: spaces, `;`, quotes, `$()`, backticks, `+`, `%` (and a literal
 # `%20`), `#`, `?`, `&`, non-ASCII letters, a leading dash.

@@ -15,18 +15,13 @@ import boto3
 import pytest
 
 from helixflow.errors import InputError
-from helixflow.store import Store, identify, local_path, suffix_of
+from helixflow.store import Store, identify
+from helixflow.uris import local_path
 
 
 def _file(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
-
-
-def test_suffix_of() -> None:
-    assert suffix_of("a.reads.00001.parquet") == ".00001.parquet"
-    assert suffix_of("x.fastq.gz") == ".fastq.gz"
-    assert suffix_of("README") == ""
 
 
 def test_publish_is_content_addressed_and_linked(tmp_path: Path) -> None:
@@ -139,17 +134,3 @@ def test_s3_killed_upload_leaves_nothing_visible(moto_endpoint: str, tmp_path: P
     proc.wait(timeout=10)
     listing = s3.list_objects_v2(Bucket="hf-kill")
     assert listing.get("KeyCount", 0) == 0, listing.get("Contents")
-
-
-def test_asset_key_is_accepted_by_prefect_for_any_uri() -> None:
-    from prefect.types.names import validate_valid_asset_key
-
-    from helixflow.store import asset_key
-
-    uri = "s3://incoming/run 7/a#b?c&d%e[1]{x}|y^z`'\"<>.fastq.gz"
-    key = asset_key(uri)
-    assert validate_valid_asset_key(key) == key
-    assert key == "s3://incoming/run+7/a_b_c_d_e_1__x__y_z_____.fastq.gz"
-    long = "s3://b/" + "k" * 600
-    assert len(asset_key(long)) <= 512 and asset_key(long) != asset_key(long + "x")
-    assert asset_key("file:///data/plain_R1.fq.gz") == "file:///data/plain_R1.fq.gz"

@@ -579,7 +579,7 @@ def test_pipeline_detects_the_adapter_once_per_sample(
     keep what fastp keeps, and a second run takes detection and QC from the cache."""
     from helixflow.app.launch import launch_pipeline
     from helixflow.lineage import load_records
-    from helixflow.store import local_path
+    from helixflow.uris import local_path
 
     in1 = shared_data / "reads" / "ecoli_dsm30083_SRR3927310_R1.fq.gz"
     theirs, report = _run_fastp(tmp_path, in1, None)

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from helixflow.app import demo
+from helixflow.app import demo_genomes
 from helixflow.tasks import (
     correct_spectrum,
     dedup,
@@ -256,7 +256,7 @@ def test_base_codes_match_every_old_table_on_all_bytes() -> None:
     assert np.array_equal(NUCLEOTIDE_CODE[ALL_BYTES], _old_acgtu_lower()[ALL_BYTES])
     assert np.array_equal(qc_adapter_detect._KEY_CODE[ALL_BYTES], _old_qc_key_code()[ALL_BYTES])
     assert np.array_equal(sequence_input._CODE[ALL_BYTES], _old_acgtu_lower()[ALL_BYTES])
-    assert np.array_equal(demo._CODE[ALL_BYTES], _old_demo_code()[ALL_BYTES])
+    assert np.array_equal(demo_genomes._CODE[ALL_BYTES], _old_demo_code()[ALL_BYTES])
     assert np.array_equal(base_codes(b"ATCG")[ALL_BYTES], _old_dnabert_code()[ALL_BYTES])
 
 
