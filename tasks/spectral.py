@@ -9,17 +9,22 @@ Pure functions (no Prefect). The pipeline in `spectral_clusters`:
    1 (Lanczos converges fast at the top of the spectrum and needs no factorisation,
    unlike shift-invert at sigma=0, where L is singular), or LOBPCG on L started from a
    constant column (near the null vector D^1/2 1) plus seeded random columns;
-4. the number of clusters k from the largest gap among the smallest eigenvalues
-   (`eigengap_k`), unless given: a graph with k well separated groups has k eigenvalues
-   near 0 (exactly 0 for k connected components) and then a jump;
-5. k-means (scikit-learn, n_init=10, seeded) on the first k eigenvectors with rows scaled
+4. k-means (scikit-learn, n_init=10, seeded) on the first k eigenvectors with rows scaled
    to unit length (Ng, Jordan & Weiss 2001), which makes the clusters tight points on the
-   sphere whatever the node degrees.
+   sphere whatever the node degrees;
+5. unless k is given, it is chosen by conductance (`choose_k`): the k before the largest
+   rise of the worst cluster conductance (`tasks.graph.conductance`, the fraction of a
+   cluster's edge weight that leaves it) from k to k + 1 clusters. Separate groups lose a
+   few per cent across their borders, a cut through one smooth cloud a fifth or more, so
+   the rise marks the first split that cuts a group. The eigengap (`eigengap_k`, kept for
+   reference) needs a jump in the spectrum: on genomes whose reads overlap in
+   composition there is none (it gave 3 for the demo's 4 genomes, 1 for benchmark C's 13).
 
 Outputs: `SpectralResult`, `cluster_table` (sequence_id, cluster[, truth]),
 `adjusted_rand` against known labels (e.g. helixflow.app.demo's truth.tsv.gz),
-`projection_2d` (PCA of the spectral embedding or of the vectors) and `plot_projection`
-(a PNG written with matplotlib's Agg canvas, no pyplot global state).
+`spectral_projection` (the row-normalised eigenvectors k-means saw, in 2-D),
+`projection_2d` (PCA of any vectors) and `plot_projection` (a PNG written with matplotlib's
+Agg canvas, no pyplot global state; a second panel coloured by truth when given).
 """
 
 from __future__ import annotations
@@ -35,7 +40,15 @@ import pyarrow as pa
 import scipy.sparse as sp
 from scipy.sparse import linalg as spla
 
-from helixflow.tasks.graph import EXACT_THRESHOLD, Metric, _check_adjacency, knn_graph
+from helixflow.tasks.graph import (
+    EXACT_THRESHOLD,
+    MAX_CONDUCTANCE,
+    Metric,
+    _check_adjacency,
+    _unit_rows,
+    conductance,
+    knn_graph,
+)
 
 Eigensolver = Literal["eigsh", "lobpcg"]
 
@@ -53,16 +66,19 @@ class SpectralResult:
 
     Attributes:
         labels: int64 cluster per row, 0..n_clusters-1 (0 the largest cluster).
-        n_clusters: k, from the eigengap or as given.
+        n_clusters: k, chosen by `choose_k` or as given.
         eigenvalues: the m smallest eigenvalues of the normalised Laplacian, ascending.
         embedding: N x m float64 matching eigenvectors (columns in the same order); k-means
             saw the first k columns with rows scaled to unit length.
+        conductance: per candidate k tried (2..k_max + 1, index k - 2), the largest
+            cluster conductance of its k-means partition; empty when k was given.
     """
 
     labels: np.ndarray
     n_clusters: int
     eigenvalues: np.ndarray
     embedding: np.ndarray
+    conductance: tuple[float, ...] = ()
 
 
 def normalized_laplacian(A: sp.spmatrix | sp.sparray | np.ndarray) -> sp.csr_matrix:
@@ -194,6 +210,71 @@ def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
     return mapping[np.searchsorted(values, labels)]
 
 
+def _kmeans(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k-means labels (by decreasing size) of the first k eigenvectors, rows unit length."""
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    if k == 1:
+        return np.zeros(len(vectors), dtype=np.int64)
+    # OpenMP threads only pay off on big inputs; on small ones their spin-waits make
+    # k-means 10-50x slower on a loaded machine.
+    with threadpool_limits(limits=1 if len(vectors) < KMEANS_THREADED_MIN else None):
+        labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(
+            _unit_rows(vectors[:, :k]))
+    return _relabel_by_size(labels)
+
+
+def choose_k(
+    A: sp.spmatrix | sp.sparray | np.ndarray,
+    vectors: np.ndarray,
+    k_max: int = 10,
+    seed: int = 0,
+) -> tuple[int, np.ndarray, tuple[float, ...]]:
+    """The number of spectral clusters by conductance, with its labels.
+
+    For each k in 2..k_max + 1, k-means on the first k eigenvectors (rows unit length)
+    and c(k) = the largest `tasks.graph.conductance` of its clusters (c(1) = 0); C(k) =
+    max(c(1..k)), since k-means partitions are not nested and one k can find a cleaner
+    partition than a smaller one by luck. The answer is the k before the largest rise
+    C(k + 1) - C(k): up to the true count each cluster
+    loses little weight across its border, the next k must cut through a group and
+    many of its edges. Like the eigengap it looks for a jump, but in the cut itself,
+    which stays clear where the eigenvalues of overlapping groups have no gap.
+
+    Args:
+        A: the graph the eigenvectors come from.
+        vectors: N x m eigenvectors of its normalised Laplacian, ascending (k_max
+            shrinks to m - 1 if needed: the last k tried must have a successor).
+        k_max: largest k that may be chosen (k_max + 1 partitions are tried).
+        seed: k-means seed.
+
+    Returns:
+        (k, int64 labels numbered by decreasing size, c(2), c(3), … c(k_max + 1)).
+    """
+    top = min(int(k_max) + 1, vectors.shape[1], len(vectors))
+    partitions = [np.zeros(len(vectors), dtype=np.int64)]
+    worst = [0.0]
+    for k in range(2, top + 1):
+        partitions.append(_kmeans(vectors, k, seed))
+        worst.append(float(conductance(A, partitions[-1]).max()))
+    if len(worst) < 2:
+        return 1, partitions[0], ()
+    k = int(np.argmax(np.diff(np.maximum.accumulate(worst)))) + 1
+    return k, partitions[k - 1], tuple(worst[1:])
+
+
+def accepted_conductance(result: SpectralResult) -> float:
+    """The conductance bound `choose_k` drew: halfway between C(k) and C(k + 1) of the
+    chosen k (MAX_CONDUCTANCE when k was given). Leiden's resolution is chosen with it
+    (`tasks.graph.leiden_auto`)."""
+    c = np.maximum.accumulate((0.0, *result.conductance))
+    k = result.n_clusters
+    if not result.conductance or k >= len(c):
+        return MAX_CONDUCTANCE
+    return float(c[k - 1] + c[k]) / 2
+
+
 def spectral_clusters(
     data: np.ndarray | sp.spmatrix | sp.sparray,
     n_clusters: int | None = None,
@@ -212,9 +293,8 @@ def spectral_clusters(
         data: a dense N x D matrix of vectors, from which a kNN graph is built
             (`knn_graph(data, k_neighbors, metric, exact_threshold=...)`), or a sparse
             symmetric non-negative adjacency matrix used as is.
-        n_clusters: k; None picks it by the eigengap among the k_max + 1 smallest
-            eigenvalues.
-        k_max: largest k the eigengap may choose.
+        n_clusters: k; None chooses it by conductance (`choose_k`) up to k_max.
+        k_max: largest k `choose_k` may choose.
         k_neighbors, metric, exact_threshold: the kNN graph (dense input only).
         method: eigensolver, "eigsh" or "lobpcg" (see `smallest_eigenvectors`).
         pca: project the vectors on their first `pca` principal components before the
@@ -222,10 +302,10 @@ def spectral_clusters(
             4-mer frequencies of a 150 bp read are mostly counting noise) and speeds up
             the search; None keeps the vectors as they are.
         seed: seeds the HNSW index, the eigensolver start and k-means.
-    """
-    from sklearn.cluster import KMeans
-    from threadpoolctl import threadpool_limits
 
+    Returns:
+        A `SpectralResult`.
+    """
     if sp.issparse(data):
         A = _check_adjacency(data)
     else:
@@ -236,21 +316,14 @@ def spectral_clusters(
     size = A.shape[0]
     if n_clusters is not None and not 1 <= n_clusters <= size:
         raise ValueError(f"n_clusters must be in 1..{size}, got {n_clusters!r}")
-    m = min(size, max(k_max + 1, n_clusters or 0, 2))
+    m = min(size, max(k_max + 2, n_clusters or 0, 2))
     values, vectors = smallest_eigenvectors(normalized_laplacian(A), m, method, seed)
-    k = int(n_clusters) if n_clusters is not None else eigengap_k(values, k_max)
-    if k == 1:
-        labels = np.zeros(size, dtype=np.int64)
+    if n_clusters is None:
+        k, labels, worst = choose_k(A, vectors, k_max, seed)
     else:
-        Z = vectors[:, :k]
-        norms = np.linalg.norm(Z, axis=1, keepdims=True)
-        Z = np.divide(Z, norms, out=np.zeros_like(Z), where=norms > 0)
-        # OpenMP threads only pay off on big inputs; on small ones their spin-waits make
-        # k-means 10-50x slower on a loaded machine.
-        with threadpool_limits(limits=1 if size < KMEANS_THREADED_MIN else None):
-            labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(Z)
-        labels = _relabel_by_size(labels)
-    return SpectralResult(labels=labels, n_clusters=k, eigenvalues=values, embedding=vectors)
+        k, labels, worst = int(n_clusters), _kmeans(vectors, int(n_clusters), seed), ()
+    return SpectralResult(labels=labels, n_clusters=k, eigenvalues=values, embedding=vectors,
+                          conductance=worst)
 
 
 def _pca(X: np.ndarray, n_components: int, seed: int) -> np.ndarray:
@@ -285,11 +358,41 @@ def projection_2d(data: np.ndarray, seed: int = 0) -> np.ndarray:
     return _pca(data, 2, seed)
 
 
-def plot_projection(xy: np.ndarray, labels: np.ndarray, path: str | Path, title: str = "") -> Path:
+def spectral_projection(result: SpectralResult, seed: int = 0) -> np.ndarray:
+    """N x 2 float32 coordinates in which the spectral clusters separate: the first
+    `n_clusters` eigenvectors with rows scaled to unit length (the points k-means saw,
+    each cluster a tight cap on the sphere), projected on their two principal axes.
+
+    With k = 1 (or 2) there is no second direction in that space: the first three
+    eigenvectors are used instead.
+    """
+    k = max(result.n_clusters, min(3, result.embedding.shape[1]))
+    return projection_2d(_unit_rows(result.embedding[:, :k]), seed)
+
+
+def plot_projection(
+    xy: np.ndarray,
+    labels: np.ndarray,
+    path: str | Path,
+    title: str = "",
+    truth: Sequence[str] | np.ndarray | None = None,
+) -> Path:
     """Scatter plot of 2-D points coloured by cluster, written as a PNG at `path`.
 
-    Uses matplotlib's Figure + Agg canvas directly (no pyplot, safe in worker threads).
-    Up to 20 clusters get a legend; points are rasterised so large N stays small.
+    With `truth` (one label per point), a second panel beside it shows the same points
+    coloured by the true labels. Uses matplotlib's Figure + Agg canvas directly (no
+    pyplot, safe in worker threads). Up to 20 groups get a legend; points are rasterised
+    so large N stays small.
+
+    Args:
+        xy: N x 2 coordinates (e.g. `spectral_projection`).
+        labels: cluster per point.
+        path: PNG to write (parent folders are created).
+        title: title of the cluster panel (default: counts).
+        truth: true label per point, or None for one panel.
+
+    Returns:
+        `path` as a Path.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -298,35 +401,32 @@ def plot_projection(xy: np.ndarray, labels: np.ndarray, path: str | Path, title:
     labels = np.asarray(labels)
     if xy.ndim != 2 or xy.shape[1] != 2 or len(labels) != len(xy):
         raise ValueError(f"need N x 2 points and N labels, got {xy.shape} and {labels.shape}")
+    panels = [(labels, title or f"{len(xy)} points, {len(np.unique(labels))} clusters",
+               "cluster (size)")]
+    if truth is not None:
+        truth = np.asarray(truth).astype(str)
+        if len(truth) != len(xy):
+            raise ValueError(f"{len(xy)} points for {len(truth)} truth labels")
+        panels.append((truth, f"coloured by truth: {len(np.unique(truth))} groups",
+                       "truth (size)"))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(7, 6), dpi=110)
+    fig = Figure(figsize=(7 * len(panels), 6), dpi=110)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    clusters = np.unique(labels)
-    colours = _colours(len(clusters))
     size = float(np.clip(4000.0 / max(len(xy), 1), 0.5, 12.0))
-    for colour, cluster in zip(colours, clusters, strict=True):
-        mask = labels == cluster
-        ax.scatter(
-            xy[mask, 0],
-            xy[mask, 1],
-            s=size,
-            color=colour,
-            label=f"{cluster} ({mask.sum()})",
-            linewidths=0,
-            rasterized=True,
-        )
-    if len(clusters) <= 20:
-        ax.legend(
-            title="cluster (size)",
-            markerscale=max(1.0, 20.0 / size) ** 0.5,
-            fontsize="small",
-            loc="best",
-        )
-    ax.set_title(title or f"{len(xy)} points, {len(clusters)} clusters")
-    ax.set_xlabel("component 1")
-    ax.set_ylabel("component 2")
+    for i, (groups, panel_title, legend) in enumerate(panels, start=1):
+        ax = fig.add_subplot(1, len(panels), i)
+        names = np.unique(groups)
+        for colour, name in zip(_colours(len(names)), names, strict=True):
+            mask = groups == name
+            ax.scatter(xy[mask, 0], xy[mask, 1], s=size, color=colour,
+                       label=f"{name} ({mask.sum()})", linewidths=0, rasterized=True)
+        if len(names) <= 20:
+            ax.legend(title=legend, markerscale=max(1.0, 20.0 / size) ** 0.5,
+                      fontsize="small", loc="best")
+        ax.set_title(panel_title)
+        ax.set_xlabel("component 1")
+        ax.set_ylabel("component 2")
     fig.tight_layout()
     fig.savefig(path, format="png")
     return path
