@@ -96,13 +96,8 @@ def worker(ref: str, r1: str, r2: str, out: str, batch_size: int, shard_level: i
            merge_level: int) -> None:
     """The helixflow side: index (cached), align each shard, merge and index."""
     sys.path.insert(0, str(REPO))
-    from helixflow.tasks.bam import (
-        AlignCounts,
-        align_batch,
-        build_index,
-        merge_bams,
-        name_suffix_of,
-    )
+    from helixflow.tasks.align import AlignCounts, align_batch, build_index, name_suffix_of
+    from helixflow.tasks.bam import merge_bams
     from helixflow.tasks.fastq import iter_read_batches
 
     t0 = time.perf_counter()

@@ -98,7 +98,7 @@ def _merge(j: int, k: int) -> object:
 
 def _correct(i: int, k: int, path: str) -> object:
     from helixflow.tasks.correct import correct_batch
-    from helixflow.tasks.fastq import write_read_shard
+    from helixflow.tasks.reads import write_read_shard
 
     fixed, counts = correct_batch(_BATCHES[i], _SOLID, k)  # type: ignore[arg-type]
     write_read_shard(fixed, path)

@@ -1,6 +1,6 @@
 """Benchmark: DNABERT embedding throughput, helixflow against a plain Hugging Face loop.
 
-Model: a small DNABERT-6 pretrained by `tasks.dnabert.pretrain` on reads sampled from the
+Model: a small DNABERT-6 pretrained by `tasks.dnabert_train.pretrain` on reads sampled from the
 shared genomes (2 layers, hidden 128, 256 positions), cached under bench/out/dnabert/model
 (delete it, or pass --retrain, to train again). Pass --model DIR to time any checkpoint in
 DNABERT's layout instead (a DNABERT-6 download works).
@@ -48,14 +48,9 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out" / "dnabert"
 sys.path.insert(0, str(REPO))
 
-from helixflow.tasks.dnabert import (  # noqa: E402
-    PretrainConfig,
-    embed,
-    embed_dataset,
-    load_model,
-    model_digest,
-    pretrain,
-)
+from helixflow.tasks.dnabert import embed, embed_dataset  # noqa: E402
+from helixflow.tasks.dnabert_checkpoint import load_model, model_digest  # noqa: E402
+from helixflow.tasks.dnabert_train import PretrainConfig, pretrain  # noqa: E402
 from helixflow.tasks.orfs import iter_fasta  # noqa: E402
 
 GENOMES = ("ecoli_k12_mg1655", "saureus_nctc8325", "lambda", "t7", "human_mito", "sarscov2")

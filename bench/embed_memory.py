@@ -5,7 +5,7 @@ shard, so that peak RSS does not grow with the number of shards?
 
 Input: 10 (the largest --scales) read shards of --reads reads each (default 50,000; at
 100,000 lshvec-embed alone peaks near 11 GB), 150 bp single-end reads in READS_SCHEMA
-written with `tasks.fastq.write_read_shard`, sampled at seeded random positions and
+written with `tasks.reads.write_read_shard`, sampled at seeded random positions and
 strands of the shared genomes (random sequence if they are missing) with 0.5 %
 substitutions and 0.1 % N. Scale s uses shards 0..s-1. DNABERT on a CPU is much slower
 than the other steps, so it gets its own shards of --dnabert-reads reads (the first
@@ -41,7 +41,7 @@ Steps, each run as the pipeline's task runs it (but in process, without Prefect 
 - dnabert: `embed_dnabert_shard` without Ray Data -- per shard, `iter_read_sequences`
   batches of 200,000 rows -> `embed` (model loaded once per shard, as a fresh actor pool
   does, torch threads = 1, batch 64) -> two `EmbeddingWriter`s (mean, cls). The model is
-  a tiny DNABERT-6 pretrained once with `tasks.dnabert.pretrain` (flow defaults:
+  a tiny DNABERT-6 pretrained once with `tasks.dnabert_train.pretrain` (flow defaults:
   2 layers, hidden 64, 160 positions; --pretrain-steps steps).
 
 Output: a table (step, 1x and 10x peak RSS MB, ratio, wall 1x / 10x) and JSON in
@@ -140,7 +140,7 @@ def _genome_codes(rng: np.random.Generator) -> np.ndarray:
 
 def _reads_table(genome: np.ndarray, n: int, first: int, rng: np.random.Generator) -> pa.Table:
     """n single-end reads in READS_SCHEMA (seeded positions, strands, errors, Ns)."""
-    from helixflow.tasks.fastq import READS_SCHEMA
+    from helixflow.tasks.reads import READS_SCHEMA
 
     comp = np.arange(256, dtype=np.uint8)
     for a, b in (b"AT", b"TA", b"CG", b"GC"):
@@ -165,7 +165,7 @@ def _reads_table(genome: np.ndarray, n: int, first: int, rng: np.random.Generato
 
 def make_shards(n_shards: int, reads: int, dnabert_reads: int) -> None:
     """Read shards (and the smaller DNABERT ones) under WORK, reused when present."""
-    from helixflow.tasks.fastq import write_read_shard
+    from helixflow.tasks.reads import write_read_shard
 
     spec = {"shards": n_shards, "reads": reads, "dnabert_reads": dnabert_reads, "v": 1}
     marker = WORK / "reads.json"
@@ -204,7 +204,7 @@ DNABERT_MODEL = WORK / "models" / "dnabert"
 
 def prepare_lsh() -> None:
     """The hash, as fit_lsh_hash: 20,000 reads sampled from the first two shards."""
-    from helixflow.tasks.lshvec import fit_lsh
+    from helixflow.tasks.lsh import fit_lsh
 
     if LSH_PATH.exists():
         return
@@ -214,7 +214,8 @@ def prepare_lsh() -> None:
 
 def prepare_lshvec_model() -> None:
     """A skip-gram model for the embedding step (1 epoch on 20,000 reads of shard 0)."""
-    from helixflow.tasks.lshvec import LshFunction, SkipGramConfig, tokenize, train_skipgram
+    from helixflow.tasks.lsh import LshFunction, tokenize
+    from helixflow.tasks.skipgram import SkipGramConfig, train_skipgram
 
     if LSHVEC_MODEL.exists():
         return
@@ -227,7 +228,7 @@ def prepare_lshvec_model() -> None:
 
 def prepare_dnabert(steps: int) -> None:
     """A tiny DNABERT-6 pretrained with the project's `pretrain` (flow's default shape)."""
-    from helixflow.tasks.dnabert import PretrainConfig, pretrain
+    from helixflow.tasks.dnabert_train import PretrainConfig, pretrain
 
     if (DNABERT_MODEL / "config.json").exists():
         return
@@ -260,7 +261,7 @@ def step_kmer(scale: int, marks: list[float], args: argparse.Namespace) -> dict[
 
 
 def step_tokenize(scale: int, marks: list[float], args: argparse.Namespace) -> dict[str, Any]:
-    from helixflow.tasks.lshvec import LshFunction, write_token_shard
+    from helixflow.tasks.lsh import LshFunction, write_token_shard
 
     rows = tokens = 0
     for i in range(scale):
@@ -277,7 +278,9 @@ def step_tokenize(scale: int, marks: list[float], args: argparse.Namespace) -> d
 
 def step_train_input(scale: int, marks: list[float],
                      args: argparse.Namespace) -> dict[str, Any]:
-    from helixflow.tasks.lshvec import SkipGramConfig, TokenSource, _RayWorker, build_vocab
+    from helixflow.tasks.skipgram import SkipGramConfig
+    from helixflow.tasks.skipgram_ray import _RayWorker
+    from helixflow.tasks.token_stream import TokenSource, build_vocab
 
     # what train_lshvec hands an actor: TokenSources of the token shards (parts = 1 when
     # workers <= shards), here local paths (a local store's artifacts are the same files)
@@ -299,7 +302,8 @@ def step_train_input(scale: int, marks: list[float],
 def step_lshvec_embed(scale: int, marks: list[float],
                       args: argparse.Namespace) -> dict[str, Any]:
     from helixflow.tasks.embeddings import EmbeddingWriter
-    from helixflow.tasks.lshvec import SkipGramModel, write_lshvec_embeddings
+    from helixflow.tasks.lshvec import write_lshvec_embeddings
+    from helixflow.tasks.skipgram import SkipGramModel
 
     rows = 0
     for i in range(scale):
@@ -319,7 +323,8 @@ def step_lshvec_embed(scale: int, marks: list[float],
 def step_dnabert(scale: int, marks: list[float], args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from helixflow.tasks.dnabert import POOLINGS, embed, load_model
+    from helixflow.tasks.dnabert import POOLINGS, embed
+    from helixflow.tasks.dnabert_checkpoint import load_model
     from helixflow.tasks.embeddings import EmbeddingWriter, iter_read_sequences
 
     torch.set_num_threads(1)

@@ -175,7 +175,9 @@ def run_child(cmd: list[str]) -> Run:
 def worker(r1: str, r2: str, batch_size: int) -> None:
     """One helixflow ingest; prints its own timing as JSON (excludes interpreter start)."""
     sys.path.insert(0, str(REPO))
-    from helixflow.tasks.fastq import ReadStats, batch_stats, iter_read_batches, write_read_shard
+    from helixflow.tasks.fastq import iter_read_batches
+    from helixflow.tasks.reads import write_read_shard
+    from helixflow.tasks.readstats import ReadStats, batch_stats
 
     start = time.perf_counter()
     stats, rows, shards = ReadStats(), 0, 0

@@ -13,11 +13,11 @@ The reads are simulated genome by genome; like reads off a sequencer, the traini
 is them in one seeded random order (the evaluation keeps the order above).
 
 Rows:
-- helixflow LSHvec, one process (tasks.lshvec.train_skipgram), with `--levels` (default
+- helixflow LSHvec, one process (tasks.skipgram.train_skipgram), with `--levels` (default
   14,8: each token's input vector also averages the rows of its 14- and 8-bit prefixes,
-  see `tasks.lshvec.level_rows`) and, with `--plain`, also without levels (LSHVec's model);
+  see `tasks.skipgram.level_rows`) and, with `--plain`, also without levels (LSHVec's model);
   then the same model after `--smooth` rounds (default 8) of read-token smoothing
-  (`tasks.lshvec.smooth_model`; its time is added to the training time);
+  (`tasks.read_vectors.smooth_model`; its time is added to the training time);
 - helixflow LSHvec, 2 Ray workers on a local Ray (ray.init(num_cpus=2)), train_skipgram_ray,
   smoothing included (the pipeline's settings);
 - fastText skip-gram (fasttext-modern) on the same LSH token sentences, same dim / window /
@@ -55,17 +55,11 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out" / "lshvec"
 sys.path.insert(0, str(REPO))
 
-from helixflow.tasks.lshvec import (  # noqa: E402
-    LshFunction,
-    SkipGramConfig,
-    Vocab,
-    fit_lsh,
-    sequence_vectors,
-    smooth_model,
-    tokenize,
-    train_skipgram,
-    train_skipgram_ray,
-)
+from helixflow.tasks.lsh import LshFunction, fit_lsh, tokenize  # noqa: E402
+from helixflow.tasks.read_vectors import sequence_vectors, smooth_model  # noqa: E402
+from helixflow.tasks.skipgram import SkipGramConfig, train_skipgram  # noqa: E402
+from helixflow.tasks.skipgram_ray import train_skipgram_ray  # noqa: E402
+from helixflow.tasks.token_stream import Vocab  # noqa: E402
 
 QUICK = ["arabidopsis_chloroplast", "hiv1", "human_mito", "orangutan_mito", "phix174",
          "ypestis_pPCP1"]
@@ -143,7 +137,7 @@ def evaluate(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
 
 def kmer_spectra(seqs: list[str], k: int) -> np.ndarray:
     """Canonical k-mer frequencies per read (N-containing k-mers skipped), vectorised."""
-    from helixflow.tasks.lshvec import _flat_codes, _valid_starts
+    from helixflow.tasks.lsh import _flat_codes, _valid_starts
 
     codes, offsets = _flat_codes(seqs)
     starts, read_of = _valid_starts(codes, offsets, k)

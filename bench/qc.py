@@ -43,8 +43,9 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from helixflow.tasks.fastq import _SHARD_ENCODINGS, iter_read_batches, write_read_shard  # noqa: E402
+from helixflow.tasks.fastq import iter_read_batches  # noqa: E402
 from helixflow.tasks.qc import QcCounts, QcParams, filter_batch  # noqa: E402
+from helixflow.tasks.reads import write_read_shard  # noqa: E402
 
 OUT = REPO / "bench" / "out" / "qc"
 SHARED = Path(os.environ.get("HELIXFLOW_SHARED_DATA") or REPO.parent / "shared" / "data")
@@ -139,17 +140,7 @@ def _hand_over(batch: pa.RecordBatch, path: str) -> None:
 def _write(kept: pa.RecordBatch, path: str, codec: str) -> None:
     """Survivors as Parquet: write_read_shard (zstd, the pipeline's shard format), or the
     same layout with another codec ("lz4", "none") to compare with fastp's plain FASTQ."""
-    if codec == "zstd":
-        write_read_shard(kept, path)
-        return
-    pq.write_table(
-        pa.Table.from_batches([kept]),
-        path,
-        compression=codec,
-        use_dictionary=["mate"],
-        column_encoding=_SHARD_ENCODINGS,
-        write_statistics=["mate", "fragment", "record", "is_empty"],
-    )
+    write_read_shard(kept, path, compression=codec)
 
 
 def _qc_worker(

@@ -119,7 +119,8 @@ def prepare(aligner: str) -> tuple[Path, Path, set[Variant]]:
                            check=True)
         else:
             sys.path.insert(0, str(REPO))
-            from helixflow.tasks.bam import align_batch, build_index, merge_bams
+            from helixflow.tasks.align import align_batch, build_index
+            from helixflow.tasks.bam import merge_bams
             from helixflow.tasks.fastq import iter_read_batches
 
             mmi = build_index(ref, "sr", OUT / "mmi")

@@ -178,7 +178,8 @@ def run(args: argparse.Namespace, env: dict[str, str], home: Path,
 
     from helixflow.app.demo import DemoSpec, write_demo
     from helixflow.app.server import ensure_server, use_server
-    from helixflow.app.watch import WatchConfig, Watcher, connect_bucket_to_queue
+    from helixflow.app.watch import WatchConfig, Watcher
+    from helixflow.app.watch_sources import connect_bucket_to_queue
 
     bench_retries = 0
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from helixflow.errors import HelixflowError
+from helixflow.ray_slurm import RaySlurmSpec
 from helixflow.settings import helixflow_home
 from helixflow.slurm import SshTarget, check_header_value
 
@@ -55,6 +57,10 @@ class SlurmCluster(Block):
     default_time_limit: int = Field(
         default=60, ge=1, description="--time in minutes when a job says none."
     )
+    ray_cpus_per_node: int = Field(
+        default=2, ge=1, description="CPUs per node of a Ray-on-Slurm allocation.")
+    ray_mem_mb: int = Field(
+        default=8000, ge=1000, description="--mem (MB) per node of a Ray-on-Slurm allocation.")
     scratch_dir: str = Field(
         default_factory=_default_scratch,
         description="Shared scratch seen by login and compute nodes (remote path for ssh).",
@@ -116,6 +122,19 @@ class SlurmCluster(Block):
         if self.poll_max_interval < self.poll_interval:
             raise ValueError("poll_max_interval must be >= poll_interval")
         return self
+
+    def ray_spec(self, nodes: int) -> RaySlurmSpec:
+        """A Ray cluster of `nodes` nodes on this cluster (`helixflow run --ray-on-slurm`):
+        its partition, account, QOS, setup lines and scratch folder, per node
+        `ray_cpus_per_node` and `ray_mem_mb`, and the default time limit. Only a
+        `local-cli` cluster can host one."""
+        if self.mode != "local-cli":
+            raise ValueError(f"Ray on Slurm needs a local-cli cluster, this one is {self.mode}")
+        return RaySlurmSpec(
+            nodes=nodes, cpus_per_node=self.ray_cpus_per_node, mem_mb=self.ray_mem_mb,
+            time_limit_min=self.default_time_limit, partition=self.partition,
+            account=self.account, qos=self.qos, setup_lines=tuple(self.setup_lines),
+            scratch_dir=Path(self.scratch_dir))
 
     def ssh_target(self, key_path: str | None = None) -> SshTarget:
         """The SSH target; `key_path` overrides the block's (a file written from the secret)."""

@@ -17,7 +17,11 @@ from pydantic import BaseModel
 from helixflow.blocks.store import resolve_store
 from helixflow.errors import HelixflowError
 from helixflow.flows.preprocess import stage_params
-from helixflow.flows.simulate import SimulateParams, simulate_representatives
+from helixflow.flows.simulate import (
+    SimulateParams,
+    md_check_rows,
+    simulate_representatives,
+)
 from helixflow.lineage import LineageGraph, LineageRecord, load_records
 from helixflow.recorder import RunRecorder
 from helixflow.runner import DeferredRayTaskRunner
@@ -28,6 +32,10 @@ class CampaignSummary(BaseModel):
     representatives: str
     method: str
     trajectories: list[str]
+    md_checks: list[dict[str, Any]] = []
+    """Per simulation: the sanity checks' figures and verdicts (`md_check_rows`)."""
+    warnings: list[str] = []
+    """Failed MD checks, one line each (also warnings in the run's log)."""
 
 
 def find_representatives(records: list[LineageRecord], uri: str | None) -> LineageRecord:
@@ -76,9 +84,10 @@ def md_campaign(
     logger.info("campaign over %s (%s)", record.uri, method)
     trajectories = simulate_representatives(method, reps, params, st, run_id, recorder,
                                             store_block)
+    rows = md_check_rows(trajectories)
     create_table_artifact(
-        key="md-campaign", description=f"MD campaign over {record.uri}",
-        table=[{"trajectory": t.uri, "peptide": t.params.get("peptide"),
-                "sequence_id": t.params.get("sequence_id")} for t in trajectories])
+        key="md-campaign", description=f"MD campaign over {record.uri}, with each "
+        "simulation's sanity checks", table=rows)
     return CampaignSummary(run_id=run_id, representatives=record.uri, method=method,
-                           trajectories=[t.uri for t in trajectories])
+                           trajectories=[t.uri for t in trajectories], md_checks=rows,
+                           warnings=recorder.warnings)

@@ -21,19 +21,14 @@ from helixflow.resources import profile
 from helixflow.store import Store
 from helixflow.tasks.dnabert import (
     Precision,
-    PretrainConfig,
     embed_dnabert_shard,
     import_dnabert_checkpoint,
     pretrain_dnabert,
 )
+from helixflow.tasks.dnabert_train import PretrainConfig
 from helixflow.tasks.kmers import REDUCED_ALPHABETS, embed_kmer_spectra, embed_protein_kmers
-from helixflow.tasks.lshvec import (
-    SkipGramConfig,
-    embed_lshvec_shard,
-    fit_lsh_hash,
-    tokenize_shard,
-    train_lshvec,
-)
+from helixflow.tasks.lshvec import embed_lshvec_shard, fit_lsh_hash, tokenize_shard, train_lshvec
+from helixflow.tasks.skipgram import SkipGramConfig
 
 Method = Literal["kmer", "protein", "lshvec", "dnabert"]
 DEFAULT_METHODS: tuple[Method, ...] = ("kmer", "protein", "lshvec", "dnabert")
@@ -58,9 +53,9 @@ class EmbedParams(BaseModel):
     lshvec_epochs: int = Field(2, ge=1)
     lshvec_levels: list[int] = Field(default_factory=lambda: [14, 8])
     """Coarser token resolutions (bits, each below lshvec_hash_size) averaged into every
-    token's vector (`tasks.lshvec.level_rows`); [] = LSHVec's plain model."""
+    token's vector (`tasks.skipgram.level_rows`); [] = LSHVec's plain model."""
     lshvec_smooth_rounds: int = Field(8, ge=0)
-    """Rounds of read-token smoothing after training (`tasks.lshvec.smooth_model`): each
+    """Rounds of read-token smoothing after training (`tasks.read_vectors.smooth_model`): each
     token's vector becomes the mean of its reads' vectors; 0 = none."""
     lshvec_workers: int = Field(2, ge=1)
     """Ray actors training one model together (synchronised every round)."""

@@ -7,6 +7,7 @@ whether its task ran or was a cache hit (Prefect emits no asset event for cache 
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -31,8 +32,8 @@ from helixflow.flows.preprocess import (
     run_unaligned,
     stage_params,
 )
-from helixflow.flows.simulate import SimulateParams, run_simulations
-from helixflow.lineage import LineageGraph, code_version, mermaid
+from helixflow.flows.simulate import SimulateParams, md_check_rows, run_simulations
+from helixflow.lineage import LineageGraph, code_version, dot, mermaid, picture
 from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
 from helixflow.runner import DeferredRayTaskRunner
@@ -43,6 +44,8 @@ from helixflow.tasks.annotate import DEFAULT_MOTIFS, AnnotationResult, MotifPara
 from helixflow.tasks.assemble import AssemblyParams
 from helixflow.tasks.correct import CorrectionParams, SolidSet
 from helixflow.tasks.ingest import IngestResult, identify_input, ingest_fastq, summarize
+from helixflow.tasks.md_checks import TEMPERATURE_TOLERANCE_K
+from helixflow.tasks.multiqc import publish_multiqc
 from helixflow.tasks.orfs import OrfParams
 from helixflow.tasks.reference import validate_reference
 from helixflow.tasks.report import ReportData, SampleReport, publish_qc_report
@@ -57,6 +60,8 @@ class RunSummary(BaseModel):
     run_id: str
     run_uri: str
     report_uri: str
+    multiqc_uri: str | None = None
+    """The MultiQC report over every sample (None when MultiQC had nothing to parse)."""
     bams: dict[str, str] = {}
     vcfs: dict[str, str] = {}
     assemblies: dict[str, dict[str, Any]] = {}
@@ -64,9 +69,14 @@ class RunSummary(BaseModel):
     embeddings: dict[str, list[str]] = {}
     analysis: dict[str, Any] = {}
     trajectories: list[str] = []
+    md_checks: list[dict[str, Any]] = []
+    """Per simulation: its trajectory, the sanity checks' figures and verdicts
+    (`flows.simulate.md_check_rows`)."""
     samples: list[dict[str, Any]]
     skipped: list[Skipped] = []
     """Stages left out for want of input (each also one warning line), in run order."""
+    warnings: list[str] = []
+    """Findings the run went on from (failed MD sanity checks), one line each."""
     artifacts: int
     tasks_executed: int
     tasks_cached: int
@@ -80,8 +90,17 @@ def _run_name() -> str:
                                                     interleaved=bool(params.get("interleaved")))
 
 
+def _lineage_of_failure(flow: Any, flow_run: Any, state: Any) -> None:
+    """The run failed or crashed: its OpenLineage FAIL event (when OpenLineage is set up)."""
+    from helixflow import openlineage
+
+    openlineage.emit([openlineage.flow_event("FAIL", str(flow_run.id), flow_run.name,
+                                             str(state.message or state.name))])
+
+
 @flow(name="genomics-pipeline", flow_run_name=_run_name, log_prints=True,
-      task_runner=DeferredRayTaskRunner())
+      task_runner=DeferredRayTaskRunner(), on_failure=[_lineage_of_failure],
+      on_crashed=[_lineage_of_failure])
 def genomics_pipeline(
     inputs: list[str],
     store: str | None = None,
@@ -234,16 +253,31 @@ def genomics_pipeline(
     report = _report(run_id, results, qc_counts, dup_counts, solids, fix_counts, annotations,
                      bams, calls, assemblies)
     with profile("light"):
+        mq_future = publish_multiqc.submit(
+            report.samples, {s: (b.bam.ref(), b.bai.ref()) for s, b in bams.items()},
+            {s: c.vcf.ref() for s, c in calls.items()}, st, run_id)
+    multiqc = recorder.record(mq_future, mq_future.result())
+    if multiqc:
+        report = report.model_copy(update={"multiqc_uri": multiqc[0].uri})
+    else:
+        recorder.skip("multiqc", "run", "MultiQC found no figures to report")
+    with profile("light"):
         future = publish_qc_report.submit(report, [a.ref() for a in corrected_flat(corrected)],
                                           st, run_id)
     (report_art,) = recorder.record(future, [future.result()])
     recorder.flush()
 
     skipped = recorder.skipped
+    md_rows = md_check_rows(trajectories)
+    md_failed = sum(1 for r in md_rows if r.get("checks_passed") is False)
     tables = {
         "run-summary": (f"Run {run_id}: each sample from reads to outputs (QC report: "
-                        f"{report_art.uri}); {len(skipped)} stage(s) skipped for want of "
-                        "input (table `skipped`)",
+                        f"{report_art.uri}; MultiQC: {report.multiqc_uri or 'none'}); "
+                        f"{len(skipped)} stage(s) skipped for want of "
+                        "input (table `skipped`)" + (
+                            f"; MD sanity checks: {len(md_rows) - md_failed} of "
+                            f"{len(md_rows)} simulation(s) passed (table `md`)"
+                            if md_rows else ""),
                         [{"sample": r.sample, "layout": r.layout, "shards": len(r.shards),
                           **summarize(r.stats),
                           "reads_after_qc": qc_counts[r.sample].get("reads_out"),
@@ -284,24 +318,31 @@ def genomics_pipeline(
                               [{"method": analysis.clusters.params.get("method"),
                                 **analysis.metrics}])
     if trajectories:
-        tables["md"] = ("Peptide MD trajectories (AMBER NetCDF)",
-                        [{"trajectory": t.uri, **t.params} for t in trajectories])
+        tables["md"] = ("Peptide MD trajectories (AMBER NetCDF) and their sanity checks: EM "
+                        "Fmax < emtol (kJ/mol/nm), production mean T within "
+                        f"{TEMPERATURE_TOLERANCE_K:g} K of ref_t, no "
+                        "LINCS warnings, peptide whole and no centre-of-mass jump (Å) between "
+                        "frames", md_rows)
     if assemblies:
         tables["assembly"] = ("MEGAHIT contigs per sample",
                               [{"sample": s, **a.stats} for s, a in assemblies.items()])
     _publish_reports(st, run_id, results, recorder, tables)
+    recorder.finish()
     logger.info("QC report: %s", report_art.uri)
     return RunSummary(
         run_id=run_id,
         report_uri=report_art.uri,
+        multiqc_uri=report.multiqc_uri,
         bams={s: b.bam.uri for s, b in bams.items()},
         vcfs={s: v.vcf.uri for s, v in calls.items()},
         assemblies={s: {**a.stats, "fasta": a.contigs.uri} for s, a in assemblies.items()},
         embeddings={m: [a.uri for a in arts] for m, arts in embeddings.items()},
         analysis=analysis.metrics if analysis else {},
         trajectories=[t.uri for t in trajectories],
+        md_checks=md_rows,
         run_uri=st.run_uri(run_id),
         skipped=skipped,
+        warnings=recorder.warnings,
         samples=[{"sample": r.sample, "layout": r.layout, "shards": len(r.shards),
                   **summarize(r.stats), "reads_after_qc": qc_counts[r.sample].get("reads_out")}
                  for r in results],
@@ -444,9 +485,14 @@ def _publish_reports(
     )
     graph = LineageGraph(recorder.log.records)
     roots = [graph.upstream(rec) for rec in recorder.log.records]
+    png = picture(dot(roots))
+    image = (f"![lineage of run {run_id}](data:image/png;base64,"
+             f"{base64.b64encode(png).decode()})\n\n" if png else
+             "(no picture: Graphviz's `dot` is not installed)\n\n")
     create_markdown_artifact(
         key="lineage",
-        markdown=f"## Lineage of run `{run_id}`\n\n```mermaid\n{mermaid(roots)}\n```\n",
+        markdown=(f"## Lineage of run `{run_id}`\n\n{image}"
+                  f"Mermaid source:\n\n```mermaid\n{mermaid(roots)}\n```\n"),
         description="Artifacts of this run and their inputs",
     )
     manifest = {
@@ -461,6 +507,7 @@ def _publish_reports(
         ],
         "lineage": recorder.log.uri,
         "skipped": [k.model_dump() for k in recorder.skipped],
+        "warnings": recorder.warnings,
     }
     store.write_bytes_atomic(
         store.run_uri(run_id, "manifest.json"), json.dumps(manifest, indent=2).encode()

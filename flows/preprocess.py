@@ -12,15 +12,10 @@ from helixflow.errors import HelixflowError
 from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
 from helixflow.store import Store, asset_key
+from helixflow.tasks.align import AlignedShard, SampleBam, align_reads, merge_alignments
 from helixflow.tasks.annotate import AnnotationResult, MotifParams, annotate_sequences
 from helixflow.tasks.assemble import AssemblyOutput, AssemblyParams, assemble_reads
-from helixflow.tasks.bam import (
-    AlignedShard,
-    SampleBam,
-    align_reads,
-    merge_alignments,
-    write_unaligned_bam,
-)
+from helixflow.tasks.bam import write_unaligned_bam
 from helixflow.tasks.correct import (
     CorrectionParams,
     SolidSet,

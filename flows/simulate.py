@@ -29,6 +29,7 @@ from helixflow.slurm import JobSpec
 from helixflow.store import Store
 from helixflow.tasks.analysis import AnalysisParams, AnalysisResult, analyze_embeddings
 from helixflow.tasks.gromacs import MdPlan, md_trajectory, prepare_md
+from helixflow.tasks.md_checks import MdChecks
 
 # A short demo simulation: enough frames to read back, a minute of MD per peptide.
 DEMO_MD: dict[str, Any] = {"em_nsteps": 500, "nvt_nsteps": 500, "md_nsteps": 1000,
@@ -219,4 +220,43 @@ def simulate_representatives(
                    for plan in plans]
     trajectories = [recorder.record(f, [f.result()])[0] for f in futures]
     recorder.flush()
+    warn_failed_checks(trajectories, recorder)
     return trajectories
+
+
+def warn_failed_checks(trajectories: Sequence[Artifact], recorder: RunRecorder) -> list[str]:
+    """One run warning per failed sanity check: `md check failed for <simulation>:
+    <check>: <figures>`; returns the lines (a failed check never fails the run)."""
+    lines = []
+    for t in trajectories:
+        checks = md_checks_of(t)
+        for failure in checks.failures() if checks else []:
+            lines.append(recorder.warn(f"md check failed for {simulation_name(t)}: {failure}"))
+    return lines
+
+
+def simulation_name(trajectory: Artifact) -> str:
+    """The simulation a trajectory comes from (`md-c<cluster>-<i>`, its file's stem)."""
+    return trajectory.name.removesuffix(".nc")
+
+
+def md_checks_of(trajectory: Artifact) -> MdChecks | None:
+    """A trajectory's sanity checks (artifact metadata); None if made before they existed."""
+    record = trajectory.metadata.get("md_checks")
+    return None if record is None else MdChecks.model_validate(record)
+
+
+def md_check_rows(trajectories: Sequence[Artifact]) -> list[dict[str, Any]]:
+    """One row per trajectory (the `md` UI table and the run summary): simulation, URI,
+    peptide, the checks' figures and verdicts (`MdChecks.row`) and `failed_checks`
+    (names of the failed ones, comma separated; empty when all passed)."""
+    rows = []
+    for t in trajectories:
+        row: dict[str, Any] = {"simulation": simulation_name(t), "trajectory": t.uri,
+                               **t.params}
+        checks = md_checks_of(t)
+        if checks is not None:
+            row.update(checks.row())
+            row["failed_checks"] = ", ".join(checks.failed())
+        rows.append(row)
+    return rows

@@ -145,9 +145,10 @@ class LineageGraph:
     """Upstream/downstream queries over lineage records."""
 
     def __init__(self, records: Iterable[LineageRecord]) -> None:
+        self.records = list(records)
         self.by_uri: dict[str, LineageRecord] = {}
         self.by_sha: dict[str, LineageRecord] = {}
-        for rec in records:  # later records win: the newest run's view of a URI
+        for rec in self.records:  # later records win: the newest run's view of a URI
             self.by_uri[rec.uri] = rec
             self.by_uri.setdefault(rec.cas_uri, rec)
             self.by_sha[rec.sha256] = rec
@@ -231,32 +232,97 @@ def render(node: LineageNode, fmt: Literal["text", "json", "mermaid"], *, upstre
     return "\n".join(lines)
 
 
-def mermaid(roots: list[LineageNode], *, upstream: bool = True) -> str:
-    """A mermaid `flowchart LR` of lineage trees (edges point from input to output)."""
-    ids: dict[str, str] = {}
-    lines = ["flowchart LR"]
+def _graph(roots: list[LineageNode], *, upstream: bool
+           ) -> tuple[dict[str, LineageNode], set[tuple[str, str, str]]]:
+    """Nodes by URI and (from, to, task) edges of lineage trees, inputs pointing at
+    outputs."""
+    nodes: dict[str, LineageNode] = {}
     edges: set[tuple[str, str, str]] = set()
 
-    def nid(n: LineageNode) -> str:
-        if n.uri not in ids:
-            ids[n.uri] = f"n{len(ids)}"
-            label = n.uri.rsplit("/", 1)[-1].replace('"', "'")
-            short = (n.sha256 or n.etag or "")[:12]
-            lines.append(f'  {ids[n.uri]}["{label}<br/>{short}"]')
-        return ids[n.uri]
-
     def walk(n: LineageNode) -> None:
-        me = nid(n)
+        nodes.setdefault(n.uri, n)
         for child in n.children:
-            other = nid(child)
+            nodes.setdefault(child.uri, child)
             if upstream:
-                edges.add((other, me, n.task_name or ""))
+                edges.add((child.uri, n.uri, n.task_name or ""))
             else:
-                edges.add((me, other, child.task_name or ""))
+                edges.add((n.uri, child.uri, child.task_name or ""))
             walk(child)
 
     for root in roots:
         walk(root)
-    for src, dst, label in sorted(edges):
+    return nodes, edges
+
+
+def _label(n: LineageNode) -> str:
+    return n.uri.rsplit("/", 1)[-1]
+
+
+def mermaid(roots: list[LineageNode], *, upstream: bool = True) -> str:
+    """A mermaid `flowchart LR` of lineage trees (edges point from input to output)."""
+    nodes, edges = _graph(roots, upstream=upstream)
+    ids = {uri: f"n{i}" for i, uri in enumerate(nodes)}
+    lines = ["flowchart LR"]
+    for uri, n in nodes.items():
+        label = _label(n).replace('"', "'")
+        short = (n.sha256 or n.etag or "")[:12]
+        lines.append(f'  {ids[uri]}["{label}<br/>{short}"]')
+    for src, dst, label in sorted((ids[a], ids[b], t) for a, b, t in edges):
         lines.append(f"  {src} -->|{label}| {dst}" if label else f"  {src} --> {dst}")
     return "\n".join(lines)
+
+
+#: Past this many files a picture of every file is unreadable: files are grouped by the
+#: task that made them (inputs by folder), with their counts.
+MAX_PICTURE_NODES = 60
+
+
+def _dot_quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def dot(roots: list[LineageNode], *, upstream: bool = True,
+        max_nodes: int = MAX_PICTURE_NODES) -> str:
+    """Graphviz DOT source of lineage trees, left to right, inputs first; grouped by
+    producing task when there are more than `max_nodes` files."""
+    nodes, edges = _graph(roots, upstream=upstream)
+    group = {uri: uri for uri in nodes}
+    if len(nodes) > max_nodes:
+        for uri, n in nodes.items():
+            group[uri] = f"task:{n.task_name}" if n.task_name else \
+                f"input:{uri.rsplit('/', 1)[0]}"
+    members: dict[str, list[LineageNode]] = {}
+    for uri, n in nodes.items():
+        members.setdefault(group[uri], []).append(n)
+    ids = {g: f"n{i}" for i, g in enumerate(members)}
+    lines = ["digraph lineage {", "  rankdir=LR;",
+             '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
+             '  edge [fontname="Helvetica", fontsize=8, color="#666666"];']
+    for g, ns in members.items():
+        first = ns[0]
+        made = first.task_name is not None
+        if len(ns) == 1:
+            label = f"{_label(first)}\n{(first.sha256 or first.etag or '')[:12]}"
+        else:
+            label = f"{first.task_name if made else 'inputs'}\n{len(ns)} files"
+        fill = "#dbeafe" if made else "#fef3c7"
+        lines.append(f"  {ids[g]} [label={_dot_quote(label)}, fillcolor=\"{fill}\"];")
+    grouped = {(group[a], group[b], t) for a, b, t in edges if group[a] != group[b]}
+    for a, b, task in sorted(grouped):
+        lines.append(f"  {ids[a]} -> {ids[b]} [label={_dot_quote(task)}];")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def picture(dot_source: str, fmt: str = "png") -> bytes | None:
+    """The DOT graph drawn by Graphviz (`dot`), or None when Graphviz is not installed
+    or fails (the mermaid source still describes the graph)."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("dot")
+    if exe is None:
+        return None
+    proc = subprocess.run([exe, f"-T{fmt}"], input=dot_source.encode(), capture_output=True,
+                          timeout=120, check=False)
+    return proc.stdout if proc.returncode == 0 and proc.stdout else None

@@ -9,8 +9,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from prefect_ray.context import remote_options
-
 PROFILES: dict[str, dict[str, Any]] = {
     # metadata work: hashing small files, writing manifests
     "light": {"num_cpus": 0.25},
@@ -24,6 +22,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 @contextmanager
 def profile(name: str, **overrides: Any) -> Iterator[None]:
     """Run the tasks submitted inside with the named profile's Ray options."""
+    from prefect_ray.context import remote_options  # only flows submit: tasks need not load it
+
     try:
         options = {**PROFILES[name], **overrides}
     except KeyError:

@@ -77,7 +77,14 @@ def retry_options() -> dict[str, Any]:
         ... def identify_input(uri: str) -> FileRef: ...
     """
     return {"retries": RETRIES, "retry_delay_seconds": RETRY_DELAYS,
-            "retry_condition_fn": is_transient}
+            "retry_condition_fn": is_transient, "on_failure": [_lineage_of_failure]}
+
+
+def _lineage_of_failure(task: Any, task_run: Any, state: Any) -> None:
+    """A task failed for good: its OpenLineage FAIL event (when OpenLineage is set up)."""
+    from helixflow.openlineage import on_task_failure  # the client loads only when needed
+
+    on_task_failure(task, task_run, state)
 
 
 # -- the checks, one per family of errors (each module imported once, when first needed) --

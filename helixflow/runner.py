@@ -27,6 +27,8 @@ from typing import Any
 
 from prefect_ray.task_runners import RayTaskRunner
 
+from helixflow.settings import without_server_secrets
+
 # Environment that workers need and may safely see (no secrets: those come from blocks
 # or the worker's own environment).
 _PASS_THROUGH = (
@@ -36,6 +38,10 @@ _PASS_THROUGH = (
     "AWS_ENDPOINT_URL_S3",
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
+    "OPENLINEAGE_URL",  # a failed task's FAIL event is sent from its worker
+    "OPENLINEAGE_CONFIG",
+    "OPENLINEAGE_NAMESPACE",
+    "OPENLINEAGE_DISABLED",
 )
 
 
@@ -161,28 +167,6 @@ def reap_orphaned_ray_agents(proc: Path = Path("/proc")) -> list[int]:
         logging.getLogger(__name__).info(
             "stopped %d Ray agent(s) left by a killed run: %s", len(killed), killed)
     return killed
-
-
-# The server's database secrets: a run's driver may hold them (it can start the server),
-# Ray's processes never need them. Prefect's own names and helixflow's.
-_SERVER_SECRETS_ENV = (
-    "HELIXFLOW_DATABASE_URL",
-    "HELIXFLOW_DATABASE_PASSWORD",
-    "PGPASSWORD",
-    "PREFECT_API_DATABASE_CONNECTION_URL",
-    "PREFECT_API_DATABASE_PASSWORD",
-)
-
-
-@contextlib.contextmanager
-def without_server_secrets() -> Iterator[None]:
-    """While a new local cluster starts, keep the database URL and password out of the
-    environment its raylet, GCS and workers inherit; restored afterwards."""
-    saved = {k: os.environ.pop(k) for k in _SERVER_SECRETS_ENV if k in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
 
 
 class LocalRayTaskRunner(RayTaskRunner):

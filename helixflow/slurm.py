@@ -3,7 +3,8 @@
 
 A job is generic (GROMACS or anything else): argv commands (or a bash body the caller
 quoted), input files staged into its directory, output file names copied back, resources.
-`flows.slurm` runs these through Slurm (local CLI or SSH) or, with no Slurm, through bash.
+`helixflow.slurm_jobs` runs these through Slurm (local CLI or SSH) or, with no Slurm,
+through bash.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the external tools helixflow uses (Debian packages).
 #   install-system-deps.sh run   what `helixflow run` calls: samtools, bcftools, tabix,
+#                                Graphviz (the lineage picture),
 #                                MEGAHIT, GROMACS (`make run`)
 #   install-system-deps.sh test  those plus what only tests and benchmarks use: peer tools
 #                                (fastp, minimap2, lighter, seqkit, prodigal), ART, Chromium
@@ -12,6 +13,7 @@ set_name="${1:-test}"
 # command -> Debian package
 declare -A RUN=(
   [samtools]=samtools [bcftools]=bcftools [bgzip]=tabix [megahit]=megahit [gmx]=gromacs
+  [dot]=graphviz
 )
 declare -A TEST_ONLY=(
   [seqkit]=seqkit [fastp]=fastp [minimap2]=minimap2 [lighter]=lighter [prodigal]=prodigal

@@ -161,6 +161,14 @@ def small_input_params(params: AnalysisParams, n: int) -> AnalysisParams | str:
     """The analysis settings adapted to n vectors (k_neighbors at most n - 1, n_clusters at
     most n), or why n vectors are too few to analyse.
 
+    Args:
+        params: the requested analysis settings.
+        n: the number of vectors to analyse.
+
+    Returns:
+        A copy of `params` with `k_neighbors` and `n_clusters` clamped, or, when `n` is
+        below MIN_VECTORS (3), the reason as a string.
+
     Example:
         >>> small_input_params(AnalysisParams(k_neighbors=30), 10).k_neighbors
         9
@@ -216,11 +224,28 @@ def analyze_embeddings(
     method: str, shards: list[Artifact], params: AnalysisParams, truth: FileRef | None,
     truth_column: str, store: Store, run_id: str,
 ) -> AnalysisResult | Skipped:
-    """kNN graph → spectral clusters (k by conductance), connected components and Leiden
-    communities (resolution by conductance) → per-cluster medoids as representatives,
-    plus a plot of the spectral embedding (a second panel coloured by truth) and the
-    adjusted Rand index against the truth when one is given. On few vectors the kNN k is
-    clamped to N-1; fewer than MIN_VECTORS: `Skipped`."""
+    """kNN graph → spectral clusters (k chosen, see `cluster_vectors`), connected
+    components and Leiden communities → per-cluster medoids as representatives, plus a
+    plot of the spectral embedding (a second panel coloured by truth) and the adjusted
+    Rand index against the truth when one is given. On few vectors the kNN k is clamped
+    to N-1; fewer than MIN_VECTORS: `Skipped`.
+
+    Args:
+        method: the embedding method's name; names the outputs. With `params.hellinger`,
+            "kmer*" and "protein*" vectors get the Hellinger (square-root) transform.
+        shards: the method's embedding shards (Parquet with a `vector` column).
+        params: analysis settings; at most `params.max_points` vectors are sampled.
+        truth: a TSV (optionally gzipped) of true labels by sequence name, or None for no ARI.
+        truth_column: the label column of `truth`.
+        store: the artifact store to read from and publish to.
+        run_id: the run the published artifacts belong to.
+
+    Returns:
+        AnalysisResult with the clusters table, the representatives table, the projection
+        PNG and the metrics (vectors, k_neighbors, n_clusters, components, communities,
+        resolution, ari_spectral, ari_leiden; the ARIs None without `truth`); or
+        `Skipped` when there are fewer than MIN_VECTORS vectors.
+    """
     meta, X = _load(store, shards, params.max_points, params.seed)
     adapted = small_input_params(params, X.shape[0])
     if isinstance(adapted, str):
@@ -270,7 +295,15 @@ def analyze_embeddings(
 
 
 def read_representatives(store: Store, art: Artifact) -> list[dict[str, object]]:
-    """The representatives table as rows (cluster, size, sequence_id, sequence, …)."""
+    """The representatives table as rows (cluster, size, sequence_id, sequence, …).
+
+    Args:
+        store: the store holding the artifact.
+        art: a representatives table published by `analyze_embeddings`.
+
+    Returns:
+        One dict per row, keyed by column name.
+    """
     with parquet_file(store, art) as pf:
         return pf.read().to_pylist()
 

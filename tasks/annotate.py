@@ -71,7 +71,18 @@ class MotifParams(BaseModel):
 
 
 def load_pwms(path: Path, shown: str) -> list[PWM]:
-    """Every matrix of a JASPAR or MEME minimal-format file as a log-odds PWM."""
+    """Every matrix of a JASPAR or MEME minimal-format file as a log-odds PWM.
+
+    Args:
+        path: the local motif file (UTF-8 text).
+        shown: the name to use for the file in error messages.
+
+    Returns:
+        One PWM per matrix, in file order.
+
+    Raises:
+        InputError: the file is unreadable, malformed, or holds no matrix.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -114,7 +125,22 @@ def annotate_sequences(
     run_id: str,
 ) -> AnnotationResult:
     """Six-frame ORFs, consensus-motif and PWM sites (both strands) of every sequence in a
-    FASTA, as two Parquet tables (the motif table is BED-like: seq_id, start, end, …)."""
+    FASTA, as two Parquet tables (the motif table is BED-like: seq_id, start, end, …).
+
+    Args:
+        fasta: the FASTA to annotate.
+        orf_params: ORF search settings.
+        motifs: the consensus motifs, PWM files and thresholds to search.
+        store: the artifact store to read from and publish to.
+        run_id: the run the published artifacts belong to.
+
+    Returns:
+        AnnotationResult with the ORF and motif-site table artifacts, the ORF count and the
+        number of sites per motif name (0 for motifs without a site).
+
+    Raises:
+        InputError: the FASTA or a motif file is malformed.
+    """
     with store.scratch() as scratch:
         path = fetch(store, fasta, scratch)
         with naming_sources({path: display_name(fasta.uri)}):

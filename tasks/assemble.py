@@ -48,6 +48,7 @@ from helixflow.errors import HelixflowError, InputError
 from helixflow.store import Store
 from helixflow.tables import fetch, publish_file
 from helixflow.tasks.orfs import iter_fasta
+from helixflow.tasks.reads import string_parts
 from helixflow.tools import require_tool, tool_version
 
 PRESETS = ("meta-sensitive", "meta-large")
@@ -139,6 +140,14 @@ def contig_stats(lengths: Iterable[int], gc_bases: int = 0) -> dict[str, float]:
     total (sorted longest first); L50 is how many contigs that takes. All are 0 for an
     empty assembly.
 
+    Args:
+        lengths: contig lengths in bases.
+        gc_bases: G + C bases over all contigs; 0 leaves "gc" at 0.0.
+
+    Returns:
+        contigs, total_length, longest, shortest, n50, l50 (ints) and gc (fraction of
+        total_length, 4 decimals).
+
     Example:
         >>> s = contig_stats([100, 400, 300, 200])
         >>> s["n50"], s["l50"], s["total_length"]
@@ -163,7 +172,14 @@ def contig_stats(lengths: Iterable[int], gc_bases: int = 0) -> dict[str, float]:
 
 
 def fasta_stats(path: Path) -> dict[str, float]:
-    """contig_stats of a FASTA file (GC over A/C/G/T bases only)."""
+    """contig_stats of a FASTA file (GC over A/C/G/T bases only).
+
+    Args:
+        path: a FASTA file of contigs.
+
+    Returns:
+        The `contig_stats` of its sequences, GC included.
+    """
     lengths: list[int] = []
     gc = 0
     for _, seq in iter_fasta(path):
@@ -190,9 +206,8 @@ def _write_records(fh: BinaryIO, table: pa.Table) -> int:
     records = pc.binary_join_element_wise(head, cols[1], plus, cols[2], empty, newline)
     if isinstance(records, pa.ChunkedArray):
         records = records.combine_chunks()
-    offsets = np.frombuffer(records.buffers()[1], dtype=np.int64)
-    offsets = offsets[records.offset : records.offset + len(records) + 1]
-    fh.write(memoryview(records.buffers()[2])[int(offsets[0]) : int(offsets[-1])])
+    offsets, data = string_parts(records)
+    fh.write(data[int(offsets[0]) : int(offsets[-1])])
     return table.num_rows
 
 
@@ -225,6 +240,12 @@ def write_fastq_inputs(
 
     A paired batch holds its mate-1 rows first, then the mate-2 rows in the same order
     (READS_SCHEMA); that order is checked, not assumed.
+
+    Args:
+        sources: Arrow batches/tables or Parquet read shards in READS_SCHEMA.
+        r1: the FASTQ to write mate-1 reads of complete pairs to (overwritten).
+        r2: the FASTQ to write their mate-2 reads to (overwritten).
+        single: the FASTQ for single-end reads and mates whose partner is empty.
 
     Returns:
         Counts: pairs, single (reads written to `single`), dropped_empty (reads).
@@ -279,7 +300,19 @@ def megahit_command(
     exe: str, out_dir: Path, params: AssemblyParams, r1: Path | None, r2: Path | None,
     single: Path | None,
 ) -> list[str]:
-    """The MEGAHIT argument list (no shell) for these inputs and parameters."""
+    """The MEGAHIT argument list (no shell) for these inputs and parameters.
+
+    Args:
+        exe: the megahit executable.
+        out_dir: MEGAHIT's output folder (`-o`).
+        params: MEGAHIT settings; None fields are left to MEGAHIT's defaults.
+        r1: mate-1 FASTQ; used only together with `r2`.
+        r2: mate-2 FASTQ; used only together with `r1`.
+        single: FASTQ of single-end reads, or None.
+
+    Returns:
+        The argv list.
+    """
     cmd = [exe]
     if r1 is not None and r2 is not None:
         cmd += ["-1", str(r1), "-2", str(r2)]
@@ -307,6 +340,15 @@ def megahit_safe_dir(preferred: Path) -> Path:
     MEGAHIT pastes its absolute paths unquoted into shell commands (`gzip -cd … > fifo`,
     `cat <dir>/*.fa | …`) and splits them at commas, so a folder named with a space, a
     quote, `$()` or `,` would break the run or execute part of the name.
+
+    Args:
+        preferred: the folder to use when its absolute path is plain.
+
+    Returns:
+        The resolved absolute folder.
+
+    Raises:
+        HelixflowError: neither `preferred` nor the temp folder has a plain path.
     """
     for candidate in (preferred.resolve(), Path(tempfile.gettempdir()).resolve()):
         if _SHELL_PLAIN.fullmatch(str(candidate)):
@@ -413,7 +455,22 @@ class AssemblyOutput(BaseModel):
 def assemble_reads(
     sample: str, shards: list[Artifact], params: AssemblyParams, store: Store, run_id: str
 ) -> AssemblyOutput:
-    """Assemble one sample's read shards with MEGAHIT and publish `<sample>.contigs.fa`."""
+    """Assemble one sample's read shards with MEGAHIT and publish `<sample>.contigs.fa`.
+
+    Args:
+        sample: the sample name; names the contigs file and the task run.
+        shards: the sample's Parquet read shards.
+        params: MEGAHIT settings.
+        store: the artifact store to read from and publish to.
+        run_id: the run the published artifact belongs to.
+
+    Returns:
+        AssemblyOutput with the contigs artifact, the assembly stats and MEGAHIT's version.
+
+    Raises:
+        HelixflowError: megahit is missing or failed, or there are no non-empty reads.
+        InputError: a shard that is not a read shard.
+    """
     with store.scratch() as scratch:
         paths = [fetch(store, shard, scratch) for shard in shards]
         result = assemble(paths, scratch / "megahit", params)

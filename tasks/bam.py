@@ -1,216 +1,46 @@
-"""Read batches to BAM: unaligned BAM, mappy alignment to sorted BAM, merge and index.
+"""Writing BAM: SAM header and read group, coordinate sort, merge + index, unaligned BAM.
 
-Pure functions on local paths (no Prefect): the Prefect/Ray tasks wrap them, one shard
-per task. Reads come as Arrow batches in `tasks.fastq.READS_SCHEMA`; in a paired batch
-the mate-1 rows come first, then the mate-2 rows in the same fragment order.
-
-How it is fast. mappy releases the GIL while it maps, so `threads` workers map chunks of
-fragments at once, each with its own `mappy.ThreadBuffer`. Each worker formats its
-records as SAM text (cheaper in Python than building `pysam.AlignedSegment`s field by
-field), streamed into `samtools sort` while mapping goes on: the same work as
-`minimap2 -ax sr | samtools sort`. Without the samtools command, a temporary SAM file and
-`pysam.sort` do it (slower: pysam's htslib compresses with zlib, not libdeflate).
-For 2x150 bp pairs about a fifth of the mapping CPU is Python (formatting, mappy's hit
-objects), which holds the GIL, so two threads give less than twice one.
-
-SAM fields follow minimap2's own writer (`mm_write_sam3`): flags for pairing, strand,
-mate strand, first/second, secondary (0x100) and supplementary (0x800, hard-clipped like
-minimap2 without -Y); RNEXT/PNEXT from the mate's primary alignment; TLEN between the
-5' ends; soft clips for the unaligned ends; NM, MD and RG tags. An unmapped read whose
-mate is mapped takes the mate's position, as the SAM spec recommends; unmapped reads are
-kept. The "sr" preset drops secondary alignments, as minimap2's preset does.
+Pure functions on local paths (no Prefect); the unaligned-BAM task at the end wraps one.
+`tasks.align` formats aligned records and streams them through `SortedBamSink`, then
+merges a sample's sorted parts with `merge_bams`. Every file is written atomically
+(`helixflow.files.atomic_path`). samtools runs with --no-PG, so the same records give
+the same bytes wherever they are written.
 
 Example:
-    >>> mmi = build_index(Path("ref.fa"), "sr", Path("cache"))  # doctest: +SKIP
-    >>> rg = {"ID": "S1.L1", "SM": "S1", "LB": "lib1", "PL": "ILLUMINA"}
-    >>> counts = align_batch(batch, mmi, Path("shard-0.bam"), rg)  # doctest: +SKIP
+    >>> rg = {"ID": "S1", "SM": "S1", "LB": "lib1", "PL": "ILLUMINA"}
+    >>> unaligned_bam(batch, Path("S1.unaligned.bam"), rg)  # doctest: +SKIP
+    500000
     >>> merge_bams([Path("shard-0.bam"), Path("shard-1.bam")], Path("S1.bam"))  # doctest: +SKIP
+    PosixPath('S1.bam')
 """
 
 from __future__ import annotations
 
-import functools
-import gzip
-import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
-import threading
-import uuid
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-import mappy
 import pyarrow as pa
 import pyarrow.compute as pc
 import pysam
-from prefect import task
 from prefect.assets import materialize
-from pydantic import BaseModel
 
-from helixflow.artifacts import Artifact, FileRef
+from helixflow.artifacts import Artifact
 from helixflow.caching import stage_options
 from helixflow.errors import HelixflowError, InputError
+from helixflow.files import atomic_path
 from helixflow.store import Store
-from helixflow.tables import as_batch, fetch, publish_file, read_table
-from helixflow.tools import tool_version
+from helixflow.tables import as_batch, publish_file, read_table
 
-ALIGN_VERSION = "3"
-"""Bump when the bytes written for the same input change (goes into cache keys).
-3: headers carry no paths (no scratch, store or index path in @PG lines)."""
-
-PRESETS: dict[str, str] = {
-    "illumina": "sr",
-    "short": "sr",
-    "ont": "map-ont",
-    "nanopore": "map-ont",
-    "pacbio": "map-pb",
-    "clr": "map-pb",
-    "hifi": "map-hifi",
-}
-"""minimap2 preset for each read type."""
-_KNOWN_PRESETS = frozenset({"sr", "map-ont", "map-pb", "map-hifi"})
+UNALIGNED_VERSION = "3"
+"""Bump when the unaligned BAM's bytes change for the same input (goes into cache keys)."""
 READ_GROUP_KEYS = ("ID", "SM", "LB", "PL")
-MAX_FRAG_LEN = 800
-"""Longest fragment (bp) of a proper pair in "sr" mode: minimap2's -F default."""
-
-_CHUNK = 2_000  # fragments per unit of work handed to a mapping thread
+BAM_MEDIA_TYPE = "application/vnd.sam.bam"
 _SAM_SAFE = str.maketrans({"U": "T", "u": "t"})  # SAM SEQ has no U
-_RC = str.maketrans("ACGTNacgtnRYSWKMBDHVU", "TGCANtgcanYRSWMKVHDBA")
-_FLAG_PAIRED, _FLAG_PROPER, _FLAG_UNMAP, _FLAG_MUNMAP = 0x1, 0x2, 0x4, 0x8
-_FLAG_REV, _FLAG_MREV, _FLAG_R1, _FLAG_R2 = 0x10, 0x20, 0x40, 0x80
-_FLAG_SECONDARY, _FLAG_SUPPLEMENTARY = 0x100, 0x800
-
-
-def preset_for(read_type: str) -> str:
-    """minimap2 preset for a read type ("illumina", "ont", "pacbio", "hifi") or a preset name."""
-    if read_type in _KNOWN_PRESETS:
-        return read_type
-    try:
-        return PRESETS[read_type.lower()]
-    except KeyError:
-        allowed = ", ".join(sorted({*PRESETS, *_KNOWN_PRESETS}))
-        raise ValueError(f"unknown read type {read_type!r}; allowed: {allowed}") from None
-
-
-@dataclass
-class AlignCounts:
-    """What one alignment wrote: reads in, their fate, and records out."""
-
-    reads: int = 0
-    mapped: int = 0
-    unmapped: int = 0
-    properly_paired: int = 0
-    secondary: int = 0
-    supplementary: int = 0
-    records: int = 0
-
-    def merge(self, other: AlignCounts) -> AlignCounts:
-        """Sum of two counts (e.g. across shards)."""
-        return AlignCounts(**{f.name: getattr(self, f.name) + getattr(other, f.name)
-                              for f in fields(self)})
-
-    def as_dict(self) -> dict[str, int]:
-        """Plain dict, for artifacts and logs."""
-        return asdict(self)
-
-
-# --------------------------------------------------------------------------------------
-# Reference and index
-
-
-def _check_reference(reference_fa: Path) -> None:
-    """Raise InputError unless the reference exists and starts like a FASTA file."""
-    path = Path(reference_fa)
-    if not path.is_file():
-        raise InputError(str(path), "reference FASTA not found", hint="check the path")
-    with path.open("rb") as fh:
-        head = fh.read(2)
-    if head == b"\x1f\x8b":
-        with gzip.open(path, "rb") as fh:
-            try:
-                head = fh.read(1)
-            except (OSError, EOFError) as exc:
-                raise InputError(str(path), f"corrupt gzip reference ({exc})") from None
-    if not head.startswith(b">"):
-        raise InputError(
-            str(path), "not a FASTA file (it does not start with '>')",
-            hint="pass the reference genome as FASTA (.fa or .fa.gz)",
-        )
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def build_index(reference_fa: Path, preset: str, cache_dir: Path) -> Path:
-    """The minimap2 index (.mmi) of a reference for a preset, built once and cached.
-
-    The file is named by the sha256 of the reference's bytes and the preset, so a changed
-    reference gets a new index and an unchanged one (under any path) reuses it. It is
-    written beside its final name and renamed, so concurrent builders never see half.
-
-    Args:
-        reference_fa: local FASTA (plain or gzip).
-        preset: minimap2 preset ("sr", "map-ont", "map-pb", "map-hifi").
-        cache_dir: where indexes live; created if needed.
-
-    Returns:
-        Path of the .mmi.
-
-    Raises:
-        InputError: the reference is missing, not FASTA, or holds no sequence.
-
-    Example:
-        >>> build_index(Path("lambda.fa"), "sr", Path("~/.cache/helixflow/mmi"))  # doctest: +SKIP
-        PosixPath('.../lambda.3f1c...-sr.mmi')
-    """
-    preset = preset_for(preset)
-    reference_fa = Path(reference_fa)
-    _check_reference(reference_fa)
-    cache_dir = Path(cache_dir).expanduser()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    stem = reference_fa.name.split(".")[0] or "reference"
-    out = cache_dir / f"{stem}.{file_sha256(reference_fa)[:20]}-{preset}.mmi"
-    if out.exists():
-        return out
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        aligner = mappy.Aligner(str(reference_fa), preset=preset, fn_idx_out=str(tmp))
-        if not aligner or aligner.n_seq == 0 or not tmp.exists():
-            raise InputError(str(reference_fa), "minimap2 found no sequence in the reference")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
-
-
-@functools.lru_cache(maxsize=2)
-def _load_aligner(index: str, preset: str, mtime_ns: int) -> mappy.Aligner:
-    """A loaded index, kept for the next batch in the same worker process."""
-    aligner = mappy.Aligner(index, preset=preset)
-    if not aligner:
-        raise InputError(index, "not a minimap2 index or FASTA file",
-                         hint="rebuild it with build_index(reference, preset, cache_dir)")
-    return aligner
-
-
-def load_aligner(index: Path, preset: str) -> mappy.Aligner:
-    """mappy.Aligner over an .mmi (or FASTA) with the preset's mapping options, cached."""
-    path = Path(index)
-    if not path.is_file():
-        raise InputError(str(path), "minimap2 index not found",
-                         hint="build it with build_index(reference, preset, cache_dir)")
-    return _load_aligner(str(path), preset_for(preset), path.stat().st_mtime_ns)
 
 
 # --------------------------------------------------------------------------------------
@@ -218,7 +48,7 @@ def load_aligner(index: Path, preset: str) -> mappy.Aligner:
 
 
 @dataclass(frozen=True)
-class _Reads:
+class ReadLists:
     """A batch as Python lists, mates split: names[i], seq1[i], qual1[i] (+ seq2, qual2)."""
 
     names: list[str]
@@ -236,11 +66,23 @@ class _Reads:
         return len(self.names) * (2 if self.paired else 1)
 
 
-def _split_batch(batch: pa.RecordBatch | pa.Table) -> _Reads:
-    """Check the batch layout (single-end, or mate 1 rows then mate 2 rows) and split it."""
+def split_batch(batch: pa.RecordBatch | pa.Table) -> ReadLists:
+    """Check the batch layout (single-end, or mate 1 rows then mate 2 rows) and split it.
+
+    SAM has no U: U/u become T/t on the way (the shard keeps them).
+
+    Args:
+        batch: reads in READS_SCHEMA.
+
+    Returns:
+        ReadLists: names and per-mate sequences and qualities as Python lists.
+
+    Raises:
+        ValueError: a column is missing or the rows are not in that layout.
+    """
     for name in ("read_id", "mate", "sequence", "quality"):
         if name not in batch.schema.names:
-            raise ValueError(f"batch lacks column {name!r}; expected tasks.fastq.READS_SCHEMA")
+            raise ValueError(f"batch lacks column {name!r}; expected tasks.reads.READS_SCHEMA")
     mate = batch.column("mate").to_pylist()
     names = batch.column("read_id").to_pylist()
     sequence = batch.column("sequence")
@@ -252,13 +94,13 @@ def _split_batch(batch: pa.RecordBatch | pa.Table) -> _Reads:
     if not n or not any(mate):
         if any(mate):
             raise ValueError("batch mixes single-end (mate 0) and paired rows")
-        return _Reads(names, seqs, quals, None, None)
+        return ReadLists(names, seqs, quals, None, None)
     half = n // 2
     if n % 2 or any(m != 1 for m in mate[:half]) or any(m != 2 for m in mate[half:]):
         raise ValueError("a paired batch must hold all mate-1 rows, then the mate-2 rows")
     if names[:half] != names[half:]:
         raise ValueError("mate-1 and mate-2 rows are not in the same fragment order")
-    return _Reads(names[:half], seqs[:half], quals[:half], seqs[half:], quals[half:])
+    return ReadLists(names[:half], seqs[:half], quals[:half], seqs[half:], quals[half:])
 
 
 def _check_read_group(read_group: dict[str, str]) -> str:
@@ -272,8 +114,17 @@ def _check_read_group(read_group: dict[str, str]) -> str:
     return "@RG\t" + "\t".join(f"{k}:{v}" for k, v in read_group.items())
 
 
-def _header(sq: list[tuple[str, int]], read_group: dict[str, str], program: str) -> str:
-    """SAM header text: @HD, one @SQ per contig, @RG and a @PG line."""
+def sam_header(sq: list[tuple[str, int]], read_group: dict[str, str], program: str) -> str:
+    """SAM header text: @HD, one @SQ per contig, @RG and a @PG line.
+
+    Args:
+        sq: (name, length) of each reference contig, in order ([] for unaligned BAM).
+        read_group: @RG fields; ID, SM, LB and PL are required.
+        program: the whole @PG line.
+
+    Returns:
+        The header, one line per record, ending in a newline.
+    """
     lines = ["@HD\tVN:1.6\tSO:unsorted"]
     lines += [f"@SQ\tSN:{name}\tLN:{length}" for name, length in sq]
     lines.append(_check_read_group(read_group))
@@ -281,28 +132,12 @@ def _header(sq: list[tuple[str, int]], read_group: dict[str, str], program: str)
     return "\n".join(lines) + "\n"
 
 
-def _program_line(preset: str) -> str:
-    """The @PG line of an aligned BAM: program, version and preset, and no path.
-
-    The same reads aligned in any store, scratch folder or HELIXFLOW_HOME must give the
-    same bytes, so the header names no file (the index, the run folder): which reference
-    and inputs made the BAM is in its lineage record. samtools runs with --no-PG for the
-    same reason (its own @PG would hold its command line with temporary paths).
-    """
-    version = getattr(mappy, "__version__", "unknown")
-    return f"@PG\tID:mappy\tPN:mappy\tVN:{version}\tCL:helixflow-align --preset={preset}"
-
-
 def _sam_to_bam(sam: Path, out: Path, threads: int) -> None:
     """Convert a SAM file to BAM, atomically."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with atomic_path(out) as tmp:
         pysam.view("--no-PG", "-@", str(max(1, threads)), "-b", "-o", str(tmp), str(sam),
                    catch_stdout=False)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass
@@ -331,27 +166,35 @@ def samtools_cli() -> str | None:
     Debian's samtools compresses with libdeflate, pysam's bundled htslib with zlib, which
     costs 60% more CPU for the same BAM (measured: 3.1 s vs 5.0 s to write 300 k pairs).
     Set HELIXFLOW_SAMTOOLS=pysam to always use pysam.
+
+    Returns:
+        The samtools path found on PATH, or None when HELIXFLOW_SAMTOOLS=pysam or samtools
+        is not installed.
     """
     if os.environ.get("HELIXFLOW_SAMTOOLS", "").lower() == "pysam":
         return None
     return shutil.which("samtools")
 
 
-class _SortedBamSink:
-    """SAM text in, coordinate-sorted BAM out, written atomically on `finish`.
+class SortedBamSink:
+    """SAM text in, coordinate-sorted BAM out at `out` once `finish` returns.
 
     With the samtools command, the text streams into `samtools sort` on a pipe, which
     parses and sorts while the mappers work (as `minimap2 | samtools sort` does). Without
     it, the text goes to a temporary SAM file beside the output, sorted by `pysam.sort`.
+    `out` is written in place: give it the temporary path of `atomic_path`.
+
+    Example:
+        >>> with atomic_path(bam) as tmp, SortedBamSink(tmp, 2, 1) as sink:  # doctest: +SKIP
+        ...     sink.write(header + records)
+        ...     sink.finish()
     """
 
     def __init__(self, out: Path, threads: int, level: int) -> None:
         self.out = out
-        out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
         self.args = ["sort", "--no-PG", "-@", str(max(1, threads)), "-m", "256M",
                      "-l", str(level),
-                     "-T", f"{self.tmp}.sort", "-O", "bam", "-o", str(self.tmp)]
+                     "-T", f"{out}.sort", "-O", "bam", "-o", str(out)]
         self.proc: subprocess.Popen[bytes] | None = None
         self.sam: Path | None = None
         exe = samtools_cli()
@@ -380,7 +223,7 @@ class _SortedBamSink:
         raise RuntimeError(f"samtools sort failed ({self.proc.returncode}): {message}")
 
     def finish(self) -> None:
-        """Close the input, wait for the sort, move the BAM into place."""
+        """Close the input and wait for the sort to write the BAM."""
         try:
             self.fh.close()
         except BrokenPipeError:
@@ -390,9 +233,8 @@ class _SortedBamSink:
                 self._failed()
         else:
             pysam.sort(*self.args[1:], str(self.sam), catch_stdout=False)
-        os.replace(self.tmp, self.out)
 
-    def __enter__(self) -> _SortedBamSink:
+    def __enter__(self) -> SortedBamSink:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -405,7 +247,6 @@ class _SortedBamSink:
             self.fh.close()
         if self.sam is not None:
             self.sam.unlink(missing_ok=True)
-        self.tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -432,9 +273,9 @@ def unaligned_bam(batch: pa.RecordBatch | pa.Table, out: Path, read_group: dict[
         ...     "LB": "lib1", "PL": "ILLUMINA"})  # doctest: +SKIP
         500000
     """
-    reads = _split_batch(batch)
+    reads = split_batch(batch)
     rg = f"\tRG:Z:{read_group.get('ID', '')}\n"
-    header = _header([], read_group, "@PG\tID:helixflow-ubam\tPN:helixflow")
+    header = sam_header([], read_group, "@PG\tID:helixflow-ubam\tPN:helixflow")
     header = header.replace("SO:unsorted", "SO:unsorted\tGO:query")
     with _TempSam(Path(out)) as (sam, fh):
         fh.write(header)
@@ -450,349 +291,6 @@ def unaligned_bam(batch: pa.RecordBatch | pa.Table, out: Path, read_group: dict[
         fh.close()
         _sam_to_bam(sam, Path(out), threads=1)
     return reads.n_reads
-
-
-# --------------------------------------------------------------------------------------
-# Alignment
-
-
-@dataclass(frozen=True)
-class _Job:
-    """Everything a mapping thread needs, shared read-only."""
-
-    aligner: mappy.Aligner
-    reads: _Reads
-    rg_tag: str  # "\tRG:Z:<id>"
-    keep_secondary: bool
-    max_frag_len: int
-    name_suffix: str = ""  # appended to read_id for minimap2's tie-break hash only
-
-
-class _Mate2Hit:
-    """A mate-2 hit of a paired `Aligner.map` with its query interval and MD repaired.
-
-    mappy (2.31, cmappy.h `mm_map_aux`) maps mate 2 reverse-complemented and flips the
-    hit's strand back, but not `q_st`/`q_en`, and builds the MD tag from those unflipped
-    coordinates. Both are wrong whenever the two ends are clipped differently; minimap2's
-    own writer flips them (map.c). This copies the hit with `q_st`/`q_en` flipped and the
-    MD recomputed from the reference and the CIGAR.
-    """
-
-    __slots__ = ("MD", "NM", "cigar", "cigar_str", "ctg", "is_primary", "mapq", "q_en", "q_st",
-                 "r_en", "r_st", "read_num", "strand")
-
-    def __init__(self, hit: Any, n: int, seq: str, aligner: mappy.Aligner) -> None:
-        self.ctg, self.r_st, self.r_en, self.strand = hit.ctg, hit.r_st, hit.r_en, hit.strand
-        self.q_st, self.q_en = n - hit.q_en, n - hit.q_st
-        self.mapq, self.cigar, self.cigar_str, self.NM = hit.mapq, hit.cigar, hit.cigar_str, hit.NM
-        self.is_primary, self.read_num = hit.is_primary, hit.read_num
-        if self.strand < 0:  # the aligned span on the reverse complement
-            span = seq.translate(_RC)[::-1][n - self.q_en:n - self.q_st]
-        else:
-            span = seq[self.q_st:self.q_en]
-        self.MD = md_tag(aligner.seq(self.ctg, self.r_st, self.r_en) or "", span, hit.cigar)
-
-
-def md_tag(ref: str, query: str, cigar: list[list[int]]) -> str:
-    """SAM MD tag of an alignment: `ref` and `query` are the aligned spans (no clips),
-    `cigar` the (length, op) pairs with M/I/D/N ops as mappy gives them.
-
-    Example:
-        >>> md_tag("ACGTACGT", "ACCACGT", [[3, 0], [1, 2], [4, 0]])
-        '2G0^T4'
-    """
-    parts: list[str] = []
-    run = r = q = 0
-    for length, op in cigar:
-        if op in (0, 7, 8):  # M, =, X
-            for k in range(length):
-                if ref[r + k].upper() == query[q + k].upper():
-                    run += 1
-                else:
-                    parts.append(f"{run}{ref[r + k].upper()}")
-                    run = 0
-            r += length
-            q += length
-        elif op == 1:  # insertion: not in MD
-            q += length
-        elif op in (2, 3):  # deletion (and skip, which MD does not show)
-            if op == 2:
-                parts.append(f"{run}^{ref[r:r + length].upper()}")
-                run = 0
-            r += length
-    parts.append(str(run))
-    return "".join(parts)
-
-
-def _classify(hits: list[Any]) -> tuple[Any, list[tuple[Any, int]]]:
-    """Primary hit (or None) and the others with their flag bit, as minimap2 decides.
-
-    mappy's `is_primary` means "not secondary": the first such hit is the primary, the
-    later ones are supplementary (minimap2's mm_set_sam_pri).
-    """
-    if len(hits) == 1 and hits[0].is_primary:  # the usual case for short reads
-        return hits[0], []
-    primary, others = None, []
-    for hit in hits:
-        if not hit.is_primary:
-            others.append((hit, _FLAG_SECONDARY))
-        elif primary is None:
-            primary = hit
-        else:
-            others.append((hit, _FLAG_SUPPLEMENTARY))
-    return primary, others
-
-
-def _tlen(hit: Any, mate: Any) -> int:
-    """TLEN between the 5' ends, as minimap2 writes it (0 across contigs)."""
-    if mate is None or hit.ctg != mate.ctg:
-        return 0
-    this5 = hit.r_en - 1 if hit.strand < 0 else hit.r_st
-    next5 = mate.r_en - 1 if mate.strand < 0 else mate.r_st
-    d = next5 - this5
-    return d + 1 if d > 0 else d - 1 if d < 0 else 0
-
-
-def _proper(a: Any, b: Any, max_frag_len: int) -> bool:
-    """Both primaries on one contig, facing each other (FR), within max_frag_len."""
-    if a is None or b is None or a.ctg != b.ctg or a.strand == b.strand:
-        return False
-    fwd, rev = (a, b) if a.strand > 0 else (b, a)
-    return fwd.r_st <= rev.r_en and max(a.r_en, b.r_en) - min(a.r_st, b.r_st) <= max_frag_len
-
-
-def _record(name: str, flag: int, hit: Any, seq: str, qual: str, mate: Any,
-            own_primary: Any, tail: str) -> str:
-    """One SAM line for a mapped hit; `mate` is the mate's primary (None: mate unmapped).
-
-    Called for every record, so each hit attribute is read once (they are Cython
-    properties) and TLEN is computed inline (as _tlen does)."""
-    n = len(seq)
-    strand, ctg, r_st, q_st, q_en = hit.strand, hit.ctg, hit.r_st, hit.q_st, hit.q_en
-    if strand < 0:
-        flag |= _FLAG_REV
-        left, right = n - q_en, q_st
-    else:
-        left, right = q_st, n - q_en
-    if flag & _FLAG_SECONDARY:
-        clip, seq_out, qual_out = "S", "*", "*"
-    else:
-        if strand < 0:
-            seq, qual = seq.translate(_RC)[::-1], qual[::-1]
-        if flag & _FLAG_SUPPLEMENTARY:
-            clip = "H"
-            seq_out, qual_out = seq[left:n - right] or "*", qual[left:n - right] or "*"
-        else:
-            clip, seq_out, qual_out = "S", seq or "*", qual or "*"
-    ops = hit.cigar
-    cigar = f"{ops[0][0]}M" if len(ops) == 1 else hit.cigar_str  # fast path: one M op
-    if left:
-        cigar = f"{left}{clip}{cigar}"
-    if right:
-        cigar = f"{cigar}{right}{clip}"
-    if not flag & _FLAG_PAIRED:
-        mate_fields = "*\t0\t0"
-    elif mate is None:
-        flag |= _FLAG_MUNMAP
-        rnext = "=" if own_primary.ctg == ctg else own_primary.ctg
-        mate_fields = f"{rnext}\t{own_primary.r_st + 1}\t0"
-    else:
-        m_strand, m_ctg, m_st = mate.strand, mate.ctg, mate.r_st
-        if m_strand < 0:
-            flag |= _FLAG_MREV
-        if m_ctg == ctg:  # TLEN between the 5' ends
-            d = (mate.r_en - 1 if m_strand < 0 else m_st) - (hit.r_en - 1 if strand < 0 else r_st)
-            tlen = d + 1 if d > 0 else d - 1 if d < 0 else 0
-            mate_fields = f"=\t{m_st + 1}\t{tlen}"
-        else:
-            mate_fields = f"{m_ctg}\t{m_st + 1}\t0"
-    return (f"{name}\t{flag}\t{ctg}\t{r_st + 1}\t{hit.mapq}\t{cigar}\t{mate_fields}\t"
-            f"{seq_out}\t{qual_out}\tNM:i:{hit.NM}\tMD:Z:{hit.MD}{tail}")
-
-
-def _unmapped(name: str, flag: int, seq: str, qual: str, mate: Any, tail: str) -> str:
-    """SAM line of an unmapped read, placed at its mate's position when the mate mapped."""
-    if mate is None:
-        if flag & _FLAG_PAIRED:
-            flag |= _FLAG_MUNMAP
-        place = "*\t0\t0\t*\t*\t0\t0"
-    else:
-        if mate.strand < 0:
-            flag |= _FLAG_MREV
-        place = f"{mate.ctg}\t{mate.r_st + 1}\t0\t*\t=\t{mate.r_st + 1}\t0"
-    return f"{name}\t{flag | _FLAG_UNMAP}\t{place}\t{seq or '*'}\t{qual or '*'}{tail}"
-
-
-_local = threading.local()
-
-
-def _map_chunk(job: _Job, start: int, end: int) -> tuple[str, AlignCounts]:
-    """SAM text and counts for fragments start..end, mapped on this thread's buffer.
-
-    The read name goes to mappy because minimap2 breaks ties between equally good
-    placements with a hash of it: the same read gets the same placement in every run.
-    minimap2 hashes the name as the FASTQ spells it (for pairs, mate 1's, with any "/1"),
-    so `job.name_suffix` is added back to hash what minimap2 would; SAM keeps read_id.
-    """
-    buf = getattr(_local, "buf", None)
-    if buf is None:
-        buf = _local.buf = mappy.ThreadBuffer()
-    aligner, reads, tail, suffix = job.aligner, job.reads, job.rg_tag + "\n", job.name_suffix
-    counts = AlignCounts()
-    lines: list[str] = []
-    out = lines.append
-    keep2 = job.keep_secondary
-    if not reads.paired:
-        for i in range(start, end):
-            name, seq, qual = reads.names[i], reads.seq1[i], reads.qual1[i]
-            key = name + suffix
-            hits = list(aligner.map(seq, name=key, buf=buf, MD=True)) if seq else []
-            primary, others = _classify(hits)
-            counts.reads += 1
-            if primary is None:
-                counts.unmapped += 1
-                out(_unmapped(name, 0, seq, qual, None, tail))
-                continue
-            counts.mapped += 1
-            out(_record(name, 0, primary, seq, qual, None, primary, tail))
-            for hit, bit in others:
-                if bit == _FLAG_SECONDARY and not keep2:
-                    continue
-                counts.secondary += bit == _FLAG_SECONDARY
-                counts.supplementary += bit == _FLAG_SUPPLEMENTARY
-                out(_record(name, bit, hit, seq, qual, None, primary, tail))
-        counts.records = len(lines)
-        return "".join(lines), counts
-    assert reads.seq2 is not None and reads.qual2 is not None
-    for i in range(start, end):
-        name = reads.names[i]
-        key = name + suffix
-        s1, q1, s2, q2 = reads.seq1[i], reads.qual1[i], reads.seq2[i], reads.qual2[i]
-        hits1: list[Any] = []
-        hits2: list[Any] = []
-        if s1 and s2:
-            n2 = len(s2)
-            for hit in aligner.map(s1, s2, name=key, buf=buf, MD=True):
-                if hit.read_num == 1:
-                    hits1.append(hit)
-                elif hit.q_st == n2 - hit.q_en:  # symmetric clips: mappy's fields are right
-                    hits2.append(hit)
-                else:
-                    hits2.append(_Mate2Hit(hit, n2, s2, aligner))
-        elif s1:
-            hits1 = list(aligner.map(s1, name=key, buf=buf, MD=True))
-        elif s2:
-            hits2 = list(aligner.map(s2, name=key, buf=buf, MD=True))
-        p1, others1 = _classify(hits1)
-        p2, others2 = _classify(hits2)
-        counts.reads += 2
-        proper = _proper(p1, p2, job.max_frag_len)
-        for flag, seq, qual, own, mate, others in (
-            (_FLAG_PAIRED | _FLAG_R1, s1, q1, p1, p2, others1),
-            (_FLAG_PAIRED | _FLAG_R2, s2, q2, p2, p1, others2),
-        ):
-            if own is None:
-                counts.unmapped += 1
-                out(_unmapped(name, flag, seq, qual, mate, tail))
-                continue
-            counts.mapped += 1
-            if proper:
-                counts.properly_paired += 1
-                out(_record(name, flag | _FLAG_PROPER, own, seq, qual, mate, own, tail))
-            else:
-                out(_record(name, flag, own, seq, qual, mate, own, tail))
-            for hit, bit in others:
-                if bit == _FLAG_SECONDARY and not keep2:
-                    continue
-                counts.secondary += bit == _FLAG_SECONDARY
-                counts.supplementary += bit == _FLAG_SUPPLEMENTARY
-                out(_record(name, flag | bit, hit, seq, qual, mate, own, tail))
-    counts.records = len(lines)
-    return "".join(lines), counts
-
-
-def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, n, size):
-        yield start, min(n, start + size)
-
-
-_NAME_SUFFIXES = ("", "/1", "/2")
-
-
-def name_suffix_of(fastq: str | Path, storage_options: dict[str, Any] | None = None) -> str:
-    """The "/1" or "/2" that ends the first read name of a FASTQ ("" if none): what
-    read_id lost at ingest and minimap2 hashes (pass it to align_batch as name_suffix)."""
-    from helixflow.tasks.fastq import open_fastq
-
-    with open_fastq(str(fastq), storage_options) as fh:
-        header = fh.readline()
-    words = header[1:].split(None, 1) if header.startswith(b"@") else []
-    name = words[0].decode("utf-8", "replace") if words else ""
-    return name[-2:] if len(name) >= 3 and name[-2:] in ("/1", "/2") else ""
-
-
-def align_batch(
-    batch: pa.RecordBatch | pa.Table,
-    index: Path,
-    out_sorted_bam: Path,
-    read_group: dict[str, str],
-    preset: str = "sr",
-    threads: int = 2,
-    *,
-    max_frag_len: int = MAX_FRAG_LEN,
-    shard_level: int = 1,
-    name_suffix: str = "",
-) -> AlignCounts:
-    """Align a batch with mappy (pairs together) into a coordinate-sorted BAM.
-
-    Args:
-        batch: reads in READS_SCHEMA (single-end, or mate-1 rows then mate-2 rows).
-        index: .mmi from build_index (a FASTA works too, indexed on the fly).
-        out_sorted_bam: BAM to write, atomically; not indexed (merge_bams indexes).
-        read_group: @RG fields (ID, SM, LB, PL required); every record gets RG:Z:ID.
-        preset: minimap2 preset or read type; "sr" keeps no secondary alignments.
-        threads: mapping threads, also used by the sort.
-        max_frag_len: longest fragment of a proper pair (flag 0x2).
-        shard_level: BGZF level of this BAM; 1 because merge_bams recompresses it. Use
-            6 (samtools' default) for a BAM that is kept as it is.
-        name_suffix: what the source FASTQ had after read_id in mate 1's name ("/1" for
-            old Illumina and ART names; see name_suffix_of). minimap2 picks among equally
-            good placements (repeats, MAPQ 0) by a hash of the name it read, suffix
-            included; with the suffix, helixflow picks the same copy. Records keep read_id.
-
-    Returns:
-        AlignCounts: reads, mapped/unmapped reads, properly paired reads, secondary and
-        supplementary records, records written.
-
-    Raises:
-        InputError: the index is missing or unreadable.
-        ValueError: bad batch layout, read group or preset.
-
-    Example:
-        >>> align_batch(batch, mmi, Path("shard-0.bam"), rg, preset="sr")  # doctest: +SKIP
-        AlignCounts(reads=500000, mapped=499120, ...)
-    """
-    preset = preset_for(preset)
-    aligner = load_aligner(index, preset)
-    reads = _split_batch(batch)
-    sq = [(name, len(aligner.seq(name) or "")) for name in aligner.seq_names]
-    program = _program_line(preset)
-    header = _header(sq, read_group, program)
-    if name_suffix not in _NAME_SUFFIXES:
-        raise ValueError(f"name_suffix must be one of {_NAME_SUFFIXES}, got {name_suffix!r}")
-    job = _Job(aligner, reads, f"\tRG:Z:{read_group['ID']}", preset != "sr", max_frag_len,
-               name_suffix)
-    threads = max(1, int(threads))
-    total = AlignCounts()
-    with _SortedBamSink(Path(out_sorted_bam), threads, shard_level) as sink:
-        sink.write(header)
-        chunks = list(_chunks(len(reads.names), _CHUNK))
-        with ThreadPoolExecutor(threads, thread_name_prefix="helixflow-map") as pool:
-            for text, counts in pool.map(lambda c: _map_chunk(job, *c), chunks):
-                sink.write(text)
-                total = total.merge(counts)
-        sink.finish()
-    return total
 
 
 # --------------------------------------------------------------------------------------
@@ -844,17 +342,19 @@ def merge_bams(parts: list[Path], out: Path, threads: int = 2, level: int = 6) -
             )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp.bam")
-    try:
+    # Named .bam/.bai: samtools picks formats by name. The index lands first, as before.
+    with atomic_path(out, suffix=".bam") as tmp, \
+            atomic_path(f"{out}.bai", suffix=".bai") as tmp_bai:
         if len(parts) == 1:
             shutil.copyfile(parts[0], tmp)
-            pysam.index("-@", str(max(1, threads)), str(tmp), str(tmp) + ".bai",
+            # -o: given as a second argument, an existing file is taken for a second BAM.
+            pysam.index("-@", str(max(1, threads)), "-o", str(tmp_bai), str(tmp),
                         catch_stdout=False)
         else:
             # The index is built while merging (--write-index), not by re-reading the BAM.
             args = ["merge", "--no-PG", "-f", "-c", "-p", "-l", str(level),
                     "-@", str(max(1, threads)),
-                    "--write-index", "-o", f"{tmp}##idx##{tmp}.bai", *map(str, parts)]
+                    "--write-index", "-o", f"{tmp}##idx##{tmp_bai}", *map(str, parts)]
             exe = samtools_cli()
             if exe is None:
                 pysam.merge(*args[1:], catch_stdout=False)
@@ -862,87 +362,38 @@ def merge_bams(parts: list[Path], out: Path, threads: int = 2, level: int = 6) -
                 proc = subprocess.run([exe, *args], capture_output=True, text=True, check=False)
                 if proc.returncode != 0:
                     raise RuntimeError(f"samtools merge failed: {proc.stderr.strip()}")
-        os.replace(str(tmp) + ".bai", str(out) + ".bai")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-        Path(str(tmp) + ".bai").unlink(missing_ok=True)
     return out
 
 
-# --- Prefect tasks: align each shard, merge a sample's parts --------------------------
-
-BAM_MEDIA_TYPE = "application/vnd.sam.bam"
-
-class AlignedShard(BaseModel):
-    bam: Artifact
-    counts: dict[str, int]
-
-
-class SampleBam(BaseModel):
-    """A sample's coordinate-sorted BAM and its index, side by side in the run folder."""
-
-    bam: Artifact
-    bai: Artifact
-    counts: dict[str, int]
+# --- Prefect task: one shard as an unaligned BAM ---------------------------------------
 
 
 def read_group_for(sample: str) -> dict[str, str]:
+    """The @RG fields helixflow gives a sample's reads: ID and SM the sample, LB, PL.
+
+    Args:
+        sample: the sample name.
+
+    Returns:
+        The @RG fields: ID and SM `sample`, LB "<sample>-lib", PL "ILLUMINA".
+    """
     return {"ID": sample, "SM": sample, "LB": f"{sample}-lib", "PL": "ILLUMINA"}
 
 
-@task(name="align-reads", task_run_name="align-{shard.name}",
-      **stage_options(ALIGN_VERSION, tools=("samtools",)))
-def align_reads(
-    shard: Artifact, sample: str, reference: FileRef, preset: str, store: Store, run_id: str,
-    name_suffix: str = "",
-) -> AlignedShard:
-    """Align one shard with mappy into a sorted BAM part (index cached per reference)."""
-    from helixflow.settings import helixflow_home
-
-    with store.scratch() as scratch:
-        ref_path = fetch(store, reference, scratch, name="reference.fa")
-        index = build_index(ref_path, preset, helixflow_home() / "cache" / "minimap2")
-        out = scratch / shard.name.replace(".parquet", ".bam")
-        counts = align_batch(as_batch(read_table(store, shard)), index, out,
-                             read_group_for(sample), preset=preset, threads=2,
-                             name_suffix=name_suffix)
-        art = publish_file(store, out, run_id=run_id, stage="align-parts",
-                           media_type=BAM_MEDIA_TYPE, producer="align-reads",
-                           rows=counts.records, params={"preset": preset},
-                           upstream=[shard.ref(), reference],
-                           tools={"mappy": mappy.__version__, "samtools": tool_version("samtools")},
-                           metadata={"counts": counts.as_dict()})
-    return AlignedShard(bam=art, counts=counts.as_dict())
-
-
-@materialize("helixflow://align", name="merge-alignments", task_run_name="merge-bam-{sample}",
-             **stage_options(ALIGN_VERSION, tools=("samtools",)))
-def merge_alignments(
-    sample: str, parts: list[AlignedShard], store: Store, run_id: str
-) -> SampleBam:
-    """Merge a sample's sorted parts into `<sample>.bam` + `<sample>.bam.bai`."""
-    counts = AlignCounts()
-    for part in parts:
-        counts = counts.merge(AlignCounts(**part.counts))
-    with store.scratch() as scratch:
-        locals_ = [fetch(store, p.bam, scratch, name=f"part{i}.bam") for i, p in enumerate(parts)]
-        out = merge_bams(locals_, scratch / f"{sample}.bam")
-        ups = [p.bam.ref() for p in parts]
-        tools = {"samtools": tool_version("samtools")}
-        bam = publish_file(store, out, run_id=run_id, stage="align", media_type=BAM_MEDIA_TYPE,
-                           producer="merge-alignments", rows=counts.records, upstream=ups,
-                           tools=tools, metadata={"counts": counts.as_dict()})
-        bai = publish_file(store, Path(f"{out}.bai"), run_id=run_id, stage="align",
-                           media_type="application/octet-stream", producer="merge-alignments",
-                           upstream=[bam.ref()], tools=tools)
-    return SampleBam(bam=bam, bai=bai, counts=counts.as_dict())
-
-
 @materialize("helixflow://unaligned", name="unaligned-bam", task_run_name="ubam-{shard.name}",
-             **stage_options(ALIGN_VERSION))
+             **stage_options(UNALIGNED_VERSION))
 def write_unaligned_bam(shard: Artifact, sample: str, store: Store, run_id: str) -> Artifact:
-    """One shard as an unaligned BAM with its read group (flags 77/141, or 4 single-end)."""
+    """One shard as an unaligned BAM with its read group (flags 77/141, or 4 single-end).
+
+    Args:
+        shard: a read shard (READS_SCHEMA Parquet) in the store.
+        sample: sample name; gives the read group (`read_group_for`).
+        store: where the BAM is published.
+        run_id: the run whose `unaligned` folder shows it.
+
+    Returns:
+        The published BAM's Artifact (rows = records written).
+    """
     with store.scratch() as scratch:
         out = scratch / shard.name.replace(".parquet", ".unaligned.bam")
         records = unaligned_bam(as_batch(read_table(store, shard)), out, read_group_for(sample))

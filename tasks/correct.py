@@ -59,7 +59,7 @@ from helixflow.artifacts import Artifact
 from helixflow.caching import stage_options
 from helixflow.store import Store
 from helixflow.tables import as_batch, publish_table, read_table
-from helixflow.tasks.fastq import string_parts
+from helixflow.tasks.reads import BASE_CODE, padded, string_parts
 
 COUNTS_SCHEMA: pa.Schema = pa.schema(
     [pa.field("kmer", pa.uint64(), nullable=False), pa.field("count", pa.uint32(), nullable=False)]
@@ -68,14 +68,9 @@ COUNTS_SCHEMA: pa.Schema = pa.schema(
 high bits) and its number of occurrences."""
 
 MAX_K = 31
-_INVALID = np.uint8(4)
 _ROWS_PER_CHUNK = 2048  # reads at a time: (length x rows) uint64 matrices stay ~2.5 MB
 _EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)  # never a k-mer: k <= 31 uses at most 62 bits
 _ACGT = np.frombuffer(b"ACGT", np.uint8)
-_CODE = np.full(256, _INVALID, np.uint8)
-for _i, _b in enumerate(b"ACGT"):
-    _CODE[_b] = _i
-    _CODE[_b + 32] = _i  # lower case
 _PHRED_OFFSET = 33
 
 
@@ -127,26 +122,6 @@ class CorrectionCounts:
 # Packing
 
 
-def _string_parts(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(int64 offsets, data bytes) of a string array, without copying the data."""
-    offsets, data = string_parts(values)
-    return offsets.astype(np.int64), data
-
-
-def _padded(
-    data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, width: int, fill: int
-) -> np.ndarray:
-    """Bytes of each row left-aligned in an (n, width) uint8 matrix padded with `fill`."""
-    cols = np.arange(width, dtype=np.int64)
-    index = starts[:, None] + cols
-    if len(data) == 0:
-        return np.full((len(lengths), width), fill, np.uint8)
-    np.clip(index, 0, len(data) - 1, out=index)
-    matrix = data[index]
-    matrix[cols >= lengths[:, None]] = fill
-    return matrix
-
-
 def _kmer_matrices(codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Forward and reverse-complement packed k-mers at every start, and their validity.
 
@@ -191,14 +166,14 @@ def _kmer_matrices(codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, n
 
 def _chunks(batch: pa.RecordBatch | pa.Table) -> Iterable[tuple[int, np.ndarray, np.ndarray]]:
     """(first row, codes matrix, lengths) for consecutive chunks of a batch's reads."""
-    offsets, data = _string_parts(batch.column("sequence"))
+    offsets, data = string_parts(batch.column("sequence"), wide=True)
     lengths = np.diff(offsets)
     n = len(lengths)
     for s in range(0, n, _ROWS_PER_CHUNK):
         e = min(n, s + _ROWS_PER_CHUNK)
         width = int(lengths[s:e].max(initial=0))
-        raw = _padded(data, offsets[s:e], lengths[s:e], width, ord("N"))
-        yield s, _CODE[raw], lengths[s:e]
+        raw = padded(offsets[s : e + 1], data, width, fill=ord("N"))
+        yield s, BASE_CODE[raw], lengths[s:e]  # A C G T -> 0..3, N and others -> 4
 
 
 def _check_k(k: int) -> None:
@@ -262,6 +237,13 @@ def merge_counts(tables: Iterable[pa.Table]) -> pa.Table:
 
     Tables sorted by kmer (as count_kmers makes them) merge fastest: the stable sort
     (timsort) then only merges runs.
+
+    Args:
+        tables: COUNTS_SCHEMA tables; empty ones are ignored.
+
+    Returns:
+        One COUNTS_SCHEMA table, one row per distinct k-mer, sorted by kmer (an empty table
+        when there is no row).
     """
     tables = [t for t in tables if t.num_rows]
     if not tables:
@@ -275,7 +257,19 @@ def merge_counts(tables: Iterable[pa.Table]) -> pa.Table:
 def partition_bounds(k: int, n_partitions: int) -> np.ndarray:
     """k-mer values splitting the canonical k-mer space into `n_partitions` ranges of
     about equal size: a canonical k-mer is the smaller of two, so small values are
-    more common (P(value < x) = 1 - (1 - x)^2 for random sequence)."""
+    more common (P(value < x) = 1 - (1 - x)^2 for random sequence).
+
+    Args:
+        k: the k-mer length, 1..MAX_K (31).
+        n_partitions: the number of ranges, >= 1.
+
+    Returns:
+        `n_partitions + 1` ascending uint64 bounds, from 0 to 4**k; range j is
+        [bounds[j], bounds[j + 1]).
+
+    Raises:
+        ValueError: `k` or `n_partitions` out of range.
+    """
     _check_k(k)
     if n_partitions < 1:
         raise ValueError(f"n_partitions must be >= 1, got {n_partitions}")
@@ -287,7 +281,20 @@ def partition_bounds(k: int, n_partitions: int) -> np.ndarray:
 
 def partition_counts(counts: pa.Table, n_partitions: int, k: int) -> list[pa.Table]:
     """Split a sorted count table into `n_partitions` k-mer ranges (zero-copy slices), so
-    that range j of every shard can be merged by reducer j in bounded memory."""
+    that range j of every shard can be merged by reducer j in bounded memory.
+
+    Args:
+        counts: a COUNTS_SCHEMA table sorted by kmer.
+        n_partitions: the number of ranges, >= 1.
+        k: the k-mer length the counts were made with.
+
+    Returns:
+        `n_partitions` slices of `counts`, range j holding the k-mers in
+        `partition_bounds(k, n_partitions)` range j (possibly empty).
+
+    Raises:
+        ValueError: `k` or `n_partitions` out of range.
+    """
     bounds = partition_bounds(k, n_partitions)
     rows = np.searchsorted(counts.column("kmer").to_numpy(), bounds)
     rows[-1] = counts.num_rows
@@ -298,6 +305,13 @@ def kmer_histogram(counts: pa.Table, max_count: int = 10_000) -> np.ndarray:
     """hist[c] = number of distinct k-mers seen c times (the last bin holds >= max_count).
 
     Returned for reports (the classic k-mer spectrum plot) and for solid_threshold.
+
+    Args:
+        counts: a COUNTS_SCHEMA table.
+        max_count: the last bin; higher counts are added to it.
+
+    Returns:
+        int64 array of length `max_count + 1`.
     """
     values = counts.column("count").to_numpy().astype(np.int64)
     return np.bincount(np.minimum(values, max_count), minlength=max_count + 1).astype(np.int64)
@@ -310,6 +324,15 @@ def solid_threshold(hist: np.ndarray) -> int:
 
     Raises ValueError when the histogram has no valley (coverage too low for a spectrum
     method, or reads already error-free): then pass a threshold explicitly.
+
+    Args:
+        hist: a k-mer histogram as `kmer_histogram` returns it (last bin = overflow, ignored).
+
+    Returns:
+        The threshold count, at least 2: k-mers seen this often or more are solid.
+
+    Raises:
+        ValueError: the histogram has fewer than 4 bins below the overflow bin, or no valley.
     """
     hist = np.asarray(hist, dtype=np.int64)[:-1]  # the last bin collects all high counts
     if len(hist) < 4:
@@ -718,17 +741,17 @@ def correct_batch(
             return pa.RecordBatch.from_pylist([], schema=batch.schema), CorrectionCounts()
         batch = batch.combine_chunks().to_batches()[0]
     sequence = batch.column("sequence")
-    offsets, data = _string_parts(sequence)
-    q_offsets, q_data = _string_parts(batch.column("quality"))
+    offsets, data = string_parts(sequence, wide=True)
+    q_offsets, q_data = string_parts(batch.column("quality"), wide=True)
     if not np.array_equal(np.diff(offsets), np.diff(q_offsets)):
         raise ValueError("sequence and quality lengths differ")
     counts = CorrectionCounts(reads=len(offsets) - 1, bases=int(offsets[-1] - offsets[0]))
     new_data = data.copy()
-    for start, codes, lengths in _chunks(batch):
+    for start, codes, _ in _chunks(batch):
         n, width = codes.shape
         if width < k:
             continue
-        quals = _padded(q_data, q_offsets[start : start + n], lengths, width, 126)
+        quals = padded(q_offsets[start : start + n + 1], q_data, width, fill=126)
         quals = quals.astype(np.int16) - _PHRED_OFFSET
         changed = np.zeros(codes.shape, bool)
         original = codes.copy()
@@ -786,7 +809,17 @@ class CorrectResult(BaseModel):
 
 @task(name="count-kmers", task_run_name="kmers-{shard.name}", **stage_options(CORRECT_VERSION))
 def count_shard_kmers(shard: Artifact, k: int, store: Store, run_id: str) -> Artifact:
-    """Canonical k-mer counts of one shard (sorted, exact)."""
+    """Canonical k-mer counts of one shard (sorted, exact).
+
+    Args:
+        shard: a Parquet read shard (READS_SCHEMA; only `sequence` is read).
+        k: the k-mer length, 1..31.
+        store: the artifact store to read from and publish to.
+        run_id: the run the published artifact belongs to.
+
+    Returns:
+        The COUNTS_SCHEMA table artifact, named `<shard>.k<k>.parquet`.
+    """
     counts = count_kmers(read_table(store, shard, columns=["sequence"]), k)
     with store.scratch() as scratch:
         return publish_table(store, counts, scratch, run_id=run_id, stage="kmers",
@@ -798,7 +831,24 @@ def count_shard_kmers(shard: Artifact, k: int, store: Store, run_id: str) -> Art
 def choose_solid_kmers(
     sample: str, counts: list[Artifact], k: int, threshold: int | None, store: Store, run_id: str
 ) -> SolidSet:
-    """Merge shard counts; solid = count >= threshold (first valley of the histogram)."""
+    """Merge shard counts; solid = count >= threshold (first valley of the histogram).
+
+    With no valley in the histogram (and no `threshold`), the sample is marked skipped
+    (a warning is logged) and its reads later pass through uncorrected.
+
+    Args:
+        sample: the sample name; names the artifact and the task run.
+        counts: the sample's per-shard count artifacts from `count_shard_kmers`.
+        k: the k-mer length the counts were made with.
+        threshold: the smallest count of a solid k-mer; None: `solid_threshold` of the
+            merged histogram.
+        store: the artifact store to read from and publish to.
+        run_id: the run the published artifact belongs to.
+
+    Returns:
+        SolidSet with the solid k-mer table artifact (`kmer` column only), k, the threshold
+        used, the histogram (trailing zero bins dropped) and `skipped` (the reason, or None).
+    """
     merged = merge_counts(read_table(store, c) for c in counts)
     hist = kmer_histogram(merged)
     skipped = None
@@ -826,7 +876,20 @@ def choose_solid_kmers(
 def correct_reads(
     shard: Artifact, solid: SolidSet, params: CorrectionParams, store: Store, run_id: str
 ) -> CorrectResult:
-    """Correct one shard's substitution errors against the sample's solid k-mers."""
+    """Correct one shard's substitution errors against the sample's solid k-mers.
+
+    Args:
+        shard: a deduplicated Parquet read shard (READS_SCHEMA).
+        solid: the sample's solid k-mers; when `solid.skipped` is set the reads are published
+            unchanged.
+        params: correction settings.
+        store: the artifact store to read from and publish to.
+        run_id: the run the published artifact belongs to.
+
+    Returns:
+        CorrectResult with the corrected shard (".dedup." in the name becomes ".corrected.")
+        and the CorrectionCounts as a dict.
+    """
     batch = as_batch(read_table(store, shard))
     if solid.skipped:
         corrected, counts = batch, CorrectionCounts(reads=batch.num_rows)

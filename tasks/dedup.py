@@ -49,7 +49,7 @@ from helixflow.artifacts import Artifact
 from helixflow.caching import stage_options
 from helixflow.store import Store
 from helixflow.tables import as_batch, publish_table, read_table
-from helixflow.tasks.fastq import string_parts
+from helixflow.tasks.reads import padded, string_parts
 
 KEYS_SCHEMA: pa.Schema = pa.schema(
     [
@@ -128,34 +128,6 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _string_parts(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(int64 offsets, data bytes) of a string array, without copying the data."""
-    offsets, data = string_parts(values)
-    return offsets.astype(np.int64), data
-
-
-def _padded(
-    data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, reverse: bool
-) -> np.ndarray:
-    """Rows of bytes left-aligned in a zero-padded (n, 8*w) matrix; reversed and
-    complemented when `reverse`."""
-    width = max(8, -(-int(lengths.max(initial=0)) // 8) * 8)
-    cols = np.arange(width, dtype=np.int64)
-    inside = cols < lengths[:, None]
-    if reverse:
-        index = starts[:, None] + lengths[:, None] - 1 - cols
-    else:
-        index = starts[:, None] + cols
-    if len(data) == 0:
-        return np.zeros((len(lengths), width), np.uint8)
-    np.clip(index, 0, len(data) - 1, out=index)
-    matrix = data[index]
-    if reverse:
-        matrix = _COMPLEMENT[matrix]
-    matrix[~inside] = 0
-    return matrix
-
-
 def _fold(matrix: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Two 64-bit hash lanes of each padded row.
 
@@ -190,15 +162,18 @@ def _sequence_hashes(
     sequence: pa.Array, reverse: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-read 128-bit hash (two uint64 lanes) of the sequence or its reverse complement."""
-    offsets, data = _string_parts(sequence)
-    starts = offsets[:-1]
+    offsets, data = string_parts(sequence, wide=True)
     lengths = np.diff(offsets)
     n = len(lengths)
     hi = np.empty(n, np.uint64)
     lo = np.empty(n, np.uint64)
     for s in range(0, n, _ROWS_PER_CHUNK):
         e = min(n, s + _ROWS_PER_CHUNK)
-        matrix = _padded(data, starts[s:e], lengths[s:e], reverse)
+        # Rows of whole 8-byte words (at least one), zero-padded; the complement keeps 0.
+        width = max(8, -(-int(lengths[s:e].max(initial=0)) // 8) * 8)
+        matrix = padded(offsets[s : e + 1], data, width, reverse=reverse)
+        if reverse:
+            matrix = _COMPLEMENT[matrix]
         hi[s:e], lo[s:e] = _fold(matrix, lengths[s:e])
     return hi, lo
 
@@ -222,7 +197,7 @@ def _smaller(
 
 def _quality_sums(quality: pa.Array) -> np.ndarray:
     """Sum of Phred scores of each read (vectorised with a cumulative sum)."""
-    offsets, data = _string_parts(quality)
+    offsets, data = string_parts(quality, wide=True)
     cum = np.zeros(len(data) + 1, np.int64)
     np.cumsum(data, dtype=np.int64, out=cum[1:])
     return cum[offsets[1:]] - cum[offsets[:-1]] - _PHRED_OFFSET * np.diff(offsets)
@@ -427,7 +402,19 @@ def _counts_dict(counts: DedupCounts) -> dict[str, float]:
 def hash_fragments(
     shard: Artifact, shard_index: int, n_partitions: int, store: Store, run_id: str
 ) -> list[Artifact]:
-    """Map: the shard's fragment keys, split into `n_partitions` key tables by hash."""
+    """Map: the shard's fragment keys, split into `n_partitions` key tables by hash.
+
+    Args:
+        shard: a Parquet read shard (READS_SCHEMA).
+        shard_index: the shard's position in the sample, stored in the keys to locate reads.
+        n_partitions: the number of key tables to split into, by hash.
+        store: the artifact store to read from and publish to.
+        run_id: the run the published artifacts belong to.
+
+    Returns:
+        `n_partitions` KEYS_SCHEMA table artifacts, `<shard>.keys-NNN.parquet`, in
+        partition order.
+    """
     keys = fragment_keys(as_batch(read_table(store, shard)), shard_index)
     base = shard.name.removesuffix(".parquet")
     with store.scratch() as scratch:
@@ -444,7 +431,18 @@ def hash_fragments(
 def choose_duplicates(
     sample: str, partition: int, parts: list[Artifact], store: Store, run_id: str
 ) -> DedupResult:
-    """Reduce: one partition's keys from every shard → the fragments to drop."""
+    """Reduce: one partition's keys from every shard → the fragments to drop.
+
+    Args:
+        sample: the sample name; names the artifact and the task run.
+        partition: the partition number, for the artifact name.
+        parts: this partition's key tables, one per shard (from `hash_fragments`).
+        store: the artifact store to read from and publish to.
+        run_id: the run the published artifact belongs to.
+
+    Returns:
+        DedupResult with the table of fragments to drop and the partition's counts.
+    """
     dropped, counts = choose_keepers([read_table(store, p) for p in parts])
     with store.scratch() as scratch:
         art = publish_table(store, dropped, scratch, run_id=run_id, stage="dedup-keys",
@@ -459,7 +457,19 @@ def choose_duplicates(
 def remove_duplicates(
     shard: Artifact, shard_index: int, dropped: list[Artifact], store: Store, run_id: str
 ) -> Artifact:
-    """Apply: the shard without the fragments any partition chose to drop."""
+    """Apply: the shard without the fragments any partition chose to drop.
+
+    Args:
+        shard: the Parquet read shard (READS_SCHEMA) to filter.
+        shard_index: the index it was given in `hash_fragments`.
+        dropped: every partition's drop table from `choose_duplicates`.
+        store: the artifact store to read from and publish to.
+        run_id: the run the published artifact belongs to.
+
+    Returns:
+        The kept reads (both mates of a dropped fragment go) as a shard artifact, ".qc." in
+        the name replaced by ".dedup.".
+    """
     drop = pa.concat_tables([read_table(store, d) for d in dropped])
     kept = drop_duplicates(as_batch(read_table(store, shard)), drop, shard_index)
     name = shard.name.replace(".qc.", ".dedup.")

@@ -28,9 +28,7 @@ Example:
 
 from __future__ import annotations
 
-import os
 import re
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -40,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from helixflow.errors import InputError
+from helixflow.files import atomic_path
 
 EMBEDDING_METHODS: dict[str, str] = {
     "kmer": r"kmer[3-7]",
@@ -67,7 +66,17 @@ _STATISTICS_COLUMNS = ["sequence_id", "source_shard", "row", "method", "model_id
 
 
 def method_family(method: str) -> str:
-    """The EMBEDDING_METHODS family of a method name, or ValueError listing the patterns."""
+    """The EMBEDDING_METHODS family of a method name, or ValueError listing the patterns.
+
+    Args:
+        method: an embedding method name, e.g. "kmer5" or "dnabert-cls".
+
+    Returns:
+        The key of the first EMBEDDING_METHODS pattern the name fully matches.
+
+    Raises:
+        ValueError: no pattern matches.
+    """
     for family, pattern in EMBEDDING_METHODS.items():
         if re.fullmatch(pattern, method):
             return family
@@ -85,7 +94,17 @@ def _check_dim(dim: int) -> int:
 
 def vector_type(dim: int) -> pa.FixedSizeListType:
     """fixed_size_list<element: float32>[dim]; 'element' is the child name Parquet readers
-    give back, so a schema read from a shard equals the one written."""
+    give back, so a schema read from a shard equals the one written.
+
+    Args:
+        dim: floats per vector, >= 1.
+
+    Returns:
+        The Arrow vector type.
+
+    Raises:
+        ValueError: `dim` is not a positive integer.
+    """
     return pa.list_(pa.field("element", pa.float32()), _check_dim(dim))
 
 
@@ -99,6 +118,17 @@ def embedding_schema(dim: int, *, method: str | None = None, model_id: str = "")
 
     With `method`, the schema metadata records method, dim and model_id (as written by
     embedding_table); without, only dim (a schema to compare column types against).
+
+    Args:
+        dim: floats per vector, >= 1.
+        method: the method name to record in the metadata; None records dim only.
+        model_id: the model's id to record (with `method` only); "" for k-mer methods.
+
+    Returns:
+        The schema: sequence_id, source_shard, row, method, model_id, vector.
+
+    Raises:
+        ValueError: `dim` is not a positive integer.
     """
     dim = _check_dim(dim)
     metadata = {METADATA_DIM: str(dim).encode()}
@@ -174,6 +204,9 @@ def embedding_table(
             non-empty for model-based ones, so every vector can be traced to its model.
         rows: each sequence's row in the source shard (default 0..N-1).
 
+    Returns:
+        The table in `embedding_schema(dim, method=method, model_id=model_id)`.
+
     Raises:
         TypeError: vectors not a float32 NumPy array, ids not strings.
         ValueError: wrong shape, length mismatches, unknown method, bad model_id or rows.
@@ -237,17 +270,25 @@ def _check_table(table: pa.Table) -> int:
 def write_embedding_shard(table: pa.Table, path: str | Path) -> None:
     """Write an embedding table to a zstd-compressed Parquet file at a local path, atomically.
 
-    The file appears complete or not at all: it is written beside the destination and
-    renamed over it with os.replace, and the temporary file is removed on any failure.
-    Only the per-shard constant columns are dictionary encoded; vectors are plain floats.
+    The file appears complete or not at all (`helixflow.files.atomic_path`). Only the
+    per-shard constant columns are dictionary encoded; vectors are plain floats.
+
+    Args:
+        table: vectors and ids in the embedding schema (see `embedding_table`).
+        path: local destination; parent directories are created.
+
+    Returns:
+        None.
+
+    Raises:
+        ValueError: `path` is a URL, or `table` is not in the embedding schema.
     """
     _check_table(table)
     if "://" in str(path):
         raise ValueError(f"write_embedding_shard writes local files only, got {path}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(
             table,
             tmp,
@@ -255,10 +296,6 @@ def write_embedding_shard(table: pa.Table, path: str | Path) -> None:
             use_dictionary=_DICTIONARY_COLUMNS,
             write_statistics=_STATISTICS_COLUMNS,
         )
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def read_embedding_matrix(source: str | Path | pa.Table) -> tuple[pa.Array, np.ndarray]:
@@ -267,6 +304,13 @@ def read_embedding_matrix(source: str | Path | pa.Table) -> tuple[pa.Array, np.n
     The matrix is a read-only view of the Arrow vector column (no copy). Accepts files
     written by other tools too, as long as every vector has the same length (a Parquet
     list column, e.g. written by DuckDB, is checked and converted).
+
+    Args:
+        source: a Parquet file path or an Arrow table with `sequence_id` and `vector`.
+
+    Returns:
+        (sequence ids, N x dim float32 matrix); (ids, a 0 x 0 matrix) for an empty list
+        column.
 
     Raises:
         ValueError: no `vector` column, null vectors, or vectors of different lengths.
@@ -297,6 +341,10 @@ def read_embedding_matrix(source: str | Path | pa.Table) -> tuple[pa.Array, np.n
     return ids, matrix
 
 
+class _Aborted(Exception):
+    """Handed to a writer's `atomic_path` to make it drop the temporary file."""
+
+
 class EmbeddingWriter:
     """Streams one shard's vectors to Parquet batch by batch (memory bounded by a batch),
     then publishes the file atomically on `close()`; `abort()` leaves nothing behind.
@@ -314,7 +362,8 @@ class EmbeddingWriter:
         self.schema = embedding_schema(dim, method=method, model_id=model_id)
         self.method, self.model_id, self.source_shard = method, model_id, source_shard
         self.rows = 0
-        self._tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
+        self._publish = atomic_path(self.path)  # entered here, left in close() or abort()
+        self._tmp = self._publish.__enter__()
         self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd",
                                         use_dictionary=_DICTIONARY_COLUMNS,
                                         write_statistics=_STATISTICS_COLUMNS)
@@ -329,12 +378,14 @@ class EmbeddingWriter:
     def close(self) -> int:
         """Finish the file and move it into place; returns the rows written."""
         self._writer.close()
-        os.replace(self._tmp, self.path)
+        self._publish.__exit__(None, None, None)
         return self.rows
 
     def abort(self) -> None:
+        """Close and remove the unfinished file; the destination stays as it was."""
         self._writer.close()
-        self._tmp.unlink(missing_ok=True)
+        aborted = _Aborted()
+        self._publish.__exit__(_Aborted, aborted, None)  # removes the temporary file
 
     def __enter__(self) -> EmbeddingWriter:
         return self
@@ -348,7 +399,15 @@ class EmbeddingWriter:
 
 def sequence_ids(read_ids: pa.Array, mates: pa.Array) -> pa.Array:
     """Read ids as embedding sequence ids: `name/1`, `name/2` for mates, `name` alone for
-    single-end reads (mate 0), so both mates of a pair keep distinct vectors."""
+    single-end reads (mate 0), so both mates of a pair keep distinct vectors.
+
+    Args:
+        read_ids: READS_SCHEMA `read_id` values.
+        mates: the matching `mate` values (0, 1 or 2).
+
+    Returns:
+        A string array of the same length.
+    """
     suffix = pc.if_else(pc.equal(mates, 0), "",
                         pc.binary_join_element_wise("/", pc.cast(mates, pa.string()), ""))
     return pc.binary_join_element_wise(read_ids, suffix, "")
@@ -356,7 +415,16 @@ def sequence_ids(read_ids: pa.Array, mates: pa.Array) -> pa.Array:
 
 def iter_read_sequences(source: pq.ParquetFile, batch_rows: int = 65_536
                         ) -> Iterator[tuple[pa.Array, pa.Array, np.ndarray]]:
-    """(sequence ids, sequences, row numbers) of a read shard, one bounded batch at a time."""
+    """(sequence ids, sequences, row numbers) of a read shard, one bounded batch at a time.
+
+    Args:
+        source: an open Parquet read shard (READS_SCHEMA; read_id, mate and sequence are read).
+        batch_rows: rows per batch.
+
+    Returns:
+        An iterator of (ids as `sequence_ids` makes them, the `sequence` column, int64 row
+        numbers in the shard).
+    """
     start = 0
     for batch in source.iter_batches(batch_size=batch_rows,
                                      columns=["read_id", "mate", "sequence"]):

@@ -179,6 +179,21 @@ def knn_graph(
     See the module docstring for the search (exact / HNSW), the weights and the union
     symmetrisation. Arguments as in `knn_indices`; `weighting` is "self_tuning" (Gaussian
     kernel with per-node scale) or "cosine" (similarity clipped at 0; any metric).
+
+    Args:
+        X: N x D matrix (converted to float32).
+        k: neighbours per point, 1 <= k < N.
+        metric: "cosine" or "euclidean".
+        exact_threshold: largest N searched exactly; 0 forces HNSW.
+        weighting: "self_tuning" or "cosine".
+        seed: random seed of the HNSW index.
+        n_threads: threads for the search (-1: all cores; 1 makes HNSW reproducible).
+
+    Returns:
+        The N x N CSR adjacency with edge weights in (0, 1].
+
+    Raises:
+        ValueError: bad k, metric, weighting or matrix.
     """
     if weighting not in ("self_tuning", "cosine"):
         raise ValueError(f"weighting must be 'self_tuning' or 'cosine', got {weighting!r}")
@@ -200,6 +215,21 @@ def neighbour_graph(
 
     Split from `knn_graph` so one neighbour search can feed several graphs (or be timed
     on its own). "cosine" weighting with metric="euclidean" needs the vectors X.
+
+    Args:
+        indices: N x k neighbour rows.
+        distances: N x k distances matching `indices`.
+        weighting: "self_tuning" (Gaussian with per-node scale, the distance to the 7th
+            neighbour) or "cosine" (similarity clipped at 0).
+        metric: the metric the distances are in.
+        X: the N x D vectors; needed only for "cosine" weighting of euclidean distances.
+
+    Returns:
+        The N x N symmetric CSR adjacency (float64, union of the kNN lists, max weight, no
+        self loops, sorted indices).
+
+    Raises:
+        ValueError: unknown weighting, mismatched shapes, or missing X.
     """
     if weighting not in ("self_tuning", "cosine"):
         raise ValueError(f"weighting must be 'self_tuning' or 'cosine', got {weighting!r}")
@@ -242,6 +272,15 @@ def connected_components(A: sp.spmatrix | sp.sparray | np.ndarray) -> tuple[int,
 
     Labels are 0..n-1 numbered by each component's first node; an edge counts in either
     direction (weak connectivity), so a not quite symmetric ANN graph is handled too.
+
+    Args:
+        A: a square adjacency (sparse or dense).
+
+    Returns:
+        (number of components, int64 label per node).
+
+    Raises:
+        ValueError: `A` is not square.
     """
     A = _check_adjacency(A)
     n, labels = csgraph.connected_components(A, directed=True, connection="weak")
@@ -261,8 +300,17 @@ def leiden(
     triangle of A + A^T, so pass a symmetric A). `n_iterations=-1` iterates until no
     improvement; the seed makes the result reproducible.
 
+    Args:
+        A: a square weighted adjacency (sparse or dense), symmetric.
+        resolution: the RBConfiguration resolution, > 0.
+        seed: leidenalg's random seed.
+        n_iterations: iterations; -1 until no improvement.
+
     Returns:
         int64 community label per node, 0 for the largest community, 1 for the next...
+
+    Raises:
+        ValueError: `A` is not square.
     """
     import igraph as ig
     import leidenalg
@@ -360,6 +408,19 @@ def medoids(
     centroid (the medoid sits near the centre) and the sum is estimated against a
     uniform random sample of `max_exact` members (seeded): O(max_exact^2) per cluster
     instead of O(n^2). Ties go to the lowest row. Negative labels (noise) are ignored.
+
+    Args:
+        X: N x D matrix (converted to float32).
+        labels: one cluster label per row of X; negative labels are ignored.
+        metric: "cosine" or "euclidean".
+        max_exact: largest cluster solved exactly; also the candidate and sample size above.
+        seed: seed of the sample for large clusters.
+
+    Returns:
+        {cluster label: row of its medoid in X}.
+
+    Raises:
+        ValueError: `labels` does not match X, or an unknown metric.
     """
     X = _check_matrix(X)
     _check_metric(metric)
@@ -404,6 +465,20 @@ def representatives(
     """One row per cluster: cluster, size, medoid_row (row in X) and its sequence_id.
 
     Sorted by cluster label; see `medoids` for how the medoid is chosen.
+
+    Args:
+        ids: one sequence id per row of X.
+        X: N x D matrix.
+        labels: one cluster label per row; negative labels are ignored.
+        metric: "cosine" or "euclidean".
+        max_exact: see `medoids`.
+        seed: see `medoids`.
+
+    Returns:
+        Table with int64 cluster, size, medoid_row and string sequence_id.
+
+    Raises:
+        ValueError: `ids` and `labels` differ in length, or as `medoids`.
     """
     if isinstance(ids, pa.ChunkedArray):
         ids = ids.combine_chunks()

@@ -18,12 +18,18 @@ The commands, run in order in the job directory (all paths relative to it):
     gmx grompp/mdrun em  -> em.gro;   nvt (-r em.gro) -> nvt.gro/.cpt
     [gmx grompp/mdrun npt] -> npt.gro/.cpt;   md -> md.tpr, md.xtc, md.edr, md.log, md.gro
     gmx energy    md.edr -> energy.xvg (potential, kinetic, total, temperature, pressure)
+    gmx trjconv   md.xtc -> md-whole.xtc (-pbc mol -center: every molecule whole, the
+                  peptide centred in the box in every frame, so it never jumps across a
+                  periodic boundary; this is the trajectory the NetCDF is made from)
 
-No command goes through a shell string. `genion` and `energy` read their group
-selections from stdin; an argv list cannot pipe, so those two run under a constant
+No command goes through a shell string. `genion`, `energy` and `trjconv` read their
+group selections from stdin; an argv list cannot pipe, so those run under a constant
 wrapper, ``sh -c 'sel=$1; shift; printf "%s\\n" "$sel" | "$@"' helixflow-stdin
 <selection> gmx ...``: the selection and the gmx command are positional arguments, never
 parsed by the shell, so no value from a block or a sequence can inject shell syntax.
+The NVT, NPT and production `mdrun`s run under a second constant wrapper that also saves
+their stderr to `<stage>.stderr` (where GROMACS 2022 writes LINCS warnings; see
+`STDERR_WRAPPER`), the file name again a positional argument.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from helixflow.caching import stage_options
 from helixflow.errors import HelixflowError, InputError
 from helixflow.store import Store
 from helixflow.tables import publish_file
+from helixflow.tasks.md_checks import MdChecks, check_simulation
 from helixflow.tools import tool_version
 
 STANDARD_AMINO_ACIDS = frozenset("ACDEFGHIKLMNPQRSTVWY")
@@ -59,15 +66,27 @@ STDIN_WRAPPER = 'sel=$1; shift; printf "%s\\n" "$sel" | "$@"'
 """The one shell script helixflow runs: pipe $1 (a selection) into the command "$@"."""
 STDIN_WRAPPER_NAME = "helixflow-stdin"
 
+STDERR_WRAPPER = 'out=$1; shift; "$@" 2>"$out"; rc=$?; cat "$out" >&2; exit $rc'
+"""The other one: run "$@" with its stderr saved to the file $1 (then copied to stderr,
+the exit status kept). GROMACS 2022 writes LINCS warnings to mdrun's stderr only, not to
+the .log, so the checks read the saved `<stage>.stderr`."""
+STDERR_WRAPPER_NAME = "helixflow-stderr"
+
 ENERGY_TERMS: tuple[str, ...] = (
     "Potential", "Kinetic-En.", "Total-Energy", "Temperature", "Pressure",
 )
 """`gmx energy` terms extracted from md.edr into energy.xvg."""
 
+WHOLE_TRAJECTORY = "md-whole.xtc"
+"""md.xtc with molecules whole and the peptide centred (`gmx trjconv -pbc mol -center`)."""
+
 MD_OUTPUTS: tuple[str, ...] = (
     "topol.top", "md.tpr", "md.gro", "md.xtc", "md.edr", "md.log", "energy.xvg",
+    WHOLE_TRAJECTORY, "em.log", "nvt.log", "nvt.stderr", "md.stderr",
 )
-"""What a finished job leaves that `md_outputs_to_netcdf` (and provenance) needs."""
+"""What a finished job leaves that `md_outputs_to_netcdf`, the sanity checks
+(tasks/md_checks.py: EM, NVT and MD logs, mdrun's stderr) and provenance need;
+`md_outputs` adds npt.log and npt.stderr when NPT runs."""
 
 
 # --------------------------------------------------------------------------------------
@@ -93,6 +112,21 @@ def peptide_from_protein(
 
     Raises InputError (located at `name`) when fewer than min_len residues remain or the
     protein holds characters that are not residues.
+
+    Args:
+        protein: one-letter amino-acid sequence, any case.
+        min_len: fewest residues accepted, >= 1.
+        max_len: most residues kept, >= min_len.
+        window: where the max_len window is taken from a longer peptide: "start" or "center".
+        unknown: "drop" to remove X, or a standard residue letter to put in its place.
+        name: where the protein comes from (e.g. its seq_id), for error messages.
+
+    Returns:
+        The peptide, min_len..max_len standard residues, upper case.
+
+    Raises:
+        InputError: too few residues remain, or a character is not an amino-acid letter.
+        ValueError: bad min_len/max_len, window or unknown.
 
     Example:
         >>> peptide_from_protein("MKXFGbz*", min_len=3)
@@ -140,6 +174,14 @@ def peptides_from_orfs(
     `orfs` is a `find_orfs` table; sequences whose longest ORF gives too short a peptide
     are left out (they raise InputError in `peptide_from_protein`). kwargs go to
     `peptide_from_protein`.
+
+    Args:
+        orfs: a `find_orfs` table (ORFS_SCHEMA).
+        seq_ids: only these sequences; None for all.
+        **kwargs: min_len, max_len, window, unknown of `peptide_from_protein`.
+
+    Returns:
+        {seq_id: peptide}, for the sequences whose longest ORF gives a valid peptide.
     """
     from helixflow.tasks.orfs import longest_orf_per_sequence
 
@@ -164,6 +206,15 @@ def peptide_pdb_text(sequence: str) -> str:
 
     The C-terminal OXT lets pdb2gmx build a charged carboxylate terminus; hydrogens are
     left to pdb2gmx (-ignh).
+
+    Args:
+        sequence: the peptide, standard one-letter residues only.
+
+    Returns:
+        The PDB file's text.
+
+    Raises:
+        InputError: an empty sequence or a non-standard residue.
     """
     from Bio.PDB import PDBIO
     from PeptideBuilder import PeptideBuilder as pb
@@ -181,7 +232,18 @@ def peptide_pdb_text(sequence: str) -> str:
 
 
 def build_peptide_pdb(sequence: str, path: str | Path) -> Path:
-    """Write the extended start structure of `sequence` to `path` (PDB)."""
+    """Write the extended start structure of `sequence` to `path` (PDB).
+
+    Args:
+        sequence: the peptide, standard one-letter residues only.
+        path: the PDB file to write (overwritten).
+
+    Returns:
+        `path` as a Path.
+
+    Raises:
+        InputError: an empty sequence or a non-standard residue.
+    """
     path = Path(path)
     path.write_text(peptide_pdb_text(sequence))
     return path
@@ -192,14 +254,43 @@ def build_peptide_pdb(sequence: str, path: str | Path) -> Path:
 
 
 def with_stdin(selection: str, argv: Sequence[str]) -> list[str]:
-    """argv that runs `argv` with `selection` (plus a newline) on its stdin; no quoting."""
+    """argv that runs `argv` with `selection` (plus a newline) on its stdin; no quoting.
+
+    Args:
+        selection: the text fed to stdin (e.g. a gmx group name).
+        argv: the command to run.
+
+    Returns:
+        ["sh", "-c", STDIN_WRAPPER, …, selection, *argv].
+    """
     return ["sh", "-c", STDIN_WRAPPER, STDIN_WRAPPER_NAME, selection, *argv]
+
+
+def with_stderr_file(path: str, argv: Sequence[str]) -> list[str]:
+    """argv that runs `argv` with its stderr also saved to `path`; no quoting.
+
+    Args:
+        path: the file, relative to the working directory, that receives a copy of stderr.
+        argv: the command to run.
+
+    Returns:
+        ["sh", "-c", STDERR_WRAPPER, …, path, *argv].
+    """
+    return ["sh", "-c", STDERR_WRAPPER, STDERR_WRAPPER_NAME, path, *argv]
 
 
 def md_commands(settings: GromacsSettings, structure: str = "peptide.pdb") -> list[list[str]]:
     """The job's argv commands, in order, with paths relative to the job directory.
 
     Expects `structure` and the .mdp files of `md_input_files` in the directory.
+
+    Args:
+        settings: GROMACS settings (executable, force field, box, ions, stages, threads).
+        structure: the start structure's file name in the job directory.
+
+    Returns:
+        One argv per step: pdb2gmx, editconf, solvate, (grompp + genion), grompp + mdrun per
+        stage (em, nvt, npt if enabled, md), gmx energy, trjconv.
     """
     s = settings
     gmx = [s.gmx, "-quiet", "-nobackup"]
@@ -241,19 +332,49 @@ def md_commands(settings: GromacsSettings, structure: str = "peptide.pdb") -> li
                 grompp += ["-t", f"{previous}.cpt"]
             if stage in ("nvt", "npt") and s.posres:
                 grompp += ["-r", f"{previous}.gro"]
-        cmds += [[*grompp, *maxwarn], [*gmx, "mdrun", "-deffnm", stage, *mdrun]]
+        run = [*gmx, "mdrun", "-deffnm", stage, *mdrun]
+        cmds += [[*grompp, *maxwarn],
+                 run if stage == "em" else with_stderr_file(f"{stage}.stderr", run)]
         previous = stage
     cmds.append(with_stdin(
         "\n".join(ENERGY_TERMS) + "\n",
         [*gmx, "energy", "-f", "md.edr", "-o", "energy.xvg"],
     ))
+    # Centre on the peptide, write every atom; -pbc mol makes molecules whole first.
+    cmds.append(with_stdin("Protein\nSystem", [
+        *gmx, "trjconv", "-s", "md.tpr", "-f", "md.xtc", "-o", WHOLE_TRAJECTORY,
+        "-pbc", "mol", "-center"]))
     return cmds
+
+
+def md_outputs(settings: GromacsSettings) -> tuple[str, ...]:
+    """The outputs a job with these settings leaves (npt.* only when NPT runs).
+
+    Args:
+        settings: GROMACS settings; `npt_enabled` adds npt.log and npt.stderr.
+
+    Returns:
+        File names, relative to the job directory.
+    """
+    return (*MD_OUTPUTS, "npt.log", "npt.stderr") if settings.npt_enabled else MD_OUTPUTS
 
 
 def md_input_files(
     settings: GromacsSettings, sequence: str, structure: str = "peptide.pdb"
 ) -> dict[str, str]:
-    """File name -> text of every input the commands need: the structure and the .mdp's."""
+    """File name -> text of every input the commands need: the structure and the .mdp's.
+
+    Args:
+        settings: GROMACS settings; they write the .mdp texts.
+        sequence: the peptide, standard one-letter residues only.
+        structure: the structure's file name.
+
+    Returns:
+        {file name: text}: the structure (PDB) and em/ions/nvt/(npt)/md .mdp files.
+
+    Raises:
+        InputError: an empty sequence or a non-standard residue.
+    """
     files = {structure: peptide_pdb_text(sequence)}
     for stage in ("em", "ions", "nvt", *(["npt"] if settings.npt_enabled else []), "md"):
         files[f"{stage}.mdp"] = settings.mdp(stage)
@@ -287,13 +408,26 @@ class MdJob:
 
 def md_job(settings: GromacsSettings, sequence: str, *, check_installed: bool = True) -> MdJob:
     """The complete job for one peptide; checks the force field here unless told not to
-    (a job built on a submit host without GROMACS may skip it)."""
+    (a job built on a submit host without GROMACS may skip it).
+
+    Args:
+        settings: GROMACS settings.
+        sequence: the peptide, standard one-letter residues only.
+        check_installed: check here that GROMACS and the force field are installed.
+
+    Returns:
+        The MdJob: input files, commands, outputs and MD parameters.
+
+    Raises:
+        InputError: an empty sequence or a non-standard residue.
+    """
     if check_installed:
         settings.check_installed()
     return MdJob(
         sequence=sequence,
         files=md_input_files(settings, sequence),
         commands=md_commands(settings),
+        outputs=md_outputs(settings),
         parameters=settings.md_parameters(),
     )
 
@@ -303,9 +437,17 @@ def md_job(settings: GromacsSettings, sequence: str, *, check_installed: bool = 
 
 
 def describe_command(argv: Sequence[str]) -> str:
-    """'gmx grompp -o nvt.tpr'-style label of a job command for messages."""
+    """'gmx grompp -o nvt.tpr'-style label of a job command for messages.
+
+    Args:
+        argv: a job command, possibly wrapped by `with_stdin` / `with_stderr_file`.
+
+    Returns:
+        The program name, its gmx subcommand and its -deffnm or -o value; "empty command"
+        for an empty argv.
+    """
     args = list(argv)
-    if args[:3] == ["sh", "-c", STDIN_WRAPPER]:
+    if args[:3] in (["sh", "-c", STDIN_WRAPPER], ["sh", "-c", STDERR_WRAPPER]):
         args = args[5:]
     if not args:
         return "empty command"
@@ -327,6 +469,13 @@ def gromacs_error(text: str) -> str:
     That is the fatal-error block between dashed rules, preceded by grompp's WARNING and
     ERROR paragraphs (which say what is actually wrong when the block only says 'Too
     many warnings'); else the last lines.
+
+    Args:
+        text: a GROMACS tool's output.
+
+    Returns:
+        The message; the last 5 non-blank lines joined by " | " when there is no error
+        block, or "no output".
     """
     lines = text.splitlines()
     problems: list[str] = []
@@ -365,6 +514,18 @@ def run_md_locally(
     Each command's stdout and stderr go to `workdir/logs/NN-<tool>.log`. A failing
     command raises HelixflowError naming the step (e.g. 'gmx grompp -o nvt.tpr') with
     GROMACS' error text, and the log path in the hint.
+
+    Args:
+        commands: argv lists, run without a shell, stdin closed.
+        workdir: the job directory, holding the inputs; receives the outputs and logs/.
+        timeout: seconds each command may take; None for no limit.
+        env: variables added to the environment (GMX_MAXBACKUP=-1 is set unless overridden).
+
+    Returns:
+        Wall seconds per command, in order.
+
+    Raises:
+        HelixflowError: a command is not found, times out or exits non-zero.
     """
     workdir = Path(workdir)
     logs = workdir / "logs"
@@ -407,7 +568,15 @@ def run_md_locally(
 
 
 def read_xvg(path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Time (ps) and named columns of a GROMACS .xvg file (legends name the columns)."""
+    """Time (ps) and named columns of a GROMACS .xvg file (legends name the columns).
+
+    Args:
+        path: the .xvg file.
+
+    Returns:
+        (time in ps, {legend or "columnN": values}) as float64 arrays; (empty, {}) when the
+        file has no data.
+    """
     legends: dict[int, str] = {}
     rows: list[list[float]] = []
     for line in Path(path).read_text().splitlines():
@@ -440,22 +609,38 @@ def md_outputs_to_netcdf(
     provenance: Mapping[str, object] | None = None,
     *,
     selection: str = "all",
+    trajectory: str = WHOLE_TRAJECTORY,
 ) -> Path:
-    """The job directory's md.tpr/md.xtc/energy.xvg as an AMBER NetCDF trajectory.
+    """The job directory's md.tpr, `trajectory` and energy.xvg as an AMBER NetCDF.
 
     Coordinates of `selection` atoms (MDAnalysis syntax; default all, water included)
-    with per-frame solute backbone RMSD and radius of gyration, and the energy series
-    on their own time axis. `provenance` entries become global attributes.
+    from `trajectory` (default md-whole.xtc: molecules whole, the peptide centred; "md.xtc"
+    for mdrun's own output) with per-frame solute backbone RMSD and radius of gyration,
+    and the energy series on their own time axis. `provenance` entries become global
+    attributes.
+
+    Args:
+        workdir: the finished job's directory.
+        out_path: the NetCDF file to write.
+        provenance: global attributes to add (with gromacs_version); None for none.
+        selection: MDAnalysis selection of the atoms to store.
+        trajectory: the trajectory's file name in `workdir`.
+
+    Returns:
+        The path written, as `write_amber_trajectory` returns it.
+
+    Raises:
+        HelixflowError: md.tpr, the trajectory or energy.xvg is missing.
     """
     from helixflow.tasks.netcdf import trajectory_from_gromacs, write_amber_trajectory
 
     workdir = Path(workdir)
-    for name in ("md.tpr", "md.xtc", "energy.xvg"):
+    for name in ("md.tpr", trajectory, "energy.xvg"):
         if not (workdir / name).is_file():
             raise HelixflowError(
                 f"{workdir}: MD output {name} is missing", hint="did the job finish?"
             )
-    traj = trajectory_from_gromacs(workdir / "md.tpr", workdir / "md.xtc", selection=selection)
+    traj = trajectory_from_gromacs(workdir / "md.tpr", workdir / trajectory, selection=selection)
     energy_time, columns = read_xvg(workdir / "energy.xvg")
     series: dict[str, np.ndarray] = {}
     units: dict[str, str] = {"rmsd": "angstrom", "radius_of_gyration": "angstrom"}
@@ -482,7 +667,7 @@ def md_outputs_to_netcdf(
 
 # --- Prefect tasks: the store edge -------------------------------------------------------
 
-GROMACS_VERSION = "1"
+GROMACS_VERSION = "2"  # 2: md-whole.xtc, em/nvt logs kept, MD checks
 
 
 class MdPlan(BaseModel):
@@ -516,7 +701,27 @@ def prepare_md(
 ) -> tuple[list[MdPlan], Artifact | None]:
     """Peptides of the largest clusters' representatives → per-simulation input files
     (structure, .mdp's) and one NetCDF of the batch's inputs (embeddings, sequences,
-    cluster ids, MD parameters, provenance), all published before submission."""
+    cluster ids, MD parameters, provenance), all published before submission.
+
+    Representatives are taken by cluster size, largest first; those without a peptide of
+    `peptide_min` residues are passed over.
+
+    Args:
+        method: the embedding method; names the NetCDF and the task run.
+        representatives: the `analyze_embeddings` representatives table (with vectors).
+        settings: GROMACS settings.
+        max_jobs: the most simulations to plan.
+        peptide_min: fewest residues of a peptide.
+        peptide_max: most residues of a peptide (longer ones are cut).
+        check_installed: check here that GROMACS and the force field are installed (set
+            when the jobs run on this host).
+        store: the artifact store to read from and publish to.
+        run_id: the run the published artifacts belong to.
+
+    Returns:
+        (one MdPlan per simulation, the md-inputs NetCDF artifact); ([], None) when no
+        representative yields a peptide.
+    """
     from helixflow.lineage import code_version
     from helixflow.tables import parquet_file
     from helixflow.tasks.netcdf import write_md_inputs
@@ -562,24 +767,65 @@ def prepare_md(
     return plans, inputs_nc
 
 
+CHECK_INPUTS: tuple[str, ...] = ("em.mdp", "md.mdp")
+"""Staged inputs the sanity checks read (emtol, ref-t)."""
+
+
+def add_checks_attribute(netcdf: str | Path, checks: MdChecks) -> None:
+    """Store the check record in the NetCDF as the global attribute `md_checks` (JSON).
+
+    Args:
+        netcdf: the trajectory file, modified in place.
+        checks: the check record, as `check_simulation` returns it.
+
+    Returns:
+        None.
+    """
+    from netCDF4 import Dataset
+
+    with Dataset(str(netcdf), "a") as ds:
+        ds.setncattr("md_checks", checks.model_dump_json())
+
+
 @task(name="md-trajectory", task_run_name="trajectory-{plan.name}",
       **stage_options(GROMACS_VERSION))
 def md_trajectory(plan: MdPlan, outputs: dict[str, Artifact], store: Store,
                   run_id: str) -> Artifact:
     """A finished simulation's outputs → AMBER-convention NetCDF trajectory (Å, ps) with
-    energy, temperature, pressure, RMSD and radius-of-gyration series."""
+    energy, temperature, pressure, RMSD and radius-of-gyration series, made from
+    md-whole.xtc (molecules whole, the peptide centred), and its sanity checks
+    (tasks/md_checks.py) in the NetCDF (attribute `md_checks`) and in the artifact's
+    metadata (`md_checks`, hence in lineage).
+
+    Args:
+        plan: the simulation (its staged inputs hold em.mdp and md.mdp)
+        outputs: the job's outputs by name (`md_outputs`)
+        store: where to publish
+        run_id: the run
+
+    Returns:
+        The trajectory artifact; a failed check is recorded, never raised.
+    """
     from helixflow.tables import fetch
 
     with store.scratch() as scratch:
         work = scratch / plan.name
         work.mkdir()
-        for name in ("md.tpr", "md.xtc", "energy.xvg", "md.gro"):
-            local = fetch(store, outputs[name], work, name=name)
+        wanted = {**{n: outputs[n] for n in ("md.tpr", WHOLE_TRAJECTORY, "energy.xvg",
+                                             "md.gro", "em.log", "nvt.log", "md.log",
+                                             "nvt.stderr", "md.stderr")},
+                  **{n: outputs[n] for n in ("npt.log", "npt.stderr") if n in outputs},
+                  **{n: plan.inputs[n] for n in CHECK_INPUTS}}
+        for name, art in wanted.items():
+            local = fetch(store, art, work, name=name)
             if local.parent != work:
                 (work / name).symlink_to(local)
         nc = md_outputs_to_netcdf(work, scratch / f"{plan.name}.nc", {
             "run_id": run_id, "sequence_id": plan.sequence_id, "cluster": plan.cluster,
             "peptide": plan.peptide})
+        checks = check_simulation(work, nc)
+        add_checks_attribute(nc, checks)
         return publish_file(store, nc, run_id=run_id, stage="md", media_type="application/x-netcdf",
                             producer="md-trajectory", upstream=[a.ref() for a in outputs.values()],
-                            params={"sequence_id": plan.sequence_id, "peptide": plan.peptide})
+                            params={"sequence_id": plan.sequence_id, "peptide": plan.peptide},
+                            metadata={"md_checks": checks.model_dump(mode="json")})

@@ -20,7 +20,9 @@ from helixflow.resources import where_am_i
 from helixflow.retries import retry_options
 from helixflow.samples import Sample
 from helixflow.store import Store, is_local, local_path
-from helixflow.tasks.fastq import ReadStats, batch_stats, iter_read_batches, write_read_shard
+from helixflow.tasks.fastq import iter_read_batches
+from helixflow.tasks.reads import write_read_shard
+from helixflow.tasks.readstats import ReadStats, batch_stats
 
 INGEST_VERSION = "3"
 SHARD_MEDIA_TYPE = "application/vnd.apache.parquet"
@@ -39,7 +41,16 @@ class IngestResult(BaseModel):
 
 
 def summarize(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Totals over mates of `ReadStats.to_dict()` output, for summary tables."""
+    """Totals over mates of `ReadStats.to_dict()` output, for summary tables.
+
+    Args:
+        stats: per-mate statistics, {"0" | "1" | "2": MateStats dict}, as
+            `ReadStats.to_dict()` gives them.
+
+    Returns:
+        reads, bases, empty_reads, n_bases (sums), mean_length, and gc and mean_quality
+        (base-weighted means; None when no mate has bases or a value).
+    """
     mates = list(stats.values())
     reads = sum(m["reads"] for m in mates)
     bases = sum(m["bases"] for m in mates)
@@ -61,6 +72,15 @@ def summarize(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def shard_name(sample: str, index: int) -> str:
+    """The file name of a sample's read shard number `index`.
+
+    Args:
+        sample: the sample name.
+        index: the 0-based shard number (zero-padded to 5 digits).
+
+    Returns:
+        "<sample>.reads.<index>.parquet".
+    """
     return f"{sample}.reads.{index:05d}.parquet"
 
 
@@ -81,6 +101,20 @@ def write_sample_shards(
     the first read's id (fastp-style per-file decisions, e.g. polyG trimming, need it).
 
     Raises `InputError` on the first malformed record, before anything is published.
+
+    Args:
+        sample: the sample (name, and `interleaved` for mates alternating in r1).
+        r1: the mate-1 (or single-end) FASTQ.
+        r2: the mate-2 FASTQ, or None.
+        out_dir: the local folder to write the shards to.
+        shard_size: fragments (reads or pairs) per shard.
+        storage_options: fsspec options for remote inputs; None for none.
+
+    Returns:
+        ([(shard path, rows)], the merged ReadStats, the first read's id).
+
+    Raises:
+        InputError: malformed or empty input.
     """
     shards: list[tuple[Path, int]] = []
     stats: ReadStats | None = None
@@ -159,7 +193,7 @@ def ingest_fastq(
         "ingested %s (%s): %d shards, %s reads", sample.name, sample.layout, len(shards),
         summarize(summary)["reads"],
     )
-    from helixflow.tasks.bam import name_suffix_of
+    from helixflow.tasks.align import name_suffix_of
 
     return IngestResult(
         sample=sample.name, layout=sample.layout, inputs=inputs, shards=shards, stats=summary,
@@ -173,7 +207,15 @@ def ingest_fastq(
     **retry_options(),
 )
 def identify_input(uri: str, storage_options: dict[str, Any] | None = None) -> FileRef:
-    """Content identity of one input file: sha256 (local) or ETag+size (S3)."""
+    """Content identity of one input file: sha256 (local) or ETag+size (S3).
+
+    Args:
+        uri: a local path or URL.
+        storage_options: fsspec options for a remote `uri`; None for none.
+
+    Returns:
+        A FileRef with the file's identity.
+    """
     from helixflow.store import identify
 
     return identify(uri, storage_options)

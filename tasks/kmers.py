@@ -4,7 +4,7 @@ Pure functions (NumPy/Arrow in, float32 matrices out, no Prefect); the embedding
 them and store the rows with tasks.embeddings.
 
 How it is vectorised. The sequences of a call are one flat byte buffer (the data buffer of
-an Arrow string array, read with `tasks.fastq.string_parts`, no copy). One lookup table turns
+an Arrow string array, read with `tasks.reads.string_parts`, no copy). One lookup table turns
 every byte into a letter code; k shifted views of the code array (a sliding window of width
 k, one pass per window position, never per read or per k-mer) give the integer code of the
 k-mer starting at every position. A window is kept when it holds no invalid letter (prefix
@@ -51,7 +51,7 @@ from helixflow.errors import InputError
 from helixflow.store import Store
 from helixflow.tables import PARQUET, parquet_file, publish_file
 from helixflow.tasks.embeddings import EmbeddingWriter, iter_read_sequences
-from helixflow.tasks.fastq import string_parts
+from helixflow.tasks.reads import INVALID_BASE, NUCLEOTIDE_CODE, string_parts
 
 SequenceInput = pa.Array | pa.ChunkedArray | Sequence[str]
 """Sequences as an Arrow string array (e.g. a READS_SCHEMA `sequence` or ORFS_SCHEMA
@@ -96,11 +96,6 @@ _ALLOWED[ord("A") : ord("Z") + 1] = True
 _ALLOWED[ord("a") : ord("z") + 1] = True
 _ALLOWED[[ord("-"), ord("."), ord("*")]] = True
 
-_DNA_INVALID = 4
-_DNA_CODE = np.full(256, _DNA_INVALID, dtype=np.uint8)
-for _i, _b in enumerate(b"ACGT"):
-    _DNA_CODE[_b] = _DNA_CODE[_b + 32] = _i
-_DNA_CODE[ord("U")] = _DNA_CODE[ord("u")] = 3
 
 
 # --------------------------------------------------------------------------------------
@@ -134,13 +129,33 @@ def _canonical_layout(k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def canonical_kmer_count(k: int) -> int:
-    """Number of canonical DNA k-mers D: 4^k/2 (odd k) or (4^k + 4^(k/2))/2 (even k)."""
+    """Number of canonical DNA k-mers D: 4^k/2 (odd k) or (4^k + 4^(k/2))/2 (even k).
+
+    Args:
+        k: the k-mer length, 3..7.
+
+    Returns:
+        D, the width of `canonical_kmer_spectra(…, k)`.
+
+    Raises:
+        ValueError: `k` out of range.
+    """
     _check_k(k)
     return len(_canonical_layout(k)[1])
 
 
 def kmer_names(k: int) -> list[str]:
-    """Canonical DNA k-mers in column order of `canonical_kmer_spectra` (lexicographic)."""
+    """Canonical DNA k-mers in column order of `canonical_kmer_spectra` (lexicographic).
+
+    Args:
+        k: the k-mer length, 3..7.
+
+    Returns:
+        The D canonical k-mers as upper-case strings.
+
+    Raises:
+        ValueError: `k` out of range.
+    """
     _check_k(k)
     codes = _canonical_layout(k)[1]
     digits = (codes[:, None] >> (2 * np.arange(k - 1, -1, -1))) & 3
@@ -187,6 +202,16 @@ def protein_kmer_names(k: int, alphabet: str = "murphy10") -> list[str]:
 
     Each group is written as its first letter (e.g. murphy10 'L' stands for LVIM); columns
     run in base-len(alphabet) order over the groups as listed in REDUCED_ALPHABETS.
+
+    Args:
+        k: the k-mer length.
+        alphabet: a key of REDUCED_ALPHABETS.
+
+    Returns:
+        len(alphabet) ** k words of k letters.
+
+    Raises:
+        ValueError: unknown alphabet or k too large.
     """
     width = _check_protein_k(k, alphabet)
     groups = _alphabet(alphabet)
@@ -347,6 +372,9 @@ def canonical_kmer_spectra(
         ids: sequence ids, only to name a bad sequence in errors (default: '#row').
         source: file or shard the sequences come from, for errors.
 
+    Returns:
+        N x D float32 matrix, columns in `kmer_names(k)` order.
+
     Raises:
         ValueError: k out of range.
         InputError: a missing sequence or a byte that is not a letter, '-', '.' or '*'.
@@ -357,8 +385,8 @@ def canonical_kmer_spectra(
     """
     _check_k(k)
     column, columns_code = _canonical_layout(k)
-    return _spectra(sequences, k, _DNA_CODE, 4, column, len(columns_code), normalise, ids,
-                    source)
+    return _spectra(sequences, k, NUCLEOTIDE_CODE, INVALID_BASE, column, len(columns_code),
+                    normalise, ids, source)
 
 
 def protein_kmer_spectra(
@@ -384,6 +412,10 @@ def protein_kmer_spectra(
         ids: protein ids, only to name a bad sequence in errors.
         source: file or shard the proteins come from, for errors.
 
+    Returns:
+        N x len(alphabet) ** k float32 matrix, columns in `protein_kmer_names(k, alphabet)`
+        order.
+
     Raises:
         ValueError: unknown alphabet or k too large.
         InputError: a missing sequence or a byte that is not a letter, '-', '.' or '*'.
@@ -407,7 +439,20 @@ KMERS_VERSION = "2"  # 2: source_shard is the shard's label, not its URI
 @materialize("helixflow://embed/kmer", name="kmer-spectra",
              task_run_name="kmer{k}-{shard.name}", **stage_options(KMERS_VERSION))
 def embed_kmer_spectra(shard: Artifact, k: int, store: Store, run_id: str) -> Artifact:
-    """Canonical k-mer spectra of every read of a shard → an embedding shard (`kmer<k>`)."""
+    """Canonical k-mer spectra of every read of a shard → an embedding shard (`kmer<k>`).
+
+    Args:
+        shard: a Parquet read shard (READS_SCHEMA).
+        k: the k-mer length, 3..7.
+        store: the artifact store to read from and publish to.
+        run_id: the run the published artifact belongs to.
+
+    Returns:
+        The embedding shard artifact, `<shard>.kmer<k>.parquet`, one row per read.
+
+    Raises:
+        InputError: a read with a byte that is not a letter, '-', '.' or '*'.
+    """
     method = f"kmer{k}"
     name = shard.name.replace(".parquet", f".{method}.parquet")
     with store.scratch() as scratch, parquet_file(store, shard) as source:
@@ -428,7 +473,21 @@ def embed_kmer_spectra(shard: Artifact, k: int, store: Store, run_id: str) -> Ar
 def embed_protein_kmers(orfs: Artifact, k: int, alphabet: str, store: Store,
                         run_id: str) -> Artifact:
     """Reduced-alphabet k-mer spectra of the proteins of an ORF table (one vector per ORF,
-    id `seq:start-end(strand)`) → an embedding shard (`protein-<alphabet>-k<k>`)."""
+    id `seq:start-end(strand)`) → an embedding shard (`protein-<alphabet>-k<k>`).
+
+    Args:
+        orfs: an ORF table (ORFS_SCHEMA, as `find_orfs` makes it).
+        k: the k-mer length.
+        alphabet: a key of REDUCED_ALPHABETS.
+        store: the artifact store to read from and publish to.
+        run_id: the run the published artifact belongs to.
+
+    Returns:
+        The embedding shard artifact, `<orfs>.protein-<alphabet>-k<k>.parquet`.
+
+    Raises:
+        ValueError: unknown alphabet or k too large.
+    """
     method = f"protein-{alphabet}-k{k}"
     dim = len(_alphabet(alphabet)) ** k
     name = orfs.name.replace(".parquet", f".{method}.parquet")

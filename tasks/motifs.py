@@ -202,6 +202,13 @@ def pwm_from_counts(
         pseudocount: total pseudocount per column, shared out by the background.
         resolution: score granularity of p-values (bits).
 
+    Returns:
+        PWM with N x 4 log2-odds scores (A C G T), the normalised background and
+        `resolution`.
+
+    Raises:
+        ValueError: a negative pseudocount, or a zero probability (pseudocount 0).
+
     Example:
         >>> m = CountMatrix("m", np.array([[3.0, 1, 0, 0]]))
         >>> pwm_from_counts(m, pseudocount=4.0).scores.round(3).tolist()
@@ -252,6 +259,18 @@ def parse_jaspar(text: str, source: str = "<jaspar>") -> list[CountMatrix]:
     (labels and brackets optional; unlabelled rows are A, C, G, T in that order).
 
     Raises InputError (naming `source` and the line) for anything else.
+
+    Args:
+        text: the file's text; blank lines and '#' comments are skipped.
+        source: the file's name, for error messages.
+
+    Returns:
+        One CountMatrix (N x 4 counts, A C G T) per motif, in file order; a bare .pfm
+        without header gives one named "motif".
+
+    Raises:
+        InputError: a malformed header or row, missing or unequal A/C/G/T rows, bad counts,
+            or no motif at all.
 
     Example:
         >>> text = ">MA0001.1 X\\nA [ 1 0 ]\\nC [ 0 1 ]\\nG [ 0 0 ]\\nT [ 0 0 ]\\n"
@@ -309,6 +328,17 @@ def parse_meme(text: str, source: str = "<meme>") -> list[CountMatrix]:
 
     Counts are probabilities times `nsites` (20 when absent, as MEME assumes); the file's
     background letter frequencies, if given, travel with each matrix.
+
+    Args:
+        text: the file's text.
+        source: the file's name, for error messages.
+
+    Returns:
+        One CountMatrix per letter-probability matrix, in file order.
+
+    Raises:
+        InputError: no "MEME version" line, a non-DNA alphabet, a malformed background or
+            matrix, or no matrix at all.
 
     Example:
         >>> text = "MEME version 4\\n\\nALPHABET= ACGT\\n\\nMOTIF m1\\n" \\

@@ -24,16 +24,14 @@ title. helixflow adds, which readers of the convention ignore: per-frame series
 times (energies, temperature, pressure from the .edr) on their own `time_series`
 dimension with `series_time(time_series)` in picosecond. Every variable has `units`.
 
-Both writers are atomic: a temporary file in the target's directory, then os.replace.
+Both writers are atomic (`helixflow.files.atomic_path`: a temporary file in the target's
+directory, fsync, then rename).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from helixflow.errors import HelixflowError
+from helixflow.files import atomic_path
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -56,23 +55,6 @@ def _program_version() -> str:
         return version("helixflow")
     except PackageNotFoundError:  # not installed as a distribution (e.g. a bare checkout)
         return "unknown"
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path next to `path`, moved over it only when the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a plain open gives
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def _attr_value(value: Any) -> str | int | float | np.ndarray:
@@ -108,6 +90,21 @@ def write_md_inputs(
     """Write the inputs of a simulation batch (layout in the module docstring).
 
     `sequences` are the peptides simulated, one per sequence id; `embeddings` is N x D.
+
+    Args:
+        path: the NetCDF-4 file to write, atomically (parent folders are created).
+        sequence_ids: the N representative sequence ids.
+        sequences: the N peptides, one-letter residues.
+        embeddings: N x D vectors (stored float32).
+        cluster_ids: the N cluster ids.
+        md_params: MD parameters, stored as attributes of `md_parameters` and as JSON.
+        provenance: global attributes (run id, method, code version…), also as JSON.
+
+    Returns:
+        `path` as a Path.
+
+    Raises:
+        ValueError: the inputs' lengths or shapes disagree.
     """
     import netCDF4
 
@@ -120,7 +117,8 @@ def write_md_inputs(
             f"inputs disagree: {n} ids, {len(sequences)} sequences, embeddings "
             f"{emb.shape}, cluster ids {clusters.shape}"
         )
-    with _atomic_path(path) as tmp, netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
         ds.createDimension("sequence", n)
         ds.createDimension("embedding_dim", emb.shape[1])
         ids = ds.createVariable("sequence_id", str, ("sequence",))
@@ -151,7 +149,18 @@ def write_md_inputs(
 
 
 def read_md_inputs(path: str | Path) -> xr.Dataset:
-    """The inputs file as an in-memory xarray Dataset (the file is closed again)."""
+    """The inputs file as an in-memory xarray Dataset (the file is closed again).
+
+    Args:
+        path: a file written by `write_md_inputs`.
+
+    Returns:
+        The Dataset: sequence_id, peptide, cluster_id, embedding, md_parameters and the
+        global attributes.
+
+    Raises:
+        HelixflowError: no such file.
+    """
     import xarray as xr
 
     try:
@@ -161,7 +170,14 @@ def read_md_inputs(path: str | Path) -> xr.Dataset:
 
 
 def md_parameters(ds: xr.Dataset) -> dict[str, Any]:
-    """The MD parameters of an inputs Dataset, exactly as written."""
+    """The MD parameters of an inputs Dataset, exactly as written.
+
+    Args:
+        ds: a Dataset from `read_md_inputs`.
+
+    Returns:
+        The parameters decoded from the `md_parameters_json` attribute.
+    """
     return json.loads(ds.attrs["md_parameters_json"])
 
 
@@ -193,14 +209,26 @@ def write_amber_trajectory(
     """Write an AMBER-convention NetCDF trajectory (see the module docstring).
 
     Args:
+        path: the NetCDF-3 (64-bit offset) file to write, atomically.
         coordinates: frames x atoms x 3, in angstrom.
         time_ps: one time per frame, in picoseconds.
         cell_lengths, cell_angles: frames x 3 (angstrom, degrees), or None for no box.
+        title: the global `title` attribute.
+        program: the global `program` attribute.
+        program_version: the `programVersion` attribute; None: helixflow's version.
+        application: the global `application` attribute.
         frame_series: extra per-frame series (name -> array of n_frames).
         series_time_ps, series: series on their own time axis (e.g. energies), each as
             long as series_time_ps.
         units: unit of each series (name -> unit string).
         attributes: extra global attributes (provenance); non-scalars become JSON.
+
+    Returns:
+        `path` as a Path.
+
+    Raises:
+        ValueError: shapes that do not match the frames, only one of the cell arrays,
+            series without series_time_ps, or series names that clash.
     """
     import netCDF4
 
@@ -238,7 +266,8 @@ def write_amber_trajectory(
     if clash or set(frame_series) & set(series):
         raise ValueError(f"series names clash with other variables: {sorted(clash)}")
 
-    with _atomic_path(path) as tmp, netCDF4.Dataset(
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, netCDF4.Dataset(
         tmp, "w", format="NETCDF3_64BIT_OFFSET"
     ) as ds:
         ds.title = title
@@ -336,6 +365,19 @@ def trajectory_from_gromacs(
     The solute is made whole across periodic boundaries first (bonds from the .tpr, or
     guessed for a .gro), so its RMSD (backbone, after superposition on frame 0) and
     radius of gyration are not broken by molecules wrapped around the box.
+
+    Args:
+        topology: md.tpr (bonds known) or a .gro file (bonds guessed).
+        trajectory: the .xtc or .trr file.
+        selection: MDAnalysis selection of the atoms whose coordinates are kept.
+        solute: MDAnalysis selection of the solute for RMSD and radius of gyration.
+
+    Returns:
+        Trajectory with coordinates (Å), times (ps), box (None without one), backbone RMSD
+        and radius of gyration (Å) per frame, and atom names.
+
+    Raises:
+        HelixflowError: the files cannot be read, or no atom matches `solute`.
     """
     import MDAnalysis as mda
     from MDAnalysis.analysis import rms

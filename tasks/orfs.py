@@ -48,6 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from helixflow.errors import InputError
+from helixflow.tasks.reads import NUCLEOTIDE_CODE, string_parts
 
 ORFS_SCHEMA: pa.Schema = pa.schema(
     [
@@ -85,11 +86,7 @@ BACTERIAL_STARTS: tuple[str, ...] = ("ATG", "GTG", "TTG")
 AMBIGUOUS_CODE, SENTINEL_CODE = 4, 5
 _AMBIG, _SENTINEL = AMBIGUOUS_CODE, SENTINEL_CODE
 _NCODE = 6
-_CODE = np.full(256, _AMBIG, dtype=np.uint8)
-for _i, _b in enumerate(b"ACGT"):
-    _CODE[_b] = _i
-    _CODE[_b + 32] = _i  # lower case
-_CODE[ord("U")] = _CODE[ord("u")] = 3
+_CODE = NUCLEOTIDE_CODE  # ACGT (and U as T) either case -> 0..3, any other byte -> 4
 _COMPLEMENT = np.array([3, 2, 1, 0, _AMBIG, _SENTINEL], dtype=np.uint8)
 _NCBI_ORDER = "TCAG"
 
@@ -148,6 +145,16 @@ def iter_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
 
     The id is the header up to the first whitespace. Raises InputError for a file that
     does not start with '>' or has a record without an id.
+
+    Args:
+        path: a FASTA file, gzipped when its name ends in ".gz".
+
+    Returns:
+        An iterator of (id, upper-case sequence) in file order.
+
+    Raises:
+        InputError: the file is missing, has a sequence line before the first header, or a
+            header without an id.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
@@ -188,6 +195,18 @@ def sequence_arrays(source: Sequences) -> tuple[pa.Array, np.ndarray, np.ndarray
 
     Shared with tasks.motifs: every sequence source becomes one byte buffer, without a
     Python object per read for Arrow input.
+
+    Args:
+        source: (id, sequence) pairs, a FASTA path, or a table with `sequence` and `seq_id`
+            or `read_id` (+ `mate`: mates get ids "id/1", "id/2").
+
+    Returns:
+        (ids as an Arrow string array, uint8 bytes of all sequences, int64 offsets of
+        length n + 1).
+
+    Raises:
+        ValueError: a table without a `seq_id` or `read_id` column.
+        InputError: a malformed FASTA file.
     """
     if isinstance(source, str | Path):
         source = iter_fasta(source)
@@ -209,14 +228,7 @@ def sequence_arrays(source: Sequences) -> tuple[pa.Array, np.ndarray, np.ndarray
         if isinstance(seqs, pa.ChunkedArray):
             seqs = seqs.combine_chunks()
         seqs = pc.cast(seqs, pa.large_string())
-        offsets = np.frombuffer(seqs.buffers()[1], dtype=np.int64)
-        offsets = offsets[seqs.offset : seqs.offset + len(seqs) + 1]
-        data_buf = seqs.buffers()[2]
-        data = (
-            np.frombuffer(data_buf, dtype=np.uint8)
-            if data_buf is not None
-            else np.zeros(0, np.uint8)
-        )
+        offsets, data = string_parts(seqs)
         return pc.cast(ids, pa.string()), data, offsets
     id_list: list[str] = []
     parts: list[bytes] = []
@@ -245,6 +257,15 @@ def pack_sequences(data: np.ndarray, offsets: np.ndarray, copies: int) -> Packed
 
     Each slot starts at a multiple of 3 and is followed by at least one sentinel, so any
     window or codon that crosses from one sequence into the next contains a sentinel.
+
+    Args:
+        data: uint8 bytes of all sequences, as `sequence_arrays` returns them.
+        offsets: int64 offsets of length n + 1 into `data`.
+        copies: 1, or how many times each sequence is repeated (e.g. 3 for circular search).
+
+    Returns:
+        PackedSequences: codes (0..3 ACGT, 4 other, 5 sentinel), each slot's start and its
+        packed length.
     """
     if copies > 1:  # circular genomes: few sequences, so a loop over them is cheap
         data = np.concatenate(

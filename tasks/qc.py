@@ -64,7 +64,7 @@ from helixflow.caching import stage_options
 from helixflow.store import Store
 from helixflow.tables import as_batch, publish_table, read_table
 from helixflow.tasks.fastp_adapters import KNOWN_ADAPTERS
-from helixflow.tasks.fastq import string_parts
+from helixflow.tasks.reads import base_codes, padded, string_parts
 
 __all__ = [
     "QcCounts",
@@ -256,13 +256,26 @@ class QcParams:
 
 
 def is_two_color(read_id: str) -> bool:
-    """True for NextSeq/NovaSeq read names, where fastp 0.23.2 turns polyG trimming on."""
+    """True for NextSeq/NovaSeq read names, where fastp 0.23.2 turns polyG trimming on.
+
+    Args:
+        read_id: the first read's name, with or without the leading "@".
+
+    Returns:
+        Whether the name starts with one of TWO_COLOR_PREFIXES.
+    """
     return read_id.lstrip("@").startswith(TWO_COLOR_PREFIXES)
 
 
 @functools.lru_cache(maxsize=16)
 def read_adapter_fasta(path: str) -> tuple[str, ...]:
     """Adapter sequences of a FASTA file, upper-cased, in file order (cached per path).
+
+    Args:
+        path: a local FASTA file of adapter sequences.
+
+    Returns:
+        The sequences, one per record.
 
     Raises:
         ValueError: the file holds no sequence or a non-ACGTN character.
@@ -350,19 +363,6 @@ _COMPLEMENT[0] = 0  # padding stays padding
 _EVEN_BITS = np.uint32(0x55555555)
 _MASKS = np.array([(1 << (2 * c)) - 1 for c in range(17)], np.uint32)
 _G, _N = ord("G"), ord("N")
-
-
-def _padded(offsets: np.ndarray, data: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Strings as a zero-padded (n, width) uint8 matrix, plus their lengths."""
-    lengths = np.diff(offsets).astype(np.int64)
-    n = len(lengths)
-    matrix = np.zeros((n, width), np.uint8)
-    flat = data[offsets[0] : offsets[-1]]
-    if n and width and lengths.min() == width:
-        matrix[:] = flat.reshape(n, width)
-    elif n and width:
-        matrix[np.arange(width) < lengths[:, None]] = flat
-    return matrix, lengths
 
 
 class _Windows:
@@ -759,12 +759,19 @@ _TREE_RATIO = 0.95
 _ADAPTER_MAX = 60
 _DETECT_CHUNK = 16384
 _FASTP_BASES = np.frombuffer(b"ATCG", np.uint8)  # fastp's 2-bit order for k-mer keys
-_KEY_CODE = np.full(256, 4, np.uint8)
-_KEY_CODE[_FASTP_BASES] = np.arange(4, dtype=np.uint8)
+_KEY_CODE = base_codes(b"ATCG", lower_case=False)  # 4: any other byte, lower case too
 
 
 def detection_reads(lengths: np.ndarray) -> int:
-    """How many of the first reads (of these lengths) fastp's evaluator loads."""
+    """How many of the first reads (of these lengths) fastp's evaluator loads.
+
+    Args:
+        lengths: read lengths in file order.
+
+    Returns:
+        The number of leading reads: at most 256Ki, stopping at the read that brings the
+        bases to 151 x 256Ki.
+    """
     n = min(len(lengths), _DETECT_READS)
     over = np.flatnonzero(np.cumsum(lengths[:n], dtype=np.int64) >= _DETECT_BASES)
     return int(over[0]) + 1 if len(over) else n
@@ -796,7 +803,7 @@ def _chunk_keys(offsets: np.ndarray, data: np.ndarray, shift: int) -> np.ndarray
     _SEED_START + j, or -1 outside the counted range or where the 10-mer holds a base other
     than ACGT. Built by doubling (1, 2, 4, 8 then 10 bases per word): four passes, not ten."""
     width = max(int(np.diff(offsets).max(initial=0)), _SEED_START + _KEY_LEN)
-    seq, length = _padded(offsets, data, width)
+    seq, length = padded(offsets, data, width), np.diff(offsets).astype(np.int64)
     codes = _KEY_CODE[seq[:, _SEED_START:]]
     k1 = (codes & 3).astype(np.uint32)
     k2 = k1[:, :-1] << 2 | k1[:, 1:]
@@ -878,7 +885,14 @@ def _extend_seed(
 
 def match_known_adapter(seq: str) -> str:
     """The first entry of fastp's known-adapter table (in byte order) that is a prefix of
-    `seq`, or ""."""
+    `seq`, or "".
+
+    Args:
+        seq: a detected adapter sequence.
+
+    Returns:
+        The matching KNOWN_ADAPTERS entry, or "".
+    """
     for adapter in KNOWN_ADAPTERS:
         if len(adapter) <= len(seq) and seq.startswith(adapter):
             return adapter
@@ -893,6 +907,10 @@ def detect_adapter(sequences: pa.Array | pa.ChunkedArray, trim_tail1: int = 0) -
             later ones are ignored as fastp ignores them).
         trim_tail1: fastp's `--trim_tail1`; the last max(1, trim_tail1) bases of each read
             are left out of the counts (for read 2 too, as fastp does).
+
+    Returns:
+        The adapter sequence, or "" when none is found or there are fewer than 10,000 reads
+        to look at.
 
     Example:
         >>> detect_adapter(pa.array(reads))  # doctest: +SKIP
@@ -1031,8 +1049,8 @@ def _process_chunk(
     paired = len(parts) == 4
     mates: list[_Mate] = []
     for i in range(0, len(parts), 2):
-        seq, length = _padded(*parts[i], width)
-        qual, _ = _padded(*parts[i + 1], width)
+        seq, qual = padded(*parts[i], width), padded(*parts[i + 1], width)
+        length = np.diff(parts[i][0]).astype(np.int64)
         n = len(length)
         alive, front = np.ones(n, bool), np.zeros(n, np.int64)
         mates.append(_Mate(seq, qual, length.copy(), alive, front, length))
@@ -1127,7 +1145,16 @@ def _assemble(batch: pa.RecordBatch, out: list[_Out]) -> pa.RecordBatch:
 
 def resolved_for(batch: pa.RecordBatch, params: QcParams) -> QcParams:
     """Settings with what fastp decides from the file itself (polyG from the first read
-    name, adapters still to be detected) decided from this batch, as if it were the file."""
+    name, adapters still to be detected) decided from this batch, as if it were the file.
+
+    Args:
+        batch: a READS_SCHEMA batch standing for the whole file.
+        params: the QC settings.
+
+    Returns:
+        `params` with trim_poly_g decided from the first read's name (if it was None) and
+        the adapters to detect filled in from the batch's mates.
+    """
     paired, fragments = _layout(batch)
     if params.trim_poly_g is None:
         first = batch.column("read_id")[0].as_py() if batch.num_rows else ""
@@ -1224,7 +1251,16 @@ def sample_detection_reads(
 ) -> tuple[pa.Array | None, pa.Array | None]:
     """The first reads of a sample that fastp's adapter detection looks at, per mate, in
     file order: (mate-1 or single-end sequences, mate-2 sequences or None). Shards are
-    read in order only until both mates have enough."""
+    read in order only until both mates have enough.
+
+    Args:
+        shards: the sample's read shards, in file order.
+        store: the store holding them.
+
+    Returns:
+        (mate-1 or single-end sequences, mate-2 sequences); each None when the sample has
+        no such reads.
+    """
     parts: dict[int, list[pa.Array]] = {}
     have: dict[int, tuple[int, int]] = {}
     for shard in shards:
@@ -1251,6 +1287,16 @@ def detect_sample_adapters(
     """`params` with the adapters fastp would detect in the sample's first reads filled in,
     once per sample so that all its shards trim the same adapters.
 
+    Args:
+        sample: the sample name, for the task run.
+        shards: the sample's read shards, in file order.
+        params: the QC settings; a mate whose adapter is already set, or is not to be
+            detected, is left alone.
+        store: the store holding the shards.
+
+    Returns:
+        `params` with detected_adapter_r1 / detected_adapter_r2 filled in.
+
     Example:
         >>> params = detect_sample_adapters("ecoli", shards, QcParams(), store)  # doctest: +SKIP
         >>> params.detected_adapter_r1  # doctest: +SKIP
@@ -1269,6 +1315,16 @@ def filter_reads(shard: Artifact, params: QcParams, store: Store, run_id: str) -
     """Trim and filter one read shard with fastp's semantics; publish survivors (and orphans).
 
     `params` should already be `resolved()` for the sample (polyG decided once per file).
+
+    Args:
+        shard: a Parquet read shard (READS_SCHEMA).
+        params: the QC settings, resolved for the sample.
+        store: the artifact store to read from and publish to.
+        run_id: the run the published artifacts belong to.
+
+    Returns:
+        QcResult with the kept reads (".reads." in the name becomes ".qc."), the orphaned
+        mates (None when there are none), per-reason counts and the adapters searched.
     """
     batch = as_batch(read_table(store, shard))
     params = resolved_for(batch, params)  # a no-op when the flow resolved them per sample

@@ -53,6 +53,16 @@ def check_fasta(path: Path, label: str | None = None) -> tuple[int, int, str]:
     a record without sequence, a letter outside the IUPAC nucleotide codes, a corrupt or
     truncated gzip stream, or a file with no record at all.
 
+    Args:
+        path: a plain or gzipped FASTA file.
+        label: the name to show in errors; None for the path.
+
+    Returns:
+        (number of contigs, total bases, name of the longest contig; the first on a tie).
+
+    Raises:
+        InputError: any of the problems listed above.
+
     Example:
         >>> check_fasta(Path("lambda.fa"))  # doctest: +SKIP
         (1, 48502, 'NC_001416.1')
@@ -120,7 +130,18 @@ def check_fasta(path: Path, label: str | None = None) -> tuple[int, int, str]:
 @task(name="validate-reference", task_run_name="validate-{ref.name}",
       **stage_options(REFERENCE_VERSION))
 def validate_reference(ref: FileRef, store: Store) -> ReferenceInfo:
-    """Check the reference once, before the reads are processed (cached by content)."""
+    """Check the reference once, before the reads are processed (cached by content).
+
+    Args:
+        ref: the reference FASTA (plain or gzipped).
+        store: the store to fetch it from.
+
+    Returns:
+        ReferenceInfo with `ref`, the number of contigs, total length and longest contig.
+
+    Raises:
+        InputError: the FASTA is malformed (see `check_fasta`).
+    """
     with store.scratch() as scratch:
         path = fetch(store, ref, scratch, name="reference.fa")
         shown = display_name(ref.uri)

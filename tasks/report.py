@@ -32,7 +32,7 @@ class SampleReport(BaseModel):
 
     sample: str
     layout: str
-    read_stats: dict[str, dict[str, Any]]  # per mate, from tasks.fastq.ReadStats.to_dict()
+    read_stats: dict[str, dict[str, Any]]  # per mate, from tasks.readstats.ReadStats.to_dict()
     stages: list[dict[str, Any]] = Field(default_factory=list)  # stage, reads_in, reads_out
     qc: dict[str, Any] = Field(default_factory=dict)
     dedup: dict[str, Any] = Field(default_factory=dict)
@@ -46,6 +46,8 @@ class ReportData(BaseModel):
     run_id: str
     samples: list[SampleReport]
     annotation: list[dict[str, Any]] = Field(default_factory=list)
+    multiqc_uri: str | None = None
+    """The run's MultiQC report (tasks.multiqc), linked from this one."""
 
 
 _MATE_LABEL = {"0": "reads", "1": "R1", "2": "R2"}
@@ -167,7 +169,14 @@ def _sections(data: ReportData) -> Iterator[_Section]:
 
 
 def render_report(data: ReportData) -> str:
-    """The HTML report (no external resources: plots are inlined PNGs)."""
+    """The HTML report (no external resources: plots are inlined PNGs).
+
+    Args:
+        data: the run's QC report data.
+
+    Returns:
+        A complete HTML document.
+    """
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>helixflow run {html.escape(data.run_id)}</title>",
@@ -177,6 +186,9 @@ def render_report(data: ReportData) -> str:
         "</head><body>",
         f"<h1>helixflow QC report</h1><p>run <code>{html.escape(data.run_id)}</code></p>",
     ]
+    if data.multiqc_uri:
+        uri = html.escape(data.multiqc_uri)
+        parts.append(f"<p>MultiQC report: <a href='{uri}'>{uri}</a></p>")
     for sec in _sections(data):
         parts.append(f"<h{sec.level}>{html.escape(sec.title)}</h{sec.level}>")
         if sec.rows is not None:
@@ -198,10 +210,20 @@ def _md_table(rows: list[dict[str, Any]]) -> str:
 
 def render_markdown(data: ReportData, html_uri: str | None = None) -> str:
     """The report as markdown for the Prefect UI: the same tables, plots as inline PNGs,
-    and a link to the HTML report."""
+    and a link to the HTML report.
+
+    Args:
+        data: the run's QC report data.
+        html_uri: the published HTML report to link to; None for no link.
+
+    Returns:
+        The markdown text.
+    """
     parts = [f"# QC report, run `{data.run_id}`\n"]
     if html_uri:
         parts.append(f"Full report: [{html_uri}]({html_uri})\n")
+    if data.multiqc_uri:
+        parts.append(f"MultiQC report: [{data.multiqc_uri}]({data.multiqc_uri})\n")
     for sec in _sections(data):
         parts.append(f"{'#' * sec.level} {sec.title}\n")
         if sec.rows is not None:
@@ -215,7 +237,17 @@ def publish_qc_report(
     data: ReportData, upstream: list[FileRef], store: Store, run_id: str
 ) -> Artifact:
     """Render the report, publish it as `runs/<run>/report/report.html`, and show it in the
-    Prefect UI as the markdown artifact `qc-report` (plots inline, link to the HTML)."""
+    Prefect UI as the markdown artifact `qc-report` (plots inline, link to the HTML).
+
+    Args:
+        data: the run's QC report data.
+        upstream: the artifacts the report is made from, for lineage.
+        store: the artifact store to publish to.
+        run_id: the run the report belongs to.
+
+    Returns:
+        The HTML report artifact.
+    """
     with store.scratch() as scratch:
         path = scratch / "report.html"
         path.write_text(render_report(data), encoding="utf-8")

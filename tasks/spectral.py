@@ -87,6 +87,15 @@ def normalized_laplacian(A: sp.spmatrix | sp.sparray | np.ndarray) -> sp.csr_mat
     D is the weighted degree. An isolated node (degree 0) gets L_ii = 0 (scipy's
     convention), so it is a component of its own with eigenvalue 0 and the multiplicity of
     0 stays the number of connected components. Eigenvalues lie in [0, 2].
+
+    Args:
+        A: a square symmetric adjacency with weights >= 0 (sparse or dense).
+
+    Returns:
+        L as an N x N float64 CSR matrix.
+
+    Raises:
+        ValueError: `A` is not square or has a negative weight.
     """
     A = _check_adjacency(A).astype(np.float64)
     if (A.data < 0).any():
@@ -117,6 +126,19 @@ def smallest_eigenvectors(
     RuntimeWarning is issued and eigsh answers instead.
     Graphs of <= DENSE_MAX nodes use dense eigh whichever method is asked.
     Eigenvector signs (and bases of repeated eigenvalues) are arbitrary.
+
+    Args:
+        L: a normalised Laplacian (sparse or dense).
+        n: eigenpairs wanted, 1..N.
+        method: "eigsh" or "lobpcg".
+        seed: seeds the solver's start vectors.
+        tol: the solver's tolerance.
+
+    Returns:
+        (n eigenvalues ascending, N x n eigenvectors in the same order).
+
+    Raises:
+        ValueError: `L` is not square, or bad n or method.
     """
     L = _check_adjacency(L).astype(np.float64)
     size = L.shape[0]
@@ -192,6 +214,13 @@ def eigengap_k(values: np.ndarray, k_max: int = 10) -> int:
 
     `values` are the smallest Laplacian eigenvalues, ascending; at least k_max + 1 of them
     are used if present (fewer: k_max shrinks to len(values) - 1).
+
+    Args:
+        values: the smallest Laplacian eigenvalues (sorted here).
+        k_max: the largest k considered.
+
+    Returns:
+        k >= 1; 1 when fewer than 2 values are given.
     """
     values = np.sort(np.asarray(values, dtype=np.float64))
     k_max = min(int(k_max), len(values) - 1)
@@ -304,7 +333,11 @@ def spectral_clusters(
         seed: seeds the HNSW index, the eigensolver start and k-means.
 
     Returns:
-        A `SpectralResult`.
+        SpectralResult with labels (0 the largest cluster), n_clusters, the eigenvalues,
+        the spectral embedding and the conductance per candidate k.
+
+    Raises:
+        ValueError: n_clusters out of 1..N, or bad graph or kNN arguments.
     """
     if sp.issparse(data):
         A = _check_adjacency(data)
@@ -347,6 +380,16 @@ def projection_2d(data: np.ndarray, seed: int = 0) -> np.ndarray:
     Pass `SpectralResult.embedding` (the spectral embedding: PCA picks out the
     non-trivial eigenvector directions, the near-constant first one has little variance)
     or the raw vectors. Randomised SVD (seeded) above 10k rows.
+
+    Args:
+        data: an N x D matrix; with D < 2 or N < 2 its columns are copied, zero-padded.
+        seed: seeds the randomised SVD.
+
+    Returns:
+        N x 2 float32 coordinates.
+
+    Raises:
+        ValueError: `data` is not 2-D.
     """
     data = np.asarray(data, dtype=np.float64)
     if data.ndim != 2:
@@ -393,6 +436,9 @@ def plot_projection(
 
     Returns:
         `path` as a Path.
+
+    Raises:
+        ValueError: `xy` is not N x 2 or `labels` (or `truth`) has another length.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -448,7 +494,19 @@ def cluster_table(
     labels: np.ndarray,
     truth: Sequence[str] | np.ndarray | pa.Array | None = None,
 ) -> pa.Table:
-    """(sequence_id, cluster[, truth]) per row: the labels joined back to the sequences."""
+    """(sequence_id, cluster[, truth]) per row: the labels joined back to the sequences.
+
+    Args:
+        ids: one sequence id per label.
+        labels: int cluster labels.
+        truth: true labels, one per id, stored as strings; None for no `truth` column.
+
+    Returns:
+        The table: sequence_id (string), cluster (int64)[, truth (string)].
+
+    Raises:
+        ValueError: `labels` or `truth` differs in length from `ids`.
+    """
     if isinstance(ids, pa.ChunkedArray):
         ids = ids.combine_chunks()
     if not isinstance(ids, pa.Array):
@@ -473,7 +531,18 @@ def cluster_table(
 
 
 def adjusted_rand(labels: np.ndarray | Sequence[int], truth: np.ndarray | Sequence[str]) -> float:
-    """Adjusted Rand index of a clustering against true labels (1 perfect, ~0 random)."""
+    """Adjusted Rand index of a clustering against true labels (1 perfect, ~0 random).
+
+    Args:
+        labels: the cluster labels.
+        truth: the true labels, same shape.
+
+    Returns:
+        The ARI, at most 1.
+
+    Raises:
+        ValueError: the shapes differ.
+    """
     from sklearn.metrics import adjusted_rand_score
 
     labels = np.asarray(labels)

@@ -30,8 +30,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import math
-import os
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -45,14 +43,12 @@ from pydantic import BaseModel
 from helixflow.artifacts import Artifact, FileRef
 from helixflow.caching import stage_options
 from helixflow.errors import HelixflowError, InputError, naming_sources
+from helixflow.files import atomic_path
 from helixflow.store import Store, display_name
 from helixflow.tables import fetch, publish_file
+from helixflow.tasks.reads import BASE_CODE
 
 _BASES = "ACGT"
-_CODE = np.full(256, 4, dtype=np.uint8)  # A C G T -> 0..3, anything else -> 4
-for _i, _b in enumerate(b"ACGT"):
-    _CODE[_b] = _i
-    _CODE[_b + 32] = _i  # lower case
 _SKIP_FLAGS = 0x4 | 0x100 | 0x200 | 0x400  # unmapped, secondary, QC fail, duplicate
 _CIGAR_ADVANCES_QUERY = (True, True, False, False, True, False, False, True, True)
 _CIGAR_ADVANCES_REF = (True, False, True, True, False, False, False, True, True)
@@ -151,6 +147,16 @@ def read_fasta(path: Path) -> dict[str, str]:
     """Contig name -> upper-case sequence of a (gzipped) FASTA file, in file order.
 
     Raises InputError for a missing file, text that is not FASTA, or a duplicate name.
+
+    Args:
+        path: a plain or gzipped FASTA file (ASCII).
+
+    Returns:
+        {contig name (first word of the header): sequence}.
+
+    Raises:
+        InputError: a missing or unreadable file, not FASTA, a header without a name, a
+            duplicate name, or no record.
     """
     path = Path(path)
     if not path.is_file():
@@ -224,6 +230,14 @@ def _sample_name(bam: Path, params: VariantParams) -> str:
 def phred_binomial_tail(alt: np.ndarray, depth: np.ndarray, rate: float) -> np.ndarray:
     """-10 log10 P(X >= alt) for X ~ Binomial(depth, rate), capped at 999.
 
+    Args:
+        alt: alternate-allele read counts.
+        depth: read depths, one per entry of `alt`.
+        rate: the per-read error rate, 0 < rate < 1.
+
+    Returns:
+        float64 Phred scores, 0.0 where alt <= 0, at most 999.
+
     Example:
         >>> float(phred_binomial_tail(np.array([0]), np.array([10]), 0.01)[0])
         0.0
@@ -291,6 +305,15 @@ def left_align(ref: str, pos: int, deleted: int, inserted: str) -> tuple[int, st
 
     A deletion is `deleted` bases of `ref` from 0-based `pos`; an insertion puts
     `inserted` before `pos`. Returns the new `pos` and the (rotated) inserted bases.
+
+    Args:
+        ref: the contig sequence.
+        pos: 0-based position of the indel.
+        deleted: bases deleted; 0 for an insertion.
+        inserted: the inserted bases; "" for a deletion.
+
+    Returns:
+        (leftmost 0-based position, inserted bases rotated to it; "" for a deletion).
 
     Example:
         >>> left_align("GAAAT", 3, 1, "")  # delete the last A of the run
@@ -408,7 +431,7 @@ def _contig_calls(fh: pysam.AlignmentFile, contig: str, ref: str, params: Varian
     cov = np.stack([np.frombuffer(c, dtype=np.dtype(c.typecode)) for c in acgt]).astype(np.int64)
     depth = cov.sum(axis=0)
     counts.callable_bases += int(np.count_nonzero(depth >= params.min_depth))
-    ref_codes = _CODE[np.frombuffer(ref.encode("ascii"), dtype=np.uint8)]
+    ref_codes = BASE_CODE[np.frombuffer(ref.encode("ascii"), dtype=np.uint8)]
     calls = _snv_calls(cov, ref_codes, params)
     calls += _indel_calls(_indel_events(fh, contig, ref, params), depth, ref, params)
     calls.sort(key=lambda c: (c.pos, c.indel, c.ref, c.alts))
@@ -447,11 +470,12 @@ def call_variants(bam: Path, reference: Path, out_vcf_gz: Path,
     sample = _sample_name(Path(bam), params)
     out = Path(out_vcf_gz)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp.vcf.gz")
     counts = VariantCounts()
     header = _header(ref_seqs, reference_uri or Path(reference).resolve().as_uri(), sample,
                      params)
-    try:
+    # Named .vcf.gz/.tbi as tabix expects; the index lands first, then the VCF.
+    with atomic_path(out, suffix=".vcf.gz") as tmp, \
+            atomic_path(f"{out}.tbi", suffix=".tbi") as tmp_tbi:
         with pysam.AlignmentFile(str(bam), "rb") as fh, \
                 pysam.VariantFile(str(tmp), "wz", header=header) as vcf:
             for contig in fh.references:
@@ -479,12 +503,7 @@ def call_variants(bam: Path, reference: Path, out_vcf_gz: Path,
                     fmt["AD"] = (ref_reads, *call.alt_counts)
                     vcf.write(record)
                     counts.records += 1
-        pysam.tabix_index(str(tmp), preset="vcf", force=True)
-        os.replace(f"{tmp}.tbi", f"{out}.tbi")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-        Path(f"{tmp}.tbi").unlink(missing_ok=True)
+        pysam.tabix_index(str(tmp), preset="vcf", force=True, index=str(tmp_tbi))
     return counts
 
 
@@ -510,6 +529,22 @@ def call_sample_variants(
     """SNVs and small indels of one sample → `<sample>.vcf.gz` + `.tbi` (bcftools-readable).
 
     `bai` may be None (a user's BAM without an index): the BAM is then indexed in scratch.
+
+    Args:
+        sample: the sample name; names the outputs and the task run.
+        bam: the sample's coordinate-sorted BAM.
+        bai: its index, or None.
+        reference: the reference FASTA the BAM was aligned to.
+        params: variant-calling settings.
+        store: the artifact store to read from and publish to.
+        run_id: the run the published artifacts belong to.
+
+    Returns:
+        SampleVariants with the VCF and tabix index artifacts and the record counts.
+
+    Raises:
+        InputError: a missing or malformed BAM or reference.
+        HelixflowError: the reference is not the one the BAM was aligned to.
     """
     with store.scratch() as scratch:
         bam_path = fetch(store, bam, scratch, name=f"{sample}.bam")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -178,3 +179,44 @@ def postgres() -> Iterator[LocalPostgres]:
         missing("postgresql on 127.0.0.1 (run deployments/postgres/local-postgres.sh as root)")
     yield pg
     pg.drop_created()
+
+
+class LineageReceiver:
+    """A local OpenLineage HTTP endpoint (what Marquez serves): every RunEvent posted."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        events = self.events = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path.rstrip("/") == "/api/v1/lineage":
+                    events.append(json.loads(body))
+                    self.send_response(201)
+                else:
+                    self.send_response(404)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def openlineage_receiver(monkeypatch: pytest.MonkeyPatch):
+    """OpenLineage switched on (OPENLINEAGE_URL) and pointed at a local receiver."""
+    receiver = LineageReceiver()
+    monkeypatch.setenv("OPENLINEAGE_URL", receiver.url)
+    monkeypatch.setenv("OPENLINEAGE_NAMESPACE", "helixflow-test")
+    yield receiver
+    receiver.close()

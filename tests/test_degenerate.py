@@ -20,8 +20,8 @@ import pytest
 from helixflow.artifacts import Skipped
 from helixflow.errors import TooLittleInput
 from helixflow.tasks.analysis import AnalysisParams, small_input_params
-from helixflow.tasks.dnabert import PretrainConfig, train_mlm
-from helixflow.tasks.lshvec import fit_lsh
+from helixflow.tasks.dnabert_train import PretrainConfig, train_mlm
+from helixflow.tasks.lsh import fit_lsh
 from tests.app.test_cli import cli
 from tests.conftest import require_tool
 

@@ -253,3 +253,26 @@ def test_qc_report_artifact_renders_markdown(driver: Any, run: Run) -> None:
         text = _text(driver)
         assert "# QC report" not in text and "|---" not in text.replace(" ", "")
         _shot(driver, "qc-report")
+
+
+def test_lineage_artifact_shows_a_picture(driver: Any, run: Run) -> None:
+    """The run's lineage renders as an image (Graphviz PNG), its mermaid source below."""
+    from selenium.webdriver.common.by import By
+
+    (lineage,) = [a for a in run.artifacts if a["key"] == "lineage"]
+    with _capture(driver, "lineage"):
+        driver.get(f"{run.ui}/artifacts/artifact/{lineage['id']}")
+
+        def drawn(d: Any) -> Any:
+            imgs = [i for i in d.find_elements(By.TAG_NAME, "img")
+                    if (i.get_attribute("src") or "").startswith("data:image/png")
+                    and "lineage" in (i.get_attribute("alt") or "")]
+            # loaded and laid out: a real picture, not a broken-image icon
+            return [i for i in imgs if d.execute_script(
+                "return arguments[0].complete && arguments[0].naturalWidth", i) > 100
+                    and i.is_displayed()]
+
+        (img,) = _wait(driver, drawn, "the lineage picture")
+        assert img.size["width"] > 100 and img.size["height"] > 20
+        assert "flowchart LR" in _text(driver)  # the mermaid source is kept below it
+        _shot(driver, "lineage")

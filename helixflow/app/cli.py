@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -143,52 +145,92 @@ def run(
         help="Saved GromacsSettings block for the MD.")] = None,
     cluster_block: Annotated[str | None, typer.Option(
         help="Saved SlurmCluster block (default: MD runs here, without Slurm).")] = None,
+    ray_on_slurm: Annotated[int | None, typer.Option(
+        min=1, metavar="NODES",
+        help="Run on a Ray cluster started in a Slurm allocation of NODES nodes (resources "
+             "from --cluster-block, else its defaults); cancelled when the run ends.")] = None,
     truth: Annotated[str | None, typer.Option(
         help="TSV of each read's source (name, genome) to score the clusters (ARI).")] = None,
 ) -> None:
     """Run the genomics pipeline (on the demo community when no inputs are given)."""
+    if ray_on_slurm is not None and ray_address is not None:
+        raise typer.BadParameter("give --ray-on-slurm or --ray-address, not both",
+                                 param_hint="--ray-on-slurm")
     try:
-        from helixflow.app.launch import connect_prefect, launch_pipeline, ui_base
-
-        options: dict[str, Any] = {
-            "qc_options": _key_values(qc, "--qc"),
-            "orf_options": _key_values(orf, "--orf"),
-            "variant_options": _key_values(variant, "--variant"),
-            "motifs": _named_motifs(motif),
-            "motif_files": motif_file or None,
-            "motif_p_value": motif_p_value,
-            "motif_mismatches": motif_mismatches,
-            "embed_methods": None if embed is None else [m for m in embed if m != "none"],
-            "embed_options": _key_values(embed_option, "--embed-option"),
-            "simulate": simulate,
-            "simulate_options": {k: v for k, v in {
-                "max_representatives": max_representatives, "md_steps": md_steps,
-                "method": analysis_method, "gromacs_block": gromacs_block,
-                "cluster_block": cluster_block}.items() if v is not None},
-            "truth": truth,
-        }
-        if not inputs:
-            inputs, demo_reference, demo_truth = _demo_inputs()
-            reference = reference or demo_reference
-            options["truth"] = options["truth"] or demo_truth
-            assemble = True if assemble is None else assemble  # every stage on the demo
-        api_url = connect_prefect()
-        _one_warning_per_skip()
-        out.print(f"Prefect UI: [link]{ui_base(api_url)}[/link]")
-        started = time.perf_counter()
-        with out.status("running genomics-pipeline …", spinner="dots"):
-            launched = launch_pipeline(
-                inputs, store=store, store_block=store_block, ray_address=ray_address,
-                shard_size=shard_size, interleaved=interleaved, reference=reference,
-                assemble=bool(assemble), debug=_state["debug"], **options,
-            )
-        elapsed = time.perf_counter() - started
-        if launched.error is not None:
-            _fail_run(launched)
-        _print_summary(launched.summary, elapsed)
-        out.print(f"Flow run in the UI: [link]{launched.ui_url}[/link]")
+        with contextlib.ExitStack() as allocation:
+            if ray_on_slurm is not None:  # before Ray is imported: it reads its auth once
+                ray_address = allocation.enter_context(_slurm_ray(ray_on_slurm, cluster_block))
+            _run_pipeline(inputs, store, store_block, ray_address, shard_size, interleaved,
+                          reference, assemble, {
+                "qc_options": _key_values(qc, "--qc"),
+                "orf_options": _key_values(orf, "--orf"),
+                "variant_options": _key_values(variant, "--variant"),
+                "motifs": _named_motifs(motif),
+                "motif_files": motif_file or None,
+                "motif_p_value": motif_p_value,
+                "motif_mismatches": motif_mismatches,
+                "embed_methods": None if embed is None else [m for m in embed if m != "none"],
+                "embed_options": _key_values(embed_option, "--embed-option"),
+                "simulate": simulate,
+                "simulate_options": {k: v for k, v in {
+                    "max_representatives": max_representatives, "md_steps": md_steps,
+                    "method": analysis_method, "gromacs_block": gromacs_block,
+                    "cluster_block": cluster_block}.items() if v is not None},
+                "truth": truth,
+            })
     except HelixflowError as exc:
         _fail(exc)
+
+
+def _run_pipeline(inputs: list[str], store: str | None, store_block: str | None,
+                  ray_address: str | None, shard_size: int | None, interleaved: bool,
+                  reference: str | None, assemble: bool | None,
+                  options: dict[str, Any]) -> None:
+    """`helixflow run` once its options are parsed: launch, then the closing lines."""
+    if not inputs:
+        inputs, demo_reference, demo_truth = _demo_inputs()
+        reference = reference or demo_reference
+        options["truth"] = options["truth"] or demo_truth
+        assemble = True if assemble is None else assemble  # every stage on the demo
+    _launch_and_report(
+        "running genomics-pipeline …", inputs, store=store, store_block=store_block,
+        ray_address=ray_address, shard_size=shard_size, interleaved=interleaved,
+        reference=reference, assemble=bool(assemble), **options)
+
+
+def _launch_and_report(status: str, inputs: list[str], **launch: Any) -> None:
+    """Launch the pipeline with a spinner, then its closing lines (or its one error)."""
+    from helixflow.app.launch import connect_prefect, launch_pipeline, ui_base
+
+    api_url = connect_prefect()
+    _one_warning_per_skip()
+    out.print(f"Prefect UI: [link]{ui_base(api_url)}[/link]")
+    started = time.perf_counter()
+    with out.status(status, spinner="dots"):
+        launched = launch_pipeline(inputs, debug=_state["debug"], **launch)
+    elapsed = time.perf_counter() - started
+    if launched.error is not None:
+        _fail_run(launched)
+    _print_summary(launched.summary, elapsed)
+    out.print(f"Flow run in the UI: [link]{launched.ui_url}[/link]")
+
+
+@contextlib.contextmanager
+def _slurm_ray(nodes: int, cluster_block: str | None) -> Iterator[str]:
+    """A Ray cluster in a Slurm allocation for the run (its address); a stop signal while
+    it starts, or the run's end however it ends, cancels the allocation."""
+    from helixflow.app.stop import STOP, Interrupted, RunStopped
+    from helixflow.ray_slurm import ray_on_slurm
+
+    with STOP.scope():
+        try:
+            with ray_on_slurm(_ray_slurm_spec(nodes, cluster_block)) as cluster, \
+                    cluster.client_env():
+                out.print(f"Ray on Slurm: job {cluster.job_id}, {cluster.address}",
+                          highlight=False)
+                yield cluster.address
+        except Interrupted as stop:
+            raise RunStopped(stop.signum, None) from None
 
 
 def _parse_value(text: str) -> Any:
@@ -243,11 +285,13 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 class _SkipsInSummary(logging.Filter):
-    """A skipped stage is one `warning:` line of the closing summary; its run-log record
-    (`RunRecorder.skip`) stays in the UI but is not printed on the console too."""
+    """A skipped stage (or a failed MD check) is one `warning:` line of the closing
+    summary; its run-log record (`RunRecorder.skip`, `RunRecorder.warn`) stays in the UI
+    but is not printed on the console too."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(record, "skipped_stage", False)
+        return not (getattr(record, "skipped_stage", False)
+                    or getattr(record, "summary_warning", False))
 
 
 def _one_warning_per_skip() -> None:
@@ -282,6 +326,8 @@ def _print_summary(summary: Any, elapsed: float) -> None:
     )
     out.print(f"run folder: {display_name(summary.run_uri)}")
     out.print(f"QC report: {display_name(summary.report_uri)}")
+    if summary.multiqc_uri:
+        out.print(f"MultiQC report: {display_name(summary.multiqc_uri)}")
     for sample, asm in summary.assemblies.items():
         out.print(f"assembly {sample}: {int(asm['contigs']):,} contigs, "
                   f"N50 {int(asm['n50']):,} bp: {asm['fasta']}")
@@ -295,11 +341,27 @@ def _print_summary(summary: Any, elapsed: float) -> None:
         res = "" if m.get("resolution") is None else f" (Leiden resolution {m['resolution']:.3g})"
         out.print(f"analysis: {m['vectors']:,} vectors{k}, {m['n_clusters']} clusters, "
                   f"{m['communities']} communities{res}{ari}")
+    checks = {row["trajectory"]: row for row in getattr(summary, "md_checks", [])}
     for trajectory in summary.trajectories:
         out.print(f"MD trajectory: {trajectory}")
+        if trajectory in checks:
+            out.print(f"  checks: {_md_checks_line(checks[trajectory])}", highlight=False)
     for skipped in getattr(summary, "skipped", []):
         err.print(f"[yellow]warning:[/] {escape(skipped.line)}", highlight=False,
                   soft_wrap=True)
+    for line in getattr(summary, "warnings", []):
+        err.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+
+
+def _md_checks_line(row: dict[str, Any]) -> str:
+    """One simulation's sanity figures on one line (`flows.simulate.md_check_rows`)."""
+    if row.get("checks_passed") is None:
+        return "none recorded"
+    verdict = "all passed" if row["checks_passed"] else f"FAILED {row['failed_checks']}"
+    return (f"EM Fmax {_fmt(row['em_fmax'], '.1f')} (emtol {row['emtol']:g}), mean T "
+            f"{_fmt(row['mean_t'], '.1f')} K (target {row['ref_t']:g}), "
+            f"{row['lincs_warnings']} LINCS warning(s), max COM jump "
+            f"{row['max_com_jump_A']:.2f} Å, longest bond {row['max_bond_A']:.2f} Å: {verdict}")
 
 
 @app.command()
@@ -318,23 +380,10 @@ def embed(
 ) -> None:
     """Reads → QC → dedup → correction → embedding shards (no phase 2)."""
     try:
-        from helixflow.app.launch import connect_prefect, launch_pipeline, ui_base
-
-        api_url = connect_prefect()
-        _one_warning_per_skip()
-        out.print(f"Prefect UI: [link]{ui_base(api_url)}[/link]")
-        started = time.perf_counter()
-        with out.status("embedding …", spinner="dots"):
-            launched = launch_pipeline(
-                inputs, store=store, store_block=store_block, ray_address=ray_address,
-                reference=reference, embed_methods=method or ["lshvec"],
-                embed_options=_key_values(embed_option, "--embed-option"), simulate=False,
-                debug=_state["debug"],
-            )
-        if launched.error is not None:
-            _fail_run(launched)
-        _print_summary(launched.summary, time.perf_counter() - started)
-        out.print(f"Flow run in the UI: [link]{launched.ui_url}[/link]")
+        _launch_and_report(
+            "embedding …", inputs, store=store, store_block=store_block,
+            ray_address=ray_address, reference=reference, embed_methods=method or ["lshvec"],
+            embed_options=_key_values(embed_option, "--embed-option"), simulate=False)
     except HelixflowError as exc:
         _fail(exc)
 
@@ -352,23 +401,20 @@ def pretrain_dnabert_command(
 ) -> None:
     """Masked-LM pretraining of a small BERT on reads, saved in DNABERT's layout."""
     try:
-        import pyarrow as pa
-
-        from helixflow.tasks.dnabert import PretrainConfig, loss_curve, pretrain
+        from helixflow.tasks.dnabert_checkpoint import loss_curve
+        from helixflow.tasks.dnabert_train import PretrainConfig, pretrain
         from helixflow.tasks.fastq import iter_read_batches
+        from helixflow.tasks.sampling import SAMPLE_BATCH, first_sequences
 
-        parts, have = [], 0
-        for path in inputs:
-            for batch in iter_read_batches(path, batch_size=65_536):
-                parts.append(batch.column("sequence").slice(0, max_reads - have))
-                have += len(parts[-1])
-                if have >= max_reads:
-                    break
+        # lazily, file after file: no file past the bound is opened
+        batches = (batch for path in inputs
+                   for batch in iter_read_batches(path, batch_size=SAMPLE_BATCH))
+        reads = first_sequences(batches, max_reads)
         config = PretrainConfig(k=k, layers=layers, hidden=hidden, heads=2 if hidden % 2 == 0
                                 else 1, intermediate=4 * hidden, steps=steps,
                                 batch_size=batch_size, max_sequences=max_reads)
-        with out.status(f"pretraining on {have:,} reads …", spinner="dots"):
-            path = pretrain(pa.concat_arrays(parts), config, out_dir)
+        with out.status(f"pretraining on {len(reads):,} reads …", spinner="dots"):
+            path = pretrain(reads, config, out_dir)
         losses = loss_curve(path)
         out.print(f"wrote {path} (loss {losses[0]:.3f} → {losses[-1]:.3f} over {steps} steps)")
     except HelixflowError as exc:
@@ -414,19 +460,33 @@ def call_variants(
         _fail(exc)
 
 
+
+def _ray_slurm_spec(nodes: int, cluster_block: str | None) -> Any:
+    """The Ray-on-Slurm allocation: from the saved SlurmCluster block, else its defaults."""
+    from helixflow.blocks.slurm import SlurmCluster
+
+    try:
+        cluster = SlurmCluster.load(cluster_block) if cluster_block else SlurmCluster()
+        return cluster.ray_spec(nodes)
+    except ValueError as exc:
+        raise HelixflowError(f"--ray-on-slurm: {exc}") from None
+
 @app.command()
 def lineage(
     uri: Annotated[str, typer.Argument(help="Artifact URI (run folder or objects/) or sha256.")],
     downstream: Annotated[
         bool, typer.Option("--downstream", help="What was made from it.")
     ] = False,
-    fmt: Annotated[str, typer.Option("--format", help="text | json | mermaid")] = "text",
+    fmt: Annotated[str, typer.Option(
+        "--format", help="text | json | mermaid | openlineage (RunEvents, one per line)")
+    ] = "text",
     store: Annotated[str | None, typer.Option(envvar="HELIXFLOW_STORE")] = None,
     store_block: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Print where an artifact came from (or, with --downstream, what it fed)."""
-    if fmt not in ("text", "json", "mermaid"):
-        raise typer.BadParameter("must be text, json or mermaid", param_hint="--format")
+    if fmt not in ("text", "json", "mermaid", "openlineage"):
+        raise typer.BadParameter("must be text, json, mermaid or openlineage",
+                                 param_hint="--format")
     try:
         from helixflow.blocks.store import resolve_store
         from helixflow.lineage import LineageGraph, load_records, render
@@ -442,6 +502,12 @@ def lineage(
                 hint="give an artifact URI printed by `helixflow run`, and the same --store",
             )
         node = graph.downstream(item) if downstream else graph.upstream(item)
+        if fmt == "openlineage":
+            from helixflow import openlineage
+
+            for event in openlineage.history_events(graph, node):
+                print(openlineage.to_json(event))
+            return
         out.print(render(node, fmt, upstream=not downstream), highlight=False, soft_wrap=True)
     except HelixflowError as exc:
         _fail(exc)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from helixflow.errors import HelixflowError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # the checkout: prefect.yaml is at its root
 POOL = "helixflow-process"
 DEPLOYMENTS = ("genomics-pipeline", "embed-refresh", "md-campaign")
 

@@ -17,12 +17,11 @@ from uuid import UUID
 
 from prefect_ray.task_runners import RayTaskRunner
 
-from helixflow.app.stop import RunStopped, StopSignals, cancel_flow_run
+from helixflow.app.stop import STOP, RunStopped, cancel_flow_run
 from helixflow.errors import HelixflowError
 from helixflow.settings import ray_address as default_ray_address
 
 #: The stop-signal handling of this process's run (one run at a time per process).
-STOP = StopSignals()
 
 
 @dataclass
@@ -218,6 +217,10 @@ def _ray_session(runner: RayTaskRunner) -> Iterator[None]:
         yield
         return
     ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+    # Token authentication stays as Ray sets it up; its notice about that is not news to
+    # a user of helixflow's console (it names an opt-out we don't recommend).
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR)
     address = None if runner.address in (None, "auto") else runner.address
     if address == "local":  # a new cluster: first clear what a killed run left behind
         reap_orphaned_ray_agents()

@@ -48,6 +48,7 @@ import httpx
 from pydantic import SecretStr
 
 from helixflow.errors import HelixflowError
+from helixflow.files import atomic_write
 from helixflow.settings import helixflow_home
 
 HOST = "127.0.0.1"
@@ -667,16 +668,10 @@ def _read_state(home: Path) -> _State | None:
 
 
 def _write_state(home: Path, state: _State) -> None:
-    """Write the state file atomically (temporary file, fsync, rename)."""
-    path = home / STATE_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write the state file atomically (helixflow.files: temporary file, fsync, rename)."""
     payload = {"pid": state.pid, "port": state.port, "started_at": state.started_at,
                "database": state.database}
-    with tmp.open("w") as fh:
-        json.dump(payload, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(home / STATE_FILE, json.dumps(payload).encode())
 
 
 def _remove_state(home: Path) -> None:

@@ -176,3 +176,7 @@ def cancel_flow_run(flow_run_id: UUID, message: str) -> None:
             client.set_task_run_state(task_run.id, Cancelled(message=message), force=True)
         for run_id in reversed(runs):  # sub-flows first, the run itself last
             client.set_flow_run_state(run_id, Cancelled(message=message), force=True)
+
+
+#: The one set of stop handlers of this process (the CLI's run and its Slurm allocation).
+STOP = StopSignals()

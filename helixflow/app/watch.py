@@ -18,42 +18,39 @@ A crash after 3 and before 4 re-emits on redelivery, but with the same determini
 id (`helixflow.app.s3events.announcement_id`), and Prefect's trigger service drops event ids it
 has already seen, so no second run starts. A failure before 3 rolls back, and the message
 comes back after its visibility timeout.
+
+The ledger is `helixflow.app.watch_ledger`, the sources `helixflow.app.watch_sources`; this
+module holds the configuration, the Prefect emitter and the watcher itself.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
 from helixflow.app.s3events import (
     DEFAULT_PATTERNS,
     EventSpec,
-    MalformedMessage,
     ObjectCreated,
-    clean_etag,
     created_event,
     is_older,
     key_matches,
     mate_of,
-    parse_message,
     timeout_event,
 )
+from helixflow.app.watch_ledger import Ledger
+from helixflow.app.watch_sources import Batch, Clock, PollingSource, Source, SqsSource
 from helixflow.errors import HelixflowError
 from helixflow.settings import helixflow_home
 
 log = logging.getLogger(__name__)
-
-Clock = Callable[[], float]
 
 # Errors that no amount of waiting fixes: stop the watcher with a clear message instead.
 _FATAL_CODES = {
@@ -122,348 +119,19 @@ class WatchStats:
         return self
 
 
-# --------------------------------------------------------------------------- ledger
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS announced (       -- one row per object version per announcement
-    event_id     TEXT NOT NULL,
-    role         TEXT NOT NULL,              -- R1, R2 or single
-    bucket       TEXT NOT NULL,
-    key          TEXT NOT NULL,
-    etag         TEXT NOT NULL,
-    sample       TEXT NOT NULL,
-    announced_at REAL NOT NULL,
-    PRIMARY KEY (event_id, role)
-);
-CREATE INDEX IF NOT EXISTS announced_object ON announced (bucket, key, etag);
-CREATE TABLE IF NOT EXISTS versions (        -- latest known version of each key
-    bucket     TEXT NOT NULL,
-    key        TEXT NOT NULL,
-    etag       TEXT NOT NULL,
-    size       INTEGER NOT NULL,
-    sequencer  TEXT,
-    event_time TEXT,
-    event_name TEXT NOT NULL,
-    seen_at    REAL NOT NULL,
-    PRIMARY KEY (bucket, key)
-);
-CREATE TABLE IF NOT EXISTS pending (         -- lone mates waiting for their partner
-    bucket     TEXT NOT NULL,
-    key        TEXT NOT NULL,
-    etag       TEXT NOT NULL,
-    mate_key   TEXT NOT NULL,
-    arrived_at REAL NOT NULL,
-    PRIMARY KEY (bucket, key)
-);
-CREATE TABLE IF NOT EXISTS poll_seen (       -- polling cursor: (key, ETag) already handled
-    bucket        TEXT NOT NULL,
-    key           TEXT NOT NULL,
-    etag          TEXT NOT NULL,
-    last_modified TEXT,
-    PRIMARY KEY (bucket, key)
-);
-CREATE TABLE IF NOT EXISTS poll_cursor (     -- polling cursor: watermark per bucket/prefix
-    bucket        TEXT NOT NULL,
-    prefix        TEXT NOT NULL,
-    watermark     TEXT,                      -- newest LastModified seen (ISO 8601)
-    listed_at     REAL NOT NULL,
-    PRIMARY KEY (bucket, prefix)
-);
-"""
-
-
-class Ledger:
-    """The watcher's memory in one SQLite file (WAL): announced, versions, pending, cursor.
-
-    Opened with autocommit off (`isolation_level=None` plus explicit `BEGIN IMMEDIATE` in
-    `transaction`), so each decision and its record are committed together or not at all.
-    """
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), isolation_level=None, timeout=30,
-                                   check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.RLock()
-        self._depth = 0
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> Ledger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """One write transaction (nested calls join the outer one); rollback on error."""
-        with self._lock:
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield
-                finally:
-                    self._depth -= 1
-                return
-            self._db.execute("BEGIN IMMEDIATE")
-            self._depth = 1
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
-                self._db.execute("COMMIT")
-            finally:
-                self._depth = 0
-
-    # announced
-    def is_announced(self, bucket: str, key: str, etag: str) -> bool:
-        row = self._db.execute("SELECT 1 FROM announced WHERE bucket=? AND key=? AND etag=?",
-                               (bucket, key, etag)).fetchone()
-        return row is not None
-
-    def has_event(self, event_id: str) -> bool:
-        return self._db.execute("SELECT 1 FROM announced WHERE event_id=?",
-                                (event_id,)).fetchone() is not None
-
-    def record_announcement(self, event_id: str, sample: str,
-                            objects: Sequence[tuple[str, ObjectCreated]], now: float) -> None:
-        self._db.executemany(
-            "INSERT OR IGNORE INTO announced VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(event_id, role, o.bucket, o.key, o.etag, sample, now) for role, o in objects],
-        )
-
-    def announcements(self) -> list[dict[str, Any]]:
-        """Every announced object version, oldest first (for status output and tests)."""
-        rows = self._db.execute("SELECT * FROM announced ORDER BY announced_at, event_id, role")
-        return [dict(r) for r in rows]
-
-    # versions
-    def latest(self, bucket: str, key: str) -> ObjectCreated | None:
-        row = self._db.execute("SELECT * FROM versions WHERE bucket=? AND key=?",
-                               (bucket, key)).fetchone()
-        if row is None:
-            return None
-        return ObjectCreated(bucket=row["bucket"], key=row["key"], etag=row["etag"],
-                             size=row["size"], sequencer=row["sequencer"],
-                             event_time=row["event_time"], event_name=row["event_name"])
-
-    def set_latest(self, obj: ObjectCreated, now: float) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (obj.bucket, obj.key, obj.etag, obj.size, obj.sequencer, obj.event_time,
-             obj.event_name, now),
-        )
-
-    # pending
-    def pending(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._db.execute("SELECT * FROM pending ORDER BY arrived_at")]
-
-    def pending_etag(self, bucket: str, key: str) -> str | None:
-        row = self._db.execute("SELECT etag FROM pending WHERE bucket=? AND key=?",
-                               (bucket, key)).fetchone()
-        return None if row is None else str(row["etag"])
-
-    def add_pending(self, obj: ObjectCreated, mate_key: str, now: float) -> None:
-        self._db.execute("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?)",
-                         (obj.bucket, obj.key, obj.etag, mate_key, now))
-
-    def drop_pending(self, bucket: str, key: str) -> None:
-        self._db.execute("DELETE FROM pending WHERE bucket=? AND key=?", (bucket, key))
-
-    # polling cursor
-    def poll_seen(self, bucket: str, key: str) -> str | None:
-        row = self._db.execute("SELECT etag FROM poll_seen WHERE bucket=? AND key=?",
-                               (bucket, key)).fetchone()
-        return None if row is None else str(row["etag"])
-
-    def mark_polled(self, bucket: str, key: str, etag: str, last_modified: str | None) -> None:
-        self._db.execute("INSERT OR REPLACE INTO poll_seen VALUES (?, ?, ?, ?)",
-                         (bucket, key, etag, last_modified))
-
-    def cursor(self, bucket: str, prefix: str) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT * FROM poll_cursor WHERE bucket=? AND prefix=?",
-                               (bucket, prefix)).fetchone()
-        return None if row is None else dict(row)
-
-    def set_cursor(self, bucket: str, prefix: str, watermark: str | None, now: float) -> None:
-        self._db.execute(
-            "INSERT INTO poll_cursor VALUES (?, ?, ?, ?) ON CONFLICT (bucket, prefix) DO UPDATE"
-            " SET watermark = max(coalesce(watermark, ''), coalesce(excluded.watermark, '')),"
-            " listed_at = excluded.listed_at",
-            (bucket, prefix, watermark, now),
-        )
-
-
-# --------------------------------------------------------------------------- sources
-
-
-@dataclass
-class Batch:
-    """What one message (or one listed object) brought; `ack` once it is handled."""
-
-    source_id: str
-    records: list[ObjectCreated] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    error: str | None = None  # unreadable: never acked
-    ack: Callable[[], None] | None = None
-
-
-class Source(Protocol):
-    """Where announcements come from; `idle_wait` is the pause between empty fetches."""
-
-    idle_wait: float
-
-    def fetch(self) -> list[Batch]: ...
-
-
-def _boto3_client(service: str, endpoint_url: str | None, region_name: str | None) -> Any:
-    import boto3  # imported late: `helixflow --help` need not pay for it
-
-    return boto3.client(service, endpoint_url=endpoint_url, region_name=region_name)
-
-
-def connect_bucket_to_queue(bucket: str, queue: str, *, s3: Any = None, sqs: Any = None,
-                            events: tuple[str, ...] = ("s3:ObjectCreated:*",)) -> str:
-    """The AWS wiring `helixflow watch` consumes: the queue (created if missing) with a
-    policy letting this bucket send to it, and the bucket's notification to it; the queue
-    URL. Replaces the bucket's other queue notifications."""
-    s3 = s3 or _boto3_client("s3", None, None)
-    sqs = sqs or _boto3_client("sqs", None, None)
-    queue_url = sqs.create_queue(QueueName=queue)["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
-        "Attributes"]["QueueArn"]
-    policy = {"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Principal": {"Service": "s3.amazonaws.com"},
-        "Action": "sqs:SendMessage", "Resource": arn,
-        "Condition": {"ArnLike": {"aws:SourceArn": f"arn:aws:s3:::{bucket}"}}}]}
-    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": json.dumps(policy)})
-    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={
-        "QueueConfigurations": [{"QueueArn": arn, "Events": list(events)}]})
-    return str(queue_url)
-
-
-class SqsSource:
-    """S3 bucket notifications from an SQS queue (long polling, up to 10 messages)."""
-
-    idle_wait = 0.0  # the long poll itself waits
-
-    def __init__(self, queue_url: str, *, wait_time: int = 10,
-                 visibility_timeout: int | None = None, endpoint_url: str | None = None,
-                 region_name: str | None = None, client: Any = None) -> None:
-        self.queue_url = queue_url
-        self.wait_time = wait_time
-        self.visibility_timeout = visibility_timeout
-        self.client = client or _boto3_client("sqs", endpoint_url, region_name)
-
-    @classmethod
-    def from_config(cls, config: WatchConfig, client: Any = None) -> SqsSource:
+def source_for(config: WatchConfig, ledger: Ledger, clock: Clock = time.time) -> Source:
+    """The source `config` names: its SQS queue, or a listing of its bucket/prefix."""
+    if config.mode == "sqs":
         assert config.queue_url
-        return cls(config.queue_url, wait_time=config.wait_time,
-                   visibility_timeout=config.visibility_timeout,
-                   endpoint_url=config.endpoint_url, region_name=config.region_name,
-                   client=client)
-
-    def fetch(self) -> list[Batch]:
-        kwargs: dict[str, Any] = {
-            "QueueUrl": self.queue_url, "MaxNumberOfMessages": 10,
-            "WaitTimeSeconds": self.wait_time,
-        }
-        if self.visibility_timeout is not None:
-            kwargs["VisibilityTimeout"] = self.visibility_timeout
-        messages = self.client.receive_message(**kwargs).get("Messages", [])
-        return [self._batch(m) for m in messages]
-
-    def _batch(self, message: dict[str, Any]) -> Batch:
-        message_id = message.get("MessageId", "?")
-        receipt = message["ReceiptHandle"]
-
-        def ack() -> None:
-            self.client.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt)
-
-        try:
-            parsed = parse_message(message.get("Body", ""), message_id)
-        except MalformedMessage as exc:
-            return Batch(message_id, error=str(exc))
-        return Batch(message_id, parsed.records, parsed.skipped, ack=ack)
-
-
-class PollingSource:
-    """New (key, ETag)s in a bucket/prefix by listing it, for stores without notifications.
-
-    The cursor is in the ledger: `poll_seen` holds the last ETag handled per key (set by
-    `ack` after the watcher committed) and `poll_cursor` the newest LastModified listed.
-    The watermark is informational only: a multipart upload's LastModified is its start,
-    so filtering on it would miss large files that took long to upload.
-    """
-
-    def __init__(self, bucket: str, ledger: Ledger, *, prefix: str = "",
-                 poll_interval: float = 60.0, skip_existing: bool = False,
-                 endpoint_url: str | None = None, region_name: str | None = None,
-                 client: Any = None, clock: Clock = time.time) -> None:
-        self.bucket = bucket
-        self.prefix = prefix
-        self.ledger = ledger
-        self.idle_wait = poll_interval
-        self.skip_existing = skip_existing
-        self.clock = clock
-        self.client = client or _boto3_client("s3", endpoint_url, region_name)
-
-    @classmethod
-    def from_config(cls, config: WatchConfig, ledger: Ledger, client: Any = None,
-                    clock: Clock = time.time) -> PollingSource:
-        assert config.bucket
-        return cls(config.bucket, ledger, prefix=config.prefix,
-                   poll_interval=config.poll_interval, skip_existing=config.skip_existing,
-                   endpoint_url=config.endpoint_url, region_name=config.region_name,
-                   client=client, clock=clock)
-
-    def fetch(self) -> list[Batch]:
-        first = self.ledger.cursor(self.bucket, self.prefix) is None
-        batches: list[Batch] = []
-        newest: str | None = None
-        baseline: list[tuple[str, str, str]] = []
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
-            for item in page.get("Contents", []):
-                key, etag = item["Key"], clean_etag(item.get("ETag"))
-                modified = item.get("LastModified")
-                stamp = modified.isoformat() if modified is not None else None
-                if stamp and (newest is None or stamp > newest):
-                    newest = stamp
-                if self.ledger.poll_seen(self.bucket, key) == etag:
-                    continue
-                if first and self.skip_existing:
-                    baseline.append((key, etag, stamp or ""))
-                    continue
-                record = ObjectCreated(bucket=self.bucket, key=key, etag=etag,
-                                       size=int(item.get("Size", 0)), event_time=stamp,
-                                       event_name="ObjectCreated:Listed")
-                batches.append(Batch(f"s3://{self.bucket}/{key}#{etag}", [record],
-                                     ack=self._marker(key, etag, stamp)))
-        with self.ledger.transaction():
-            for key, etag, stamp in baseline:
-                self.ledger.mark_polled(self.bucket, key, etag, stamp or None)
-            self.ledger.set_cursor(self.bucket, self.prefix, newest, self.clock())
-        if baseline:
-            log.info("first listing of s3://%s/%s: %d existing objects recorded, not announced",
-                     self.bucket, self.prefix, len(baseline))
-        return batches
-
-    def _marker(self, key: str, etag: str, stamp: str | None) -> Callable[[], None]:
-        def ack() -> None:
-            with self.ledger.transaction():
-                self.ledger.mark_polled(self.bucket, key, etag, stamp)
-
-        return ack
+        return SqsSource(config.queue_url, wait_time=config.wait_time,
+                         visibility_timeout=config.visibility_timeout,
+                         endpoint_url=config.endpoint_url, region_name=config.region_name)
+    assert config.bucket
+    return PollingSource(config.bucket, ledger, prefix=config.prefix,
+                         poll_interval=config.poll_interval, skip_existing=config.skip_existing,
+                         endpoint_url=config.endpoint_url, region_name=config.region_name,
+                         clock=clock)
 
 
 # --------------------------------------------------------------------------- emitting
@@ -528,10 +196,7 @@ class Watcher:
         self.config = config
         self.clock = clock
         self.ledger = ledger or Ledger(config.ledger_path)
-        if source is None:
-            source = (SqsSource.from_config(config) if config.mode == "sqs"
-                      else PollingSource.from_config(config, self.ledger, clock=clock))
-        self.source = source
+        self.source = source or source_for(config, self.ledger, clock)
         self.emit: Emit = emit or PrefectEmitter()
         self._flush: Callable[[], None] | None = getattr(self.emit, "flush", None)
 

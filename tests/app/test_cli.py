@@ -14,10 +14,11 @@ import pytest
 HELIXFLOW = str(Path(sys.executable).with_name("helixflow"))
 
 
-def cli(*args: str, env: dict[str, str] | None = None,
-        timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
+        unset: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if k not in unset}
     return subprocess.run([HELIXFLOW, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+                          env={**full, "COLUMNS": "200", **(env or {})})
 
 
 def test_help_and_usage_errors() -> None:
@@ -60,8 +61,10 @@ def test_run_and_lineage_of_a_shard(prefect_api: str, tmp_path: Path) -> None:
     env = {"PREFECT_API_URL": prefect_api}
     # a pipe at 80 columns (as in CI logs): the URL line longer than 80 stays one line
     proc = cli("run", str(demo / "R1.fastq.gz"), str(demo / "R2.fastq.gz"), "--store",
-               str(store), "--embed", "kmer", "--no-simulate", env={**env, "COLUMNS": "80"})
+               str(store), "--embed", "kmer", "--no-simulate", env={**env, "COLUMNS": "80"},
+               unset=("RAY_AUTH_MODE",))  # as a user's shell: Ray decides on its token
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Token authentication" not in proc.stdout + proc.stderr  # no Ray notice
     ui = [line for line in proc.stdout.splitlines() if line.startswith("Flow run in the UI:")]
     assert len(ui) == 1 and len(ui[0]) > 80, proc.stdout
     assert re.fullmatch(r"Flow run in the UI: http://127\.0\.0\.1:\d+/runs/flow-run/[0-9a-f-]{36}",
@@ -146,8 +149,23 @@ def test_pretrain_dnabert_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
     proc = cli("pretrain-dnabert", str(demo / "R1.fastq.gz"), "--out", str(out), "--k", "3",
                "--hidden", "16", "--steps", "3", "--batch-size", "4")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    from helixflow.tasks.dnabert import KmerTokenizer, load_model
+    from helixflow.tasks.dnabert_checkpoint import load_model
+    from helixflow.tasks.dnabert_tokens import KmerTokenizer
 
     model, tokenizer = load_model(out)
     assert isinstance(tokenizer, KmerTokenizer) and tokenizer.k == 3
     assert model.config.hidden_size == 16 and model.config.vocab_size == 4**3 + 5
+
+
+def test_pretrain_dnabert_reads_no_file_past_max_reads(tmp_path: Path) -> None:
+    """The sample stops at --max-reads: a later input is never opened (it was, and a bad
+    one failed the command, when the read loop's `break` left the loop over files going)."""
+    demo = tmp_path / "demo"
+    assert cli("demo-data", str(demo), "--pairs", "300", "--genomes", "1").returncode == 0
+    broken = tmp_path / "broken.fastq"
+    broken.write_text("not a FASTQ record\n")
+    proc = cli("pretrain-dnabert", str(demo / "R1.fastq.gz"), str(broken), "--out",
+               str(tmp_path / "model"), "--k", "3", "--hidden", "8", "--layers", "1",
+               "--steps", "1", "--batch-size", "2", "--max-reads", "50")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "model" / "config.json").is_file()

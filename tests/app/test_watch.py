@@ -11,16 +11,9 @@ import boto3
 import pytest
 
 from helixflow.app.s3events import EventSpec, parse_message
-from helixflow.app.watch import (
-    Batch,
-    EmitError,
-    Ledger,
-    PollingSource,
-    SqsSource,
-    WatchConfig,
-    Watcher,
-    connect_bucket_to_queue,
-)
+from helixflow.app.watch import EmitError, WatchConfig, Watcher
+from helixflow.app.watch_ledger import Ledger
+from helixflow.app.watch_sources import Batch, PollingSource, SqsSource, connect_bucket_to_queue
 from helixflow.errors import HelixflowError
 
 # ----------------------------------------------------------------------------- helpers
@@ -356,7 +349,7 @@ def test_sqs_source_deletes_handled_keeps_malformed(
     config = WatchConfig(queue_url=url, wait_time=1, visibility_timeout=0,
                          ledger=tmp_path / "l")
     rec = Recorder()
-    watcher = Watcher(config, SqsSource.from_config(config), emit=rec)
+    watcher = Watcher(config, SqsSource(url, wait_time=1, visibility_timeout=0), emit=rec)
     with caplog.at_level("ERROR", logger="helixflow.app.watch"):
         stats = watcher.run(max_iterations=1)
     assert stats.messages == 2 and stats.errors == 1 and stats.announced == 1
@@ -456,7 +449,7 @@ def test_real_bucket_notifications_via_moto_server(moto_endpoint: str, tmp_path:
     s3.put_object(Bucket="uploads", Key="runs/sample one.md5", Body=b"x")
 
     config = WatchConfig(queue_url=url, wait_time=1, ledger=tmp_path / "it.sqlite")
-    source = RecordingSqsSource.from_config(config)
+    source = RecordingSqsSource(url, wait_time=1)
     source.bodies = []
     rec = Recorder()
     watcher = Watcher(config, source, emit=rec)

@@ -221,7 +221,8 @@ def test_s3_uploads_start_runs_exactly_once(
     notifications again → no run; a new version of an object → one more run."""
     import boto3
 
-    from helixflow.app.watch import WatchConfig, connect_bucket_to_queue, open_watcher
+    from helixflow.app.watch import WatchConfig, open_watcher
+    from helixflow.app.watch_sources import connect_bucket_to_queue
 
     s3 = boto3.client("s3", endpoint_url=moto_endpoint)
     sqs = boto3.client("sqs", endpoint_url=moto_endpoint)
@@ -299,7 +300,8 @@ def test_fifty_uploads_at_once_make_fifty_runs_none_twice(
     server on PostgreSQL answered no 503."""
     import boto3
 
-    from helixflow.app.watch import WatchConfig, connect_bucket_to_queue, open_watcher
+    from helixflow.app.watch import WatchConfig, open_watcher
+    from helixflow.app.watch_sources import connect_bucket_to_queue
 
     prefect_api = pg_server.api_url
     busy_before = retryable_errors(pg_server)

@@ -42,6 +42,7 @@ PHASE1 = ["--shard-size", "1000", "--embed", "kmer", "--no-simulate"]
 NAMES_THE_RUN = {
     "report/report.html": "the QC report names its run (id, run folder URIs)",
     "manifest.json": "the manifest lists the run id and the run folder's URIs",
+    "multiqc/multiqc_report.html": "MultiQC stamps its report with the time it ran",
 }
 
 

@@ -21,10 +21,10 @@ import pytest
 
 from helixflow.app.demo import DemoSpec, write_demo
 from helixflow.blocks.slurm import SlurmCluster
-from helixflow.flows.slurm import run_jobs
 from helixflow.lineage import LineageGraph, load_records
 from helixflow.samples import Sample, plan_samples
 from helixflow.slurm import JobSpec
+from helixflow.slurm_jobs import run_jobs
 from helixflow.store import Store, file_uri, identify, local_path
 from helixflow.tasks.assemble import AssemblyParams, assemble
 from helixflow.tasks.fastq import iter_read_batches

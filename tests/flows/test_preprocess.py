@@ -4,6 +4,7 @@ VCF back to the FASTQ, the HTML report."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import hashlib
 import subprocess
@@ -38,7 +39,7 @@ def corrected_reads(store_dir: Path, run_id: str) -> int:
                for p in (store_dir / "runs" / run_id / "correct").glob("*.parquet"))
 
 
-def test_demo_with_reference(prefect_api: str, tmp_path: Path) -> None:
+def test_demo_with_reference(prefect_api: str, tmp_path: Path, openlineage_receiver) -> None:
     samtools, bcftools = require_tool("samtools"), require_tool("bcftools")
     demo = write_demo(tmp_path / "demo", DemoSpec(n_pairs=8000, n_genomes=2, genome_length=20_000,
                                                   n_variants=12))
@@ -106,6 +107,50 @@ def test_demo_with_reference(prefect_api: str, tmp_path: Path) -> None:
     for section in ("Quality filtering", "Duplicates", "Error correction", "Alignment",
                     "Variants", "Annotation"):
         assert section in report
+
+    # MultiQC parsed the run's own figures: QC in/out, duplication, mapped reads, variants
+    assert summary.multiqc_uri and summary.multiqc_uri in report
+    mq = local_path(summary.multiqc_uri).parent
+    assert local_path(summary.multiqc_uri).read_bytes()[:15].lower() == b"<!doctype html>"
+
+    def mq_table(name: str) -> dict[str, str]:
+        with (mq / name).open() as fh:
+            (row,) = [r for r in csv.DictReader(fh, delimiter="\t") if r["Sample"] == "demo"]
+        return row
+
+    (sample,) = summary.samples
+    fastp = ast.literal_eval(mq_table("multiqc_fastp.txt")["summary"])
+    assert fastp["before_filtering"]["total_reads"] == sample["reads"]
+    assert fastp["after_filtering"]["total_reads"] == sample["reads_after_qc"]
+    rate = ast.literal_eval(mq_table("multiqc_fastp.txt")["duplication"])["rate"]
+    assert 0 < rate < 0.5  # the demo's duplicate fraction, as dedup measured it
+    assert int(mq_table("multiqc_samtools_flagstat.txt")["mapped_passed"]) == mapped
+    assert int(mq_table("multiqc_bcftools_stats.txt")["number_of_records"]) == len(called)
+
+    # OpenLineage: the events sent during the run link raw FASTQ → … → MD trajectory
+    events = openlineage_receiver.events
+    kinds = {(e["eventType"], e["job"]["name"]) for e in events}
+    assert ("START", "helixflow.flow") in kinds and ("COMPLETE", "helixflow.flow") in kinds
+    complete = [e for e in events if e["eventType"] == "COMPLETE" and e["outputs"]]
+    assert {e["job"]["name"] for e in complete} >= {
+        "helixflow.ingest-fastq", "helixflow.filter-reads", "helixflow.kmer-spectra"}
+    made_from: dict[str, set[str]] = {}
+    for e in complete:
+        assert e["job"]["namespace"] == "helixflow-test"
+        facet = e["run"]["facets"]["helixflow"]
+        assert facet["prefectFlowRunId"] and facet["helixflowRunId"] == summary.run_id
+        assert e["run"]["facets"]["parent"]["job"]["name"] == "helixflow.flow"
+        for out in e["outputs"]:
+            assert len(out["facets"]["version"]["datasetVersion"]) == 64
+            made_from.setdefault(out["name"], set()).update(i["name"] for i in e["inputs"])
+    seen, todo = set(), [str(local_path(summary.trajectories[0]))]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(made_from.get(name, ()))
+    assert str(demo.r1.resolve()) in seen and str(demo.r2.resolve()) in seen
+    assert any(name.endswith(".kmer5.parquet") or "/embed/" in name for name in seen)
 
 
 def test_annotation_and_caller_options_reach_the_tasks(prefect_api: str, tmp_path: Path) -> None:

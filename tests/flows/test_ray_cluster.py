@@ -150,8 +150,10 @@ def test_lshvec_trains_one_model_on_two_nodes(
         import gzip, json, ray, numpy as np
         from helixflow.runner import runtime_env
         from helixflow.tasks.fastq import iter_read_batches
-        from helixflow.tasks.lshvec import (SkipGramConfig, fit_lsh, sequence_vectors, tokenize,
-                                  train_skipgram_ray)
+        from helixflow.tasks.lsh import fit_lsh, tokenize
+        from helixflow.tasks.read_vectors import sequence_vectors
+        from helixflow.tasks.skipgram import SkipGramConfig
+        from helixflow.tasks.skipgram_ray import train_skipgram_ray
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import train_test_split
 

@@ -15,8 +15,10 @@ from typing import Any, TypeVar
 import pytest
 
 from helixflow.blocks.slurm import SlurmCluster
-from helixflow.flows.slurm import LocalBackend, SlurmCli, run_jobs, run_slurm_jobs
+from helixflow.flows.slurm import run_slurm_jobs
 from helixflow.slurm import JobSpec, QueueEntry, SlurmJobFailed
+from helixflow.slurm_backends import LocalBackend, SlurmCli
+from helixflow.slurm_jobs import run_jobs
 from helixflow.store import Store, local_path
 from tests.conftest import REPO, missing, require_tool
 
@@ -269,7 +271,7 @@ def test_ssh_mode_argv_without_a_server(
     tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SSH mode end to end against a recording runner: rsync up, sbatch/squeue over ssh."""
-    import helixflow.flows.slurm as slurm_flow
+    import helixflow.slurm_backends as slurm_backends
 
     calls: list[list[str]] = []
     scripts: list[str] = []
@@ -288,7 +290,7 @@ def test_ssh_mode_argv_without_a_server(
             out = "0\n"
         return subprocess.CompletedProcess(argv, 0, out, "")
 
-    monkeypatch.setattr(slurm_flow, "run_local", fake)
+    monkeypatch.setattr(slurm_backends, "run_local", fake)
     cluster = SlurmCluster(mode="ssh", ssh_host="login.hpc", ssh_user="ana",
                            scratch_dir="/remote/scratch", local_staging_dir=str(tmp_path),
                            poll_interval=0.05, poll_max_interval=0.05)

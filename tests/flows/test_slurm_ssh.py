@@ -18,8 +18,9 @@ import pytest
 from pydantic import SecretStr
 
 from helixflow.blocks.slurm import SlurmCluster
-from helixflow.flows.slurm import run_jobs, run_slurm_jobs
+from helixflow.flows.slurm import run_slurm_jobs
 from helixflow.slurm import JobSpec, SlurmJobFailed, parse_scontrol
+from helixflow.slurm_jobs import run_jobs
 from helixflow.store import Store
 from tests.conftest import free_port, missing, require_tool, stop_process
 from tests.flows.test_slurm import cancel_and_wait, start_sleeper

@@ -63,3 +63,22 @@ def test_render_formats(tmp_path: Path) -> None:
     assert json.loads(render(node, "json", upstream=True))["children"][0]["uri"] == shard.uri
     mer = render(node, "mermaid", upstream=True)
     assert mer.startswith("flowchart LR") and mer.count("-->") == 2
+
+
+def test_the_lineage_picture_is_drawn_and_grouped_when_large() -> None:
+    from helixflow.lineage import LineageNode, dot, picture
+    from tests.conftest import require_tool
+
+    require_tool("dot")
+    fq = LineageNode(uri="file:///d/R1.fq.gz", sha256="a" * 64)
+    shards = [LineageNode(uri=f"file:///s/runs/r/ingest/p{i}.parquet", sha256=f"{i:064x}",
+                          task_name="ingest-fastq", children=[fq]) for i in range(5)]
+    small = dot(shards)
+    assert small.count("fillcolor") == 6 and small.count("->") == 5
+    assert 'label="ingest-fastq"' in small and "p4.parquet\\n" in small
+    grouped = dot(shards, max_nodes=3)  # one box per producing task, one for the inputs
+    assert grouped.count("fillcolor") == 2 and grouped.count("->") == 1
+    assert "5 files" in grouped
+    png = picture(small)
+    assert png is not None and png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert picture("digraph {") is None  # Graphviz refuses it: no picture, no exception

@@ -10,8 +10,9 @@ import pyarrow.parquet as pq
 from helixflow.app.demo import DemoSpec, write_demo
 from helixflow.store import Store, identify
 from helixflow.tasks.analysis import AnalysisParams, analyze_embeddings, read_representatives
-from helixflow.tasks.fastq import iter_read_batches, write_read_shard
+from helixflow.tasks.fastq import iter_read_batches
 from helixflow.tasks.kmers import embed_kmer_spectra
+from helixflow.tasks.reads import write_read_shard
 
 
 def test_clusters_follow_genomes_and_representatives_are_real_reads(tmp_path: Path) -> None:

@@ -22,8 +22,9 @@ from helixflow.tasks.assemble import (
     megahit_command,
     write_fastq_inputs,
 )
-from helixflow.tasks.fastq import READS_SCHEMA, iter_read_batches, write_read_shard
+from helixflow.tasks.fastq import iter_read_batches
 from helixflow.tasks.orfs import iter_fasta
+from helixflow.tasks.reads import READS_SCHEMA, write_read_shard
 from tests.conftest import require_tool
 
 K = 31

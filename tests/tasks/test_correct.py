@@ -21,7 +21,8 @@ from helixflow.tasks.correct import (
     partition_counts,
     solid_threshold,
 )
-from helixflow.tasks.fastq import READS_SCHEMA, iter_read_batches
+from helixflow.tasks.fastq import iter_read_batches
+from helixflow.tasks.reads import READS_SCHEMA
 from tests.conftest import require_tool
 
 K = 15

@@ -21,22 +21,10 @@ import pytest
 import torch
 
 from helixflow.errors import InputError
-from helixflow.tasks.dnabert import (
-    CLS_ID,
-    SEP_ID,
-    UNK_ID,
-    DnabertEmbedder,
-    KmerTokenizer,
-    PretrainConfig,
-    dnabert_vocab,
-    embed,
-    embed_dataset,
-    load_model,
-    loss_curve,
-    model_digest,
-    pretrain,
-    span_mask,
-)
+from helixflow.tasks.dnabert import DnabertEmbedder, embed, embed_dataset
+from helixflow.tasks.dnabert_checkpoint import load_model, loss_curve, model_digest
+from helixflow.tasks.dnabert_tokens import CLS_ID, SEP_ID, UNK_ID, KmerTokenizer, dnabert_vocab
+from helixflow.tasks.dnabert_train import PretrainConfig, pretrain, span_mask
 
 TINY = PretrainConfig(
     k=3, layers=1, hidden=32, heads=2, intermediate=64, max_tokens=24, steps=8, batch_size=8
@@ -175,7 +163,7 @@ def test_pretrain_is_deterministic(tiny_model: Path, tmp_path: Path) -> None:
 
 
 def test_round_trip_same_embeddings(tmp_path: Path) -> None:
-    from helixflow.tasks.dnabert import save_checkpoint, train_mlm
+    from helixflow.tasks.dnabert_train import save_checkpoint, train_mlm
 
     reads = [random_dna(50, seed) for seed in range(32)]
     result = train_mlm(reads, TINY)

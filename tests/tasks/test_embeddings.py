@@ -277,7 +277,7 @@ def test_failed_write_leaves_no_temporary_file_and_keeps_the_old_shard(
         assert Path(src).parent == path.parent
         raise OSError("disk full")
 
-    monkeypatch.setattr(embeddings.os, "replace", broken_replace)
+    monkeypatch.setattr(os, "replace", broken_replace)  # what helixflow.files renames with
     with pytest.raises(OSError, match="disk full"):
         write_embedding_shard(other, path)
     assert files(path.parent) == ["part-00000.parquet"]
@@ -296,3 +296,20 @@ def test_interrupted_parquet_write_leaves_nothing(
     with pytest.raises(KeyboardInterrupt):
         write_embedding_shard(table, tmp_path / "new.parquet")
     assert files(tmp_path) == []
+
+
+def test_embedding_writer_publishes_on_close_and_leaves_nothing_on_error(tmp_path: Path) -> None:
+    path = tmp_path / "e.parquet"
+    with embeddings.EmbeddingWriter(path, 4, method="kmer3", source_shard=SHARD) as writer:
+        writer.write(ids(2), vectors(2, 4), np.arange(2))
+        assert files(tmp_path) != ["e.parquet"]  # only the temporary file so far
+    assert files(tmp_path) == ["e.parquet"]
+    assert pq.read_table(path).num_rows == 2
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError, match="died"), embeddings.EmbeddingWriter(
+        path, 4, method="kmer3", source_shard=SHARD
+    ) as writer:
+        writer.write(ids(3), vectors(3, 4), np.arange(3))
+        raise RuntimeError("embedding died")
+    assert files(tmp_path) == ["e.parquet"]
+    assert path.read_bytes() == before

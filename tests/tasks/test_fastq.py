@@ -1,4 +1,4 @@
-"""Tests for the FASTQ kernel (tasks/fastq.py): parsing, pairing, validation, stats, shards.
+"""Tests for reading FASTQ (tasks/fastq.py, fastqrecords.py, inflate.py): parse, pair, validate.
 
 Generated data covers the edge cases; the real files in the shared data directory
 (HELIXFLOW_SHARED_DATA, default <repo>/../shared/data) pin exact counts. Those tests skip
@@ -20,19 +20,14 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 
 from helixflow.errors import InputError
-from helixflow.tasks import fastq
-from helixflow.tasks.fastq import (
-    READS_SCHEMA,
-    ReadStats,
-    batch_stats,
-    iter_read_batches,
-    open_fastq,
-    write_read_shard,
-)
+from helixflow.tasks import fastqrecords
+from helixflow.tasks.fastq import iter_read_batches
+from helixflow.tasks.inflate import open_fastq
+from helixflow.tasks.reads import READS_SCHEMA
+from helixflow.tasks.readstats import batch_stats
 from tests.conftest import require_tool
 
 Record = tuple[str, str, str]  # header line without '@', sequence, quality
@@ -139,18 +134,6 @@ def no_thread_leak() -> Iterator[None]:
 
 # --------------------------------------------------------------------------------------
 # Parsing and layout
-
-
-def test_schema_is_the_documented_one() -> None:
-    assert [(f.name, str(f.type)) for f in READS_SCHEMA] == [
-        ("read_id", "string"),
-        ("mate", "uint8"),
-        ("fragment", "int64"),
-        ("record", "int64"),
-        ("sequence", "string"),
-        ("quality", "string"),
-        ("is_empty", "bool"),
-    ]
 
 
 def test_single_end_round_trips_byte_for_byte(tmp_path: Path, no_thread_leak: None) -> None:
@@ -435,7 +418,7 @@ def test_cr_only_line_ends_and_endless_lines_are_named(
         1,
         "lines end in CR only (classic Mac); FASTQ needs LF or CRLF",
     )
-    monkeypatch.setattr(fastq, "_MAX_LINE", 1000)  # a runaway line must not fill memory
+    monkeypatch.setattr(fastqrecords, "_MAX_LINE", 1000)  # a runaway line must not fill memory
     big = write(tmp_path / "big.fq", fastq_text([GOOD] * 3) + b"@r4\r" + b"ACGT\r" * 2000)
     error = raises_input_error(str(big))
     assert error.record == 4 and error.detail.startswith("no line feed in")
@@ -593,103 +576,6 @@ def test_bad_arguments(tmp_path: Path) -> None:
         iter_read_batches(path, batch_size=0)
     with pytest.raises(ValueError, match="same file"):
         iter_read_batches(path, path)
-
-
-# --------------------------------------------------------------------------------------
-# Statistics
-
-
-def naive_stats(records: list[tuple[str, str, str]]) -> dict[str, object]:
-    """Per-read Python reference for one mate."""
-    lengths = [len(s) for _, s, _ in records]
-    bases = "".join(s for _, s, _ in records)
-    by_pos: dict[int, list[int]] = {}
-    for _, _, q in records:
-        for i, c in enumerate(q):
-            by_pos.setdefault(i, []).append(ord(c) - 33)
-    gc, at = sum(bases.count(b) for b in "GC"), sum(bases.count(b) for b in "ATU")
-    return {
-        "reads": len(records),
-        "bases": len(bases),
-        "empty_reads": lengths.count(0),
-        "min_length": min(lengths),
-        "max_length": max(lengths),
-        "length_histogram": {n: lengths.count(n) for n in sorted(set(lengths))},
-        "gc_fraction": gc / (gc + at),
-        "n_bases": bases.count("N"),
-        "mean_quality_by_position": [sum(v) / len(v) for _, v in sorted(by_pos.items())],
-    }
-
-
-def assert_stats_match(got: dict[str, object], expected: dict[str, object]) -> None:
-    for key, value in expected.items():
-        if key == "mean_quality_by_position":
-            assert got[key] == pytest.approx(value, abs=1e-4)
-        elif key == "gc_fraction":
-            assert got[key] == pytest.approx(value)
-        else:
-            assert got[key] == value, key
-
-
-@pytest.mark.parametrize("fixed_length", [False, True])
-def test_batch_stats_match_a_per_read_reference(tmp_path: Path, fixed_length: bool) -> None:
-    def records(seed: int) -> Sequence[Record]:
-        recs = random_records(500, seed=seed, max_len=80)
-        if fixed_length:
-            rng = np.random.default_rng(seed)
-            recs = [
-                (h, "".join(rng.choice(list("ACGTN"), 80)), "I" * 40 + "#" * 40) for h, _, _ in recs
-            ]
-        return recs
-
-    r1 = write(tmp_path / "R1.fq", fastq_text(records(21)))
-    r2 = write(tmp_path / "R2.fq", fastq_text(records(22)))
-    merged = ReadStats()
-    for batch in iter_read_batches(str(r1), str(r2), batch_size=64):
-        merged = merged.merge(batch_stats(batch))
-    whole = batch_stats(collect(str(r1), str(r2)))
-    assert merged.to_dict() == whole.to_dict()
-    stats = merged.to_dict()
-    assert set(stats) == {"1", "2"}
-    assert_stats_match(stats["1"], naive_stats(reference_parse(r1)))
-    assert_stats_match(stats["2"], naive_stats(reference_parse(r2)))
-    assert stats["1"]["mean_length"] == pytest.approx(stats["1"]["bases"] / 500)
-
-
-def test_single_end_stats_use_mate_zero(tmp_path: Path) -> None:
-    path = write(tmp_path / "r.fq", fastq_text([("a", "GGCA", "!!II"), ("b", "", "")]))
-    stats = batch_stats(collect(str(path))).to_dict()
-    assert list(stats) == ["0"]
-    assert stats["0"]["gc_fraction"] == 0.75
-    assert stats["0"]["mean_quality_by_position"] == [0.0, 0.0, 40.0, 40.0]
-    assert stats["0"]["empty_reads"] == 1
-
-
-# --------------------------------------------------------------------------------------
-# Shards
-
-
-def test_write_read_shard_round_trips_with_metadata(tmp_path: Path) -> None:
-    r1 = write(tmp_path / "R1.fq", fastq_text(random_records(300, seed=23)))
-    r2 = write(tmp_path / "R2.fq", fastq_text(random_records(300, seed=24)))
-    batch = next(iter(iter_read_batches(str(r1), str(r2))))
-    out = tmp_path / "shards" / "part-00000.parquet"
-    assert write_read_shard(batch, out, metadata={"sample": "S1", "source": "R1.fq"}) == 600
-    table = pq.read_table(out)
-    assert table.cast(READS_SCHEMA).equals(pa.Table.from_batches([batch]))
-    assert table.schema.metadata[b"sample"] == b"S1"
-    meta = pq.ParquetFile(out).metadata
-    assert {meta.row_group(0).column(i).compression for i in range(meta.num_columns)} == {"ZSTD"}
-    assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temp file left
-    assert write_read_shard(pa.Table.from_batches([batch]), tmp_path / "t.parquet") == 600
-
-
-def test_write_read_shard_refuses_other_tables_and_remote_paths(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="READS_SCHEMA"):
-        write_read_shard(pa.table({"x": [1]}), tmp_path / "x.parquet")
-    empty = pa.Table.from_batches([], schema=READS_SCHEMA)
-    with pytest.raises(ValueError, match="local"):
-        write_read_shard(empty, "s3://bucket/x.parquet")
 
 
 # --------------------------------------------------------------------------------------

@@ -19,23 +19,30 @@ from Bio.PDB import PDBParser
 
 from helixflow.blocks.gromacs import GromacsSettings
 from helixflow.errors import HelixflowError, InputError
+from helixflow.flows.simulate import DEMO_MD
 from helixflow.tasks.gromacs import (
     ENERGY_TERMS,
     MD_OUTPUTS,
+    STDERR_WRAPPER,
     STDIN_WRAPPER,
+    WHOLE_TRAJECTORY,
+    add_checks_attribute,
     build_peptide_pdb,
     describe_command,
     gromacs_error,
     md_commands,
     md_input_files,
     md_job,
+    md_outputs,
     md_outputs_to_netcdf,
     peptide_from_protein,
     peptides_from_orfs,
     read_xvg,
     run_md_locally,
+    with_stderr_file,
     with_stdin,
 )
+from helixflow.tasks.md_checks import MdChecks, check_simulation, peptide_topology
 from helixflow.tasks.orfs import OrfParams, find_orfs
 from tests.conftest import require_tool
 
@@ -129,7 +136,7 @@ def test_md_commands_default_sequence() -> None:
     assert all(isinstance(c, list) and all(isinstance(a, str) for a in c) for c in cmds)
     assert [subcommand(c) for c in cmds] == [
         "pdb2gmx", "editconf", "solvate", "grompp", "genion",
-        "grompp", "mdrun", "grompp", "mdrun", "grompp", "mdrun", "energy",
+        "grompp", "mdrun", "grompp", "mdrun", "grompp", "mdrun", "energy", "trjconv",
     ]
     pdb2gmx = cmds[0]
     for flag, value in (("-ff", "amber99sb-ildn"), ("-water", "tip3p"), ("-f", "peptide.pdb")):
@@ -147,19 +154,31 @@ def test_md_commands_default_sequence() -> None:
     ]
     for mdrun in (c for c in cmds if subcommand(c) == "mdrun"):
         assert mdrun[-6:] == ["-ntmpi", "1", "-ntomp", "3", "-nb", "cpu"]
+    em_run, nvt_run, md_run = (c for c in cmds if subcommand(c) == "mdrun")
+    assert em_run[0] == "gmx"  # dynamics save their stderr (LINCS warnings) to a file
+    assert nvt_run[:5] == ["sh", "-c", STDERR_WRAPPER, "helixflow-stderr", "nvt.stderr"]
+    assert md_run[4] == "md.stderr" and {"nvt.stderr", "md.stderr"} <= set(MD_OUTPUTS)
     nvt_grompp, md_grompp = cmds[7], cmds[9]
     assert nvt_grompp[nvt_grompp.index("-r") + 1] == "em.gro"
     assert md_grompp[md_grompp.index("-t") + 1] == "nvt.cpt"
     assert "-r" not in md_grompp
-    energy = cmds[-1]
+    energy = cmds[-2]
     assert energy[4] == "\n".join(ENERGY_TERMS) + "\n"
     assert energy[-4:] == ["-f", "md.edr", "-o", "energy.xvg"]
+    trjconv = cmds[-1]  # centre on the peptide, write the whole system, molecules whole
+    assert trjconv[4] == "Protein\nSystem"
+    assert trjconv[5:] == ["gmx", "-quiet", "-nobackup", "trjconv", "-s", "md.tpr", "-f",
+                           "md.xtc", "-o", WHOLE_TRAJECTORY, "-pbc", "mol", "-center"]
+    assert WHOLE_TRAJECTORY in MD_OUTPUTS and {"em.log", "nvt.log"} <= set(MD_OUTPUTS)
 
 
 def test_md_commands_with_npt_salt_and_no_posres() -> None:
     cmds = md_commands(GromacsSettings(npt_enabled=True, ion_concentration=0.15, posres=False))
     names = [describe_command(c) for c in cmds]
     assert "gmx mdrun -deffnm npt" in names
+    assert md_outputs(GromacsSettings(npt_enabled=True)) == (*MD_OUTPUTS, "npt.log",
+                                                              "npt.stderr")
+    assert md_outputs(GromacsSettings()) == MD_OUTPUTS
     npt_grompp = cmds[names.index("gmx grompp -o npt.tpr")]
     assert npt_grompp[npt_grompp.index("-t") + 1] == "nvt.cpt" and "-r" not in npt_grompp
     md_grompp = cmds[names.index("gmx grompp -o md.tpr")]
@@ -189,6 +208,18 @@ def test_md_input_files() -> None:
     assert sorted(files) == ["em.mdp", "ions.mdp", "md.mdp", "npt.mdp", "nvt.mdp", "peptide.pdb"]
     assert "nsteps                   = 500" in files["md.mdp"]
     assert files["peptide.pdb"].startswith("ATOM")
+
+
+def test_stderr_wrapper_saves_stderr_and_keeps_the_exit_status(tmp_path: Path) -> None:
+    nasty = "err; $(touch pwned) 'x"
+    code = f"import sys; print('out'); print({nasty!r}, file=sys.stderr); sys.exit(3)"
+    argv = with_stderr_file("my stage.stderr", [sys.executable, "-c", code])
+    out = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert (out.returncode, out.stdout, out.stderr) == (3, "out\n", nasty + "\n")
+    assert (tmp_path / "my stage.stderr").read_text() == nasty + "\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my stage.stderr"]
+    assert describe_command(with_stderr_file("md.stderr", ["gmx", "mdrun", "-deffnm", "md"])
+                            ) == "gmx mdrun -deffnm md"
 
 
 def test_stdin_wrapper_passes_values_literally(tmp_path: Path) -> None:
@@ -295,7 +326,8 @@ def test_short_md_to_amber_netcdf(md_run: tuple[Path, list[float], float]) -> No
     for name in MD_OUTPUTS:
         assert (workdir / name).is_file(), name
     out = md_outputs_to_netcdf(workdir, workdir / "md.nc", {"run_id": "test", "peptide": "MKFGW"})
-    reference = mda.Universe(str(workdir / "md.tpr"), str(workdir / "md.xtc"))
+    # The NetCDF is made from md-whole.xtc (trjconv -pbc mol -center), frame for frame.
+    reference = mda.Universe(str(workdir / "md.tpr"), str(workdir / WHOLE_TRAJECTORY))
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # the file must satisfy the reader
         u = mda.Universe(str(workdir / "md.tpr"), str(out))
@@ -321,6 +353,44 @@ def test_short_md_to_amber_netcdf(md_run: tuple[Path, list[float], float]) -> No
         assert ds["rmsd"][0] == pytest.approx(0.0, abs=1e-3) and np.all(ds["rmsd"][:] < 5)
         assert np.all((ds["radius_of_gyration"][:] > 3) & (ds["radius_of_gyration"][:] < 15))
         assert not math.isnan(float(ds["series_time"][-1]))
+
+
+@pytest.mark.integration
+def test_sanity_checks_of_a_real_run(tmp_path: Path) -> None:
+    """Every check passes on a real run of the pipeline's demo length (500 EM, 500 NVT,
+    1000 MD steps); the same file with the peptide moved by one box edge in the last
+    frame (what a jump across the boundary looks like) fails the pbc check, and only it."""
+    require_tool("gmx")
+    job = md_job(GromacsSettings(**DEMO_MD), "MKFGW")
+    job.write_inputs(tmp_path)
+    run_md_locally(job.commands, tmp_path, timeout=600)
+    workdir = tmp_path
+    out = md_outputs_to_netcdf(workdir, workdir / "checked.nc")
+    checks = check_simulation(workdir, out)
+    print(f"\nchecks: {checks.row()}")
+    assert checks.passed, checks.failures()
+    assert checks.fmax is not None and checks.fmax < checks.emtol == 1000.0
+    assert checks.mean_t is not None and abs(checks.mean_t - 300.0) <= 5.0
+    assert checks.lincs_warnings == 0 and 0.8 < checks.max_bond < 2.0  # C-S is 1.81 Å
+    assert checks.max_com_jump < checks.jump_limit
+    add_checks_attribute(out, checks)
+    with netCDF4.Dataset(out) as ds:
+        assert MdChecks.model_validate_json(ds.md_checks) == checks
+        edge = float(ds["cell_lengths"][-1, 0])
+    indices, _, _ = peptide_topology(workdir / "md.tpr")
+    peptide = slice(int(indices.min()), int(indices.max()) + 1)
+    with netCDF4.Dataset(out, "a") as ds:
+        ds["coordinates"][-1, peptide, 0] = ds["coordinates"][-1, peptide, 0] + edge
+    jumped = check_simulation(workdir, out)
+    assert not jumped.pbc_ok and jumped.max_com_jump > 0.9 * edge
+    assert (jumped.em_ok, jumped.temperature_ok, jumped.lincs_ok) == (True, True, True)
+    assert jumped.failures()[0].startswith("pbc: peptide centre-of-mass jump")
+    # mdrun's saved stderr is where LINCS warnings are counted (GROMACS 2022's md.log has none).
+    captured = Path(__file__).parent / "data" / "gromacs" / "nvt-lincs.stderr"
+    with open(workdir / "md.stderr", "a") as err:
+        err.write(captured.read_text())
+    lincs = check_simulation(workdir, out)
+    assert lincs.lincs_warnings == 4 and not lincs.lincs_ok
 
 
 @pytest.mark.integration

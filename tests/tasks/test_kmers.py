@@ -343,8 +343,8 @@ def test_embed_kmer_spectra_task_writes_a_readable_shard(tmp_path: Path) -> None
 
     from helixflow.store import Store
     from helixflow.tasks.embeddings import read_embedding_matrix
-    from helixflow.tasks.fastq import READS_SCHEMA, write_read_shard
     from helixflow.tasks.kmers import embed_kmer_spectra
+    from helixflow.tasks.reads import READS_SCHEMA, write_read_shard
 
     seqs = ["ACGTACGTAC", "TTTTTGGGGG", "ACGTACGTAC", "NNNNNNNNNN"]
     table = pa.table({

@@ -1,4 +1,5 @@
-"""Tests for tasks/lshvec.py on small generated data (hash, skip-gram, Ray trainer, vectors)."""
+"""Tests for the LSHvec modules (tasks/lsh, token_stream, skipgram, skipgram_ray, read_vectors,
+lshvec) on small generated data: hash, skip-gram, Ray trainer, vectors."""
 
 from __future__ import annotations
 
@@ -17,22 +18,18 @@ import pyarrow as pa
 import pytest
 
 import helixflow.tasks.lshvec as lshvec_mod
-from helixflow.tasks.lshvec import (
-    LshFunction,
-    SkipGramConfig,
-    SkipGramModel,
-    Vocab,
-    build_vocab,
-    fit_lsh,
-    level_rows,
+import helixflow.tasks.skipgram_ray as skipgram_ray
+import helixflow.tasks.token_stream as token_stream
+from helixflow.tasks.lsh import TOKENS_SCHEMA, LshFunction, fit_lsh, tokenize
+from helixflow.tasks.read_vectors import (
     sequence_vectors,
     sif_component,
     smooth_model,
     smooth_sums,
     smoothed_vectors,
-    tokenize,
-    train_skipgram,
 )
+from helixflow.tasks.skipgram import SkipGramConfig, SkipGramModel, level_rows, train_skipgram
+from helixflow.tasks.token_stream import Vocab, build_vocab
 
 _RC = str.maketrans("ACGTN", "TGCAN")
 
@@ -343,7 +340,7 @@ def test_embeddings_use_the_models_sif_a(tmp_path: Path) -> None:
     vectors = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
     path = tmp_path / "tokens.parquet"
     pq.write_table(pa.table([pa.array(["r0"]), pa.array([0]), pa.array([[10, 20]])],
-                            schema=lshvec_mod.TOKENS_SCHEMA), path)
+                            schema=TOKENS_SCHEMA), path)
     got = {}
     for a in (1e-6, 1e-2):
         model = SkipGramModel(vocab, vectors, vectors, SkipGramConfig(dim=2, sif_a=a))
@@ -363,7 +360,6 @@ def publish_token_shard(root: Path, tok: np.ndarray, off: np.ndarray,
     import pyarrow.parquet as pq
 
     from helixflow.store import Store
-    from helixflow.tasks.lshvec import TOKENS_SCHEMA
 
     n = len(off) - 1
     column = pa.ListArray.from_arrays(pa.array(off.astype(np.int32)),
@@ -388,7 +384,8 @@ def test_ray_two_workers_deterministic_and_sources_agree(tmp_path: Path) -> None
         from pathlib import Path
         sys.path.insert(0, os.getcwd())
         from tests.tasks.test_lshvec import TOY, publish_token_shard, topic_corpus
-        from helixflow.tasks.lshvec import TokenSource, train_skipgram_ray
+        from helixflow.tasks.skipgram_ray import train_skipgram_ray
+        from helixflow.tasks.token_stream import TokenSource
         tok, off = topic_corpus()
         half = 300 * 30
         shards = [(tok[:half], off[:301]), (tok[half:], off[300:] - half)]
@@ -452,8 +449,8 @@ def ragged_corpus(n_seq: int = 300, seed: int = 2) -> tuple[np.ndarray, np.ndarr
 def _batches(source: Any) -> tuple[np.ndarray, np.ndarray]:
     """All batches of a token source joined again into (tokens, offsets)."""
     toks, lens = [], []
-    for t, o in lshvec_mod._source_batches(source):
-        assert o[0] == 0 and o[-1] == len(t) and len(o) - 1 <= lshvec_mod._SOURCE_READS
+    for t, o in token_stream.source_batches(source):
+        assert o[0] == 0 and o[-1] == len(t) and len(o) - 1 <= token_stream._SOURCE_READS
         toks.append(t)
         lens.append(np.diff(o))
     n = np.concatenate(lens) if lens else np.zeros(0, np.int64)
@@ -463,15 +460,15 @@ def _batches(source: Any) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("memory", [False, True])
 def test_token_sources_parts_cover_the_shard(tmp_path: Path, memory: bool,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lshvec_mod, "_SOURCE_READS", 13)  # batches cut row groups of 40
+    monkeypatch.setattr(token_stream, "_SOURCE_READS", 13)  # batches cut row groups of 40
     tok, off = ragged_corpus()
     url = f"memory://lshvec-test-{os.getpid()}" if memory else None  # memory: not mmap
     store, art = publish_token_shard(tmp_path, tok, off, url=url)
-    whole = _batches(lshvec_mod.TokenSource(art, store))
+    whole = _batches(token_stream.TokenSource(art, store))
     assert whole[0].dtype == np.int32
     assert np.array_equal(whole[0], tok) and np.array_equal(whole[1], off)
     for parts in (2, 3, 7):
-        got = [_batches(lshvec_mod.TokenSource(art, store, i, parts)) for i in range(parts)]
+        got = [_batches(token_stream.TokenSource(art, store, i, parts)) for i in range(parts)]
         sizes = [len(o) - 1 for _, o in got]
         assert sum(sizes) == len(off) - 1 and max(sizes) - min(sizes) <= 1  # by reads
         assert np.array_equal(np.concatenate([t for t, _ in got]), tok)
@@ -490,26 +487,26 @@ def read_tagged_corpus(n_seq: int = 200, seed: int = 4) -> tuple[np.ndarray, np.
 
 def test_epoch_stream_every_token_once_per_epoch_never_across_reads(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lshvec_mod, "_SOURCE_READS", 7)
-    monkeypatch.setattr(lshvec_mod, "_SHUFFLE_TOKENS", 120)  # many blocks per epoch
+    monkeypatch.setattr(token_stream, "_SOURCE_READS", 7)
+    monkeypatch.setattr(token_stream, "_SHUFFLE_TOKENS", 120)  # many blocks per epoch
     tok, off = read_tagged_corpus()
     # out of vocabulary: every 4th token, and all tokens of reads 10-19 (reads left empty)
     oov = (np.arange(len(tok)) % 4 == 0) | ((tok // 100 >= 10) & (tok // 100 < 20))
     vocab = Vocab(np.unique(tok[~oov]), np.ones(int((~oov).sum()), np.int64))
     cuts = [0, 70, 71, 200]  # three sources, one with a single read
     sources = [(tok[off[a]:off[b]], off[a:b + 1]) for a, b in itertools.pairwise(cuts)]
-    size = lshvec_mod._in_vocab_total(lshvec_mod._source_counts(sources), vocab)
+    size = token_stream.in_vocab_total(token_stream.source_counts(sources), vocab)
     assert size == int((~oov).sum())
     ref = tok[~oov]  # input order
     rng = np.random.default_rng(0)
     orders = []
     for epoch in range(3):
         shuffle = epoch < 2
-        blocks = list(lshvec_mod._epoch_blocks(sources, vocab, np.random.default_rng(epoch),
+        blocks = list(token_stream._epoch_blocks(sources, vocab, np.random.default_rng(epoch),
                                                shuffle))
         # bounded buffer: a block ends once it holds _SHUFFLE_TOKENS tokens (+ one batch)
         assert len(blocks) > 3 and max(len(b[0]) for b in blocks) < 120 + 7 * 30
-        stream = lshvec_mod._EpochStream(sources, vocab, rng, shuffle)
+        stream = token_stream.EpochStream(sources, vocab, rng, shuffle)
         got = []
         while True:
             ids, seq = stream.take(int(rng.integers(1, 90)))
@@ -539,12 +536,12 @@ def test_epoch_stream_every_token_once_per_epoch_never_across_reads(
 
 def test_ray_worker_streams_its_sources(tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lshvec_mod, "_SHUFFLE_TOKENS", 500)
+    monkeypatch.setattr(token_stream, "_SHUFFLE_TOKENS", 500)
     tok, off = ragged_corpus()
     store, art = publish_token_shard(tmp_path, tok, off)
     half = int(off[150])
     # part 0 of 2 of the store shard (reads 0-149) and reads 150-299 in memory
-    worker = lshvec_mod._RayWorker(TOY, 0, lshvec_mod.TokenSource(art, store, 0, 2),
+    worker = skipgram_ray._RayWorker(TOY, 0, token_stream.TokenSource(art, store, 0, 2),
                                    (tok[half:], off[150:] - half))
     counts = worker.counts()
     assert np.array_equal(counts[1], build_vocab(tok).counts)

@@ -17,7 +17,6 @@ import pyarrow as pa
 import pytest
 
 from helixflow.errors import InputError
-from helixflow.tasks.fastq import READS_SCHEMA
 from helixflow.tasks.motifs import (
     HITS_SCHEMA,
     PWM,
@@ -29,6 +28,7 @@ from helixflow.tasks.motifs import (
     scan_pwms,
 )
 from helixflow.tasks.orfs import iter_fasta
+from helixflow.tasks.reads import READS_SCHEMA
 
 COMPLEMENT = str.maketrans("ACGTN", "TGCAN")
 

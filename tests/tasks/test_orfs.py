@@ -16,7 +16,6 @@ import pyarrow as pa
 import pytest
 
 from helixflow.app.demo import DemoSpec, write_demo
-from helixflow.tasks.fastq import READS_SCHEMA
 from helixflow.tasks.orfs import (
     BACTERIAL_STARTS,
     GENETIC_CODES,
@@ -26,6 +25,7 @@ from helixflow.tasks.orfs import (
     iter_fasta,
     longest_orf_per_sequence,
 )
+from helixflow.tasks.reads import READS_SCHEMA
 from tests.conftest import require_tool
 
 COMPLEMENT = str.maketrans("ACGTN", "TGCAN")

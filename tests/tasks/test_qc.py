@@ -21,7 +21,7 @@ import pytest
 from helixflow.flows.preprocess import qc_totals
 from helixflow.store import Store
 from helixflow.tables import as_batch, read_table
-from helixflow.tasks.fastq import READS_SCHEMA, iter_read_batches, write_read_shard
+from helixflow.tasks.fastq import iter_read_batches
 from helixflow.tasks.qc import (
     QcCounts,
     QcParams,
@@ -33,6 +33,7 @@ from helixflow.tasks.qc import (
     match_known_adapter,
     resolved_for,
 )
+from helixflow.tasks.reads import READS_SCHEMA, write_read_shard
 from tests.conftest import require_tool
 
 TRUSEQ_R1 = "AGATCGGAAGAGCACACGTCTGAACTCCAGTCA"

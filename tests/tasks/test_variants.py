@@ -20,7 +20,8 @@ import pytest
 
 from helixflow.app.demo import DemoSpec, write_demo
 from helixflow.errors import HelixflowError, InputError
-from helixflow.tasks.bam import align_batch, build_index, merge_bams
+from helixflow.tasks.align import align_batch, build_index
+from helixflow.tasks.bam import merge_bams
 from helixflow.tasks.fastq import iter_read_batches
 from helixflow.tasks.variants import (
     VariantCounts,
@@ -31,7 +32,7 @@ from helixflow.tasks.variants import (
     read_fasta,
 )
 from tests.conftest import require_tool
-from tests.tasks.test_bam import RG, random_genome, write_fasta
+from tests.tasks.test_align import RG, random_genome, write_fasta
 
 Variant = tuple[str, int, str, str]  # contig, 1-based POS, REF, ALT
 CONTIG = "chrV"
