@@ -12,10 +12,11 @@ PCA 10, 30-NN Euclidean self-tuning graph, at most 20,000 vectors sampled) on
   rounds, one process, SIF read vectors);
 
 with canonical 5-mer spectra (kmer5) and LSHvec vectors. Per data set and vector type it
-prints k and the ARI of the spectral clusters and of Leiden: "now" with k and the Leiden
-resolution chosen by conductance (`tasks.spectral.choose_k`, `tasks.graph.leiden_auto`),
-"before" with the eigengap (k_max 12) and Leiden at resolution 1 on the same graph. Read
-vectors are cached under bench/out/spectral/ (LSHvec training takes minutes).
+prints k and the ARI of the spectral clusters and of Leiden: "now" with k the larger of
+the conductance k and the eigengap k (`tasks.spectral.choose_k`; both printed) and the
+Leiden resolution giving k communities (`tasks.graph.leiden_k`), "before" (main) with the
+eigengap alone (k_max 12) and Leiden at resolution 1 on the same graph. Read vectors are
+cached under bench/out/spectral/ (LSHvec training takes minutes).
 
 Part 2 (default): synthetic data at scale.
 
@@ -29,8 +30,9 @@ separates them) and times, with tasks.graph / tasks.spectral:
   against the exact lists (skipped above `--exact-max`);
 - the self-tuning weighted graph and its normalised Laplacian;
 - the 11 smallest eigenpairs by eigsh (Lanczos on 2I - L) and by LOBPCG;
-- eigengap k and k-means (n_init=10) on the row-normalised eigenvectors;
-- Leiden (resolution 1) on the same graph;
+- k (`choose_k`: the larger of the conductance and the eigengap k) and k-means (n_init=10)
+  on the row-normalised eigenvectors;
+- Leiden at the resolution giving k communities (`leiden_k`) on the same graph;
 
 and prints wall seconds (t_*) and process CPU seconds (cpu_*, all threads) per stage,
 peak RSS, the k found and the adjusted Rand index of the
@@ -80,10 +82,8 @@ def peak_rss_mb() -> float:
 def run_one(args: argparse.Namespace, n: int) -> dict[str, object]:
     """All stages for one N in this process; returns the figures."""
 
-    from helixflow.tasks.graph import knn_indices, leiden_auto, neighbour_graph
+    from helixflow.tasks.graph import knn_indices, leiden_k, neighbour_graph
     from helixflow.tasks.spectral import (
-        SpectralResult,
-        accepted_conductance,
         adjusted_rand,
         choose_k,
         normalized_laplacian,
@@ -121,12 +121,10 @@ def run_one(args: argparse.Namespace, n: int) -> dict[str, object]:
             lob_values, _ = timed("lobpcg", lambda: smallest_eigenvectors(L, 11, "lobpcg", seed=0))
         out["lobpcg_fell_back"] = any("falling back" in str(w.message) for w in caught)
         out["eig_max_diff"] = float(np.abs(values - lob_values).max())
-    k, labels, worst = timed("kmeans", lambda: choose_k(A, vectors, 9, seed=0))  # per k
+    k, labels, _ = timed("kmeans", lambda: choose_k(A, vectors, 9, seed=0, values=values))
     out["k"] = k
     out["ari_spectral"] = round(adjusted_rand(labels, truth), 4)
-    chosen = SpectralResult(labels, k, values, vectors, worst)
-    communities, out["resolution"] = timed(
-        "leiden", lambda: leiden_auto(A, accepted_conductance(chosen), seed=0))
+    communities, out["resolution"] = timed("leiden", lambda: leiden_k(A, k, seed=0))
     out["leiden_communities"] = len(np.unique(communities))
     out["ari_leiden"] = round(adjusted_rand(communities, truth), 4)
     out["t_spectral_total"] = round(
@@ -223,11 +221,11 @@ def reads_bench(args: argparse.Namespace) -> None:
     """k and ARI of the analysis on the demo and benchmark C, now and before."""
     from helixflow.tasks.analysis import AnalysisParams, cluster_vectors
     from helixflow.tasks.graph import leiden
-    from helixflow.tasks.spectral import _kmeans, adjusted_rand, eigengap_k
+    from helixflow.tasks.spectral import _kmeans, adjusted_rand, conductance_k, eigengap_k
 
     params = AnalysisParams()
-    print(f"| {'data set':38s} | vectors | true | before: eigengap k ARI, Leiden res 1 n ARI"
-          f" | now: k ARI, Leiden res n ARI | s |")
+    print(f"| {'data set':38s} | vectors | true | before (eigengap): k ARI, Leiden res 1 n ARI"
+          f" | now: k (cond, gap) ARI, Leiden res n ARI | s |")
     for title, method, X, y in read_sets(args):
         keep = np.sort(np.random.default_rng(params.seed).choice(
             len(X), min(len(X), params.max_points), replace=False))
@@ -242,7 +240,8 @@ def reads_bench(args: argparse.Namespace) -> None:
         print(f"| {title:38s} | {method:7s} | {len(np.unique(y)):4d} "
               f"| k {old_k:2d} ARI {adjusted_rand(old_labels, y):.3f}, "
               f"Leiden {old_leiden.max() + 1:3d} ARI {adjusted_rand(old_leiden, y):.3f} "
-              f"| k {spectral.n_clusters:2d} ARI {adjusted_rand(spectral.labels, y):.3f}, "
+              f"| k {spectral.n_clusters:2d} ({conductance_k(spectral.conductance)}, {old_k}) "
+              f"ARI {adjusted_rand(spectral.labels, y):.3f}, "
               f"Leiden {found.resolution:.3g} {found.communities.max() + 1:3d} "
               f"ARI {adjusted_rand(found.communities, y):.3f} | {seconds:.0f} |", flush=True)
 

@@ -28,21 +28,23 @@ from helixflow.tables import fetch, parquet_file, publish_file, publish_table
 from helixflow.tasks.graph import (
     connected_components,
     knn_graph,
-    leiden_auto,
+    leiden,
+    leiden_k,
     representatives,
 )
 from helixflow.tasks.spectral import (
     SpectralResult,
-    accepted_conductance,
     adjusted_rand,
     plot_projection,
     spectral_clusters,
     spectral_projection,
 )
 
-ANALYSIS_VERSION = "3"
+ANALYSIS_VERSION = "4"
 """2: k_neighbors clamped to N-1 (and reported) on small inputs; 3: k and the Leiden
-resolution chosen by conductance, the plot in the spectral embedding with a truth panel."""
+resolution chosen by conductance, the plot in the spectral embedding with a truth panel;
+4: k the larger of the conductance and the eigengap k, the Leiden resolution the one
+giving k communities."""
 MIN_VECTORS = 3
 """Fewer vectors make no kNN graph worth clustering: the analysis is skipped."""
 
@@ -55,8 +57,9 @@ class AnalysisParams(BaseModel):
     """
 
     n_clusters: int | None = Field(None, ge=1)
-    """Spectral clusters; None: chosen up to `k_max` by conductance (the k before the largest
-    rise of the worst cluster's conductance, `tasks.spectral.choose_k`)."""
+    """Spectral clusters; None: chosen up to `k_max`, the larger of the conductance k (the k
+    before the largest rise of the worst cluster's conductance) and the eigengap k
+    (`tasks.spectral.choose_k`)."""
     k_max: int = Field(12, ge=2)
     k_neighbors: int = Field(30, ge=2)
     metric: str = "euclidean"
@@ -70,9 +73,8 @@ class AnalysisParams(BaseModel):
     max_points: int = Field(20_000, ge=10)
     """At most this many vectors are analysed (evenly sampled, seeded)."""
     resolution: float | None = Field(None, gt=0)
-    """Leiden resolution; None: the largest of `tasks.graph.LEIDEN_RESOLUTIONS` whose
-    communities all have a conductance within the bound the spectral k drew
-    (`tasks.spectral.accepted_conductance`, `tasks.graph.leiden_auto`)."""
+    """Leiden resolution; None: the one whose community count is closest to the spectral
+    k (`tasks.graph.leiden_k`)."""
     seed: int = 0
 
 
@@ -126,9 +128,11 @@ def cluster_vectors(X: np.ndarray, method: str, params: AnalysisParams) -> Clust
     graph = knn_graph(X, params.k_neighbors, params.metric, seed=params.seed)  # type: ignore[arg-type]
     spectral = spectral_clusters(graph, params.n_clusters, k_max=params.k_max, seed=params.seed)
     n_components, components = connected_components(graph)
-    fixed = {} if params.resolution is None else {"resolutions": [params.resolution]}
-    communities, resolution = leiden_auto(graph, accepted_conductance(spectral),
-                                          seed=params.seed, **fixed)
+    if params.resolution is None:
+        communities, resolution = leiden_k(graph, spectral.n_clusters, seed=params.seed)
+    else:
+        resolution = params.resolution
+        communities = leiden(graph, resolution, seed=params.seed)
     return Clustering(vectors=X, graph=graph, spectral=spectral, communities=communities,
                       resolution=resolution, n_components=n_components, components=components)
 

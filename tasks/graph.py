@@ -22,12 +22,12 @@ kNN graph (`knn_graph`):
   eigensolvers work in float64).
 
 Communities: `leiden` runs leidenalg (RBConfigurationVertexPartition, i.e. modularity with
-a resolution parameter) on the weighted graph through python-igraph. `leiden_auto` chooses
-the resolution: the largest of a geometric grid whose communities all keep most of their
-edge weight inside (`conductance` <= a bound; the analysis passes the one its spectral k
-drew, `tasks.spectral.accepted_conductance`), so the community count follows the graph's
-structure rather than plain modularity, which on kNN graphs keeps splitting smooth clouds
-(20 communities for the demo's 4 genomes at resolution 1).
+a resolution parameter) on the weighted graph through python-igraph. `leiden_k` chooses
+the resolution whose community count is closest to a given k (the analysis passes the
+spectral k), so the count follows the structure the spectral step found rather than
+plain modularity, which on kNN graphs keeps splitting smooth clouds (20 communities for
+the demo's 4 genomes at resolution 1). `conductance` (the fraction of a cluster's edge
+weight that leaves it) scores partitions for `tasks.spectral.choose_k`.
 
 Representatives: `medoids` returns, per cluster, the member with the smallest summed
 distance to the other members; `representatives` turns that into an Arrow table.
@@ -56,15 +56,13 @@ HNSW_EF_CONSTRUCTION = 200
 """Candidate list size while building: high enough for recall >= 0.95 on dim-100 data."""
 SELF_TUNING_NEIGHBOUR = 7
 """The local scale s_i is the distance to this neighbour (Zelnik-Manor & Perona use 7)."""
-MAX_CONDUCTANCE = 0.15
-"""`leiden_auto`'s default bound on the fraction of a community's edge weight leaving it.
-Cutting one smooth cloud of a 15-30-NN graph in 6 or more dimensions cut a fifth or more of
-the smaller side's weight (0.16-0.55 measured on blobs, the demo's and benchmark C's
-reads); genomes told apart lost 0.02-0.14 across their borders. In 2-4 dimensions clouds
-are cut more cheaply (0.08-0.14), which is why the analysis passes a bound drawn from
-the data instead."""
-LEIDEN_RESOLUTIONS = tuple(round(0.02 * 2 ** (i / 2), 4) for i in range(12))
-"""Resolutions `leiden_auto` tries: 0.02 to 0.9, a factor sqrt(2) apart."""
+LEIDEN_LOW = 1e-3
+"""Smallest resolution `leiden_k` tries: modularity at 1e-3 keeps a connected kNN graph whole."""
+LEIDEN_HIGH = 4.0
+"""Largest resolution `leiden_k` tries (hundreds of communities on a 30-NN graph)."""
+LEIDEN_STEPS = 14
+"""Bisection steps of `leiden_k`: 14 halvings of the range (a factor 4000) end 0.05 % apart
+in resolution."""
 MEDOID_EXACT = 2000
 """Clusters up to this size get the exact medoid (an n x n distance matrix, <= 32 MB)."""
 
@@ -356,32 +354,54 @@ def conductance(A: sp.spmatrix | sp.sparray | np.ndarray, labels: np.ndarray) ->
     return out
 
 
-def leiden_auto(
+def leiden_k(
     A: sp.spmatrix | sp.sparray | np.ndarray,
-    max_conductance: float = MAX_CONDUCTANCE,
-    resolutions: Sequence[float] = LEIDEN_RESOLUTIONS,
+    k: int,
     seed: int = 0,
+    low: float = LEIDEN_LOW,
+    high: float = LEIDEN_HIGH,
+    steps: int = LEIDEN_STEPS,
 ) -> tuple[np.ndarray, float]:
-    """Leiden communities at the largest resolution whose communities all have
-    `conductance` <= max_conductance (the smallest resolution tried if none has).
+    """Leiden communities at the resolution whose community count is closest to k.
+
+    The count grows with the resolution (1 community at 0 for a connected graph, every
+    node its own at large values), so a bisection on log(resolution) between `low` and
+    `high` finds it in `steps` Leiden runs at most; it stops at the first exact hit.
+    Ties in |count - k| go to the smaller resolution.
 
     Args:
         A: symmetric non-negative adjacency matrix.
-        max_conductance: largest accepted fraction of a community's edge weight leaving it.
-        resolutions: candidates, tried from the largest down until one passes.
+        k: the wanted number of communities (e.g. the spectral k), >= 1.
         seed: Leiden's seed.
+        low, high: the resolution range searched, 0 < low < high.
+        steps: largest number of Leiden runs, >= 1.
 
     Returns:
-        (community label per node as `leiden` numbers them, the resolution chosen).
+        (community label per node as `leiden` numbers them, the resolution used).
+
+    Raises:
+        ValueError: bad k, range or steps.
     """
-    if not resolutions:
-        raise ValueError("resolutions must not be empty")
-    ordered = sorted((float(r) for r in resolutions), reverse=True)
-    for resolution in ordered:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    if not 0 < low < high or steps < 1:
+        raise ValueError(f"need 0 < low < high and steps >= 1, got {low}, {high}, {steps}")
+    lo, hi = np.log(low), np.log(high)
+    best: tuple[int, float, np.ndarray] | None = None
+    for _ in range(int(steps)):
+        resolution = float(np.exp((lo + hi) / 2))
         labels = leiden(A, resolution, seed)
-        if conductance(A, labels).max(initial=0.0) <= max_conductance:
-            return labels, resolution
-    return labels, ordered[-1]
+        count = int(labels.max(initial=-1)) + 1
+        if best is None or (abs(count - k), resolution) < (best[0], best[1]):
+            best = (abs(count - k), resolution, labels)
+        if count == k:
+            break
+        if count < k:
+            lo = np.log(resolution)
+        else:
+            hi = np.log(resolution)
+    assert best is not None
+    return best[2], best[1]
 
 
 def _cluster_distances(Y: np.ndarray, Z: np.ndarray, metric: Metric) -> np.ndarray:

@@ -12,13 +12,18 @@ Pure functions (no Prefect). The pipeline in `spectral_clusters`:
 4. k-means (scikit-learn, n_init=10, seeded) on the first k eigenvectors with rows scaled
    to unit length (Ng, Jordan & Weiss 2001), which makes the clusters tight points on the
    sphere whatever the node degrees;
-5. unless k is given, it is chosen by conductance (`choose_k`): the k before the largest
-   rise of the worst cluster conductance (`tasks.graph.conductance`, the fraction of a
-   cluster's edge weight that leaves it) from k to k + 1 clusters. Separate groups lose a
-   few per cent across their borders, a cut through one smooth cloud a fifth or more, so
-   the rise marks the first split that cuts a group. The eigengap (`eigengap_k`, kept for
-   reference) needs a jump in the spectrum: on genomes whose reads overlap in
-   composition there is none (it gave 3 for the demo's 4 genomes, 1 for benchmark C's 13).
+5. unless k is given, it is chosen (`choose_k`) as the larger of two estimates:
+   - the conductance k (`conductance_k`): the k before the largest rise of the worst
+     cluster conductance (`tasks.graph.conductance`, the fraction of a cluster's edge
+     weight that leaves it) from k to k + 1 clusters. Separate groups lose a few per cent
+     across their borders, a cut through one smooth cloud a fifth or more, so the rise
+     marks the first split that cuts a group;
+   - the eigengap k (`eigengap_k`): the k before the largest jump of the spectrum.
+   The eigengap alone merges groups that touch (3 for the demo's 4 genomes, 1 for
+   benchmark C's 13); the conductance alone stops early where groups overlap in many
+   small steps (3 for the 7-genome demo, where the eigengap finds 5). Too few clusters
+   cost more than one too many (merged genomes against a genome in two parts), so the
+   larger k is kept.
 
 Outputs: `SpectralResult`, `cluster_table` (sequence_id, cluster[, truth]),
 `adjusted_rand` against known labels (e.g. helixflow.app.demo's truth.tsv.gz),
@@ -42,7 +47,6 @@ from scipy.sparse import linalg as spla
 
 from helixflow.tasks.graph import (
     EXACT_THRESHOLD,
-    MAX_CONDUCTANCE,
     Metric,
     _check_adjacency,
     _unit_rows,
@@ -254,22 +258,50 @@ def _kmeans(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
     return _relabel_by_size(labels)
 
 
+def conductance_k(worst: Sequence[float]) -> int:
+    """The k before the largest rise of the worst cluster conductance.
+
+    Args:
+        worst: c(2), c(3), … : per candidate k (from 2), the largest `tasks.graph.conductance`
+            of its partition. C(k) = max(c(1..k)) with c(1) = 0, since k-means partitions
+            are not nested and one k can find a cleaner partition than a smaller one by luck.
+
+    Returns:
+        The k (1 ≤ k ≤ len(worst)) with the largest C(k + 1) - C(k); 1 when `worst` is empty.
+
+    Example:
+        >>> conductance_k([0.02, 0.03, 0.04, 0.25, 0.27])
+        4
+    """
+    if not len(worst):
+        return 1
+    running = np.maximum.accumulate(np.array((0.0, *worst), dtype=np.float64))
+    return int(np.argmax(np.diff(running))) + 1
+
+
 def choose_k(
     A: sp.spmatrix | sp.sparray | np.ndarray,
     vectors: np.ndarray,
     k_max: int = 10,
     seed: int = 0,
+    values: np.ndarray | None = None,
 ) -> tuple[int, np.ndarray, tuple[float, ...]]:
-    """The number of spectral clusters by conductance, with its labels.
+    """The number of spectral clusters, with its labels: the larger of the conductance k
+    and the eigengap k.
 
     For each k in 2..k_max + 1, k-means on the first k eigenvectors (rows unit length)
-    and c(k) = the largest `tasks.graph.conductance` of its clusters (c(1) = 0); C(k) =
-    max(c(1..k)), since k-means partitions are not nested and one k can find a cleaner
-    partition than a smaller one by luck. The answer is the k before the largest rise
-    C(k + 1) - C(k): up to the true count each cluster
-    loses little weight across its border, the next k must cut through a group and
-    many of its edges. Like the eigengap it looks for a jump, but in the cut itself,
-    which stays clear where the eigenvalues of overlapping groups have no gap.
+    and c(k) = the largest `tasks.graph.conductance` of its clusters. The conductance k
+    (`conductance_k`) is the k before the largest rise of the running maximum of c: up to
+    the true count each cluster loses little weight across its border, the next k must
+    cut through a group and many of its edges. The eigengap k (`eigengap_k` of `values`)
+    is the k before the largest jump of the spectrum.
+
+    Each detects one kind of evidence and misses the other: the eigengap merges groups
+    that touch (their border eigenvalue sits among the others', no jump), the cut rise is
+    flat where groups overlap in many small steps. Taking the larger k keeps whichever
+    found more structure: on reads, too few clusters merge genomes (ARI falls steeply
+    below the true k) while one or two too many split a genome in parts (ARI falls
+    slowly), measured in bench/spectral.py --reads.
 
     Args:
         A: the graph the eigenvectors come from.
@@ -277,31 +309,23 @@ def choose_k(
             shrinks to m - 1 if needed: the last k tried must have a successor).
         k_max: largest k that may be chosen (k_max + 1 partitions are tried).
         seed: k-means seed.
+        values: the matching eigenvalues; None uses the conductance k alone.
 
     Returns:
-        (k, int64 labels numbered by decreasing size, c(2), c(3), … c(k_max + 1)).
+        (k, int64 labels numbered by decreasing size, (c(2), c(3), … c(k_max + 1))).
     """
     top = min(int(k_max) + 1, vectors.shape[1], len(vectors))
     partitions = [np.zeros(len(vectors), dtype=np.int64)]
-    worst = [0.0]
+    worst: list[float] = []
     for k in range(2, top + 1):
         partitions.append(_kmeans(vectors, k, seed))
         worst.append(float(conductance(A, partitions[-1]).max()))
-    if len(worst) < 2:
+    if not worst:
         return 1, partitions[0], ()
-    k = int(np.argmax(np.diff(np.maximum.accumulate(worst)))) + 1
-    return k, partitions[k - 1], tuple(worst[1:])
-
-
-def accepted_conductance(result: SpectralResult) -> float:
-    """The conductance bound `choose_k` drew: halfway between C(k) and C(k + 1) of the
-    chosen k (MAX_CONDUCTANCE when k was given). Leiden's resolution is chosen with it
-    (`tasks.graph.leiden_auto`)."""
-    c = np.maximum.accumulate((0.0, *result.conductance))
-    k = result.n_clusters
-    if not result.conductance or k >= len(c):
-        return MAX_CONDUCTANCE
-    return float(c[k - 1] + c[k]) / 2
+    k = conductance_k(worst)
+    if values is not None:
+        k = max(k, min(eigengap_k(values, k_max), top - 1))
+    return k, partitions[k - 1], tuple(worst)
 
 
 def spectral_clusters(
@@ -322,7 +346,8 @@ def spectral_clusters(
         data: a dense N x D matrix of vectors, from which a kNN graph is built
             (`knn_graph(data, k_neighbors, metric, exact_threshold=...)`), or a sparse
             symmetric non-negative adjacency matrix used as is.
-        n_clusters: k; None chooses it by conductance (`choose_k`) up to k_max.
+        n_clusters: k; None chooses it (`choose_k`: the larger of the conductance and
+            the eigengap k) up to k_max.
         k_max: largest k `choose_k` may choose.
         k_neighbors, metric, exact_threshold: the kNN graph (dense input only).
         method: eigensolver, "eigsh" or "lobpcg" (see `smallest_eigenvectors`).
@@ -352,7 +377,7 @@ def spectral_clusters(
     m = min(size, max(k_max + 2, n_clusters or 0, 2))
     values, vectors = smallest_eigenvectors(normalized_laplacian(A), m, method, seed)
     if n_clusters is None:
-        k, labels, worst = choose_k(A, vectors, k_max, seed)
+        k, labels, worst = choose_k(A, vectors, k_max, seed, values)
     else:
         k, labels, worst = int(n_clusters), _kmeans(vectors, int(n_clusters), seed), ()
     return SpectralResult(labels=labels, n_clusters=k, eigenvalues=values, embedding=vectors,

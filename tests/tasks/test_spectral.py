@@ -22,21 +22,20 @@ from threadpoolctl import threadpool_limits
 from helixflow.app.demo import DemoSpec, write_demo
 from helixflow.tasks.embeddings import embedding_table, read_embedding_matrix, write_embedding_shard
 from helixflow.tasks.graph import (
-    MAX_CONDUCTANCE,
     conductance,
     connected_components,
     knn_graph,
     leiden,
-    leiden_auto,
+    leiden_k,
     representatives,
 )
 from helixflow.tasks.kmers import canonical_kmer_spectra
 from helixflow.tasks.spectral import (
     SpectralResult,
-    accepted_conductance,
     adjusted_rand,
     choose_k,
     cluster_table,
+    conductance_k,
     eigengap_k,
     normalized_laplacian,
     plot_projection,
@@ -222,11 +221,54 @@ def test_conductance_counts_touching_groups_the_eigengap_merges(d: float, seed: 
     assert result.n_clusters == 4
     assert adjusted_rand(result.labels, truth) >= 0.98
     # Candidates 2..11: up to 4 clusters every border loses <= 15 %, a 5th cuts a blob.
-    assert max(result.conductance[:3]) <= MAX_CONDUCTANCE < min(result.conductance[3:])
-    assert max(result.conductance[:3]) < accepted_conductance(result) < result.conductance[3]
-    k, labels, worst = choose_k(A, result.embedding, 10)
+    assert max(result.conductance[:3]) <= 0.15 < min(result.conductance[3:])
+    assert conductance_k(result.conductance) == 4
+    k, labels, worst = choose_k(A, result.embedding, 10, values=result.eigenvalues)
     assert (k, worst) == (4, result.conductance)
     np.testing.assert_array_equal(labels, result.labels)
+
+
+def paired_blobs(k: int, d: float, seed: int, dim: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """k unit Gaussian blobs of uneven sizes (80 to 400 points) in 6-D: blob 2i sits on
+    an axis 14 or 28 from the origin, blob 2i + 1 beside it, d away along the next axis;
+    so the groups come in touching pairs."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(80, 400, k)
+    centres = np.zeros((k, dim))
+    for i in range(k):
+        centres[i, (i // 2) % dim] += 14.0 * (1 + i // (2 * dim))
+        if i % 2:
+            centres[i, (i // 2 + 1) % dim] += d
+    truth = np.repeat(np.arange(k), sizes)
+    return (centres[truth] + rng.normal(0.0, 1.0, (len(truth), dim))).astype(np.float32), truth
+
+
+@pytest.mark.parametrize(("k", "d", "seed"), [
+    (3, 3.5, 1), (4, 3.5, 2), (5, 3.5, 3), (6, 3.5, 1), (7, 3.5, 2), (7, 3.5, 3)])
+def test_k_of_uneven_touching_blobs(k: int, d: float, seed: int) -> None:
+    X, truth = paired_blobs(k, d, seed)
+    result = spectral_clusters(knn_graph(X, 15, "euclidean"), k_max=10)
+    assert result.n_clusters == k
+    assert adjusted_rand(result.labels, truth) >= 0.85
+    if k == 7:  # three pairs and a single: the spectrum's jump comes one early
+        assert eigengap_k(result.eigenvalues, 10) == 6
+
+
+@pytest.mark.parametrize(("k", "seed"), [(3, 3), (4, 2)])
+def test_eigengap_keeps_the_k_the_conductance_misses(k: int, seed: int) -> None:
+    # Pairs 3 apart: the cut rises in small steps and its largest rise comes early.
+    X, truth = paired_blobs(k, 3.0, seed)
+    result = spectral_clusters(knn_graph(X, 15, "euclidean"), k_max=10)
+    assert conductance_k(result.conductance) < k == eigengap_k(result.eigenvalues, 10)
+    assert result.n_clusters == k
+    assert adjusted_rand(result.labels, truth) >= 0.7
+
+
+def test_conductance_k() -> None:
+    assert conductance_k([0.02, 0.03, 0.04, 0.25, 0.27]) == 4
+    assert conductance_k([0.1, 0.05, 0.3]) == 3  # running maximum: the dip at 3 is luck
+    assert conductance_k([0.4]) == 1
+    assert conductance_k([]) == 1
 
 
 def test_conductance_of_clusters() -> None:
@@ -240,20 +282,22 @@ def test_conductance_of_clusters() -> None:
         conductance(A, np.zeros(3, dtype=np.int64))
 
 
-def test_leiden_resolution_by_conductance() -> None:
+def test_leiden_k_finds_the_resolution_of_k_communities() -> None:
     # 4 blobs of 500 points: modularity at resolution 1 splits each smooth blob further.
     X, truth = blobs(n_per=500, n_centres=4, dim=4, seed=11)
     A = knn_graph(X, 15, "euclidean")
     assert leiden(A, 1.0).max() + 1 > 4
-    bound = accepted_conductance(spectral_clusters(A))  # the analysis's bound
-    communities, resolution = leiden_auto(A, bound)
+    communities, resolution = leiden_k(A, spectral_clusters(A).n_clusters)
     assert communities.max() + 1 == 4 and 0 < resolution < 1.0
     assert adjusted_rand(communities, truth) >= 0.99
-    assert conductance(A, communities).max() <= bound
-    fixed, at = leiden_auto(A, resolutions=[1.0])  # one candidate: used even if it fails
-    assert at == 1.0 and fixed.max() + 1 > 4
-    with pytest.raises(ValueError, match="empty"):
-        leiden_auto(A, resolutions=[])
+    fewest, _ = leiden_k(A, 1)  # as few as the graph allows: one per component
+    assert fewest.max() + 1 == connected_components(A)[0] == 4
+    many, high = leiden_k(A, 12)
+    assert abs(many.max() + 1 - 12) <= 1 and high > resolution
+    with pytest.raises(ValueError, match="k must be"):
+        leiden_k(A, 0)
+    with pytest.raises(ValueError, match="low < high"):
+        leiden_k(A, 4, low=1.0, high=0.5)
 
 
 # --- Real sequences -----------------------------------------------------------------------
