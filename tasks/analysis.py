@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import gzip
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import scipy.sparse as sp
 from prefect.assets import materialize
 from pydantic import BaseModel, Field
 
@@ -23,15 +25,26 @@ from helixflow.caching import stage_options
 from helixflow.errors import InputError
 from helixflow.store import Store, display_name
 from helixflow.tables import fetch, parquet_file, publish_file, publish_table
-from helixflow.tasks.graph import connected_components, knn_graph, leiden, representatives
+from helixflow.tasks.graph import (
+    connected_components,
+    knn_graph,
+    leiden,
+    leiden_k,
+    representatives,
+)
 from helixflow.tasks.spectral import (
+    SpectralResult,
     adjusted_rand,
     plot_projection,
-    projection_2d,
     spectral_clusters,
+    spectral_projection,
 )
 
-ANALYSIS_VERSION = "2"  # 2: k_neighbors clamped to N-1 (and reported) on small inputs
+ANALYSIS_VERSION = "4"
+"""2: k_neighbors clamped to N-1 (and reported) on small inputs; 3: k and the Leiden
+resolution chosen by conductance, the plot in the spectral embedding with a truth panel;
+4: k the larger of the conductance and the eigengap k, the Leiden resolution the one
+giving k communities."""
 MIN_VECTORS = 3
 """Fewer vectors make no kNN graph worth clustering: the analysis is skipped."""
 
@@ -44,20 +57,24 @@ class AnalysisParams(BaseModel):
     """
 
     n_clusters: int | None = Field(None, ge=1)
-    """Spectral clusters; None: chosen by the eigengap (up to `k_max`)."""
+    """Spectral clusters; None: chosen up to `k_max`, the larger of the conductance k (the k
+    before the largest rise of the worst cluster's conductance) and the eigengap k
+    (`tasks.spectral.choose_k`)."""
     k_max: int = Field(12, ge=2)
     k_neighbors: int = Field(30, ge=2)
     metric: str = "euclidean"
     pca: int | None = Field(10, ge=2)
     """Reduce to this many principal components before the kNN search (None: off). 10
-    separated the tests' 3-genome demo (ARI 0.99) where 50 did not (0.0–0.75). On `make
-    run`'s 4-genome demo the eigengap picks 3 clusters (ARI 0.67; 0.87 with n_clusters=4)."""
+    separated the tests' 3-genome demo (ARI 0.99) where 50 did not (0.0–0.75); 20 or more
+    let spectral k-means isolate small groups of overlapping reads of benchmark C's
+    smallest genomes (ARI 0.01)."""
     hellinger: bool = True
     """Square-root transform of k-mer spectra (Hellinger distance) before the PCA."""
     max_points: int = Field(20_000, ge=10)
     """At most this many vectors are analysed (evenly sampled, seeded)."""
-    resolution: float = Field(1.0, gt=0)
-    """Leiden resolution."""
+    resolution: float | None = Field(None, gt=0)
+    """Leiden resolution; None: the one whose community count is closest to the spectral
+    k (`tasks.graph.leiden_k`)."""
     seed: int = 0
 
 
@@ -66,6 +83,58 @@ class AnalysisResult(BaseModel):
     representatives: Artifact
     projection: Artifact
     metrics: dict[str, float | int | None]
+
+
+@dataclass(frozen=True)
+class Clustering:
+    """What `cluster_vectors` found.
+
+    Attributes:
+        vectors: the N x d matrix the graph was built on (transformed, reduced).
+        graph: the symmetric kNN graph.
+        spectral: spectral clusters (k chosen or given).
+        communities: Leiden community per row.
+        resolution: the Leiden resolution used.
+        n_components, components: connected components of the graph.
+    """
+
+    vectors: np.ndarray
+    graph: sp.csr_matrix
+    spectral: SpectralResult
+    communities: np.ndarray
+    resolution: float
+    n_components: int
+    components: np.ndarray
+
+
+def cluster_vectors(X: np.ndarray, method: str, params: AnalysisParams) -> Clustering:
+    """The analysis kernel: transform, reduce, kNN graph, spectral clusters, Leiden.
+
+    Args:
+        X: N x D embedding vectors (N > `params.k_neighbors`).
+        method: embedding method name; k-mer spectra ("kmer…", "protein…") get the
+            Hellinger transform when `params.hellinger`.
+        params: the analysis settings.
+
+    Returns:
+        A `Clustering`.
+    """
+    if params.hellinger and method.startswith(("kmer", "protein")):
+        X = np.sqrt(np.maximum(X, 0))
+    if params.pca and X.shape[1] > params.pca and X.shape[0] > params.pca:
+        from sklearn.decomposition import PCA
+
+        X = PCA(params.pca, random_state=params.seed).fit_transform(X).astype(np.float32)
+    graph = knn_graph(X, params.k_neighbors, params.metric, seed=params.seed)  # type: ignore[arg-type]
+    spectral = spectral_clusters(graph, params.n_clusters, k_max=params.k_max, seed=params.seed)
+    n_components, components = connected_components(graph)
+    if params.resolution is None:
+        communities, resolution = leiden_k(graph, spectral.n_clusters, seed=params.seed)
+    else:
+        resolution = params.resolution
+        communities = leiden(graph, resolution, seed=params.seed)
+    return Clustering(vectors=X, graph=graph, spectral=spectral, communities=communities,
+                      resolution=resolution, n_components=n_components, components=components)
 
 
 def _load(store: Store, shards: list[Artifact], max_points: int, seed: int
@@ -159,10 +228,11 @@ def analyze_embeddings(
     method: str, shards: list[Artifact], params: AnalysisParams, truth: FileRef | None,
     truth_column: str, store: Store, run_id: str,
 ) -> AnalysisResult | Skipped:
-    """kNN graph → spectral clusters (eigengap), connected components and Leiden
-    communities → per-cluster medoids as representatives, plus a 2-D projection plot and
-    the adjusted Rand index against the truth when one is given. On few vectors the kNN
-    k is clamped to N-1; fewer than MIN_VECTORS: `Skipped`.
+    """kNN graph → spectral clusters (k chosen, see `cluster_vectors`), connected
+    components and Leiden communities → per-cluster medoids as representatives, plus a
+    plot of the spectral embedding (a second panel coloured by truth) and the adjusted
+    Rand index against the truth when one is given. On few vectors the kNN k is clamped
+    to N-1; fewer than MIN_VECTORS: `Skipped`.
 
     Args:
         method: the embedding method's name; names the outputs. With `params.hellinger`,
@@ -177,8 +247,8 @@ def analyze_embeddings(
     Returns:
         AnalysisResult with the clusters table, the representatives table, the projection
         PNG and the metrics (vectors, k_neighbors, n_clusters, components, communities,
-        ari_spectral, ari_leiden; the ARIs None without `truth`); or `Skipped` when there
-        are fewer than MIN_VECTORS vectors.
+        resolution, ari_spectral, ari_leiden; the ARIs None without `truth`); or
+        `Skipped` when there are fewer than MIN_VECTORS vectors.
     """
     meta, X = _load(store, shards, params.max_points, params.seed)
     adapted = small_input_params(params, X.shape[0])
@@ -186,37 +256,29 @@ def analyze_embeddings(
         return Skipped(stage="analysis", sample=method, reason=adapted)
     params = adapted  # metrics report the k used
     ids = meta.column("sequence_id").combine_chunks()
-    original = X
-    if params.hellinger and method.startswith(("kmer", "protein")):
-        X = np.sqrt(np.maximum(X, 0))
-    if params.pca and X.shape[1] > params.pca and X.shape[0] > params.pca:
-        from sklearn.decomposition import PCA
-
-        X = PCA(params.pca, random_state=params.seed).fit_transform(X).astype(np.float32)
-    graph = knn_graph(X, params.k_neighbors, params.metric, seed=params.seed)  # type: ignore[arg-type]
-    spectral = spectral_clusters(graph, params.n_clusters, k_max=params.k_max, seed=params.seed)
-    n_components, components = connected_components(graph)
-    communities = leiden(graph, params.resolution, params.seed)
+    found = cluster_vectors(X, method, params)
+    spectral, communities = found.spectral, found.communities
     labels = _truth_labels(store, truth, ids, truth_column)
     metrics: dict[str, float | int | None] = {
         "vectors": int(X.shape[0]), "k_neighbors": params.k_neighbors,
         "n_clusters": spectral.n_clusters,
-        "components": n_components, "communities": int(communities.max()) + 1,
+        "components": found.n_components, "communities": int(communities.max()) + 1,
+        "resolution": found.resolution,
         "ari_spectral": None if labels is None else adjusted_rand(spectral.labels, labels),
         "ari_leiden": None if labels is None else adjusted_rand(communities, labels),
     }
     table = pa.table({
         "sequence_id": ids, "source_shard": meta.column("source_shard"),
         "row": meta.column("row"), "cluster": spectral.labels, "community": communities,
-        "component": components,
+        "component": found.components,
         **({"truth": pa.array(labels)} if labels is not None else {}),
     })
-    reps = representatives(ids, X, spectral.labels, params.metric)  # type: ignore[arg-type]
+    reps = representatives(ids, found.vectors, spectral.labels, params.metric)  # type: ignore[arg-type]
     at = reps.column("medoid_row").to_numpy()
     reps = reps.append_column("source_shard", table.column("source_shard").take(at))
     reps = reps.append_column("row", table.column("row").take(at))
     reps = reps.append_column("sequence", pa.array(_sequences(store, reps), pa.string()))
-    chosen = np.ascontiguousarray(original[at], dtype=np.float32)
+    chosen = np.ascontiguousarray(X[at], dtype=np.float32)
     reps = reps.append_column("vector", pa.FixedSizeListArray.from_arrays(
         pa.array(chosen.ravel()), chosen.shape[1]))
     common = {"run_id": run_id, "stage": "analysis", "producer": "analyze-embeddings",
@@ -227,9 +289,10 @@ def analyze_embeddings(
                                  metadata=metrics, **common)
         rep_art = publish_table(store, reps, scratch, name=f"{method}.representatives.parquet",
                                 **common)
-        png = plot_projection(projection_2d(spectral.embedding), spectral.labels,
+        png = plot_projection(spectral_projection(spectral, params.seed), spectral.labels,
                               scratch / f"{method}.projection.png",
-                              title=f"{method}: {spectral.n_clusters} spectral clusters")
+                              title=f"{method}: {spectral.n_clusters} spectral clusters",
+                              truth=labels)
         plot = publish_file(store, png, media_type="image/png", **common)
     return AnalysisResult(clusters=clusters, representatives=rep_art, projection=plot,
                           metrics=metrics)

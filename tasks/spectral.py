@@ -9,17 +9,27 @@ Pure functions (no Prefect). The pipeline in `spectral_clusters`:
    1 (Lanczos converges fast at the top of the spectrum and needs no factorisation,
    unlike shift-invert at sigma=0, where L is singular), or LOBPCG on L started from a
    constant column (near the null vector D^1/2 1) plus seeded random columns;
-4. the number of clusters k from the largest gap among the smallest eigenvalues
-   (`eigengap_k`), unless given: a graph with k well separated groups has k eigenvalues
-   near 0 (exactly 0 for k connected components) and then a jump;
-5. k-means (scikit-learn, n_init=10, seeded) on the first k eigenvectors with rows scaled
+4. k-means (scikit-learn, n_init=10, seeded) on the first k eigenvectors with rows scaled
    to unit length (Ng, Jordan & Weiss 2001), which makes the clusters tight points on the
-   sphere whatever the node degrees.
+   sphere whatever the node degrees;
+5. unless k is given, it is chosen (`choose_k`) as the larger of two estimates:
+   - the conductance k (`conductance_k`): the k before the largest rise of the worst
+     cluster conductance (`tasks.graph.conductance`, the fraction of a cluster's edge
+     weight that leaves it) from k to k + 1 clusters. Separate groups lose a few per cent
+     across their borders, a cut through one smooth cloud a fifth or more, so the rise
+     marks the first split that cuts a group;
+   - the eigengap k (`eigengap_k`): the k before the largest jump of the spectrum.
+   The eigengap alone merges groups that touch (3 for the demo's 4 genomes, 1 for
+   benchmark C's 13); the conductance alone stops early where groups overlap in many
+   small steps (3 for the 7-genome demo, where the eigengap finds 5). Too few clusters
+   cost more than one too many (merged genomes against a genome in two parts), so the
+   larger k is kept.
 
 Outputs: `SpectralResult`, `cluster_table` (sequence_id, cluster[, truth]),
 `adjusted_rand` against known labels (e.g. helixflow.app.demo's truth.tsv.gz),
-`projection_2d` (PCA of the spectral embedding or of the vectors) and `plot_projection`
-(a PNG written with matplotlib's Agg canvas, no pyplot global state).
+`spectral_projection` (the row-normalised eigenvectors k-means saw, in 2-D),
+`projection_2d` (PCA of any vectors) and `plot_projection` (a PNG written with matplotlib's
+Agg canvas, no pyplot global state; a second panel coloured by truth when given).
 """
 
 from __future__ import annotations
@@ -35,7 +45,14 @@ import pyarrow as pa
 import scipy.sparse as sp
 from scipy.sparse import linalg as spla
 
-from helixflow.tasks.graph import EXACT_THRESHOLD, Metric, _check_adjacency, knn_graph
+from helixflow.tasks.graph import (
+    EXACT_THRESHOLD,
+    Metric,
+    _check_adjacency,
+    _unit_rows,
+    conductance,
+    knn_graph,
+)
 
 Eigensolver = Literal["eigsh", "lobpcg"]
 
@@ -53,16 +70,19 @@ class SpectralResult:
 
     Attributes:
         labels: int64 cluster per row, 0..n_clusters-1 (0 the largest cluster).
-        n_clusters: k, from the eigengap or as given.
+        n_clusters: k, chosen by `choose_k` or as given.
         eigenvalues: the m smallest eigenvalues of the normalised Laplacian, ascending.
         embedding: N x m float64 matching eigenvectors (columns in the same order); k-means
             saw the first k columns with rows scaled to unit length.
+        conductance: per candidate k tried (2..k_max + 1, index k - 2), the largest
+            cluster conductance of its k-means partition; empty when k was given.
     """
 
     labels: np.ndarray
     n_clusters: int
     eigenvalues: np.ndarray
     embedding: np.ndarray
+    conductance: tuple[float, ...] = ()
 
 
 def normalized_laplacian(A: sp.spmatrix | sp.sparray | np.ndarray) -> sp.csr_matrix:
@@ -223,6 +243,91 @@ def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
     return mapping[np.searchsorted(values, labels)]
 
 
+def _kmeans(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k-means labels (by decreasing size) of the first k eigenvectors, rows unit length."""
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    if k == 1:
+        return np.zeros(len(vectors), dtype=np.int64)
+    # OpenMP threads only pay off on big inputs; on small ones their spin-waits make
+    # k-means 10-50x slower on a loaded machine.
+    with threadpool_limits(limits=1 if len(vectors) < KMEANS_THREADED_MIN else None):
+        labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(
+            _unit_rows(vectors[:, :k]))
+    return _relabel_by_size(labels)
+
+
+def conductance_k(worst: Sequence[float]) -> int:
+    """The k before the largest rise of the worst cluster conductance.
+
+    Args:
+        worst: c(2), c(3), … : per candidate k (from 2), the largest `tasks.graph.conductance`
+            of its partition. C(k) = max(c(1..k)) with c(1) = 0, since k-means partitions
+            are not nested and one k can find a cleaner partition than a smaller one by luck.
+
+    Returns:
+        The k (1 ≤ k ≤ len(worst)) with the largest C(k + 1) - C(k); 1 when `worst` is empty.
+
+    Example:
+        >>> conductance_k([0.02, 0.03, 0.04, 0.25, 0.27])
+        4
+    """
+    if not len(worst):
+        return 1
+    running = np.maximum.accumulate(np.array((0.0, *worst), dtype=np.float64))
+    return int(np.argmax(np.diff(running))) + 1
+
+
+def choose_k(
+    A: sp.spmatrix | sp.sparray | np.ndarray,
+    vectors: np.ndarray,
+    k_max: int = 10,
+    seed: int = 0,
+    values: np.ndarray | None = None,
+) -> tuple[int, np.ndarray, tuple[float, ...]]:
+    """The number of spectral clusters, with its labels: the larger of the conductance k
+    and the eigengap k.
+
+    For each k in 2..k_max + 1, k-means on the first k eigenvectors (rows unit length)
+    and c(k) = the largest `tasks.graph.conductance` of its clusters. The conductance k
+    (`conductance_k`) is the k before the largest rise of the running maximum of c: up to
+    the true count each cluster loses little weight across its border, the next k must
+    cut through a group and many of its edges. The eigengap k (`eigengap_k` of `values`)
+    is the k before the largest jump of the spectrum.
+
+    Each detects one kind of evidence and misses the other: the eigengap merges groups
+    that touch (their border eigenvalue sits among the others', no jump), the cut rise is
+    flat where groups overlap in many small steps. Taking the larger k keeps whichever
+    found more structure: on reads, too few clusters merge genomes (ARI falls steeply
+    below the true k) while one or two too many split a genome in parts (ARI falls
+    slowly), measured in bench/spectral.py --reads.
+
+    Args:
+        A: the graph the eigenvectors come from.
+        vectors: N x m eigenvectors of its normalised Laplacian, ascending (k_max
+            shrinks to m - 1 if needed: the last k tried must have a successor).
+        k_max: largest k that may be chosen (k_max + 1 partitions are tried).
+        seed: k-means seed.
+        values: the matching eigenvalues; None uses the conductance k alone.
+
+    Returns:
+        (k, int64 labels numbered by decreasing size, (c(2), c(3), … c(k_max + 1))).
+    """
+    top = min(int(k_max) + 1, vectors.shape[1], len(vectors))
+    partitions = [np.zeros(len(vectors), dtype=np.int64)]
+    worst: list[float] = []
+    for k in range(2, top + 1):
+        partitions.append(_kmeans(vectors, k, seed))
+        worst.append(float(conductance(A, partitions[-1]).max()))
+    if not worst:
+        return 1, partitions[0], ()
+    k = conductance_k(worst)
+    if values is not None:
+        k = max(k, min(eigengap_k(values, k_max), top - 1))
+    return k, partitions[k - 1], tuple(worst)
+
+
 def spectral_clusters(
     data: np.ndarray | sp.spmatrix | sp.sparray,
     n_clusters: int | None = None,
@@ -241,9 +346,9 @@ def spectral_clusters(
         data: a dense N x D matrix of vectors, from which a kNN graph is built
             (`knn_graph(data, k_neighbors, metric, exact_threshold=...)`), or a sparse
             symmetric non-negative adjacency matrix used as is.
-        n_clusters: k; None picks it by the eigengap among the k_max + 1 smallest
-            eigenvalues.
-        k_max: largest k the eigengap may choose.
+        n_clusters: k; None chooses it (`choose_k`: the larger of the conductance and
+            the eigengap k) up to k_max.
+        k_max: largest k `choose_k` may choose.
         k_neighbors, metric, exact_threshold: the kNN graph (dense input only).
         method: eigensolver, "eigsh" or "lobpcg" (see `smallest_eigenvectors`).
         pca: project the vectors on their first `pca` principal components before the
@@ -253,15 +358,12 @@ def spectral_clusters(
         seed: seeds the HNSW index, the eigensolver start and k-means.
 
     Returns:
-        SpectralResult with labels (0 the largest cluster), n_clusters, the eigenvalues and
-        the spectral embedding.
+        SpectralResult with labels (0 the largest cluster), n_clusters, the eigenvalues,
+        the spectral embedding and the conductance per candidate k.
 
     Raises:
         ValueError: n_clusters out of 1..N, or bad graph or kNN arguments.
     """
-    from sklearn.cluster import KMeans
-    from threadpoolctl import threadpool_limits
-
     if sp.issparse(data):
         A = _check_adjacency(data)
     else:
@@ -272,21 +374,14 @@ def spectral_clusters(
     size = A.shape[0]
     if n_clusters is not None and not 1 <= n_clusters <= size:
         raise ValueError(f"n_clusters must be in 1..{size}, got {n_clusters!r}")
-    m = min(size, max(k_max + 1, n_clusters or 0, 2))
+    m = min(size, max(k_max + 2, n_clusters or 0, 2))
     values, vectors = smallest_eigenvectors(normalized_laplacian(A), m, method, seed)
-    k = int(n_clusters) if n_clusters is not None else eigengap_k(values, k_max)
-    if k == 1:
-        labels = np.zeros(size, dtype=np.int64)
+    if n_clusters is None:
+        k, labels, worst = choose_k(A, vectors, k_max, seed, values)
     else:
-        Z = vectors[:, :k]
-        norms = np.linalg.norm(Z, axis=1, keepdims=True)
-        Z = np.divide(Z, norms, out=np.zeros_like(Z), where=norms > 0)
-        # OpenMP threads only pay off on big inputs; on small ones their spin-waits make
-        # k-means 10-50x slower on a loaded machine.
-        with threadpool_limits(limits=1 if size < KMEANS_THREADED_MIN else None):
-            labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(Z)
-        labels = _relabel_by_size(labels)
-    return SpectralResult(labels=labels, n_clusters=k, eigenvalues=values, embedding=vectors)
+        k, labels, worst = int(n_clusters), _kmeans(vectors, int(n_clusters), seed), ()
+    return SpectralResult(labels=labels, n_clusters=k, eigenvalues=values, embedding=vectors,
+                          conductance=worst)
 
 
 def _pca(X: np.ndarray, n_components: int, seed: int) -> np.ndarray:
@@ -331,23 +426,44 @@ def projection_2d(data: np.ndarray, seed: int = 0) -> np.ndarray:
     return _pca(data, 2, seed)
 
 
-def plot_projection(xy: np.ndarray, labels: np.ndarray, path: str | Path, title: str = "") -> Path:
+def spectral_projection(result: SpectralResult, seed: int = 0) -> np.ndarray:
+    """N x 2 float32 coordinates in which the spectral clusters separate: the first
+    `n_clusters` eigenvectors with rows scaled to unit length (the points k-means saw,
+    each cluster a tight cap on the sphere), projected on their two principal axes.
+
+    With k = 1 (or 2) there is no second direction in that space: the first three
+    eigenvectors are used instead.
+    """
+    k = max(result.n_clusters, min(3, result.embedding.shape[1]))
+    return projection_2d(_unit_rows(result.embedding[:, :k]), seed)
+
+
+def plot_projection(
+    xy: np.ndarray,
+    labels: np.ndarray,
+    path: str | Path,
+    title: str = "",
+    truth: Sequence[str] | np.ndarray | None = None,
+) -> Path:
     """Scatter plot of 2-D points coloured by cluster, written as a PNG at `path`.
 
-    Uses matplotlib's Figure + Agg canvas directly (no pyplot, safe in worker threads).
-    Up to 20 clusters get a legend; points are rasterised so large N stays small.
+    With `truth` (one label per point), a second panel beside it shows the same points
+    coloured by the true labels. Uses matplotlib's Figure + Agg canvas directly (no
+    pyplot, safe in worker threads). Up to 20 groups get a legend; points are rasterised
+    so large N stays small.
 
     Args:
-        xy: N x 2 points.
-        labels: N cluster labels.
-        path: the PNG file to write (parent folders are created).
-        title: the plot title; "" for "<N> points, <k> clusters".
+        xy: N x 2 coordinates (e.g. `spectral_projection`).
+        labels: cluster per point.
+        path: PNG to write (parent folders are created).
+        title: title of the cluster panel (default: counts).
+        truth: true label per point, or None for one panel.
 
     Returns:
         `path` as a Path.
 
     Raises:
-        ValueError: `xy` is not N x 2 or `labels` has another length.
+        ValueError: `xy` is not N x 2 or `labels` (or `truth`) has another length.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -356,35 +472,32 @@ def plot_projection(xy: np.ndarray, labels: np.ndarray, path: str | Path, title:
     labels = np.asarray(labels)
     if xy.ndim != 2 or xy.shape[1] != 2 or len(labels) != len(xy):
         raise ValueError(f"need N x 2 points and N labels, got {xy.shape} and {labels.shape}")
+    panels = [(labels, title or f"{len(xy)} points, {len(np.unique(labels))} clusters",
+               "cluster (size)")]
+    if truth is not None:
+        truth = np.asarray(truth).astype(str)
+        if len(truth) != len(xy):
+            raise ValueError(f"{len(xy)} points for {len(truth)} truth labels")
+        panels.append((truth, f"coloured by truth: {len(np.unique(truth))} groups",
+                       "truth (size)"))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(7, 6), dpi=110)
+    fig = Figure(figsize=(7 * len(panels), 6), dpi=110)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    clusters = np.unique(labels)
-    colours = _colours(len(clusters))
     size = float(np.clip(4000.0 / max(len(xy), 1), 0.5, 12.0))
-    for colour, cluster in zip(colours, clusters, strict=True):
-        mask = labels == cluster
-        ax.scatter(
-            xy[mask, 0],
-            xy[mask, 1],
-            s=size,
-            color=colour,
-            label=f"{cluster} ({mask.sum()})",
-            linewidths=0,
-            rasterized=True,
-        )
-    if len(clusters) <= 20:
-        ax.legend(
-            title="cluster (size)",
-            markerscale=max(1.0, 20.0 / size) ** 0.5,
-            fontsize="small",
-            loc="best",
-        )
-    ax.set_title(title or f"{len(xy)} points, {len(clusters)} clusters")
-    ax.set_xlabel("component 1")
-    ax.set_ylabel("component 2")
+    for i, (groups, panel_title, legend) in enumerate(panels, start=1):
+        ax = fig.add_subplot(1, len(panels), i)
+        names = np.unique(groups)
+        for colour, name in zip(_colours(len(names)), names, strict=True):
+            mask = groups == name
+            ax.scatter(xy[mask, 0], xy[mask, 1], s=size, color=colour,
+                       label=f"{name} ({mask.sum()})", linewidths=0, rasterized=True)
+        if len(names) <= 20:
+            ax.legend(title=legend, markerscale=max(1.0, 20.0 / size) ** 0.5,
+                      fontsize="small", loc="best")
+        ax.set_title(panel_title)
+        ax.set_xlabel("component 1")
+        ax.set_ylabel("component 2")
     fig.tight_layout()
     fig.savefig(path, format="png")
     return path

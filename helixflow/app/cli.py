@@ -343,8 +343,9 @@ def _print_summary(summary: Any, pipeline: float | None, elapsed: float) -> None
         ari = "" if m.get("ari_spectral") is None else (
             f", ARI spectral {m['ari_spectral']:.3f} / Leiden {m['ari_leiden']:.3f}")
         k = "" if m.get("k_neighbors") is None else f" ({m['k_neighbors']} neighbours each)"
+        res = "" if m.get("resolution") is None else f" (Leiden resolution {m['resolution']:.3g})"
         out.print(f"analysis: {m['vectors']:,} vectors{k}, {m['n_clusters']} clusters, "
-                  f"{m['communities']} communities{ari}")
+                  f"{m['communities']} communities{res}{ari}")
     checks = {row["trajectory"]: row for row in getattr(summary, "md_checks", [])}
     for trajectory in summary.trajectories:
         out.print(f"MD trajectory: {trajectory}")

@@ -21,18 +21,28 @@ from threadpoolctl import threadpool_limits
 
 from helixflow.app.demo import DemoSpec, write_demo
 from helixflow.tasks.embeddings import embedding_table, read_embedding_matrix, write_embedding_shard
-from helixflow.tasks.graph import connected_components, knn_graph, leiden, representatives
+from helixflow.tasks.graph import (
+    conductance,
+    connected_components,
+    knn_graph,
+    leiden,
+    leiden_k,
+    representatives,
+)
 from helixflow.tasks.kmers import canonical_kmer_spectra
 from helixflow.tasks.spectral import (
     SpectralResult,
     adjusted_rand,
+    choose_k,
     cluster_table,
+    conductance_k,
     eigengap_k,
     normalized_laplacian,
     plot_projection,
     projection_2d,
     smallest_eigenvectors,
     spectral_clusters,
+    spectral_projection,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -146,7 +156,7 @@ def test_blobs_eigengap_and_ari(n_centres: int, metric: str) -> None:
     assert adjusted_rand(result.labels, truth) >= 0.99
     assert result.labels.dtype == np.int64
     assert set(result.labels.tolist()) == set(range(n_centres))
-    assert result.eigenvalues.shape == (11,) and result.embedding.shape == (len(X), 11)
+    assert result.eigenvalues.shape == (12,) and result.embedding.shape == (len(X), 12)
     assert adjusted_rand(leiden(knn_graph(X, 15, metric)), truth) >= 0.99
 
 
@@ -191,6 +201,105 @@ def test_single_cluster() -> None:
     assert result.n_clusters == 1 and not result.labels.any()
 
 
+def touching_pair(d: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two big blobs (600 points) far apart and two small ones (100) d apart, in 6-D: the
+    small pair's border eigenvalue sits among the big blobs' own, so there is no jump
+    after the 4th eigenvalue; each blob still keeps > 90 % of its edge weight inside."""
+    rng = np.random.default_rng(seed)
+    centres = np.zeros((4, 6))
+    centres[1, 0], centres[2:, 1], centres[3, 0] = 12.0, 12.0, d
+    truth = np.repeat(np.arange(4), [600, 600, 100, 100])
+    return (centres[truth] + rng.normal(0.0, 1.0, (len(truth), 6))).astype(np.float32), truth
+
+
+@pytest.mark.parametrize(("d", "seed"), [(3.0, 1), (3.0, 2), (3.2, 1)])
+def test_conductance_counts_touching_groups_the_eigengap_merges(d: float, seed: int) -> None:
+    X, truth = touching_pair(d, seed)
+    A = knn_graph(X, 15, "euclidean")
+    result = spectral_clusters(A)
+    assert eigengap_k(result.eigenvalues, 10) == 3  # the old criterion: the pair as one
+    assert result.n_clusters == 4
+    assert adjusted_rand(result.labels, truth) >= 0.98
+    # Candidates 2..11: up to 4 clusters every border loses <= 15 %, a 5th cuts a blob.
+    assert max(result.conductance[:3]) <= 0.15 < min(result.conductance[3:])
+    assert conductance_k(result.conductance) == 4
+    k, labels, worst = choose_k(A, result.embedding, 10, values=result.eigenvalues)
+    assert (k, worst) == (4, result.conductance)
+    np.testing.assert_array_equal(labels, result.labels)
+
+
+def paired_blobs(k: int, d: float, seed: int, dim: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """k unit Gaussian blobs of uneven sizes (80 to 400 points) in 6-D: blob 2i sits on
+    an axis 14 or 28 from the origin, blob 2i + 1 beside it, d away along the next axis;
+    so the groups come in touching pairs."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(80, 400, k)
+    centres = np.zeros((k, dim))
+    for i in range(k):
+        centres[i, (i // 2) % dim] += 14.0 * (1 + i // (2 * dim))
+        if i % 2:
+            centres[i, (i // 2 + 1) % dim] += d
+    truth = np.repeat(np.arange(k), sizes)
+    return (centres[truth] + rng.normal(0.0, 1.0, (len(truth), dim))).astype(np.float32), truth
+
+
+@pytest.mark.parametrize(("k", "d", "seed"), [
+    (3, 3.5, 1), (4, 3.5, 2), (5, 3.5, 3), (6, 3.5, 1), (7, 3.5, 2), (7, 3.5, 3)])
+def test_k_of_uneven_touching_blobs(k: int, d: float, seed: int) -> None:
+    X, truth = paired_blobs(k, d, seed)
+    result = spectral_clusters(knn_graph(X, 15, "euclidean"), k_max=10)
+    assert result.n_clusters == k
+    assert adjusted_rand(result.labels, truth) >= 0.85
+    if k == 7:  # three pairs and a single: the spectrum's jump comes one early
+        assert eigengap_k(result.eigenvalues, 10) == 6
+
+
+@pytest.mark.parametrize(("k", "seed"), [(3, 3), (4, 2)])
+def test_eigengap_keeps_the_k_the_conductance_misses(k: int, seed: int) -> None:
+    # Pairs 3 apart: the cut rises in small steps and its largest rise comes early.
+    X, truth = paired_blobs(k, 3.0, seed)
+    result = spectral_clusters(knn_graph(X, 15, "euclidean"), k_max=10)
+    assert conductance_k(result.conductance) < k == eigengap_k(result.eigenvalues, 10)
+    assert result.n_clusters == k
+    assert adjusted_rand(result.labels, truth) >= 0.7
+
+
+def test_conductance_k() -> None:
+    assert conductance_k([0.02, 0.03, 0.04, 0.25, 0.27]) == 4
+    assert conductance_k([0.1, 0.05, 0.3]) == 3  # running maximum: the dip at 3 is luck
+    assert conductance_k([0.4]) == 1
+    assert conductance_k([]) == 1
+
+
+def test_conductance_of_clusters() -> None:
+    A = ring_of_cliques(2, 5, bridge=1.0)  # two K5 (20 weights in their rows) + 2 bridges
+    halves = np.repeat([0, 1], 5)
+    np.testing.assert_allclose(conductance(A, halves), [2 / 22, 2 / 22])
+    assert conductance(A, np.zeros(10, dtype=np.int64)).tolist() == [0.0]
+    isolated = sp.csr_matrix((3, 3))
+    assert conductance(isolated, np.array([0, 1, 1])).tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="one label"):
+        conductance(A, np.zeros(3, dtype=np.int64))
+
+
+def test_leiden_k_finds_the_resolution_of_k_communities() -> None:
+    # 4 blobs of 500 points: modularity at resolution 1 splits each smooth blob further.
+    X, truth = blobs(n_per=500, n_centres=4, dim=4, seed=11)
+    A = knn_graph(X, 15, "euclidean")
+    assert leiden(A, 1.0).max() + 1 > 4
+    communities, resolution = leiden_k(A, spectral_clusters(A).n_clusters)
+    assert communities.max() + 1 == 4 and 0 < resolution < 1.0
+    assert adjusted_rand(communities, truth) >= 0.99
+    fewest, _ = leiden_k(A, 1)  # as few as the graph allows: one per component
+    assert fewest.max() + 1 == connected_components(A)[0] == 4
+    many, high = leiden_k(A, 12)
+    assert abs(many.max() + 1 - 12) <= 1 and high > resolution
+    with pytest.raises(ValueError, match="k must be"):
+        leiden_k(A, 0)
+    with pytest.raises(ValueError, match="low < high"):
+        leiden_k(A, 4, low=1.0, high=0.5)
+
+
 # --- Real sequences -----------------------------------------------------------------------
 
 
@@ -215,7 +324,8 @@ def test_reads_of_three_genomes(shared_data: Path) -> None:
     X = hellinger(canonical_kmer_spectra(reads, 4))
     result = spectral_clusters(X, pca=10, k_neighbors=30, metric="euclidean", seed=0)
     ari = adjusted_rand(result.labels, truth)
-    print(f"\n3 genomes, 2100 x 150 bp reads, 4-mers: k={result.n_clusters} ARI={ari:.3f}")
+    print(f"\n3 genomes, 2100 x 150 bp reads, 4-mers: k={result.n_clusters} ARI={ari:.3f}; "
+          f"conductance per k from 2: {np.round(result.conductance, 3).tolist()}")
     assert result.n_clusters == 3
     assert ari >= 0.65  # measured 0.76-0.79 over three read samples
 
@@ -255,7 +365,8 @@ def test_demo_community_ari_against_truth(
     leiden_ari = adjusted_rand(community, truth)
     print(
         f"\ndemo 4 genomes, 2000 R1 reads: spectral k={result.n_clusters} ARI={ari:.3f}; "
-        f"Leiden {len(np.unique(community))} communities ARI={leiden_ari:.3f}"
+        f"Leiden {len(np.unique(community))} communities ARI={leiden_ari:.3f}; "
+        f"conductance per k from 2: {np.round(result.conductance, 3).tolist()}"
     )
     assert result.n_clusters == 4
     assert ari >= 0.75  # measured 0.84-0.86 over demo seeds 7-9
@@ -317,6 +428,32 @@ def test_projection_2d_and_plot(tmp_path: Path) -> None:
     assert many.read_bytes()[:8] == PNG_MAGIC
     with pytest.raises(ValueError, match="N x 2"):
         plot_projection(X, truth, tmp_path / "bad.png")
+
+
+def _png_width(path: Path) -> int:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    return int.from_bytes(data[16:20], "big")  # IHDR width
+
+
+def test_spectral_projection_separates_clusters_and_truth_adds_a_panel(tmp_path: Path) -> None:
+    from sklearn.metrics import silhouette_score
+
+    X, truth = touching_pair(3.0, 2)
+    result = spectral_clusters(knn_graph(X, 15, "euclidean"))
+    xy = spectral_projection(result)
+    assert xy.shape == (len(X), 2) and xy.dtype == np.float32
+    # The old plot (PCA of all 11 eigenvectors) mixed them: silhouette 0.05 here.
+    assert silhouette_score(projection_2d(result.embedding), result.labels) < 0.3
+    assert silhouette_score(xy, result.labels) > 0.7
+    one = plot_projection(xy, result.labels, tmp_path / "one.png")
+    two = plot_projection(xy, result.labels, tmp_path / "two.png", truth=truth.astype(str))
+    assert _png_width(two) == 2 * _png_width(one)
+    with pytest.raises(ValueError, match="truth"):
+        plot_projection(xy, result.labels, tmp_path / "bad.png", truth=truth[:5])
+    single = SpectralResult(labels=np.zeros(len(X), dtype=np.int64), n_clusters=1,
+                            eigenvalues=result.eigenvalues, embedding=result.embedding)
+    assert spectral_projection(single).shape == (len(X), 2)
 
 
 def test_bad_arguments() -> None:
