@@ -458,3 +458,15 @@ def test_server_start_with_a_wrong_password_fails_without_showing_it(
     assert "password authentication failed" in str(err.value)
     assert wrong not in str(err.value) and wrong not in (home / server.LOG_FILE).read_text()
     assert not (home / server_state.STATE_FILE).exists()
+
+
+def test_server_records_task_runs_in_batches(tmp_path: Path) -> None:
+    """The recorder settings reach Prefect under the names it reads (a misspelt variable
+    would be ignored silently)."""
+    env = server.server_env(tmp_path, port=4321)
+    probe = ("from prefect.settings import get_current_settings as s; "
+             "r = s().server.services.task_run_recorder; "
+             "print(r.read_batch_size, r.batch_size, r.flush_interval)")
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["100", "100", "1.0"]
