@@ -72,8 +72,9 @@ class EmbedParams(BaseModel):
     dnabert_steps: int = Field(200, ge=1)
     """Masked-LM steps of the default model (batch `dnabert_batch` windows each)."""
     dnabert_batch: int = Field(16, ge=1)
-    dnabert_actors: int = Field(1, ge=1)
-    """Ray Data actors for inference (model loaded once per actor)."""
+    dnabert_actors: int = Field(0, ge=0)
+    """Ray Data actors for inference (model loaded once per actor); 0: one per CPU of the
+    Ray cluster, at most `tasks.dnabert.MAX_AUTO_ACTORS` (the vectors do not depend on it)."""
     dnabert_precision: Precision = "float32"
     """Inference matmuls: bfloat16 autocast is about 1.5x faster a thread on a CPU with
     AVX512-BF16/AMX (vectors differ from float32 by ~1e-2; recorded in the lineage)."""

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from helixflow.artifacts import Artifact, FileRef, Skipped
 from helixflow.caching import stage_options
 from helixflow.errors import InputError
-from helixflow.store import Store, display_name
+from helixflow.store import Store
 from helixflow.tables import fetch, parquet_file, publish_file, publish_table
 from helixflow.tasks.graph import (
     connected_components,
@@ -39,6 +39,7 @@ from helixflow.tasks.spectral import (
     spectral_clusters,
     spectral_projection,
 )
+from helixflow.uris import display_name
 
 ANALYSIS_VERSION = "4"
 """2: k_neighbors clamped to N-1 (and reported) on small inputs; 3: k and the Leiden

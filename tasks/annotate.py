@@ -17,12 +17,13 @@ from helixflow.artifacts import Artifact, FileRef
 from helixflow.caching import stage_options
 from helixflow.errors import InputError, naming_sources
 from helixflow.samples import safe_name
-from helixflow.store import Store, display_name
+from helixflow.store import Store
 from helixflow.tables import fetch, publish_table
 from helixflow.tasks.motif_matrices import PWM, pwm_from_counts
 from helixflow.tasks.motif_parsers import parse_jaspar, parse_meme
 from helixflow.tasks.motifs import IUPAC, find_consensus, scan_pwms
 from helixflow.tasks.orfs import OrfParams, find_orfs
+from helixflow.uris import display_name
 
 ANNOTATE_VERSION = "2"
 

@@ -318,7 +318,8 @@ def embed_dataset(
         },
         batch_size=rows_per_batch,
         batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=actors),
+        # grows to `actors` as CPUs free up: a pool bigger than the cluster still runs
+        compute=ActorPoolStrategy(min_size=1, max_size=actors),
         num_cpus=threads,
         num_gpus=1 if torch.cuda.is_available() else 0,
     )
@@ -327,6 +328,25 @@ def embed_dataset(
 # --- Prefect tasks: the store edge ---------------------------------------------------------
 
 DNABERT_VERSION = "2"  # 2: source_shard is the shard's label, not its URI
+#: The inference pool's size when a run asks for one actor per CPU (`actors=0`).
+MAX_AUTO_ACTORS = 4
+
+
+def pool_size(actors: int) -> int:
+    """`actors`, or for 0 one per CPU of the connected Ray cluster (1..MAX_AUTO_ACTORS).
+
+    Args:
+        actors: the size asked for; 0 for the cluster's CPU count.
+
+    Returns:
+        The actor pool's size.
+    """
+    if actors:
+        return actors
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
+    return max(1, min(MAX_AUTO_ACTORS, cpus))
 MODEL_MEDIA_TYPE = "application/x-tar"
 
 
@@ -393,7 +413,7 @@ def embed_dnabert_shard(shard: Artifact, model: Artifact, actors: int, batch_siz
     Args:
         shard: a read shard.
         model: the checkpoint artifact (`pretrain_dnabert` or `import_dnabert_checkpoint`).
-        actors: size of the actor pool.
+        actors: size of the actor pool; 0: one per CPU of the cluster (`pool_size`).
         batch_size: windows per forward pass.
         store: where the embedding shards are published.
         run_id: the run they belong to.
@@ -420,7 +440,8 @@ def embed_dnabert_shard(shard: Artifact, model: Artifact, actors: int, batch_siz
         try:
             for ids, sequences, rows in iter_read_sequences(source, batch_rows=200_000):
                 ds = ray.data.from_arrow(pa.table({"sequence": sequences}))
-                out = embed_dataset(ds, model_dir, actors=actors, batch_size=batch_size,
+                out = embed_dataset(ds, model_dir, actors=pool_size(actors),
+                                    batch_size=batch_size,
                                     rows_per_batch=1024, precision=precision)
                 start = 0
                 for batch in out.iter_batches(batch_size=4096, batch_format="pyarrow"):

@@ -45,7 +45,7 @@ def _open_raw(uri: str, storage_options: dict[str, Any] | None) -> BinaryIO:
     """Open the undecoded bytes of a local path or fsspec URI, mapping 'not there' to InputError."""
     try:
         if "://" in uri:  # the store module (and fsspec) costs 70 ms to import: only here
-            from helixflow.store import is_local, local_path
+            from helixflow.uris import is_local, local_path
 
             if is_local(uri):
                 return open(local_path(uri), "rb")  # the caller closes it

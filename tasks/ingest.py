@@ -19,10 +19,11 @@ from helixflow.caching import stage_options
 from helixflow.resources import where_am_i
 from helixflow.retries import retry_options
 from helixflow.samples import Sample
-from helixflow.store import Store, is_local, local_path
+from helixflow.store import Store
 from helixflow.tasks.fastq import iter_read_batches
 from helixflow.tasks.reads import write_read_shard
 from helixflow.tasks.readstats import ReadStats, batch_stats
+from helixflow.uris import is_local, local_path
 
 INGEST_VERSION = "3"
 SHARD_MEDIA_TYPE = "application/vnd.apache.parquet"

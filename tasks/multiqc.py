@@ -28,10 +28,11 @@ from prefect import task
 from helixflow.artifacts import Artifact, FileRef
 from helixflow.caching import stage_options
 from helixflow.errors import HelixflowError
-from helixflow.store import Store, is_local, local_path
+from helixflow.store import Store
 from helixflow.tables import publish_file
 from helixflow.tasks.report import SampleReport
 from helixflow.tools import require_tool, tool_version
+from helixflow.uris import is_local, local_path
 
 MULTIQC_VERSION = "1"
 #: What each per-sample input file is named after its sample; MultiQC strips these to

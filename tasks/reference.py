@@ -19,8 +19,9 @@ from pydantic import BaseModel
 from helixflow.artifacts import FileRef
 from helixflow.caching import stage_options
 from helixflow.errors import InputError, naming_sources
-from helixflow.store import Store, display_name
+from helixflow.store import Store
 from helixflow.tables import fetch
+from helixflow.uris import display_name
 
 REFERENCE_VERSION = "1"
 

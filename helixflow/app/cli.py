@@ -309,7 +309,7 @@ def _one_warning_per_skip() -> None:
 def _print_summary(summary: Any, pipeline: float | None, elapsed: float) -> None:
     """The closing lines; `pipeline` is the flow run's own time, `elapsed` includes
     starting Ray and the flow."""
-    from helixflow.store import display_name
+    from helixflow.uris import display_name
 
     table = Table(title=f"run {summary.run_id}")
     for column in ("sample", "layout", "shards", "reads", "bases", "empty", "GC", "mean Q",
@@ -456,7 +456,7 @@ def call_variants(
         if launched.error is not None:
             _fail_run(launched)
         summary = launched.summary
-        from helixflow.store import display_name
+        from helixflow.uris import display_name
 
         out.print(f"VCF: {display_name(summary.vcf_uri)}")
         out.print(", ".join(f"{k} {v:,}" for k, v in summary.counts.items()))
@@ -495,7 +495,7 @@ def lineage(
     try:
         from helixflow.blocks.store import resolve_store
         from helixflow.lineage import LineageGraph, load_records, render
-        from helixflow.store import to_uri
+        from helixflow.uris import to_uri
 
         st = resolve_store(store, store_block)
         graph = LineageGraph(load_records(st))

@@ -324,3 +324,18 @@ def test_ray_data_matches_in_process(tiny_model: Path) -> None:
     for name in ("mean", "cls"):
         got = np.stack([np.asarray(row[name], np.float32) for row in rows])
         np.testing.assert_allclose(got, expected[name], atol=1e-5)
+
+
+def test_pool_size_follows_the_cluster() -> None:
+    from helixflow.tasks.dnabert import MAX_AUTO_ACTORS, pool_size
+
+    assert pool_size(3) == 3  # asked for: as asked
+    assert pool_size(0) == 1  # no Ray connected here: one actor
+    import ray
+
+    ray.init(address="local", num_cpus=MAX_AUTO_ACTORS + 2, include_dashboard=False,
+             log_to_driver=False)
+    try:
+        assert pool_size(0) == MAX_AUTO_ACTORS
+    finally:
+        ray.shutdown()
