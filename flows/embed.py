@@ -28,8 +28,6 @@ from helixflow.tasks.dnabert import (
 from helixflow.tasks.dnabert_train import PretrainConfig
 from helixflow.tasks.kmer_spectra import REDUCED_ALPHABETS
 from helixflow.tasks.kmers import embed_kmer_spectra, embed_protein_kmers
-from helixflow.tasks.lshvec import embed_lshvec_shard, fit_lsh_hash, tokenize_shard, train_lshvec
-from helixflow.tasks.skipgram import SkipGramConfig
 
 Method = Literal["kmer", "protein", "lshvec", "dnabert"]
 DEFAULT_METHODS: tuple[Method, ...] = ("kmer", "protein", "lshvec", "dnabert")
@@ -82,6 +80,8 @@ class EmbedParams(BaseModel):
     @model_validator(mode="after")
     def _levels_below_hash_size(self) -> EmbedParams:
         """lshvec_levels are checked when the parameters are read, not at training."""
+        from helixflow.tasks.skipgram import SkipGramConfig
+
         SkipGramConfig(levels=tuple(self.lshvec_levels), hash_size=self.lshvec_hash_size)
         return self
 
@@ -142,6 +142,16 @@ def run_lshvec(
     workers → SIF-weighted read vectors, one embedding shard per read shard. `pinned`
     (LSH hash, model) from an earlier run skips fitting and training. Reads without an
     N-free k-mer to fit the hash on: skipped (recorded), no shards."""
+    # torch comes with these: imported here, not with the flow module, which every Ray
+    # worker imports (the flow run's context names the flow) before its first task
+    from helixflow.tasks.lshvec import (
+        embed_lshvec_shard,
+        fit_lsh_hash,
+        tokenize_shard,
+        train_lshvec,
+    )
+    from helixflow.tasks.skipgram import SkipGramConfig
+
     shards = [s for parts in shards_by_sample.values() for s in parts]
     if pinned is not None:
         (lsh,) = recorder.record_outputs([pinned[0]], None, cached=True)
