@@ -274,13 +274,10 @@ def genomics_pipeline(
         analysis, trajectories = run_simulations(
             embeddings, sim_params, refs[truth].result() if truth else None, st, run_id,
             recorder, store_block)
-        if analysis is not None:
-            m = analysis.metrics
-            log_stage_done(logger, "analysis", f"{m.get('n_clusters')} clusters, "
-                           f"{m.get('communities')} communities in {m.get('vectors', 0):,} "
-                           "vectors" + ("" if m.get("ari_spectral") is None else
-                                        f", ARI {m['ari_spectral']:.3f}"))
-            log_stage_done(logger, "md", f"{len(trajectories)} trajectory(ies)")
+        if trajectories:
+            passed = sum(1 for r in md_check_rows(trajectories) if r.get("checks_passed"))
+            log_stage_done(logger, "md", f"{len(trajectories)} trajectory(ies), sanity checks "
+                                         f"passed by {passed}")
 
     report = _report(run_id, results, qc_counts, dup_counts, solids, fix_counts, annotations,
                      bams, calls, assemblies)

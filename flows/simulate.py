@@ -23,6 +23,7 @@ from helixflow.artifacts import Artifact, FileRef, Skipped
 from helixflow.blocks.gromacs import GromacsSettings
 from helixflow.errors import HelixflowError
 from helixflow.flows.slurm import run_slurm_jobs
+from helixflow.flows.stages import log_stage_done
 from helixflow.recorder import RunRecorder
 from helixflow.resources import profile
 from helixflow.slurm import JobSpec
@@ -146,7 +147,12 @@ def run_simulations(
     analysis = analysis.model_copy(update={"clusters": clusters, "representatives": reps,
                                            "projection": plot})
     recorder.flush()
-    logger.info("analysis of %s: %s", method, analysis.metrics)
+    m = analysis.metrics
+    log_stage_done(logger, "analysis", f"{method}: {m.get('n_clusters')} clusters, "
+                   f"{m.get('communities')} communities in {m.get('vectors', 0):,} vectors" + (
+                       "" if m.get("ari_spectral") is None else
+                       f", ARI spectral {m['ari_spectral']:.3f} / Leiden "
+                       f"{m.get('ari_leiden') or 0:.3f}"))
     if params.max_representatives == 0:
         return analysis, []
     trajectories = simulate_representatives(method, analysis.representatives, params, store,
