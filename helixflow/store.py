@@ -43,9 +43,6 @@ from helixflow.uris import (
     to_uri,
 )
 
-# re-exported for tasks/{reference,annotate,variants,analysis}.py and helixflow/app/cli.py
-from helixflow.uris import display_name as display_name
-
 _CHUNK = 8 << 20
 
 

@@ -14,9 +14,10 @@ from pydantic import BaseModel
 from helixflow.artifacts import Artifact, FileRef
 from helixflow.caching import stage_options
 from helixflow.errors import InputError, naming_sources
-from helixflow.store import Store, display_name
+from helixflow.store import Store
 from helixflow.tables import fetch, publish_file
 from helixflow.tasks.variant_caller import VariantParams, call_variants
+from helixflow.uris import display_name
 
 VARIANTS_VERSION = "2"
 """Bump when the bytes written for the same input and parameters change (cache keys).
